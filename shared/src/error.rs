@@ -1,0 +1,47 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the model crate.
+///
+/// Variants that concern a file name it, and say what the user can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed inside candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A weights file is malformed, truncated, or of a format we do not read.
+    #[error("{path}: {message}")]
+    BadWeights { path: String, message: String },
+
+    /// Weights do not fit the architecture they are loaded into.
+    #[error("{path}: {message}")]
+    WeightsMismatch { path: String, message: String },
+
+    /// An image could not be decoded or preprocessed.
+    #[error("{0}")]
+    Image(String),
+
+    /// A caller passed an invalid argument or configuration.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Shorthand for results carrying [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Build an [`Error::Invalid`] from anything printable.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+}
