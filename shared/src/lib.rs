@@ -4,6 +4,16 @@
 //! Builds for the host and for `wasm32-unknown-unknown`; the browser explorer and the `mtpath`
 //! trainer share every line of maths here.
 
+pub mod backbone;
 pub mod error;
+pub mod fsutil;
+pub mod layers;
+pub mod multitask;
+pub mod network;
+pub mod testdata;
+pub mod varstore;
+pub mod weights;
 
+pub use backbone::{Arch, Backbone};
 pub use error::{Error, Result};
+pub use network::{HeadSpec, Network, NetworkSpec};

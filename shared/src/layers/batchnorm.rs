@@ -1,0 +1,143 @@
+//! `nn.BatchNorm2d` with PyTorch's training semantics.
+
+use candle_core::{DType, ModuleT, Tensor, Var, D};
+
+use crate::varstore::{Builder, Init};
+use crate::Result;
+
+/// PyTorch's default `eps`.
+pub const BN_EPS: f64 = 1e-5;
+/// PyTorch's default `momentum` for the running statistics.
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// Batch normalisation over the channels of an NCHW tensor.
+///
+/// Training mode normalises with the batch's statistics (biased variance) and updates the
+/// running estimates as PyTorch does: `running = (1 - momentum) * running + momentum * stat`
+/// with the *unbiased* variance, and increments `num_batches_tracked`. Evaluation mode uses the
+/// running estimates.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Var,
+    bias: Var,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    /// Register `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked` in
+    /// torchvision's order.
+    pub fn new(b: &mut Builder<'_>, channels: usize) -> Result<Self> {
+        Ok(Self {
+            weight: b.param("weight", &[channels], Init::Const(1.0))?,
+            bias: b.param("bias", &[channels], Init::Const(0.0))?,
+            running_mean: b.buffer("running_mean", &[channels], Init::Const(0.0))?,
+            running_var: b.buffer("running_var", &[channels], Init::Const(1.0))?,
+            num_batches_tracked: b.counter("num_batches_tracked")?,
+            eps: BN_EPS,
+            momentum: BN_MOMENTUM,
+        })
+    }
+
+    /// The current running mean.
+    pub fn running_mean(&self) -> &Tensor {
+        self.running_mean.as_tensor()
+    }
+
+    /// The current running variance.
+    pub fn running_var(&self) -> &Tensor {
+        self.running_var.as_tensor()
+    }
+
+    /// Per-channel `(scale, shift)` with `y = x * scale + shift` in evaluation mode: the form
+    /// used to fold BatchNorm into the preceding convolution.
+    pub fn eval_scale_shift(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        let scale = self
+            .weight
+            .as_tensor()
+            .div(&(self.running_var.as_tensor().detach() + self.eps)?.sqrt()?)?;
+        let shift = self
+            .bias
+            .as_tensor()
+            .sub(&self.running_mean.as_tensor().detach().mul(&scale)?)?;
+        Ok((scale, shift))
+    }
+
+    fn forward_eval(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (scale, shift) = self.eval_scale_shift()?;
+        let c = scale.dim(0)?;
+        xs.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1, 1))?)
+    }
+
+    fn forward_train(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, c, h, w) = xs.dims4()?;
+        if n * h * w >= 2 && xs.device().is_cpu() && xs.dtype() == DType::F32 {
+            let (ys, mean, var) = super::batchnorm_op::batch_norm_train_cpu(
+                xs,
+                self.weight.as_tensor(),
+                self.bias.as_tensor(),
+                self.eps,
+            )?;
+            let dev = xs.device();
+            self.update_running_stats(
+                &Tensor::from_vec(mean, c, dev)?,
+                &Tensor::from_vec(var, c, dev)?,
+                n * h * w,
+            )?;
+            return Ok(ys);
+        }
+        // Generic composition (other devices and dtypes).
+        let count = n * h * w;
+        if count < 2 {
+            candle_core::bail!(
+                "BatchNorm in training mode needs more than one value per channel, got input {:?}",
+                xs.dims()
+            );
+        }
+        // Channel-major view [C, N*H*W] keeps the reductions on one axis.
+        let flat = xs.transpose(0, 1)?.reshape((c, count))?;
+        let mean = flat.mean_keepdim(D::Minus1)?;
+        let centred = flat.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv_std = (var.clone() + self.eps)?.sqrt()?.recip()?;
+        let scale = inv_std.broadcast_mul(&self.weight.as_tensor().reshape((c, 1))?)?;
+        let ys = centred
+            .broadcast_mul(&scale)?
+            .broadcast_add(&self.bias.as_tensor().reshape((c, 1))?)?;
+        let ys = ys.reshape((c, n, h, w))?.transpose(0, 1)?.contiguous()?;
+
+        self.update_running_stats(&mean.flatten_all()?, &var.flatten_all()?, count)?;
+        Ok(ys)
+    }
+
+    fn update_running_stats(
+        &self,
+        mean: &Tensor,
+        var: &Tensor,
+        count: usize,
+    ) -> candle_core::Result<()> {
+        let m = self.momentum;
+        let unbiased = (var.detach() * (count as f64 / (count - 1) as f64))?;
+        let rm = ((self.running_mean.as_tensor().detach() * (1.0 - m))? + (mean.detach() * m)?)?;
+        let rv = ((self.running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        let tracked = (self.num_batches_tracked.as_tensor().to_dtype(DType::F64)? + 1.0)?
+            .to_dtype(DType::I64)?;
+        self.num_batches_tracked.set(&tracked)
+    }
+}
+
+impl ModuleT for BatchNorm2d {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if train {
+            self.forward_train(xs)
+        } else {
+            self.forward_eval(xs)
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! Pooling with gradients: padded max-pool (a `CustomOp`), 2×2 average pool and global
+//! average pool (exact compositions of differentiable ops).
+//!
+//! candle's own `max_pool2d` has no padding and a backward only for kernel == stride, while
+//! both ResNet and DenseNet start with `MaxPool2d(3, stride=2, padding=1)`.
+
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
+
+/// Geometry of a square max-pool window (PyTorch's `MaxPool2d` with `ceil_mode=False`,
+/// `dilation=1`; padding counts as −∞).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPool2d {
+    /// Window side.
+    pub kernel: usize,
+    /// Step between windows.
+    pub stride: usize,
+    /// Implicit −∞ padding on every side.
+    pub padding: usize,
+}
+
+impl MaxPool2d {
+    /// Output side for an input side `n`.
+    pub fn out_size(&self, n: usize) -> usize {
+        (n + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    fn check(&self, h: usize, w: usize) -> candle_core::Result<()> {
+        if self.kernel == 0 || self.stride == 0 {
+            candle_core::bail!("max-pool kernel and stride must be positive");
+        }
+        if self.padding * 2 > self.kernel {
+            candle_core::bail!("max-pool padding must be at most half the kernel (as PyTorch)");
+        }
+        if h + 2 * self.padding < self.kernel || w + 2 * self.padding < self.kernel {
+            candle_core::bail!(
+                "max-pool input {h}x{w} is smaller than the {k}x{k} window",
+                k = self.kernel
+            );
+        }
+        Ok(())
+    }
+
+    /// For each output cell, the flat index (within its H×W plane) of the first maximum, the
+    /// element PyTorch routes the gradient to. NaN wins, as in PyTorch.
+    fn argmax_plane<T: Copy + PartialOrd>(&self, plane: &[T], h: usize, w: usize) -> Vec<usize> {
+        let (oh, ow) = (self.out_size(h), self.out_size(w));
+        let mut out = Vec::with_capacity(oh * ow);
+        for oy in 0..oh {
+            let y0 = (oy * self.stride) as isize - self.padding as isize;
+            for ox in 0..ow {
+                let x0 = (ox * self.stride) as isize - self.padding as isize;
+                let mut best: Option<(usize, T)> = None;
+                for ky in 0..self.kernel as isize {
+                    let y = y0 + ky;
+                    if y < 0 || y >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..self.kernel as isize {
+                        let x = x0 + kx;
+                        if x < 0 || x >= w as isize {
+                            continue;
+                        }
+                        let idx = y as usize * w + x as usize;
+                        let v = plane[idx];
+                        #[allow(clippy::eq_op)]
+                        let is_nan = v != v;
+                        match best {
+                            Some((_, b)) if !(v > b || is_nan) => {}
+                            _ => best = Some((idx, v)),
+                        }
+                    }
+                }
+                // `check` guarantees every window overlaps the input.
+                out.push(best.map(|(i, _)| i).unwrap_or(0));
+            }
+        }
+        out
+    }
+}
+
+fn contiguous_slice<'a, T: candle_core::WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<&'a [T]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("max-pool expects a contiguous tensor".into()))?;
+    Ok(&s.as_slice::<T>()?[start..end])
+}
+
+fn forward_typed<T: candle_core::WithDType>(
+    op: &MaxPool2d,
+    s: &CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<(Vec<T>, Shape)> {
+    let (n, c, h, w) = l.shape().dims4()?;
+    op.check(h, w)?;
+    let src = contiguous_slice::<T>(s, l)?;
+    let (oh, ow) = (op.out_size(h), op.out_size(w));
+    let mut out = Vec::with_capacity(n * c * oh * ow);
+    for plane in src.chunks_exact(h * w) {
+        out.extend(op.argmax_plane(plane, h, w).into_iter().map(|i| plane[i]));
+    }
+    Ok((out, Shape::from((n, c, oh, ow))))
+}
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "mtpath-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        match s {
+            CpuStorage::F32(_) => {
+                let (v, sh) = forward_typed::<f32>(self, s, l)?;
+                Ok((CpuStorage::F32(v), sh))
+            }
+            CpuStorage::F64(_) => {
+                let (v, sh) = forward_typed::<f64>(self, s, l)?;
+                Ok((CpuStorage::F64(v), sh))
+            }
+            _ => candle_core::bail!("max-pool supports f32 and f64, got {:?}", s.dtype()),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad_res = grad_res.contiguous()?;
+        Ok(Some(arg.apply_op2_no_bwd(&grad_res, &MaxPool2dBackward(*self))?))
+    }
+}
+
+/// Gradient of [`MaxPool2d`] with respect to its input: each output gradient goes to the
+/// window's first maximum.
+struct MaxPool2dBackward(MaxPool2d);
+
+fn backward_typed<T: candle_core::WithDType + std::ops::AddAssign>(
+    op: &MaxPool2d,
+    s: &CpuStorage,
+    l: &Layout,
+    gs: &CpuStorage,
+    gl: &Layout,
+) -> candle_core::Result<(Vec<T>, Shape)> {
+    let (n, c, h, w) = l.shape().dims4()?;
+    op.check(h, w)?;
+    let src = contiguous_slice::<T>(s, l)?;
+    let grad = contiguous_slice::<T>(gs, gl)?;
+    let plane_out = op.out_size(h) * op.out_size(w);
+    if grad.len() != n * c * plane_out {
+        candle_core::bail!("max-pool backward: gradient shape {:?} does not match", gl.dims());
+    }
+    let mut out = vec![T::zero(); n * c * h * w];
+    for ((plane, g), dst) in src
+        .chunks_exact(h * w)
+        .zip(grad.chunks_exact(plane_out))
+        .zip(out.chunks_exact_mut(h * w))
+    {
+        for (idx, &gv) in op.argmax_plane(plane, h, w).into_iter().zip(g) {
+            dst[idx] += gv;
+        }
+    }
+    Ok((out, l.shape().clone()))
+}
+
+impl CustomOp2 for MaxPool2dBackward {
+    fn name(&self) -> &'static str {
+        "mtpath-max-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (v, sh) = backward_typed::<f32>(&self.0, s1, l1, s2, l2)?;
+                Ok((CpuStorage::F32(v), sh))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (v, sh) = backward_typed::<f64>(&self.0, s1, l1, s2, l2)?;
+                Ok((CpuStorage::F64(v), sh))
+            }
+            _ => candle_core::bail!("max-pool backward supports f32 and f64 only"),
+        }
+    }
+}
+
+/// `MaxPool2d(kernel, stride, padding)` on an NCHW tensor, differentiable.
+pub fn max_pool2d(xs: &Tensor, pool: MaxPool2d) -> candle_core::Result<Tensor> {
+    xs.contiguous()?.apply_op1(pool)
+}
+
+/// `AvgPool2d(2, stride=2)` (floor mode): DenseNet's transition pooling. Written as a reshape
+/// and mean so its gradient is exact for odd sizes too.
+pub fn avg_pool2x2(xs: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = xs.dims4()?;
+    let (oh, ow) = (h / 2, w / 2);
+    if oh == 0 || ow == 0 {
+        candle_core::bail!("2x2 average pool needs at least 2x2 input, got {h}x{w}");
+    }
+    let xs = if h != 2 * oh || w != 2 * ow {
+        xs.narrow(2, 0, 2 * oh)?.narrow(3, 0, 2 * ow)?
+    } else {
+        xs.clone()
+    };
+    xs.reshape((n, c, oh, 2, ow, 2))?
+        .sum(5)?
+        .sum(3)?
+        .affine(0.25, 0.0)
+}
+
+/// Global average pool of an NCHW tensor to [N, C] (`adaptive_avg_pool2d(1)` + flatten).
+pub fn global_avg_pool(xs: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = xs.dims4()?;
+    xs.reshape((n, c, h * w))?.mean(D::Minus1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    const STEM: MaxPool2d = MaxPool2d {
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+    };
+
+    fn reference_forward(x: &[f64], h: usize, w: usize, p: MaxPool2d) -> Vec<f64> {
+        let (oh, ow) = (p.out_size(h), p.out_size(w));
+        let mut out = vec![f64::NEG_INFINITY; oh * ow];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ky in 0..p.kernel {
+                    for kx in 0..p.kernel {
+                        let y = (oy * p.stride + ky) as isize - p.padding as isize;
+                        let xx = (ox * p.stride + kx) as isize - p.padding as isize;
+                        if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w {
+                            let v = x[y as usize * w + xx as usize];
+                            if v > out[oy * ow + ox] {
+                                out[oy * ow + ox] = v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn forward_matches_a_direct_loop_on_odd_and_even_sizes() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for (h, w) in [(7usize, 7usize), (8, 5), (112, 112), (3, 3)] {
+            let x = Tensor::randn(0f64, 1.0, (2, 3, h, w), &dev)?;
+            let y = max_pool2d(&x, STEM)?;
+            assert_eq!(y.dims(), &[2, 3, STEM.out_size(h), STEM.out_size(w)]);
+            let xv = x.flatten_all()?.to_vec1::<f64>()?;
+            let yv = y.flatten_all()?.to_vec1::<f64>()?;
+            let plane_out = STEM.out_size(h) * STEM.out_size(w);
+            for (p, chunk) in xv.chunks(h * w).enumerate() {
+                let expect = reference_forward(chunk, h, w, STEM);
+                assert_eq!(&yv[p * plane_out..(p + 1) * plane_out], &expect[..]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Central finite differences of `sum(maxpool(x) * r)` against the analytic gradient.
+    #[test]
+    fn gradient_matches_finite_differences() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (h, w) = (9, 6);
+        // Distinct values keep the max unique, so the function is differentiable at x.
+        let n = 2 * 2 * h * w;
+        let mut vals: Vec<f64> = (0..n).map(|i| ((i * 7919) % n) as f64 * 0.37).collect();
+        vals.iter_mut().for_each(|v| *v = v.sin() * 3.0 + *v * 1e-3);
+        let x = Var::from_tensor(&Tensor::from_vec(vals.clone(), (2, 2, h, w), &dev)?)?;
+        let r = Tensor::randn(0f64, 1.0, (2, 2, STEM.out_size(h), STEM.out_size(w)), &dev)?;
+        let f = |t: &Tensor| -> candle_core::Result<f64> {
+            max_pool2d(t, STEM)?.mul(&r)?.sum_all()?.to_scalar::<f64>()
+        };
+        let grads = max_pool2d(x.as_tensor(), STEM)?.mul(&r)?.sum_all()?.backward()?;
+        let g = grads.get(x.as_tensor()).expect("gradient").flatten_all()?.to_vec1::<f64>()?;
+        let eps = 1e-6;
+        for i in 0..n {
+            let mut plus = vals.clone();
+            plus[i] += eps;
+            let mut minus = vals.clone();
+            minus[i] -= eps;
+            let fp = f(&Tensor::from_vec(plus, (2, 2, h, w), &dev)?)?;
+            let fm = f(&Tensor::from_vec(minus, (2, 2, h, w), &dev)?)?;
+            let numeric = (fp - fm) / (2.0 * eps);
+            assert!(
+                (numeric - g[i]).abs() < 1e-6,
+                "element {i}: numeric {numeric} vs analytic {}",
+                g[i]
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn ties_send_the_gradient_to_the_first_maximum_only() -> candle_core::Result<()> {
+        let x = Var::from_tensor(&Tensor::ones((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu)?)?;
+        let grads = max_pool2d(x.as_tensor(), STEM)?.sum_all()?.backward()?;
+        let g = grads.get(x.as_tensor()).expect("gradient").flatten_all()?.to_vec1::<f32>()?;
+        // Windows (2x2 output) start at (-1,-1), (-1,1), (1,-1), (1,1): first valid element of
+        // each is (0,0), (0,1), (1,0), (1,1).
+        let mut expect = vec![0f32; 16];
+        for idx in [0, 1, 4, 5] {
+            expect[idx] = 1.0;
+        }
+        assert_eq!(g, expect);
+        Ok(())
+    }
+
+    #[test]
+    fn avg_pool_gradient_is_exact_on_odd_sizes() -> candle_core::Result<()> {
+        let x = Var::from_tensor(&Tensor::arange(0f32, 49.0, &Device::Cpu)?.reshape((1, 1, 7, 7))?)?;
+        let y = avg_pool2x2(x.as_tensor())?;
+        assert_eq!(y.dims(), &[1, 1, 3, 3]);
+        assert_eq!(y.flatten_all()?.to_vec1::<f32>()?[0], (0.0 + 1.0 + 7.0 + 8.0) / 4.0);
+        let g = y.sum_all()?.backward()?;
+        let g = g.get(x.as_tensor()).expect("gradient").flatten_all()?.to_vec1::<f32>()?;
+        for (i, v) in g.iter().enumerate() {
+            let (r, c) = (i / 7, i % 7);
+            let expect = if r < 6 && c < 6 { 0.25 } else { 0.0 };
+            assert_eq!(*v, expect, "at ({r},{c})");
+        }
+        Ok(())
+    }
+}

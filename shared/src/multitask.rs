@@ -1,0 +1,133 @@
+//! The paper's multi-task training step (Mormont, Geurts & Marée, 2021).
+//!
+//! A batch mixes samples of several tasks. Every sample goes through the shared trunk and then
+//! only through its own task's head. The loss is the sum of per-sample cross-entropies divided
+//! by the batch size `B`; after back-propagation each head's gradient is multiplied by
+//! `B / n_t` (`n_t` = samples of task `t` in the batch), so a head sees the mean loss of its own
+//! samples while the trunk sees the batch mean.
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, D};
+
+use crate::network::Network;
+use crate::{Error, Result};
+
+/// A batch for the multi-task step.
+#[derive(Debug, Clone)]
+pub struct TaskBatch {
+    /// Normalised images [B, 3, H, W].
+    pub images: Tensor,
+    /// Task index of each sample (index into the network's heads).
+    pub tasks: Vec<usize>,
+    /// Class index of each sample within its task.
+    pub labels: Vec<u32>,
+}
+
+/// What one forward/backward pass measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepStats {
+    /// The optimised loss: sum of cross-entropies / B.
+    pub loss: f32,
+    /// Samples per task in the batch (`n_t`).
+    pub samples_per_task: Vec<usize>,
+    /// Mean cross-entropy per task (NaN for tasks absent from the batch).
+    pub loss_per_task: Vec<f32>,
+    /// Correct predictions per task.
+    pub correct_per_task: Vec<usize>,
+}
+
+/// Sum over rows of the cross-entropy of `logits` [n, C] against `labels` [n].
+pub fn cross_entropy_sum(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    log_p.gather(&labels.unsqueeze(1)?, 1)?.sum_all()?.neg()
+}
+
+fn validate(net: &Network, batch: &TaskBatch) -> Result<usize> {
+    let b = batch.images.dim(0)?;
+    if b == 0 || batch.tasks.len() != b || batch.labels.len() != b {
+        return Err(Error::invalid(format!(
+            "batch of {b} images with {} task ids and {} labels",
+            batch.tasks.len(),
+            batch.labels.len()
+        )));
+    }
+    for (i, (&t, &y)) in batch.tasks.iter().zip(&batch.labels).enumerate() {
+        let head = net.heads().get(t).ok_or_else(|| {
+            Error::invalid(format!(
+                "sample {i}: task {t}, but the model has {} heads",
+                net.heads().len()
+            ))
+        })?;
+        if y as usize >= head.out_features() {
+            return Err(Error::invalid(format!(
+                "sample {i}: label {y} out of range for task {t} ({} classes)",
+                head.out_features()
+            )));
+        }
+    }
+    Ok(b)
+}
+
+/// Forward and backward of the multi-task loss, with the heads' gradients rescaled by `B/n_t`.
+///
+/// `train` selects BatchNorm's mode for the trunk (batch statistics and running-stat updates,
+/// or running statistics). Returns the statistics and the gradients of every variable that
+/// took part; heads with no sample have no gradient entry.
+pub fn multitask_forward_backward(
+    net: &Network,
+    batch: &TaskBatch,
+    train: bool,
+) -> Result<(StepStats, GradStore)> {
+    let b = validate(net, batch)?;
+    let device = batch.images.device();
+    let features = net.features_t(&batch.images, train)?;
+    let n_tasks = net.heads().len();
+    let mut total: Option<Tensor> = None;
+    let mut stats = StepStats {
+        loss: 0.0,
+        samples_per_task: vec![0; n_tasks],
+        loss_per_task: vec![f32::NAN; n_tasks],
+        correct_per_task: vec![0; n_tasks],
+    };
+    for t in 0..n_tasks {
+        let rows: Vec<u32> = (0..b as u32).filter(|&i| batch.tasks[i as usize] == t).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let n_t = rows.len();
+        let labels: Vec<u32> = rows.iter().map(|&i| batch.labels[i as usize]).collect();
+        let idx = Tensor::from_vec(rows, n_t, device)?;
+        let labels = Tensor::from_vec(labels, n_t, device)?;
+        let logits = net.head_logits(t, &features.index_select(&idx, 0)?)?;
+        let ce = cross_entropy_sum(&logits, &labels)?;
+        let pred = logits.argmax(D::Minus1)?;
+        stats.correct_per_task[t] = pred
+            .eq(&labels)?
+            .to_dtype(DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()? as usize;
+        stats.samples_per_task[t] = n_t;
+        stats.loss_per_task[t] = ce.to_scalar::<f32>()? / n_t as f32;
+        total = Some(match total {
+            None => ce,
+            Some(acc) => (acc + ce)?,
+        });
+    }
+    let total = total.ok_or_else(|| Error::invalid("empty batch"))?;
+    let loss = (total / b as f64)?;
+    stats.loss = loss.to_scalar::<f32>()?;
+    let mut grads = loss.backward()?;
+    for (t, head) in net.heads().iter().enumerate() {
+        let n_t = stats.samples_per_task[t];
+        if n_t == 0 {
+            continue;
+        }
+        let scale = b as f64 / n_t as f64;
+        for var in [head.weight(), head.bias()] {
+            if let Some(g) = grads.remove(var.as_tensor()) {
+                grads.insert(var.as_tensor(), (g * scale)?);
+            }
+        }
+    }
+    Ok((stats, grads))
+}

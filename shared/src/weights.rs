@@ -1,0 +1,423 @@
+//! Reading and writing weights: safetensors (f32/f16/bf16), PyTorch `.pth` zip archives,
+//! torchvision/timm names, strict and partial loads, and mtpath's metadata.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{safetensors::Load, DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::Arch;
+use crate::network::{HeadSpec, Network, NetworkSpec};
+use crate::varstore::TensorKind;
+use crate::{Error, Result};
+
+/// Named tensors read from a file, in file order, with the file's string metadata.
+#[derive(Debug, Clone)]
+pub struct TensorFile {
+    /// `(name, tensor)`: floating tensors converted to f32, integer ones kept.
+    pub tensors: Vec<(String, Tensor)>,
+    /// safetensors `__metadata__` (empty for `.pth`).
+    pub metadata: BTreeMap<String, String>,
+    /// Where the tensors came from, for messages.
+    pub source: String,
+}
+
+impl TensorFile {
+    /// Tensor names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// The tensor of that name.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// mtpath's model description, when the file carries it.
+    pub fn model_card(&self) -> Result<Option<ModelMetadata>> {
+        match self.metadata.get(METADATA_KEY) {
+            None => Ok(None),
+            Some(s) => serde_json::from_str(s).map(Some).map_err(|e| Error::BadWeights {
+                path: self.source.clone(),
+                message: format!("metadata `{METADATA_KEY}` is not valid mtpath metadata: {e}"),
+            }),
+        }
+    }
+
+    /// The architecture: from mtpath metadata if present, else inferred from the names.
+    pub fn arch(&self) -> Result<Arch> {
+        if let Some(card) = self.model_card()? {
+            return Ok(card.architecture);
+        }
+        Arch::infer_from_keys(self.names().map(normalize_name).collect::<Vec<_>>().iter().map(|s| s.as_str()))
+            .ok_or_else(|| Error::BadWeights {
+                path: self.source.clone(),
+                message: "cannot tell the architecture: no mtpath metadata and the tensor names \
+                          match none of resnet18/34/50/101, densenet121/169 (torchvision naming); \
+                          pass the architecture explicitly (--arch)"
+                    .into(),
+            })
+    }
+}
+
+/// Metadata key holding [`ModelMetadata`] as JSON in files mtpath writes.
+pub const METADATA_KEY: &str = "mtpath";
+
+/// What mtpath records in the files it writes: enough to rebuild and use the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetadata {
+    /// Trunk architecture.
+    pub architecture: Arch,
+    /// Feature vector length.
+    pub feature_dim: usize,
+    /// Outputs of torchvision's classifier, if the file has one.
+    pub classifier: Option<usize>,
+    /// Task heads (`heads.<i>`), with their classes.
+    pub heads: Vec<HeadSpec>,
+    /// Input side in pixels (centre crop).
+    pub input_size: u32,
+    /// Shorter side before cropping.
+    pub resize_shorter: u32,
+    /// Per-channel normalisation mean (RGB, on 0–1 values).
+    pub mean: [f32; 3],
+    /// Per-channel normalisation standard deviation.
+    pub std: [f32; 3],
+    /// mtpath version that wrote the file.
+    pub mtpath_version: String,
+}
+
+impl ModelMetadata {
+    /// Metadata for `spec` with ImageNet normalisation and 256 → 224 preprocessing.
+    pub fn imagenet(spec: &NetworkSpec) -> Self {
+        Self {
+            architecture: spec.arch,
+            feature_dim: spec.arch.feature_dim(),
+            classifier: spec.classifier,
+            heads: spec.heads.clone(),
+            input_size: 224,
+            resize_shorter: 256,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            mtpath_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// The network these weights belong to.
+    pub fn spec(&self) -> NetworkSpec {
+        NetworkSpec {
+            arch: self.architecture,
+            classifier: self.classifier,
+            heads: self.heads.clone(),
+        }
+    }
+}
+
+fn bad(source: &str, message: impl Into<String>) -> Error {
+    Error::BadWeights {
+        path: source.to_string(),
+        message: message.into(),
+    }
+}
+
+fn to_f32_if_float(t: Tensor) -> Result<Tensor> {
+    Ok(match t.dtype() {
+        DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
+        _ => t,
+    })
+}
+
+/// Parse safetensors bytes; `source` names them in errors.
+pub fn read_safetensors_bytes(bytes: &[u8], source: &str, device: &Device) -> Result<TensorFile> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
+        bad(
+            source,
+            format!("not a readable safetensors file ({e}); it may be truncated or of another format"),
+        )
+    })?;
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| bad(source, format!("corrupt safetensors file: {e}")))?;
+    let mut names: Vec<(usize, String)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (view.data().as_ptr() as usize, name))
+        .collect();
+    // File order (by data offset) is the writer's order: torchvision's state-dict order.
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for (_, name) in names {
+        let view = st
+            .tensor(&name)
+            .map_err(|e| bad(source, format!("tensor `{name}`: {e}")))?;
+        let t = view
+            .load(device)
+            .map_err(|e| bad(source, format!("tensor `{name}` ({:?}): {e}", view.dtype())))?;
+        tensors.push((name, to_f32_if_float(t)?));
+    }
+    let metadata = meta
+        .metadata()
+        .clone()
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default();
+    Ok(TensorFile {
+        tensors,
+        metadata,
+        source: source.to_string(),
+    })
+}
+
+/// Read a weights file: safetensors, or a PyTorch `.pth`/`.pt` zip archive holding a state
+/// dict (directly or under `state_dict`, `model` or `model_state_dict`).
+pub fn read_weights_file(path: &Path, device: &Device) -> Result<TensorFile> {
+    let source = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    if bytes.is_empty() {
+        return Err(bad(&source, "the file is empty"));
+    }
+    if bytes.starts_with(b"PK") {
+        drop(bytes);
+        return read_pth(path, device);
+    }
+    if bytes.len() >= 9 && bytes[8] == b'{' {
+        return read_safetensors_bytes(&bytes, &source, device);
+    }
+    if bytes.starts_with(&[0x80]) {
+        return Err(bad(
+            &source,
+            "legacy (pre-1.6, non-zip) PyTorch file; re-save it with torch.save(state_dict, path) \
+             in a recent PyTorch, or convert it to safetensors",
+        ));
+    }
+    Err(bad(
+        &source,
+        "neither a safetensors file nor a PyTorch zip archive (.pth); it may be truncated",
+    ))
+}
+
+fn read_pth(path: &Path, device: &Device) -> Result<TensorFile> {
+    let source = path.display().to_string();
+    let mut last_err = None;
+    for key in [None, Some("state_dict"), Some("model"), Some("model_state_dict")] {
+        match candle_core::pickle::read_all_with_key(path, key) {
+            Ok(t) if !t.is_empty() => {
+                let mut tensors = Vec::with_capacity(t.len());
+                for (name, tensor) in t {
+                    tensors.push((name, to_f32_if_float(tensor.to_device(device)?)?));
+                }
+                // The pickle reader does not keep order; sort for determinism.
+                tensors.sort_by(|a, b| a.0.cmp(&b.0));
+                return Ok(TensorFile {
+                    tensors,
+                    metadata: BTreeMap::new(),
+                    source,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => last_err = Some(e.to_string()),
+        }
+    }
+    Err(bad(
+        &source,
+        match last_err {
+            Some(e) => format!("cannot read this PyTorch archive ({e}); it may be truncated"),
+            None => "this PyTorch archive holds no state dict of tensors".to_string(),
+        },
+    ))
+}
+
+/// Map torchvision/timm/DataParallel spellings to mtpath's (torchvision's current) names:
+/// drops `module.`, `trunk.`, `backbone.` and `model.` prefixes, and renames old DenseNet
+/// keys such as `denselayer1.norm.1.weight` to `denselayer1.norm1.weight`.
+pub fn normalize_name(name: &str) -> String {
+    let mut n = name;
+    loop {
+        let stripped = ["module.", "trunk.", "backbone.", "model."]
+            .iter()
+            .find_map(|p| n.strip_prefix(p));
+        match stripped {
+            Some(s) => n = s,
+            None => break,
+        }
+    }
+    if n.contains(".denselayer") {
+        let mut out = n.to_string();
+        for part in ["norm", "relu", "conv"] {
+            for i in ["1", "2"] {
+                out = out.replace(&format!(".{part}.{i}."), &format!(".{part}{i}."));
+            }
+        }
+        return out;
+    }
+    n.to_string()
+}
+
+/// Whether a load must account for every tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Every model tensor must be present (except `num_batches_tracked`) and nothing else.
+    Strict,
+    /// Load what matches (e.g. a trunk into a model with new heads); report the rest.
+    Partial,
+}
+
+/// What a load did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Model tensors that received a value.
+    pub loaded: Vec<String>,
+    /// Model tensors the file lacked (they keep their initialisation).
+    pub missing: Vec<String>,
+    /// File tensors the model has no place for.
+    pub unexpected: Vec<String>,
+}
+
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 12;
+    let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" … and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+impl Network {
+    /// Copy tensors from `file` into the model by (normalised) name.
+    ///
+    /// Shapes must agree exactly; a mismatch is an error that names the tensor and suggests the
+    /// architecture the file looks like. In [`LoadMode::Strict`], missing (other than
+    /// `num_batches_tracked`) or unexpected tensors are an error listing them by name.
+    pub fn load_weights(&self, file: &TensorFile, mode: LoadMode) -> Result<LoadReport> {
+        let mut by_name: HashMap<String, &Tensor> = HashMap::new();
+        let mut unexpected = Vec::new();
+        for (raw, t) in &file.tensors {
+            let name = normalize_name(raw);
+            if self.store().get(&name).is_some() {
+                by_name.insert(name, t);
+            } else {
+                unexpected.push(raw.clone());
+            }
+        }
+        let looks_like = file
+            .arch()
+            .ok()
+            .filter(|a| *a != self.arch())
+            .map(|a| format!(" (the file looks like {a}, the model is {})", self.arch()))
+            .unwrap_or_default();
+        let mut report = LoadReport::default();
+        for entry in self.store().entries() {
+            let Some(src) = by_name.get(&entry.name) else {
+                report.missing.push(entry.name.clone());
+                continue;
+            };
+            if src.dims() != entry.var.dims() {
+                return Err(Error::WeightsMismatch {
+                    path: file.source.clone(),
+                    message: format!(
+                        "tensor `{}` has shape {:?} in the file but {:?} in {}{looks_like}",
+                        entry.name,
+                        src.dims(),
+                        entry.var.dims(),
+                        self.arch()
+                    ),
+                });
+            }
+            let value = src.to_dtype(entry.var.dtype())?.to_device(self.device())?;
+            entry.var.set(&value)?;
+            report.loaded.push(entry.name.clone());
+        }
+        if mode == LoadMode::Strict {
+            let missing: Vec<String> = report
+                .missing
+                .iter()
+                .filter(|n| !n.ends_with("num_batches_tracked"))
+                .cloned()
+                .collect();
+            if !missing.is_empty() || !unexpected.is_empty() {
+                let mut msg = format!("strict load into {} failed{looks_like}:", self.arch());
+                if !missing.is_empty() {
+                    msg.push_str(&format!(" missing {} tensor(s): {};", missing.len(), list(&missing)));
+                }
+                if !unexpected.is_empty() {
+                    msg.push_str(&format!(
+                        " unexpected {} tensor(s): {};",
+                        unexpected.len(),
+                        list(&unexpected)
+                    ));
+                }
+                msg.push_str(" load in partial mode to keep what matches");
+                return Err(Error::WeightsMismatch {
+                    path: file.source.clone(),
+                    message: msg,
+                });
+            }
+        }
+        report.unexpected = unexpected;
+        Ok(report)
+    }
+
+    /// Serialise every tensor (parameters as f32, buffers as stored) under torchvision's names
+    /// with `metadata` as JSON under [`METADATA_KEY`].
+    pub fn to_safetensors_bytes(&self, metadata: &ModelMetadata) -> Result<Vec<u8>> {
+        let mut info = HashMap::new();
+        info.insert(
+            METADATA_KEY.to_string(),
+            serde_json::to_string(metadata).map_err(|e| Error::invalid(e.to_string()))?,
+        );
+        info.insert("format".to_string(), "pt".to_string());
+        let tensors: Vec<(String, Tensor)> = self
+            .store()
+            .entries()
+            .iter()
+            .map(|e| {
+                let t = e.var.as_tensor().to_device(&Device::Cpu)?.contiguous()?;
+                Ok((e.name.clone(), t))
+            })
+            .collect::<Result<_>>()?;
+        safetensors::serialize(tensors, Some(info)).map_err(|e| Error::invalid(e.to_string()))
+    }
+
+    /// Write [`Network::to_safetensors_bytes`] to `path` atomically (temporary file, then rename).
+    pub fn save_safetensors(&self, path: &Path, metadata: &ModelMetadata) -> Result<()> {
+        let bytes = self.to_safetensors_bytes(metadata)?;
+        crate::fsutil::write_atomic(path, &bytes)
+    }
+
+    /// Build the network described by a file's metadata (or the architecture inferred from its
+    /// names, with the classifier if present) and load it strictly.
+    pub fn from_tensor_file(file: &TensorFile, device: &Device) -> Result<(Self, ModelMetadata)> {
+        let meta = match file.model_card()? {
+            Some(m) => m,
+            None => {
+                let arch = file.arch()?;
+                let cls = format!("{}.weight", arch.classifier_name());
+                let classifier = file
+                    .tensors
+                    .iter()
+                    .find(|(n, _)| normalize_name(n) == cls)
+                    .map(|(_, t)| t.dims()[0]);
+                let spec = NetworkSpec {
+                    arch,
+                    classifier,
+                    heads: Vec::new(),
+                };
+                ModelMetadata::imagenet(&spec)
+            }
+        };
+        let net = Network::new(meta.spec(), device, 0)?;
+        net.load_weights(file, LoadMode::Strict)?;
+        Ok((net, meta))
+    }
+
+    /// Parameters only (no buffers), in state-dict order.
+    pub fn named_parameters(&self) -> Vec<(String, candle_core::Var)> {
+        self.store()
+            .entries()
+            .iter()
+            .filter(|e| e.kind == TensorKind::Parameter)
+            .map(|e| (e.name.clone(), e.var.clone()))
+            .collect()
+    }
+}
