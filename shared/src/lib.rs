@@ -6,10 +6,12 @@
 
 pub mod backbone;
 pub mod error;
+pub mod features;
 pub mod fsutil;
 pub mod layers;
 pub mod multitask;
 pub mod network;
+pub mod preprocess;
 pub mod testdata;
 pub mod varstore;
 pub mod weights;

@@ -1,1 +1,37 @@
-fn main(){}
+//! `mtpath`: multi-task pre-training of CNN trunks for digital pathology.
+
+mod commands;
+mod images;
+
+use clap::{Parser, Subcommand};
+
+/// Multi-task pre-training and feature extraction for digital pathology.
+#[derive(Parser)]
+#[command(name = "mtpath", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed images with a trunk: one feature vector per image, written to a safetensors file.
+    Features(commands::features::Args),
+    /// Describe a weights file: architecture, parameter count, tensors and metadata.
+    Info(commands::info::Args),
+    /// Time inference and training steps (images/s) for an architecture, batch and size.
+    Bench(commands::bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Features(a) => commands::features::run(a),
+        Command::Info(a) => commands::info::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,140 @@
+//! Feature extraction: weights + images → global-average-pooled trunk features.
+//!
+//! One code path for the `mtpath features` command and the browser: both decode and
+//! preprocess with [`crate::preprocess`] and run the trunk in evaluation mode.
+
+use candle_core::{Device, Tensor};
+
+use crate::network::Network;
+use crate::preprocess::{preprocess_bytes, PreprocessConfig};
+use crate::weights::{read_safetensors_bytes, ModelMetadata, TensorFile};
+use crate::{Arch, Error, NetworkSpec, Result};
+
+/// A loaded model ready to embed images.
+#[derive(Debug)]
+pub struct FeatureExtractor {
+    net: Network,
+    meta: ModelMetadata,
+    preprocess: PreprocessConfig,
+}
+
+impl FeatureExtractor {
+    /// Build from a tensor file. The architecture comes from mtpath metadata, else from
+    /// `arch`, else is inferred from the tensor names. Only trunk tensors are required;
+    /// classifier and head tensors in the file are ignored.
+    pub fn from_tensor_file(file: &TensorFile, arch: Option<Arch>, device: &Device) -> Result<Self> {
+        let card = file.model_card()?;
+        let arch = match (&card, arch) {
+            (Some(c), Some(a)) if c.architecture != a => {
+                return Err(Error::WeightsMismatch {
+                    path: file.source.clone(),
+                    message: format!(
+                        "the file says it holds {} weights, but {a} was asked for",
+                        c.architecture
+                    ),
+                })
+            }
+            (Some(c), _) => c.architecture,
+            (None, Some(a)) => a,
+            (None, None) => file.arch()?,
+        };
+        let spec = NetworkSpec::trunk(arch);
+        let mut meta = card.unwrap_or_else(|| ModelMetadata::imagenet(&spec));
+        meta.classifier = None;
+        meta.heads.clear();
+        let net = Network::new(spec, device, 0)?;
+        let report = net.load_weights(file, crate::weights::LoadMode::Partial)?;
+        let missing: Vec<&String> = report
+            .missing
+            .iter()
+            .filter(|n| !n.ends_with("num_batches_tracked"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::WeightsMismatch {
+                path: file.source.clone(),
+                message: format!(
+                    "{} trunk tensor(s) missing for {arch}, e.g. `{}`: not {arch} weights?",
+                    missing.len(),
+                    missing[0]
+                ),
+            });
+        }
+        let preprocess = PreprocessConfig {
+            resize_shorter: meta.resize_shorter,
+            crop: meta.input_size,
+            mean: meta.mean,
+            std: meta.std,
+        };
+        preprocess.validate()?;
+        Ok(Self {
+            net,
+            meta,
+            preprocess,
+        })
+    }
+
+    /// Build from safetensors bytes (the browser's path); `source` names them in errors.
+    pub fn from_safetensors_bytes(bytes: &[u8], source: &str, device: &Device) -> Result<Self> {
+        let file = read_safetensors_bytes(bytes, source, device)?;
+        Self::from_tensor_file(&file, None, device)
+    }
+
+    /// The model's metadata (architecture, input size, normalisation).
+    pub fn metadata(&self) -> &ModelMetadata {
+        &self.meta
+    }
+
+    /// The preprocessing applied to every image.
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    /// Override the preprocessing sizes (e.g. `--size`); normalisation stays the model's.
+    pub fn set_sizes(&mut self, resize_shorter: u32, crop: u32) -> Result<()> {
+        let cfg = PreprocessConfig {
+            resize_shorter,
+            crop,
+            ..self.preprocess
+        };
+        cfg.validate()?;
+        self.preprocess = cfg;
+        Ok(())
+    }
+
+    /// Length of each feature vector.
+    pub fn feature_dim(&self) -> usize {
+        self.net.arch().feature_dim()
+    }
+
+    /// The underlying trunk.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// Features of already preprocessed images (each `3·crop·crop` floats, CHW), as rows.
+    pub fn extract_preprocessed(&self, images: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let side = self.preprocess.crop as usize;
+        let want = 3 * side * side;
+        if let Some(bad) = images.iter().position(|v| v.len() != want) {
+            return Err(Error::invalid(format!(
+                "image {bad}: {} values, expected 3x{side}x{side}",
+                images[bad].len()
+            )));
+        }
+        let flat: Vec<f32> = images.iter().flatten().copied().collect();
+        let x = Tensor::from_vec(flat, (images.len(), 3, side, side), self.net.device())?;
+        Ok(self.net.features_t(&x, false)?.to_vec2::<f32>()?)
+    }
+
+    /// Features of one encoded image (JPEG/PNG/TIFF bytes).
+    pub fn extract_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
+        let x = preprocess_bytes(bytes, &self.preprocess)?;
+        Ok(self
+            .extract_preprocessed(&[x])?
+            .pop()
+            .unwrap_or_default())
+    }
+}

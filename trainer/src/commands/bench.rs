@@ -1,0 +1,97 @@
+//! `mtpath bench`: images/s of inference and training steps.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use clap::{Parser, ValueEnum};
+use mtpath_shared::multitask::cross_entropy_sum;
+use mtpath_shared::{Arch, Network, NetworkSpec};
+
+/// What to time.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Mode {
+    /// Evaluation-mode forward (feature extraction + classifier).
+    Infer,
+    /// Train-mode forward, cross-entropy, backward (no optimiser update).
+    Train,
+    /// Both.
+    Both,
+}
+
+/// Time forward (inference) and forward+backward (training) passes on random inputs and
+/// report images/s, e.g. `mtpath bench --arch resnet18 --batch 32 --size 112 --mode train`.
+#[derive(Parser)]
+pub struct Args {
+    /// Architecture.
+    #[arg(long, default_value = "resnet18")]
+    arch: Arch,
+    /// Batch size.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// What to time.
+    #[arg(long, value_enum, default_value_t = Mode::Both)]
+    mode: Mode,
+    /// Timed iterations (after warm-up).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Untimed warm-up iterations.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Worker threads (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn time<F: FnMut() -> Result<()>>(warmup: usize, iters: usize, mut f: F) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let start = Instant::now();
+    for _ in 0..iters {
+        f()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / iters.max(1) as f64)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if let Some(t) = args.threads {
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().ok();
+    }
+    let dev = Device::Cpu;
+    let net = Network::new(NetworkSpec::classifier(args.arch, 1000), &dev, 0)?;
+    let x = Tensor::randn(0f32, 1.0, (args.batch, 3, args.size, args.size), &dev)?;
+    let labels = Tensor::from_vec(
+        (0..args.batch as u32).map(|i| i % 1000).collect::<Vec<_>>(),
+        args.batch,
+        &dev,
+    )?;
+    println!(
+        "{} batch {} at {} px, {} threads",
+        args.arch,
+        args.batch,
+        args.size,
+        candle_core::utils::get_num_threads()
+    );
+    if matches!(args.mode, Mode::Infer | Mode::Both) {
+        let s = time(args.warmup, args.iters, || {
+            net.logits_t(&x, false)?;
+            Ok(())
+        })?;
+        println!("infer: {:.1} img/s ({:.1} ms/batch)", args.batch as f64 / s, s * 1e3);
+    }
+    if matches!(args.mode, Mode::Train | Mode::Both) {
+        let s = time(args.warmup, args.iters, || {
+            let logits = net.logits_t(&x, true)?;
+            let loss = (cross_entropy_sum(&logits, &labels)? / args.batch as f64)?;
+            loss.backward()?;
+            Ok(())
+        })?;
+        println!("train: {:.1} img/s ({:.1} ms/step)", args.batch as f64 / s, s * 1e3);
+    }
+    Ok(())
+}
