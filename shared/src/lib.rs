@@ -5,5 +5,6 @@
 //! trainer share every line of maths here.
 
 pub mod error;
+pub mod optim;
 
 pub use error::{Error, Result};
