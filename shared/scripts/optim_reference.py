@@ -72,7 +72,8 @@ def adamw(params, grads, lrs, groups, beta1, beta2, eps):
 
 
 def lit(a):
-    return "[" + ", ".join("%.9e" % x for x in a) + "]"
+    # shortest decimal that round-trips to the same float32
+    return "[" + ", ".join(np.format_float_positional(x, unique=True, trim="0") for x in a) + "]"
 
 
 A0 = np.array([0.5, -1.25, 2.0, 0.1], dtype=f32)

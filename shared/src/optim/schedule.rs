@@ -141,3 +141,247 @@ impl LrSchedule {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched(base_lr: f64, kind: ScheduleKind, warmup_iters: usize, start: f64) -> LrSchedule {
+        let s = LrSchedule {
+            base_lr,
+            kind,
+            warmup_iters,
+            warmup_start_factor: start,
+        };
+        s.validate().unwrap();
+        s
+    }
+
+    /// Expected values worked out by hand from torch's closed forms.
+    fn check(s: &LrSchedule, expected: &[(usize, f64)]) {
+        for &(iter, want) in expected {
+            let got = s.lr_at(iter);
+            assert!(
+                (got - want).abs() <= 1e-12 * want.abs().max(1e-300),
+                "{:?} at {iter}: got {got}, expected {want}",
+                s.kind
+            );
+        }
+    }
+
+    #[test]
+    fn constant_with_and_without_warmup() {
+        check(
+            &sched(0.1, ScheduleKind::Constant, 0, 0.5),
+            &[(0, 0.1), (1, 0.1), (100_000, 0.1)],
+        );
+        // factor 0.2 + 0.8 * t / 5
+        check(
+            &sched(0.1, ScheduleKind::Constant, 5, 0.2),
+            &[(0, 0.02), (1, 0.036), (4, 0.084), (5, 0.1), (6, 0.1)],
+        );
+        assert_eq!(LrSchedule::constant(0.3).lr_at(7), 0.3);
+    }
+
+    #[test]
+    fn step_lr() {
+        let kind = ScheduleKind::Step {
+            step_size: 10,
+            gamma: 0.1,
+        };
+        check(
+            &sched(0.1, kind.clone(), 0, 1.0),
+            &[(0, 0.1), (9, 0.1), (10, 0.01), (19, 0.01), (25, 0.001)],
+        );
+        // counted from the end of a 5-iteration warm-up
+        check(
+            &sched(0.1, kind, 5, 0.5),
+            &[
+                (0, 0.05),
+                (2, 0.07),
+                (5, 0.1),
+                (14, 0.1),
+                (15, 0.01),
+                (30, 0.001),
+            ],
+        );
+    }
+
+    #[test]
+    fn multi_step_lr() {
+        // milestones in any order; a repeated milestone counts twice, as in torch
+        let kind = ScheduleKind::MultiStep {
+            milestones: vec![60, 30, 90, 90],
+            gamma: 0.5,
+        };
+        check(
+            &sched(1.0, kind.clone(), 0, 1.0),
+            &[
+                (0, 1.0),
+                (29, 1.0),
+                (30, 0.5),
+                (59, 0.5),
+                (60, 0.25),
+                (89, 0.25),
+                (90, 0.0625),
+            ],
+        );
+        check(
+            &sched(1.0, kind, 10, 0.1),
+            &[
+                (0, 0.1),
+                (5, 0.55),
+                (10, 1.0),
+                (39, 1.0),
+                (40, 0.5),
+                (70, 0.25),
+            ],
+        );
+    }
+
+    #[test]
+    fn cosine_lr() {
+        let kind = ScheduleKind::Cosine {
+            total_iters: 100,
+            min_lr: 0.001,
+        };
+        // 0.001 + 0.099 * (1 + cos(pi * t / 100)) / 2; cos(pi/4) = 0.70710678118654752
+        let quarter = 0.001 + 0.099 * (1.0 + std::f64::consts::FRAC_1_SQRT_2) / 2.0;
+        check(
+            &sched(0.1, kind.clone(), 0, 1.0),
+            &[
+                (0, 0.1),
+                (25, quarter),
+                (50, 0.0505),
+                (100, 0.001),
+                (150, 0.001),
+            ],
+        );
+        check(
+            &sched(0.1, kind, 10, 0.01),
+            &[
+                (0, 0.001),
+                (10, 0.1),
+                (35, quarter),
+                (60, 0.0505),
+                (110, 0.001),
+                (1000, 0.001),
+            ],
+        );
+        // monotone non-increasing after warm-up
+        let s = sched(
+            0.1,
+            ScheduleKind::Cosine {
+                total_iters: 37,
+                min_lr: 0.0,
+            },
+            3,
+            0.1,
+        );
+        for i in 3..50 {
+            assert!(s.lr_at(i + 1) <= s.lr_at(i), "cosine rises at {i}");
+        }
+        assert!(
+            (0..3).all(|i| s.lr_at(i) < s.lr_at(i + 1)),
+            "warm-up must rise"
+        );
+    }
+
+    #[test]
+    fn validate_rejects_bad_configs() {
+        let base = LrSchedule::constant(0.1);
+        let bad = |s: LrSchedule| s.validate().unwrap_err().to_string();
+        assert!(bad(LrSchedule {
+            base_lr: -0.1,
+            ..base.clone()
+        })
+        .contains("base_lr"));
+        assert!(bad(LrSchedule {
+            base_lr: f64::NAN,
+            ..base.clone()
+        })
+        .contains("base_lr"));
+        for f in [0.0, 1.5, -0.2] {
+            let s = LrSchedule {
+                warmup_iters: 5,
+                warmup_start_factor: f,
+                ..base.clone()
+            };
+            assert!(bad(s).contains("warmup_start_factor"));
+        }
+        let with = |kind| LrSchedule {
+            kind,
+            ..base.clone()
+        };
+        assert!(bad(with(ScheduleKind::Step {
+            step_size: 0,
+            gamma: 0.1
+        }))
+        .contains("step_size"));
+        assert!(bad(with(ScheduleKind::Step {
+            step_size: 1,
+            gamma: -0.1
+        }))
+        .contains("gamma"));
+        let ms = ScheduleKind::MultiStep {
+            milestones: vec![1],
+            gamma: f64::INFINITY,
+        };
+        assert!(bad(with(ms)).contains("gamma"));
+        let cos = |total_iters, min_lr| ScheduleKind::Cosine {
+            total_iters,
+            min_lr,
+        };
+        assert!(bad(with(cos(0, 0.0))).contains("total_iters"));
+        assert!(bad(with(cos(10, 0.5))).contains("min_lr"));
+        assert!(bad(with(cos(10, -0.01))).contains("min_lr"));
+        with(cos(10, 0.1)).validate().unwrap();
+    }
+
+    #[test]
+    fn serde_round_trip_defaults_and_typos() {
+        let s = LrSchedule {
+            base_lr: 0.05,
+            kind: ScheduleKind::MultiStep {
+                milestones: vec![30, 60],
+                gamma: 0.1,
+            },
+            warmup_iters: 500,
+            warmup_start_factor: 0.001,
+        };
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#""type":"multi_step""#), "{json}");
+        assert_eq!(serde_json::from_str::<LrSchedule>(&json).unwrap(), s);
+
+        let parsed: LrSchedule = serde_json::from_str(
+            r#"{"base_lr": 0.1, "kind": {"type": "cosine", "total_iters": 90, "min_lr": 0.0}}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.warmup_iters, 0);
+        assert_eq!(parsed.warmup_start_factor, 1.0 / 3.0);
+        assert_eq!(
+            parsed.kind,
+            ScheduleKind::Cosine {
+                total_iters: 90,
+                min_lr: 0.0
+            }
+        );
+        let constant: LrSchedule =
+            serde_json::from_str(r#"{"base_lr": 0.1, "kind": {"type": "constant"}}"#).unwrap();
+        assert_eq!(constant.kind, ScheduleKind::Constant);
+
+        // misspelt fields are errors, not silently ignored
+        assert!(serde_json::from_str::<LrSchedule>(
+            r#"{"base_lr": 0.1, "kind": {"type": "constant"}, "warmup": 5}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<LrSchedule>(
+            r#"{"base_lr": 0.1, "kind": {"type": "step", "step_size": 3, "gama": 0.5}}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<LrSchedule>(
+            r#"{"base_lr": 0.1, "kind": {"type": "step", "step_size": 3, "gamma": 0.5, "x": 1}}"#
+        )
+        .is_err());
+    }
+}
