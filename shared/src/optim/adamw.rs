@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, DeviceLocation, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -119,6 +119,9 @@ impl Optimizer for AdamW {
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         check_lr(lr)?;
         let AdamWConfig { beta1, beta2, eps } = self.cfg;
+        // sqrt(1 - beta2^t) as a rank-0 tensor; built on the host (some backends have no f64)
+        // and cached, since parameters usually share step count, dtype and device.
+        let mut bc2_cache: Option<((u64, DType, DeviceLocation), Tensor)> = None;
         for (group, states) in self.groups.iter().zip(self.state.iter_mut()) {
             if group.frozen {
                 continue;
@@ -144,8 +147,17 @@ impl Optimizer for AdamW {
                 let bias_correction1 = 1.0 - beta1.powf(t);
                 let bias_correction2 = 1.0 - beta2.powf(t);
                 let step_size = group_lr / bias_correction1;
-                let bc2_sqrt =
-                    Tensor::new(bias_correction2.sqrt(), p.device())?.to_dtype(p.dtype())?;
+                let cache_key = (step, p.dtype(), p.device().location());
+                let bc2_sqrt = match &bc2_cache {
+                    Some((key, t)) if *key == cache_key => t.clone(),
+                    _ => {
+                        let t = Tensor::new(bias_correction2.sqrt(), &Device::Cpu)?
+                            .to_dtype(p.dtype())?
+                            .to_device(p.device())?;
+                        bc2_cache = Some((cache_key, t.clone()));
+                        t
+                    }
+                };
                 // (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps): a true division, as
                 // ATen's CPU kernel does (not a multiplication by the reciprocal).
                 let denom = v.sqrt()?.broadcast_div(&bc2_sqrt)?.affine(1.0, eps)?;
@@ -179,13 +191,13 @@ impl Optimizer for AdamW {
     fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         for (group, states) in self.groups.iter().zip(self.state.iter()) {
-            for ((name, var), s) in group.params.iter().zip(states.iter()) {
+            for ((name, _), s) in group.params.iter().zip(states.iter()) {
                 if let Some(s) = s {
                     out.push((format!("{EXP_AVG}{name}"), s.exp_avg.clone()));
                     out.push((format!("{EXP_AVG_SQ}{name}"), s.exp_avg_sq.clone()));
                     out.push((
                         format!("{STEP}{name}"),
-                        Tensor::new(s.step as f64, var.device())?,
+                        Tensor::new(s.step as f64, &Device::Cpu)?,
                     ));
                 }
             }
@@ -221,7 +233,10 @@ impl Optimizer for AdamW {
                         t.shape()
                     )));
                 }
-                let step = t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                let step = t
+                    .to_device(&Device::Cpu)?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
                 if !(step >= 0.0 && step.fract() == 0.0 && step < 2f64.powi(53)) {
                     return Err(Error::invalid(format!(
                         "optimiser state {key:?}: invalid step counter {step}"

@@ -69,7 +69,8 @@ pub trait Optimizer {
 
     /// Optimiser state for checkpoints, in a deterministic order (groups, then parameters, in
     /// construction order). Keys are `"sgd.momentum_buffer.<param>"`, `"adamw.exp_avg.<param>"`,
-    /// `"adamw.exp_avg_sq.<param>"` and `"adamw.step.<param>"` (a rank-0 f64 tensor).
+    /// `"adamw.exp_avg_sq.<param>"` and `"adamw.step.<param>"` (a rank-0 f64 tensor on the CPU;
+    /// the others are on the parameter's device, in its dtype).
     /// Parameters that have no state yet (never stepped) have no entries.
     fn state_tensors(&self) -> Result<Vec<(String, Tensor)>>;
 
