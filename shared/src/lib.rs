@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod layers;
 pub mod multitask;
 pub mod network;
+pub mod optim;
 pub mod preprocess;
 pub mod testdata;
 pub mod varstore;
