@@ -10,6 +10,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, D};
 
 use crate::network::Network;
+use crate::optim::{Optimizer, ParamGroup};
 use crate::{Error, Result};
 
 /// A batch for the multi-task step.
@@ -107,7 +108,7 @@ pub fn multitask_forward_backward(
             .sum_all()?
             .to_scalar::<u32>()? as usize;
         stats.samples_per_task[t] = n_t;
-        stats.loss_per_task[t] = ce.to_scalar::<f32>()? / n_t as f32;
+        stats.loss_per_task[t] = ce.to_dtype(DType::F32)?.to_scalar::<f32>()? / n_t as f32;
         total = Some(match total {
             None => ce,
             Some(acc) => (acc + ce)?,
@@ -115,7 +116,7 @@ pub fn multitask_forward_backward(
     }
     let total = total.ok_or_else(|| Error::invalid("empty batch"))?;
     let loss = (total / b as f64)?;
-    stats.loss = loss.to_scalar::<f32>()?;
+    stats.loss = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     let mut grads = loss.backward()?;
     for (t, head) in net.heads().iter().enumerate() {
         let n_t = stats.samples_per_task[t];
@@ -130,4 +131,58 @@ pub fn multitask_forward_backward(
         }
     }
     Ok((stats, grads))
+}
+
+/// Parameter groups for the paper's scheme: `trunk` at the base learning rate and `heads` at
+/// `head_lr_scale` (τ) times it, both with `weight_decay`. With `no_decay_norm_bias`,
+/// BatchNorm parameters and biases go to `trunk_no_decay` / `heads_no_decay` groups without
+/// weight decay. Buffers (running statistics) are never included.
+pub fn param_groups(
+    net: &Network,
+    head_lr_scale: f64,
+    weight_decay: f64,
+    no_decay_norm_bias: bool,
+) -> Vec<ParamGroup> {
+    let mut groups: Vec<ParamGroup> = Vec::new();
+    for (name, var) in net.named_parameters() {
+        let is_head = !net.is_trunk_name(&name);
+        let no_decay = no_decay_norm_bias && var.rank() <= 1;
+        let group_name = match (is_head, no_decay) {
+            (false, false) => "trunk",
+            (false, true) => "trunk_no_decay",
+            (true, false) => "heads",
+            (true, true) => "heads_no_decay",
+        };
+        match groups.iter_mut().find(|g| g.name == group_name) {
+            Some(g) => g.params.push((name, var)),
+            None => groups.push(ParamGroup {
+                name: group_name.to_string(),
+                params: vec![(name, var)],
+                lr_scale: if is_head { head_lr_scale } else { 1.0 },
+                weight_decay: if no_decay { 0.0 } else { weight_decay },
+                frozen: false,
+            }),
+        }
+    }
+    groups
+}
+
+/// One optimisation step of the multi-task scheme at base learning rate `lr`:
+/// [`multitask_forward_backward`] then `optimizer.step`. Returns the batch statistics.
+pub fn multitask_step(
+    net: &Network,
+    optimizer: &mut dyn Optimizer,
+    batch: &TaskBatch,
+    lr: f64,
+    train: bool,
+) -> Result<StepStats> {
+    let (stats, grads) = multitask_forward_backward(net, batch, train)?;
+    if !stats.loss.is_finite() {
+        return Err(Error::invalid(format!(
+            "the loss is {} (diverged); lower the learning rate",
+            stats.loss
+        )));
+    }
+    optimizer.step(&grads, lr)?;
+    Ok(stats)
 }
