@@ -11,26 +11,47 @@ use mtpath_shared::weights::{read_weights_file, LoadMode, TensorFile};
 use mtpath_shared::{Arch, HeadSpec, Network, NetworkSpec};
 
 fn fixture(name: &str) -> TensorFile {
-    read_weights_file(&fixtures_dir().join(name), &Device::Cpu).expect("fixture (set MTPATH_FIXTURES)")
+    read_weights_file(&fixtures_dir().join(name), &Device::Cpu)
+        .expect("fixture (set MTPATH_FIXTURES)")
 }
 
 fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
     let a = a.to_dtype(DType::F64).unwrap();
     let b = b.to_dtype(DType::F64).unwrap();
-    let num = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-    let den = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    let num = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let den = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     (num / den).sqrt()
 }
 
 fn scalar(t: &Tensor) -> f64 {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()[0]
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()[0]
 }
 
 /// image0..image3, then the same four flipped left-right.
 fn batch_images() -> Tensor {
     let f = fixture("preprocess.safetensors");
-    let imgs: Vec<Tensor> = (0..4).map(|i| f.get(&format!("image{i}")).unwrap().clone()).collect();
+    let imgs: Vec<Tensor> = (0..4)
+        .map(|i| f.get(&format!("image{i}")).unwrap().clone())
+        .collect();
     let x = Tensor::stack(&imgs, 0).unwrap();
     let w = x.dim(3).unwrap();
     let rev = Tensor::from_vec((0..w as u32).rev().collect::<Vec<_>>(), w, &Device::Cpu).unwrap();
@@ -52,20 +73,62 @@ fn heads() -> Vec<HeadSpec> {
 /// ~1e-8; in float32 a few ReLU/max-pool ties flip relative to the float64 reference on step 0
 /// and the difference carries into step 1.
 fn two_sgd_steps(dtype: DType, later_tol: f64) {
-    let net = Network::with_dtype(NetworkSpec::multitask(Arch::ResNet18, heads()), &Device::Cpu, dtype, 0).unwrap();
+    let net = Network::with_dtype(
+        NetworkSpec::multitask(Arch::ResNet18, heads()),
+        &Device::Cpu,
+        dtype,
+        0,
+    )
+    .unwrap();
     // Trunk from the torchvision file (its `fc` is unexpected), heads from the init file.
-    let trunk = net.load_weights(&fixture("resnet18.safetensors"), LoadMode::Partial).unwrap();
-    assert_eq!(trunk.unexpected, vec!["fc.bias".to_string(), "fc.weight".to_string()]);
-    assert_eq!(trunk.missing.len(), 6, "only the heads are missing: {:?}", trunk.missing);
-    let init = net.load_weights(&fixture("multitask_init.safetensors"), LoadMode::Partial).unwrap();
+    let trunk = net
+        .load_weights(&fixture("resnet18.safetensors"), LoadMode::Partial)
+        .unwrap();
+    assert_eq!(
+        trunk.unexpected,
+        vec!["fc.bias".to_string(), "fc.weight".to_string()]
+    );
+    assert_eq!(
+        trunk.missing.len(),
+        6,
+        "only the heads are missing: {:?}",
+        trunk.missing
+    );
+    let init = net
+        .load_weights(&fixture("multitask_init.safetensors"), LoadMode::Partial)
+        .unwrap();
     assert_eq!(init.loaded.len(), 6);
 
-    let exp: HashMap<String, Tensor> = fixture("multitask_expected.safetensors").tensors.into_iter().collect();
-    let tasks: Vec<usize> = exp["tasks"].to_vec1::<i64>().unwrap().iter().map(|&t| t as usize).collect();
-    let labels: Vec<u32> = exp["labels"].to_vec1::<i64>().unwrap().iter().map(|&t| t as u32).collect();
-    let batch = TaskBatch { images: batch_images().to_dtype(dtype).unwrap(), tasks, labels };
+    let exp: HashMap<String, Tensor> = fixture("multitask_expected.safetensors")
+        .tensors
+        .into_iter()
+        .collect();
+    let tasks: Vec<usize> = exp["tasks"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .iter()
+        .map(|&t| t as usize)
+        .collect();
+    let labels: Vec<u32> = exp["labels"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .iter()
+        .map(|&t| t as u32)
+        .collect();
+    let batch = TaskBatch {
+        images: batch_images().to_dtype(dtype).unwrap(),
+        tasks,
+        labels,
+    };
 
-    let mut opt = Sgd::new(param_groups(&net, 5.0, 1e-4, false), SgdConfig { momentum: 0.9, nesterov: false }).unwrap();
+    let mut opt = Sgd::new(
+        param_groups(&net, 5.0, 1e-4, false),
+        SgdConfig {
+            momentum: 0.9,
+            nesterov: false,
+        },
+    )
+    .unwrap();
     assert_eq!(opt.groups().len(), 2);
 
     // Step 0: loss and the rescaled head gradients.
@@ -80,7 +143,11 @@ fn two_sgd_steps(dtype: DType, later_tol: f64) {
         if let Some(want) = exp.get(&format!("step0.grad.{}", name)) {
             let e = rel_l2(grads.get(var.as_tensor()).unwrap(), want);
             eprintln!("step0 grad {name}: rel L2 {e:.2e}");
-            let tol = if name.starts_with("heads.") { 1e-4 } else { 1e-2 };
+            let tol = if name.starts_with("heads.") {
+                1e-4
+            } else {
+                1e-2
+            };
             assert!(e < tol, "step0 gradient of {name}: {e}");
         }
         if let Some(want) = exp.get(&format!("step0.grad.trunk.{name}")) {
@@ -103,9 +170,16 @@ fn two_sgd_steps(dtype: DType, later_tol: f64) {
     // Parameters and running statistics after both steps.
     let mut checked = 0;
     for (key, want) in &exp {
-        let Some(name) = key.strip_prefix("after2.") else { continue };
+        let Some(name) = key.strip_prefix("after2.") else {
+            continue;
+        };
         let name = name.strip_prefix("trunk.").unwrap_or(name);
-        let ours = net.store().get(name).unwrap_or_else(|| panic!("no tensor {name}")).var.as_tensor();
+        let ours = net
+            .store()
+            .get(name)
+            .unwrap_or_else(|| panic!("no tensor {name}"))
+            .var
+            .as_tensor();
         let e = rel_l2(ours, want);
         eprintln!("after two steps {name}: rel L2 {e:.2e}");
         assert!(e < later_tol, "{name} after two steps: {e}");

@@ -16,7 +16,12 @@ fn fixture(name: &str) -> TensorFile {
         .unwrap_or_else(|e| panic!("fixture {}: {e} (set MTPATH_FIXTURES)", path.display()))
 }
 
-fn expected(arch: &str) -> (HashMap<String, Tensor>, std::collections::BTreeMap<String, String>) {
+fn expected(
+    arch: &str,
+) -> (
+    HashMap<String, Tensor>,
+    std::collections::BTreeMap<String, String>,
+) {
     let f = fixture(&format!("{arch}_expected.safetensors"));
     (f.tensors.into_iter().collect(), f.metadata)
 }
@@ -35,13 +40,37 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
     let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-    let num = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-    let den = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    let num = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let den = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     (num / den.max(1e-300)).sqrt()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 fn load_model(arch: &str) -> Network {
@@ -77,24 +106,44 @@ fn train_parity(arch: &str, dtype: DType, grad_tol: f64) {
     let file = fixture(&format!("{arch}.safetensors"));
     let spec = mtpath_shared::NetworkSpec::classifier(arch.parse().unwrap(), 1000);
     let net = Network::with_dtype(spec, &Device::Cpu, dtype, 0).unwrap();
-    net.load_weights(&file, mtpath_shared::weights::LoadMode::Strict).unwrap();
+    net.load_weights(&file, mtpath_shared::weights::LoadMode::Strict)
+        .unwrap();
     let (exp, meta) = expected(arch);
     let x = input_batch().to_dtype(dtype).unwrap();
     let labels = exp["labels"].to_dtype(DType::U32).unwrap();
     let logits = net.logits_t(&x, true).unwrap();
     let loss = (cross_entropy_sum(&logits, &labels).unwrap() / 4.0).unwrap();
     let el = rel_l2(&logits, &exp["train_logits"]);
-    let loss_v = loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
-    let exp_loss = exp["train_loss"].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64;
+    let loss_v = loss
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let exp_loss = exp["train_loss"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0] as f64;
     let eloss = ((loss_v - exp_loss) / exp_loss).abs();
     eprintln!("{arch} {dtype:?} train: logits rel L2 {el:.2e}, loss {loss_v:.6} vs {exp_loss:.6} (rel {eloss:.2e})");
     assert!(el < 1e-4, "{arch} train logits rel error {el}");
     assert!(eloss < 1e-4, "{arch} train loss rel error {eloss}");
 
     // First BatchNorm's running statistics after this one train-mode forward.
-    let first_bn = if arch.starts_with("densenet") { "features.norm0" } else { "bn1" };
+    let first_bn = if arch.starts_with("densenet") {
+        "features.norm0"
+    } else {
+        "bn1"
+    };
     for stat in ["running_mean", "running_var"] {
-        let ours = net.store().get(&format!("{first_bn}.{stat}")).unwrap().var.as_tensor().to_dtype(DType::F32).unwrap();
+        let ours = net
+            .store()
+            .get(&format!("{first_bn}.{stat}"))
+            .unwrap()
+            .var
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap();
         let theirs = &exp[&format!("{stat}_after.{first_bn}")];
         let d = max_abs_diff(&ours, theirs);
         eprintln!("{arch} {dtype:?} {first_bn}.{stat} after forward: max abs diff {d:.2e}");
@@ -105,19 +154,43 @@ fn train_parity(arch: &str, dtype: DType, grad_tol: f64) {
     let params = net.named_parameters();
     let order: Vec<String> = serde_json::from_str(&meta["grad_norms_order"]).unwrap();
     let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, order, "{arch}: parameter order differs from torchvision's");
+    assert_eq!(
+        names, order,
+        "{arch}: parameter order differs from torchvision's"
+    );
     let exp_norms = exp["grad_norms"].to_vec1::<f32>().unwrap();
     let mut worst = (0.0f64, String::new());
     for ((name, var), &en) in params.iter().zip(&exp_norms) {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
-        let n = g.to_dtype(DType::F64).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let n = g
+            .to_dtype(DType::F64)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            .sqrt();
         let rel = (n - en as f64).abs() / (en as f64).max(1e-30);
         if rel > worst.0 {
             worst = (rel, name.clone());
         }
     }
-    eprintln!("{arch} {dtype:?} train: worst gradient-norm rel error {:.2e} ({}) over {} parameters", worst.0, worst.1, params.len());
-    assert!(worst.0 < grad_tol, "{arch} gradient norm of {} off by {}", worst.1, worst.0);
+    eprintln!(
+        "{arch} {dtype:?} train: worst gradient-norm rel error {:.2e} ({}) over {} parameters",
+        worst.0,
+        worst.1,
+        params.len()
+    );
+    assert!(
+        worst.0 < grad_tol,
+        "{arch} gradient norm of {} off by {}",
+        worst.1,
+        worst.0
+    );
     let mut checked = 0;
     for (key, want) in &exp {
         if let Some(name) = key.strip_prefix("grad.") {
@@ -125,7 +198,11 @@ fn train_parity(arch: &str, dtype: DType, grad_tol: f64) {
             let e = rel_l2(grads.get(var.as_tensor()).unwrap(), want);
             eprintln!("{arch} {dtype:?} grad {name}: rel L2 {e:.2e}");
             // Elementwise, a flipped argmax moves a whole gradient entry: allow 5x in f32.
-            let tol = if dtype == DType::F64 { grad_tol } else { 5.0 * grad_tol };
+            let tol = if dtype == DType::F64 {
+                grad_tol
+            } else {
+                5.0 * grad_tol
+            };
             assert!(e < tol, "{arch} gradient of {name} rel error {e}");
             checked += 1;
         }

@@ -21,7 +21,9 @@ const TILES: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args().nth(1).ok_or("usage: make-wasm-parity-bundle OUT.safetensors")?;
+    let out = std::env::args()
+        .nth(1)
+        .ok_or("usage: make-wasm-parity-bundle OUT.safetensors")?;
     let model_path = fixtures_dir().join("resnet18.safetensors");
     let model_bytes = std::fs::read(&model_path)
         .map_err(|e| format!("{}: {e} (set MTPATH_FIXTURES)", model_path.display()))?;
@@ -31,16 +33,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     for (i, rel) in TILES.iter().enumerate() {
         let path = data_dir().join(rel);
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e} (set MTPATH_DATA)", path.display()))?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| format!("{}: {e} (set MTPATH_DATA)", path.display()))?;
         rows.push(extractor.extract_bytes(&bytes)?);
         let n = bytes.len();
-        tensors.push((format!("image.{i}"), Tensor::from_vec(bytes, n, &Device::Cpu)?));
+        tensors.push((
+            format!("image.{i}"),
+            Tensor::from_vec(bytes, n, &Device::Cpu)?,
+        ));
     }
     let dim = extractor.feature_dim();
     let flat: Vec<f32> = rows.into_iter().flatten().collect();
-    tensors.push(("features".into(), Tensor::from_vec(flat, (TILES.len(), dim), &Device::Cpu)?));
+    tensors.push((
+        "features".into(),
+        Tensor::from_vec(flat, (TILES.len(), dim), &Device::Cpu)?,
+    ));
     let n = model_bytes.len();
-    tensors.push(("model".into(), Tensor::from_vec(model_bytes, n, &Device::Cpu)?));
+    tensors.push((
+        "model".into(),
+        Tensor::from_vec(model_bytes, n, &Device::Cpu)?,
+    ));
     let meta = HashMap::from([("tiles".to_string(), serde_json::to_string(TILES)?)]);
     let bytes = safetensors::serialize(tensors, Some(meta))?;
     mtpath_shared::fsutil::write_atomic(std::path::Path::new(&out), &bytes)?;

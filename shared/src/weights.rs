@@ -38,10 +38,12 @@ impl TensorFile {
     pub fn model_card(&self) -> Result<Option<ModelMetadata>> {
         match self.metadata.get(METADATA_KEY) {
             None => Ok(None),
-            Some(s) => serde_json::from_str(s).map(Some).map_err(|e| Error::BadWeights {
-                path: self.source.clone(),
-                message: format!("metadata `{METADATA_KEY}` is not valid mtpath metadata: {e}"),
-            }),
+            Some(s) => serde_json::from_str(s)
+                .map(Some)
+                .map_err(|e| Error::BadWeights {
+                    path: self.source.clone(),
+                    message: format!("metadata `{METADATA_KEY}` is not valid mtpath metadata: {e}"),
+                }),
         }
     }
 
@@ -50,14 +52,20 @@ impl TensorFile {
         if let Some(card) = self.model_card()? {
             return Ok(card.architecture);
         }
-        Arch::infer_from_keys(self.names().map(normalize_name).collect::<Vec<_>>().iter().map(|s| s.as_str()))
-            .ok_or_else(|| Error::BadWeights {
-                path: self.source.clone(),
-                message: "cannot tell the architecture: no mtpath metadata and the tensor names \
+        Arch::infer_from_keys(
+            self.names()
+                .map(normalize_name)
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|s| s.as_str()),
+        )
+        .ok_or_else(|| Error::BadWeights {
+            path: self.source.clone(),
+            message: "cannot tell the architecture: no mtpath metadata and the tensor names \
                           match none of resnet18/34/50/101, densenet121/169 (torchvision naming); \
                           pass the architecture explicitly (--arch)"
-                    .into(),
-            })
+                .into(),
+        })
     }
 }
 
@@ -132,7 +140,9 @@ pub fn read_safetensors_bytes(bytes: &[u8], source: &str, device: &Device) -> Re
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
         bad(
             source,
-            format!("not a readable safetensors file ({e}); it may be truncated or of another format"),
+            format!(
+                "not a readable safetensors file ({e}); it may be truncated or of another format"
+            ),
         )
     })?;
     let st = safetensors::SafeTensors::deserialize(bytes)
@@ -200,7 +210,12 @@ pub fn read_weights_file(path: &Path, device: &Device) -> Result<TensorFile> {
 fn read_pth(path: &Path, device: &Device) -> Result<TensorFile> {
     let source = path.display().to_string();
     let mut last_err = None;
-    for key in [None, Some("state_dict"), Some("model"), Some("model_state_dict")] {
+    for key in [
+        None,
+        Some("state_dict"),
+        Some("model"),
+        Some("model_state_dict"),
+    ] {
         match candle_core::pickle::read_all_with_key(path, key) {
             Ok(t) if !t.is_empty() => {
                 let mut tensors = Vec::with_capacity(t.len());
@@ -276,7 +291,12 @@ pub struct LoadReport {
 
 fn list(names: &[String]) -> String {
     const SHOWN: usize = 12;
-    let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > SHOWN {
         s.push_str(&format!(" … and {} more", names.len() - SHOWN));
     }
@@ -338,7 +358,11 @@ impl Network {
             if !missing.is_empty() || !unexpected.is_empty() {
                 let mut msg = format!("strict load into {} failed{looks_like}:", self.arch());
                 if !missing.is_empty() {
-                    msg.push_str(&format!(" missing {} tensor(s): {};", missing.len(), list(&missing)));
+                    msg.push_str(&format!(
+                        " missing {} tensor(s): {};",
+                        missing.len(),
+                        list(&missing)
+                    ));
                 }
                 if !unexpected.is_empty() {
                     msg.push_str(&format!(

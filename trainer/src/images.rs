@@ -40,7 +40,10 @@ pub fn collect_images(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let before = out.len();
             walk(a, &mut out)?;
             if out.len() == before {
-                bail!("{}: no .jpg/.jpeg/.png/.tif/.tiff files in this directory", a.display());
+                bail!(
+                    "{}: no .jpg/.jpeg/.png/.tif/.tiff files in this directory",
+                    a.display()
+                );
             }
         } else if a.exists() {
             out.push(a.clone());

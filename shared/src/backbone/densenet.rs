@@ -61,7 +61,15 @@ impl DenseNet {
     /// Register a DenseNet with the given number of layers per dense block.
     pub fn new(b: &mut Builder<'_>, block_config: [usize; 4]) -> Result<Self> {
         let mut f = b.pp("features");
-        let conv0 = Conv2d::new(&mut f.pp("conv0"), 3, INIT_FEATURES, 7, 2, 3, ConvInit::FanIn)?;
+        let conv0 = Conv2d::new(
+            &mut f.pp("conv0"),
+            3,
+            INIT_FEATURES,
+            7,
+            2,
+            3,
+            ConvInit::FanIn,
+        )?;
         let norm0 = BatchNorm2d::new(&mut f.pp("norm0"), INIT_FEATURES)?;
         let mut ch = INIT_FEATURES;
         let mut blocks = Vec::with_capacity(4);
@@ -70,7 +78,10 @@ impl DenseNet {
             let mut bb = f.pp(format!("denseblock{}", i + 1));
             let mut layers = Vec::with_capacity(n_layers);
             for l in 0..n_layers {
-                layers.push(DenseLayer::new(&mut bb.pp(format!("denselayer{}", l + 1)), ch + l * GROWTH)?);
+                layers.push(DenseLayer::new(
+                    &mut bb.pp(format!("denselayer{}", l + 1)),
+                    ch + l * GROWTH,
+                )?);
             }
             ch += n_layers * GROWTH;
             blocks.push(layers);
@@ -95,7 +106,10 @@ impl DenseNet {
 
     /// The final feature map after `norm5` and the ReLU torchvision applies in `forward`.
     pub fn feature_map_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = self.norm0.forward_t(&self.conv0.forward(xs)?, train)?.relu()?;
+        let h = self
+            .norm0
+            .forward_t(&self.conv0.forward(xs)?, train)?
+            .relu()?;
         let mut h = max_pool2d(&h, STEM_POOL)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let mut features = vec![h];

@@ -2,7 +2,6 @@
 
 use candle_core::{Module, ModuleT, Tensor};
 
-
 use crate::layers::{max_pool2d, BatchNorm2d, Conv2d, ConvInit, MaxPool2d};
 use crate::varstore::Builder;
 use crate::Result;
@@ -65,13 +64,29 @@ impl Block {
         let out_ch = shapes.last().map(|s| s.1).unwrap_or(planes);
         let mut layers = Vec::with_capacity(shapes.len());
         for (i, (ci, co, k, s, p)) in shapes.into_iter().enumerate() {
-            let conv = Conv2d::new(&mut b.pp(format!("conv{}", i + 1)), ci, co, k, s, p, ConvInit::FanOut)?;
+            let conv = Conv2d::new(
+                &mut b.pp(format!("conv{}", i + 1)),
+                ci,
+                co,
+                k,
+                s,
+                p,
+                ConvInit::FanOut,
+            )?;
             let bn = BatchNorm2d::new(&mut b.pp(format!("bn{}", i + 1)), co)?;
             layers.push(ConvBn { conv, bn });
         }
         let downsample = if stride != 1 || in_ch != out_ch {
             let mut d = b.pp("downsample");
-            let conv = Conv2d::new(&mut d.pp("0"), in_ch, out_ch, 1, stride, 0, ConvInit::FanOut)?;
+            let conv = Conv2d::new(
+                &mut d.pp("0"),
+                in_ch,
+                out_ch,
+                1,
+                stride,
+                0,
+                ConvInit::FanOut,
+            )?;
             let bn = BatchNorm2d::new(&mut d.pp("1"), out_ch)?;
             Some(ConvBn { conv, bn })
         } else {
@@ -124,7 +139,13 @@ impl ResNet {
             let mut blocks = Vec::with_capacity(count);
             for i in 0..count {
                 let stride = if s > 0 && i == 0 { 2 } else { 1 };
-                blocks.push(Block::new(&mut stage_b.pp(i.to_string()), in_ch, planes, stride, bottleneck)?);
+                blocks.push(Block::new(
+                    &mut stage_b.pp(i.to_string()),
+                    in_ch,
+                    planes,
+                    stride,
+                    bottleneck,
+                )?);
                 in_ch = planes * expansion;
             }
             stages.push(blocks);

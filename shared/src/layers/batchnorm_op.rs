@@ -10,14 +10,20 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use rayon::prelude::*;
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("fused batch-norm: {what} must be contiguous")))?;
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg(format!("fused batch-norm: {what} must be contiguous"))
+    })?;
     Ok(&s.as_slice::<f32>()?[start..end])
 }
 
 /// Per-channel sums over the N planes of channel `c` of an NCHW buffer.
-fn channel_planes(data: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[f32]> {
+fn channel_planes(
+    data: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    ch: usize,
+) -> impl Iterator<Item = &[f32]> {
     (0..n).map(move |i| &data[(i * c + ch) * hw..(i * c + ch + 1) * hw])
 }
 
@@ -88,7 +94,11 @@ impl CustomOp3 for BatchNormTrain {
                 let ch = plane % c;
                 // Centre first: `x·scale + shift` would cancel catastrophically for channels
                 // whose mean is large against their spread.
-                let (m, scale, b) = (self.mean[ch], self.invstd[ch] * weight[ch] as f64, bias[ch] as f64);
+                let (m, scale, b) = (
+                    self.mean[ch],
+                    self.invstd[ch] * weight[ch] as f64,
+                    bias[ch] as f64,
+                );
                 for (o, &v) in yp.iter_mut().zip(xp) {
                     *o = ((v as f64 - m) * scale + b) as f32;
                 }
@@ -152,9 +162,12 @@ impl CustomOp2 for BatchNormBackward {
                 channel_planes(x, n, c, hw, ch)
                     .zip(channel_planes(dy, n, c, hw, ch))
                     .fold((0.0, 0.0), |(sd, sdx), (xp, gp)| {
-                        let (a, b) = xp.iter().zip(gp).fold((0.0f64, 0.0f64), |(a, b), (&xv, &g)| {
-                            (a + g as f64, b + g as f64 * (xv as f64 - m) * is)
-                        });
+                        let (a, b) = xp
+                            .iter()
+                            .zip(gp)
+                            .fold((0.0f64, 0.0f64), |(a, b), (&xv, &g)| {
+                                (a + g as f64, b + g as f64 * (xv as f64 - m) * is)
+                            });
                         (sd + a, sdx + b)
                     })
             })

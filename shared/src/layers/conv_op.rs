@@ -139,32 +139,34 @@ fn matmul<T: WithDType>(
 fn im2col<T: WithDType>(x: &[T], d: &Dims, g: ConvGeom, n0: usize, nc: usize, col: &mut [T]) {
     let l = d.out_len();
     let width = nc * l;
-    col.par_chunks_mut(width).enumerate().for_each(|(row, dst)| {
-        let ci = row / (d.k * d.k);
-        let ky = (row / d.k) % d.k;
-        let kx = row % d.k;
-        for s in 0..nc {
-            let plane = &x[((n0 + s) * d.c_in + ci) * d.h * d.w..][..d.h * d.w];
-            let out = &mut dst[s * l..(s + 1) * l];
-            for oy in 0..d.oh {
-                let y = (oy * g.stride + ky) as isize - g.padding as isize;
-                let row_out = &mut out[oy * d.ow..(oy + 1) * d.ow];
-                if y < 0 || y >= d.h as isize {
-                    row_out.fill(T::zero());
-                    continue;
-                }
-                let src = &plane[y as usize * d.w..(y as usize + 1) * d.w];
-                for (ox, o) in row_out.iter_mut().enumerate() {
-                    let xx = (ox * g.stride + kx) as isize - g.padding as isize;
-                    *o = if xx < 0 || xx >= d.w as isize {
-                        T::zero()
-                    } else {
-                        src[xx as usize]
-                    };
+    col.par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let ci = row / (d.k * d.k);
+            let ky = (row / d.k) % d.k;
+            let kx = row % d.k;
+            for s in 0..nc {
+                let plane = &x[((n0 + s) * d.c_in + ci) * d.h * d.w..][..d.h * d.w];
+                let out = &mut dst[s * l..(s + 1) * l];
+                for oy in 0..d.oh {
+                    let y = (oy * g.stride + ky) as isize - g.padding as isize;
+                    let row_out = &mut out[oy * d.ow..(oy + 1) * d.ow];
+                    if y < 0 || y >= d.h as isize {
+                        row_out.fill(T::zero());
+                        continue;
+                    }
+                    let src = &plane[y as usize * d.w..(y as usize + 1) * d.w];
+                    for (ox, o) in row_out.iter_mut().enumerate() {
+                        let xx = (ox * g.stride + kx) as isize - g.padding as isize;
+                        *o = if xx < 0 || xx >= d.w as isize {
+                            T::zero()
+                        } else {
+                            src[xx as usize]
+                        };
+                    }
                 }
             }
-        }
-    });
+        });
 }
 
 /// Fold `col` [rows, nc·L] back, adding into `dx[n0..n0+nc]` (the adjoint of [`im2col`]).
@@ -200,7 +202,14 @@ fn col2im<T: WithDType>(col: &[T], d: &Dims, g: ConvGeom, n0: usize, nc: usize, 
 }
 
 /// Copy `t[n0..n0+nc]` ([N, C, L]) into channel-major `[C, nc·L]`, or back with `to_nchw`.
-fn transpose_chunk<T: WithDType>(src: &[T], dst: &mut [T], c: usize, l: usize, nc: usize, to_nchw: bool) {
+fn transpose_chunk<T: WithDType>(
+    src: &[T],
+    dst: &mut [T],
+    c: usize,
+    l: usize,
+    nc: usize,
+    to_nchw: bool,
+) {
     for s in 0..nc {
         for ch in 0..c {
             let a = (s * c + ch) * l;
@@ -218,7 +227,11 @@ fn conv_forward<T: WithDType>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T>
     let l = d.out_len();
     let mut y = vec![T::zero(); d.n * d.c_out * l];
     let rows = d.rows();
-    let w_mat = Mat { ptr: w.as_ptr(), rs: rows as isize, cs: 1 };
+    let w_mat = Mat {
+        ptr: w.as_ptr(),
+        rs: rows as isize,
+        cs: 1,
+    };
     if d.is_pointwise(g) {
         for s in 0..d.n {
             let xs = &x[s * d.c_in * l..];
@@ -227,10 +240,18 @@ fn conv_forward<T: WithDType>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T>
                 d.c_out,
                 l,
                 rows,
-                Mat { ptr: ys.as_mut_ptr(), rs: l as isize, cs: 1 },
+                Mat {
+                    ptr: ys.as_mut_ptr(),
+                    rs: l as isize,
+                    cs: 1,
+                },
                 false,
                 w_mat,
-                Mat { ptr: xs.as_ptr(), rs: l as isize, cs: 1 },
+                Mat {
+                    ptr: xs.as_ptr(),
+                    rs: l as isize,
+                    cs: 1,
+                },
             );
         }
         return y;
@@ -246,12 +267,27 @@ fn conv_forward<T: WithDType>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T>
             d.c_out,
             width,
             rows,
-            Mat { ptr: out.as_mut_ptr(), rs: width as isize, cs: 1 },
+            Mat {
+                ptr: out.as_mut_ptr(),
+                rs: width as isize,
+                cs: 1,
+            },
             false,
             w_mat,
-            Mat { ptr: col.as_ptr(), rs: width as isize, cs: 1 },
+            Mat {
+                ptr: col.as_ptr(),
+                rs: width as isize,
+                cs: 1,
+            },
         );
-        transpose_chunk(&out[..d.c_out * width], &mut y[n0 * d.c_out * l..], d.c_out, l, nc, true);
+        transpose_chunk(
+            &out[..d.c_out * width],
+            &mut y[n0 * d.c_out * l..],
+            d.c_out,
+            l,
+            nc,
+            true,
+        );
     }
     y
 }
@@ -261,17 +297,29 @@ fn conv_input_grad<T: WithDType>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Ve
     let rows = d.rows();
     let mut dx = vec![T::zero(); d.n * d.c_in * d.h * d.w];
     // Wᵀ as a (rows × c_out) view of the row-major (c_out × rows) kernel.
-    let wt = Mat { ptr: w.as_ptr(), rs: 1, cs: rows as isize };
+    let wt = Mat {
+        ptr: w.as_ptr(),
+        rs: 1,
+        cs: rows as isize,
+    };
     if d.is_pointwise(g) {
         for s in 0..d.n {
             matmul(
                 rows,
                 l,
                 d.c_out,
-                Mat { ptr: dx[s * d.c_in * l..].as_mut_ptr(), rs: l as isize, cs: 1 },
+                Mat {
+                    ptr: dx[s * d.c_in * l..].as_mut_ptr(),
+                    rs: l as isize,
+                    cs: 1,
+                },
                 false,
                 wt,
-                Mat { ptr: dy[s * d.c_out * l..].as_ptr(), rs: l as isize, cs: 1 },
+                Mat {
+                    ptr: dy[s * d.c_out * l..].as_ptr(),
+                    rs: l as isize,
+                    cs: 1,
+                },
             );
         }
         return dx;
@@ -287,10 +335,18 @@ fn conv_input_grad<T: WithDType>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Ve
             rows,
             width,
             d.c_out,
-            Mat { ptr: col.as_mut_ptr(), rs: width as isize, cs: 1 },
+            Mat {
+                ptr: col.as_mut_ptr(),
+                rs: width as isize,
+                cs: 1,
+            },
             false,
             wt,
-            Mat { ptr: dy_cm.as_ptr(), rs: width as isize, cs: 1 },
+            Mat {
+                ptr: dy_cm.as_ptr(),
+                rs: width as isize,
+                cs: 1,
+            },
         );
         col2im(&col[..rows * width], d, g, n0, nc, &mut dx);
     }
@@ -301,7 +357,11 @@ fn conv_weight_grad<T: WithDType>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> V
     let l = d.out_len();
     let rows = d.rows();
     let mut dw = vec![T::zero(); d.c_out * rows];
-    let dw_mat = Mat { ptr: dw.as_mut_ptr(), rs: rows as isize, cs: 1 };
+    let dw_mat = Mat {
+        ptr: dw.as_mut_ptr(),
+        rs: rows as isize,
+        cs: 1,
+    };
     if d.is_pointwise(g) {
         for s in 0..d.n {
             // dW += dY_s (c_out × L) · X_sᵀ (L × c_in)
@@ -311,8 +371,16 @@ fn conv_weight_grad<T: WithDType>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> V
                 l,
                 dw_mat,
                 s > 0,
-                Mat { ptr: dy[s * d.c_out * l..].as_ptr(), rs: l as isize, cs: 1 },
-                Mat { ptr: x[s * d.c_in * l..].as_ptr(), rs: 1, cs: l as isize },
+                Mat {
+                    ptr: dy[s * d.c_out * l..].as_ptr(),
+                    rs: l as isize,
+                    cs: 1,
+                },
+                Mat {
+                    ptr: x[s * d.c_in * l..].as_ptr(),
+                    rs: 1,
+                    cs: l as isize,
+                },
             );
         }
         return dw;
@@ -331,8 +399,16 @@ fn conv_weight_grad<T: WithDType>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> V
             width,
             dw_mat,
             i > 0,
-            Mat { ptr: dy_cm.as_ptr(), rs: width as isize, cs: 1 },
-            Mat { ptr: col.as_ptr(), rs: 1, cs: width as isize },
+            Mat {
+                ptr: dy_cm.as_ptr(),
+                rs: width as isize,
+                cs: 1,
+            },
+            Mat {
+                ptr: col.as_ptr(),
+                rs: 1,
+                cs: width as isize,
+            },
         );
     }
     dw
@@ -381,8 +457,22 @@ impl CustomOp2 for Conv2dOp {
             s1,
             s2,
             self.name(),
-            || Ok(conv_forward(contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?, &d, self.0)),
-            || Ok(conv_forward(contiguous::<f64>(s1, l1)?, contiguous::<f64>(s2, l2)?, &d, self.0)),
+            || {
+                Ok(conv_forward(
+                    contiguous::<f32>(s1, l1)?,
+                    contiguous::<f32>(s2, l2)?,
+                    &d,
+                    self.0,
+                ))
+            },
+            || {
+                Ok(conv_forward(
+                    contiguous::<f64>(s1, l1)?,
+                    contiguous::<f64>(s2, l2)?,
+                    &d,
+                    self.0,
+                ))
+            },
         )?;
         Ok((out, Shape::from((d.n, d.c_out, d.oh, d.ow))))
     }
@@ -395,8 +485,20 @@ impl CustomOp2 for Conv2dOp {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &ConvInputGrad { geom: self.0, x_dims: x.dims().to_vec() })?;
-        let dw = x.apply_op2_no_bwd(&dy, &ConvWeightGrad { geom: self.0, w_dims: w.dims().to_vec() })?;
+        let dx = dy.apply_op2_no_bwd(
+            w,
+            &ConvInputGrad {
+                geom: self.0,
+                x_dims: x.dims().to_vec(),
+            },
+        )?;
+        let dw = x.apply_op2_no_bwd(
+            &dy,
+            &ConvWeightGrad {
+                geom: self.0,
+                w_dims: w.dims().to_vec(),
+            },
+        )?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -421,15 +523,32 @@ impl CustomOp2 for ConvInputGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::new(&self.x_dims, l2.dims(), self.geom)?;
         if l1.dims() != [d.n, d.c_out, d.oh, d.ow] {
-            candle_core::bail!("conv2d backward: gradient shape {:?} does not match", l1.dims());
+            candle_core::bail!(
+                "conv2d backward: gradient shape {:?} does not match",
+                l1.dims()
+            );
         }
         let g = self.geom;
         let out = dispatch2(
             s1,
             s2,
             self.name(),
-            || Ok(conv_input_grad(contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?, &d, g)),
-            || Ok(conv_input_grad(contiguous::<f64>(s1, l1)?, contiguous::<f64>(s2, l2)?, &d, g)),
+            || {
+                Ok(conv_input_grad(
+                    contiguous::<f32>(s1, l1)?,
+                    contiguous::<f32>(s2, l2)?,
+                    &d,
+                    g,
+                ))
+            },
+            || {
+                Ok(conv_input_grad(
+                    contiguous::<f64>(s1, l1)?,
+                    contiguous::<f64>(s2, l2)?,
+                    &d,
+                    g,
+                ))
+            },
         )?;
         Ok((out, Shape::from(self.x_dims.clone())))
     }
@@ -455,15 +574,32 @@ impl CustomOp2 for ConvWeightGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::new(l1.dims(), &self.w_dims, self.geom)?;
         if l2.dims() != [d.n, d.c_out, d.oh, d.ow] {
-            candle_core::bail!("conv2d backward: gradient shape {:?} does not match", l2.dims());
+            candle_core::bail!(
+                "conv2d backward: gradient shape {:?} does not match",
+                l2.dims()
+            );
         }
         let g = self.geom;
         let out = dispatch2(
             s1,
             s2,
             self.name(),
-            || Ok(conv_weight_grad(contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?, &d, g)),
-            || Ok(conv_weight_grad(contiguous::<f64>(s1, l1)?, contiguous::<f64>(s2, l2)?, &d, g)),
+            || {
+                Ok(conv_weight_grad(
+                    contiguous::<f32>(s1, l1)?,
+                    contiguous::<f32>(s2, l2)?,
+                    &d,
+                    g,
+                ))
+            },
+            || {
+                Ok(conv_weight_grad(
+                    contiguous::<f64>(s1, l1)?,
+                    contiguous::<f64>(s2, l2)?,
+                    &d,
+                    g,
+                ))
+            },
         )?;
         Ok((out, Shape::from(self.w_dims.clone())))
     }
@@ -497,7 +633,14 @@ mod tests {
         ] {
             let x = Tensor::randn(0f64, 1.0, (3, cin, h, h + 1), &dev)?;
             let w = Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev)?;
-            let ours = conv2d(&x, &w, ConvGeom { stride, padding: pad })?;
+            let ours = conv2d(
+                &x,
+                &w,
+                ConvGeom {
+                    stride,
+                    padding: pad,
+                },
+            )?;
             let theirs = x.conv2d(&w, pad, stride, 1, 1)?;
             let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
             assert!(diff < 1e-10, "k{k} s{stride} p{pad}: diff {diff}");
@@ -512,7 +655,10 @@ mod tests {
         for (k, stride, pad) in [(3, 2, 1), (1, 1, 0), (1, 2, 0), (3, 1, 1)] {
             let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 3, 6, 5), &dev)?)?;
             let w = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, 3, k, k), &dev)?)?;
-            let geom = ConvGeom { stride, padding: pad };
+            let geom = ConvGeom {
+                stride,
+                padding: pad,
+            };
             let y0 = conv2d(x.as_tensor(), w.as_tensor(), geom)?;
             let r = Tensor::randn(0f64, 1.0, y0.dims(), &dev)?;
             let f = |x: &Tensor, w: &Tensor| -> candle_core::Result<f64> {
@@ -520,7 +666,11 @@ mod tests {
             };
             let grads = y0.mul(&r)?.sum_all()?.backward()?;
             for (var, other, is_x) in [(&x, &w, true), (&w, &x, false)] {
-                let g = grads.get(var.as_tensor()).expect("grad").flatten_all()?.to_vec1::<f64>()?;
+                let g = grads
+                    .get(var.as_tensor())
+                    .expect("grad")
+                    .flatten_all()?
+                    .to_vec1::<f64>()?;
                 let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
                 for i in (0..base.len()).step_by(3) {
                     let bump = |delta: f64| -> candle_core::Result<f64> {
@@ -552,11 +702,30 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (70, 3, 64, 64), &dev)?;
         let w = Tensor::randn(0f32, 1.0, (4, 3, 7, 7), &dev)?;
-        let d = Dims::new(x.dims(), w.dims(), ConvGeom { stride: 2, padding: 3 })?;
+        let d = Dims::new(
+            x.dims(),
+            w.dims(),
+            ConvGeom {
+                stride: 2,
+                padding: 3,
+            },
+        )?;
         assert!(d.chunk() < 70, "test must exercise chunking");
-        let ours = conv2d(&x, &w, ConvGeom { stride: 2, padding: 3 })?;
-        let theirs = x.to_dtype(DType::F64)?.conv2d(&w.to_dtype(DType::F64)?, 3, 2, 1, 1)?;
-        let diff = (ours.to_dtype(DType::F64)? - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        let ours = conv2d(
+            &x,
+            &w,
+            ConvGeom {
+                stride: 2,
+                padding: 3,
+            },
+        )?;
+        let theirs = x
+            .to_dtype(DType::F64)?
+            .conv2d(&w.to_dtype(DType::F64)?, 3, 2, 1, 1)?;
+        let diff = (ours.to_dtype(DType::F64)? - theirs)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
         assert!(diff < 1e-4, "diff {diff}");
         Ok(())
     }

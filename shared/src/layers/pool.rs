@@ -4,7 +4,9 @@
 //! candle's own `max_pool2d` has no padding and a backward only for kernel == stride, while
 //! both ResNet and DenseNet start with `MaxPool2d(3, stride=2, padding=1)`.
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D,
+};
 
 /// Geometry of a square max-pool window (PyTorch's `MaxPool2d` with `ceil_mode=False`,
 /// `dilation=1`; padding counts as −∞).
@@ -123,9 +125,16 @@ impl CustomOp1 for MaxPool2d {
         }
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let grad_res = grad_res.contiguous()?;
-        Ok(Some(arg.apply_op2_no_bwd(&grad_res, &MaxPool2dBackward(*self))?))
+        Ok(Some(
+            arg.apply_op2_no_bwd(&grad_res, &MaxPool2dBackward(*self))?,
+        ))
     }
 }
 
@@ -146,7 +155,10 @@ fn backward_typed<T: candle_core::WithDType + std::ops::AddAssign>(
     let grad = contiguous_slice::<T>(gs, gl)?;
     let plane_out = op.out_size(h) * op.out_size(w);
     if grad.len() != n * c * plane_out {
-        candle_core::bail!("max-pool backward: gradient shape {:?} does not match", gl.dims());
+        candle_core::bail!(
+            "max-pool backward: gradient shape {:?} does not match",
+            gl.dims()
+        );
     }
     let mut out = vec![T::zero(); n * c * h * w];
     for ((plane, g), dst) in src
@@ -282,8 +294,15 @@ mod tests {
         let f = |t: &Tensor| -> candle_core::Result<f64> {
             max_pool2d(t, STEM)?.mul(&r)?.sum_all()?.to_scalar::<f64>()
         };
-        let grads = max_pool2d(x.as_tensor(), STEM)?.mul(&r)?.sum_all()?.backward()?;
-        let g = grads.get(x.as_tensor()).expect("gradient").flatten_all()?.to_vec1::<f64>()?;
+        let grads = max_pool2d(x.as_tensor(), STEM)?
+            .mul(&r)?
+            .sum_all()?
+            .backward()?;
+        let g = grads
+            .get(x.as_tensor())
+            .expect("gradient")
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         let eps = 1e-6;
         for i in 0..n {
             let mut plus = vals.clone();
@@ -304,9 +323,17 @@ mod tests {
 
     #[test]
     fn ties_send_the_gradient_to_the_first_maximum_only() -> candle_core::Result<()> {
-        let x = Var::from_tensor(&Tensor::ones((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu)?)?;
+        let x = Var::from_tensor(&Tensor::ones(
+            (1, 1, 4, 4),
+            candle_core::DType::F32,
+            &Device::Cpu,
+        )?)?;
         let grads = max_pool2d(x.as_tensor(), STEM)?.sum_all()?.backward()?;
-        let g = grads.get(x.as_tensor()).expect("gradient").flatten_all()?.to_vec1::<f32>()?;
+        let g = grads
+            .get(x.as_tensor())
+            .expect("gradient")
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         // Windows (2x2 output) start at (-1,-1), (-1,1), (1,-1), (1,1): first valid element of
         // each is (0,0), (0,1), (1,0), (1,1).
         let mut expect = vec![0f32; 16];
@@ -319,12 +346,20 @@ mod tests {
 
     #[test]
     fn avg_pool_gradient_is_exact_on_odd_sizes() -> candle_core::Result<()> {
-        let x = Var::from_tensor(&Tensor::arange(0f32, 49.0, &Device::Cpu)?.reshape((1, 1, 7, 7))?)?;
+        let x =
+            Var::from_tensor(&Tensor::arange(0f32, 49.0, &Device::Cpu)?.reshape((1, 1, 7, 7))?)?;
         let y = avg_pool2x2(x.as_tensor())?;
         assert_eq!(y.dims(), &[1, 1, 3, 3]);
-        assert_eq!(y.flatten_all()?.to_vec1::<f32>()?[0], (0.0 + 1.0 + 7.0 + 8.0) / 4.0);
+        assert_eq!(
+            y.flatten_all()?.to_vec1::<f32>()?[0],
+            (0.0 + 1.0 + 7.0 + 8.0) / 4.0
+        );
         let g = y.sum_all()?.backward()?;
-        let g = g.get(x.as_tensor()).expect("gradient").flatten_all()?.to_vec1::<f32>()?;
+        let g = g
+            .get(x.as_tensor())
+            .expect("gradient")
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         for (i, v) in g.iter().enumerate() {
             let (r, c) = (i / 7, i % 7);
             let expect = if r < 6 && c < 6 { 0.25 } else { 0.0 };

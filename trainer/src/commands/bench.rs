@@ -60,7 +60,10 @@ fn time<F: FnMut() -> Result<()>>(warmup: usize, iters: usize, mut f: F) -> Resu
 pub fn run(args: Args) -> Result<()> {
     if let Some(t) = args.threads {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().ok();
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .ok();
     }
     let dev = Device::Cpu;
     let net = Network::new(NetworkSpec::classifier(args.arch, 1000), &dev, 0)?;
@@ -82,7 +85,11 @@ pub fn run(args: Args) -> Result<()> {
             net.logits_t(&x, false)?;
             Ok(())
         })?;
-        println!("infer: {:.1} img/s ({:.1} ms/batch)", args.batch as f64 / s, s * 1e3);
+        println!(
+            "infer: {:.1} img/s ({:.1} ms/batch)",
+            args.batch as f64 / s,
+            s * 1e3
+        );
     }
     if matches!(args.mode, Mode::Train | Mode::Both) {
         let s = time(args.warmup, args.iters, || {
@@ -91,7 +98,11 @@ pub fn run(args: Args) -> Result<()> {
             loss.backward()?;
             Ok(())
         })?;
-        println!("train: {:.1} img/s ({:.1} ms/step)", args.batch as f64 / s, s * 1e3);
+        println!(
+            "train: {:.1} img/s ({:.1} ms/step)",
+            args.batch as f64 / s,
+            s * 1e3
+        );
     }
     Ok(())
 }

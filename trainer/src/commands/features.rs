@@ -50,7 +50,9 @@ pub fn run(args: Args) -> Result<()> {
     let file = read_weights_file(&args.weights, &Device::Cpu)?;
     let mut extractor = FeatureExtractor::from_tensor_file(&file, args.arch, &Device::Cpu)?;
     if let Some(size) = args.size {
-        let resize = args.resize.unwrap_or((size as f64 * 256.0 / 224.0).round() as u32);
+        let resize = args
+            .resize
+            .unwrap_or((size as f64 * 256.0 / 224.0).round() as u32);
         extractor.set_sizes(resize, size)?;
     } else if let Some(resize) = args.resize {
         let crop = extractor.preprocess_config().crop;
@@ -77,7 +79,10 @@ pub fn run(args: Args) -> Result<()> {
         let done = rows.len();
         let rate = done as f64 / start.elapsed().as_secs_f64();
         let eta = (images.len() - done) as f64 / rate.max(1e-9);
-        eprint!("\r  {done}/{} images, {rate:.1} img/s, ETA {eta:.0} s   ", images.len());
+        eprint!(
+            "\r  {done}/{} images, {rate:.1} img/s, ETA {eta:.0} s   ",
+            images.len()
+        );
         std::io::stderr().flush().ok();
     }
     eprintln!();
@@ -88,7 +93,10 @@ pub fn run(args: Args) -> Result<()> {
     let names: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
     let meta = HashMap::from([
         ("images".to_string(), serde_json::to_string(&names)?),
-        ("architecture".to_string(), extractor.metadata().architecture.to_string()),
+        (
+            "architecture".to_string(),
+            extractor.metadata().architecture.to_string(),
+        ),
         ("weights".to_string(), args.weights.display().to_string()),
         (
             "preprocess".to_string(),

@@ -47,22 +47,39 @@ pub fn run(args: Args) -> Result<()> {
         total += t.elem_count();
         *dtypes.entry(format!("{:?}", t.dtype())).or_default() += 1;
     }
-    println!("tensors:       {} ({} values; loaded dtypes {:?})", file.tensors.len(), total, dtypes);
+    println!(
+        "tensors:       {} ({} values; loaded dtypes {:?})",
+        file.tensors.len(),
+        total,
+        dtypes
+    );
     println!("by prefix:");
     for (p, (count, values)) in &groups {
         println!("  {p:<40} {count:>4} tensors {values:>12} values");
     }
     if let Some(card) = file.model_card()? {
         println!("mtpath metadata:");
-        println!("  input {} px (resize {}), mean {:?}, std {:?}", card.input_size, card.resize_shorter, card.mean, card.std);
+        println!(
+            "  input {} px (resize {}), mean {:?}, std {:?}",
+            card.input_size, card.resize_shorter, card.mean, card.std
+        );
         if let Some(c) = card.classifier {
             println!("  classifier: {c} outputs");
         }
         for (i, h) in card.heads.iter().enumerate() {
-            println!("  head {i}: {} ({} classes: {})", h.name, h.classes.len(), h.classes.join(", "));
+            println!(
+                "  head {i}: {} ({} classes: {})",
+                h.name,
+                h.classes.len(),
+                h.classes.join(", ")
+            );
         }
     }
-    let other: Vec<_> = file.metadata.iter().filter(|(k, _)| k.as_str() != "mtpath").collect();
+    let other: Vec<_> = file
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "mtpath")
+        .collect();
     if !other.is_empty() {
         println!("other metadata:");
         for (k, v) in other {
