@@ -5,5 +5,7 @@
 //! trainer share every line of maths here.
 
 pub mod error;
+pub mod preprocess;
+pub mod testdata;
 
 pub use error::{Error, Result};
