@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# mtpath's test command: installs what a fresh machine lacks, then runs formatting, lints,
+# native tests (parity with the PyTorch fixtures in ../shared/fixtures, real tiles from
+# ../shared/data) and the browser tests (wasm-bindgen-test in headless Chromium).
+#
+# Environment: MTPATH_DATA / MTPATH_FIXTURES override ../shared/data and ../shared/fixtures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export MTPATH_DATA=${MTPATH_DATA:-$root/../shared/data}
+export MTPATH_FIXTURES=${MTPATH_FIXTURES:-$root/../shared/fixtures}
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "toolchain and browser"
+rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+# wasm-bindgen-cli must equal the wasm-bindgen version in Cargo.lock.
+wb_version=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3; exit}' Cargo.lock)
+if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q " $wb_version\b"; then
+  cargo install wasm-bindgen-cli --version "$wb_version"
+fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  fi
+fi
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "native tests"
+cargo test --workspace
+
+step "browser tests (headless Chromium)"
+bundle="$root/target/wasm-parity/bundle.safetensors"
+mkdir -p "$(dirname "$bundle")"
+cargo run -q -p mtpath-integration-tests --bin make-wasm-parity-bundle -- "$bundle"
+export MTPATH_WASM_PARITY_BUNDLE="$bundle"
+export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
+export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-600}
+(cd web && cargo test --target wasm32-unknown-unknown --test browser)
+step "all tests passed"
