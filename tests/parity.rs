@@ -101,7 +101,9 @@ fn eval_parity(arch: &str) {
 /// to ~1e-7. In float32 a handful of ReLU signs and max-pool argmaxes that sit within float32
 /// rounding of a tie flip relative to the float64 reference; each flip moves a BatchNorm
 /// weight/bias gradient (a sum over 10⁴–10⁵ terms that cancel) by up to a few 1e-3, so the
-/// float32 run gets a looser regression bound.
+/// float32 run gets a looser regression bound. torchvision 0.29 itself, in float32 on these
+/// fixtures, lands at worst gradient-norm errors of 1.1e-3 (ResNet-18), 5.8e-3 (ResNet-50) and
+/// 2.9e-3 (DenseNet-121), with full gradients up to 1.8e-2: ours are of the same size.
 fn train_parity(arch: &str, dtype: DType, grad_tol: f64) {
     let file = fixture(&format!("{arch}.safetensors"));
     let spec = mtpath_shared::NetworkSpec::classifier(arch.parse().unwrap(), 1000);
