@@ -17,14 +17,15 @@
 //! `i16` with a data-dependent precision and therefore differs from Pillow by one level on
 //! some pixels.)
 //!
-//! Decoding uses the `image` crate (JPEG via `zune-jpeg`, PNG, TIFF). PNG and TIFF decode
-//! exactly as Pillow does, so the whole transform is bit-exact with torchvision for them.
-//! JPEG is not: IDCT and chroma upsampling are not bit-specified, and `zune-jpeg` rounds
-//! 4:2:0 chroma twice during upsampling where libjpeg-turbo (Pillow's decoder) rounds once.
-//! Decoded pixels then differ by a few levels (mean 0.1-0.4 levels, max about 6 on the
-//! reference tiles); after the transform the difference is at most about 4 levels
-//! (0.07 normalised units), mean 0.002-0.006. Even two libjpeg-turbo builds differ by one
-//! level here and there, so exactness is not attainable for JPEG in general anyway.
+//! Decoding: baseline (sequential Huffman, 8-bit) grayscale and YCbCr JPEGs go through our
+//! own decoder (module `jpeg`), a port of libjpeg-turbo's default decompression path (accurate
+//! integer IDCT, fancy chroma upsampling, fixed-point YCbCr conversion), so they decode to
+//! exactly the pixels Pillow gets from libjpeg-turbo. Everything else goes through the `image`
+//! crate: PNG and TIFF (which decode exactly as Pillow does), and the JPEG variants our
+//! decoder leaves alone (progressive, arithmetic, 12-bit, lossless, CMYK/YCCK, RGB-coded,
+//! unusual sampling ratios), which `zune-jpeg` decodes within a few levels of libjpeg-turbo.
+//! The whole transform is therefore bit-exact with torchvision for PNG, TIFF and baseline
+//! JPEG.
 //!
 //! Everything here is pure Rust and builds for `wasm32-unknown-unknown`.
 
@@ -34,6 +35,8 @@ use std::path::Path;
 use image::{DynamicImage, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::{Error, Result};
+
+mod jpeg;
 
 /// Largest accepted image side, in pixels, when decoding.
 pub const MAX_IMAGE_SIDE: u32 = 30_000;
@@ -168,6 +171,20 @@ fn decode_inner(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         // The JPEG decoder may pad a truncated scan and report success; PIL refuses such
         // files ("image file is truncated"), and so do we.
         return Err("truncated JPEG data (no end-of-image marker)".into());
+    }
+
+    if format == ImageFormat::Jpeg {
+        // Bit-exact with Pillow's libjpeg-turbo for the JPEGs it supports; the general decoder
+        // handles the rest (progressive, CMYK, ...), and reports oversized images.
+        let lim = jpeg::Limits {
+            max_side: MAX_IMAGE_SIDE,
+            max_bytes: MAX_IMAGE_BYTES,
+        };
+        match jpeg::decode(bytes, lim) {
+            Ok(img) => return Ok(img),
+            Err(jpeg::JpegError::Corrupt(m)) => return Err(format!("corrupt JPEG data: {m}")),
+            Err(jpeg::JpegError::Unsupported(_)) => {}
+        }
     }
 
     let mut limits = Limits::default();
