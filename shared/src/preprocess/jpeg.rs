@@ -53,10 +53,10 @@ pub(crate) struct Limits {
 /// Zigzag index -> natural (row-major) index, with libjpeg's 16 extra entries of 63 so that a
 /// corrupt run length cannot index out of the block.
 const NATURAL_ORDER: [usize; 80] = [
-    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27,
-    20, 13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58,
-    59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63, 63, 63, 63, 63, 63, 63, 63, 63,
-    63, 63, 63, 63, 63, 63, 63, 63,
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
+    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
+    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63,
+    63, 63, 63, 63, 63, 63,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -532,11 +532,7 @@ fn parse_frame(seg: &[u8], limits: Limits) -> Res<Frame> {
     })
 }
 
-fn parse_dht(
-    seg: &[u8],
-    dc: &mut [Option<Huffman>; 4],
-    ac: &mut [Option<Huffman>; 4],
-) -> Res<()> {
+fn parse_dht(seg: &[u8], dc: &mut [Option<Huffman>; 4], ac: &mut [Option<Huffman>; 4]) -> Res<()> {
     let mut p = 0;
     while p < seg.len() {
         if p + 17 > seg.len() {
@@ -1068,7 +1064,11 @@ mod tests {
         for (i, t) in table.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *t = c;
         }
@@ -1137,14 +1137,44 @@ mod tests {
     #[test]
     fn jpeg_data_set_files_bit_exact_with_pillow() {
         let cases: [(&str, u32, u32, u32); 8] = [
-            ("lbc-pap/images/hsil/HSIL_10__10__0_4446.jpg", 320, 320, 0x3d54dead),
-            ("lc25000-lung/images/lung_aca/lungaca1.jpeg", 224, 224, 0x25f7f346),
+            (
+                "lbc-pap/images/hsil/HSIL_10__10__0_4446.jpg",
+                320,
+                320,
+                0x3d54dead,
+            ),
+            (
+                "lc25000-lung/images/lung_aca/lungaca1.jpeg",
+                224,
+                224,
+                0x25f7f346,
+            ),
             ("lymphoma/images/cll/cll_0.jpg", 417, 312, 0x982730d7),
             ("lymphoma/images/fl/fl_113.jpg", 417, 312, 0x782626e9),
-            ("pbc-blood/images/basophil/BA_115777.jpg", 360, 363, 0xd83e7442),
-            ("pbc-blood/images/basophil/BA_128084.jpg", 366, 369, 0x1878fe4c),
-            ("pbc-blood/images/monocyte/MO_107333.jpg", 366, 369, 0xf55d31b8),
-            ("tcga-luad-lusc/images/luad/test_0_0_507.jpg", 256, 256, 0xc32af4d1),
+            (
+                "pbc-blood/images/basophil/BA_115777.jpg",
+                360,
+                363,
+                0xd83e7442,
+            ),
+            (
+                "pbc-blood/images/basophil/BA_128084.jpg",
+                366,
+                369,
+                0x1878fe4c,
+            ),
+            (
+                "pbc-blood/images/monocyte/MO_107333.jpg",
+                366,
+                369,
+                0xf55d31b8,
+            ),
+            (
+                "tcga-luad-lusc/images/luad/test_0_0_507.jpg",
+                256,
+                256,
+                0xc32af4d1,
+            ),
         ];
         let dir = data_dir();
         if !dir.join(cases[0].0).exists() {
