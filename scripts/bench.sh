@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Side-by-side CPU benchmark: mtpath vs PyTorch, same shapes, same thread count, one after the
+# other in one run; prints images/s and the ratio mtpath / PyTorch. Not part of CI.
+#
+# PyTorch comes from a throwaway venv (default /tmp/mtpath-bench-venv; BENCH_VENV overrides),
+# created from PyPI on first use. THREADS (default 2), ITERS (default 5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads=${THREADS:-2}
+iters=${ITERS:-5}
+venv=${BENCH_VENV:-/tmp/mtpath-bench-venv}
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q torch torchvision
+fi
+cargo build -q --release -p mtpath
+export RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads
+rate() { awk -v m="$1" '$1 == m":" {print $2}'; }
+printf '%-12s %-6s %-5s %-5s %10s %10s %7s\n' arch mode batch size mtpath torch ratio
+# arch mode batch size
+while read -r arch mode batch size; do
+  ours=$(target/release/mtpath bench --arch "$arch" --mode "$mode" --batch "$batch" --size "$size" \
+    --iters "$iters" --threads "$threads" | rate "$mode")
+  theirs=$("$venv/bin/python" scripts/bench_torch.py --arch "$arch" --mode "$mode" --batch "$batch" \
+    --size "$size" --iters "$iters" --threads "$threads" | rate "$mode")
+  ratio=$(awk -v a="$ours" -v b="$theirs" 'BEGIN {printf "%.2f", a / b}')
+  printf '%-12s %-6s %-5s %-5s %10s %10s %7s\n' "$arch" "$mode" "$batch" "$size" "$ours" "$theirs" "$ratio"
+done <<'CASES'
+resnet18 infer 1 224
+resnet50 infer 1 224
+resnet18 train 32 112
+resnet18 train 32 224
+CASES
