@@ -378,16 +378,8 @@ pub(crate) fn decode(bytes: &[u8], limits: Limits) -> Res<RgbImage> {
                 }
                 restart_interval = usize::from(seg[0]) << 8 | usize::from(seg[1]);
             }
-            0xE0 => {
-                if seg.len() >= 5 && &seg[..5] == b"JFIF\0" {
-                    jfif = true;
-                }
-            }
-            0xEE => {
-                if seg.len() >= 12 && &seg[..5] == b"Adobe" {
-                    adobe_transform = Some(seg[11]);
-                }
-            }
+            0xE0 if seg.len() >= 5 && &seg[..5] == b"JFIF\0" => jfif = true,
+            0xEE if seg.len() >= 12 && &seg[..5] == b"Adobe" => adobe_transform = Some(seg[11]),
             0xDC => return unsupported("DNL marker"),
             0xDA => {
                 let Some(fr) = frame.as_mut() else {
@@ -963,7 +955,7 @@ fn upsample(
 /// The context row for output row `y` (from input row `iy`): the row above for the upper
 /// output row of a pair, below for the lower, replicated at the edges; and the rounding bias.
 fn vertical_neighbour(y: usize, iy: usize, ch: usize) -> (usize, i32) {
-    if y % 2 == 0 {
+    if y.is_multiple_of(2) {
         (iy.saturating_sub(1), 1)
     } else {
         ((iy + 1).min(ch - 1), 2)
