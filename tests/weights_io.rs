@@ -149,3 +149,103 @@ fn every_architecture_builds_with_torchvision_parameter_counts() {
         assert_eq!(Arch::infer_from_keys(names), Some(arch));
     }
 }
+
+/// Small `.pth` files written by `torch.save` (PyTorch 2.15) from the fixture ResNet-18's stem:
+/// a plain float32 state dict, a float16 training checkpoint (`{"epoch", "state_dict",
+/// "arch"}` with DataParallel's `module.` prefix), and a transposed (non-contiguous) tensor.
+fn pth(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/tests/data/pth")
+        .join(name)
+}
+
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+#[test]
+fn pytorch_pth_files_read_exactly() {
+    let reference =
+        read_weights_file(&fixtures_dir().join("resnet18.safetensors"), &Device::Cpu).unwrap();
+    let stem = [
+        "bn1.bias",
+        "bn1.num_batches_tracked",
+        "bn1.running_mean",
+        "bn1.running_var",
+        "bn1.weight",
+        "conv1.weight",
+        "fc.bias",
+    ];
+
+    let plain = read_weights_file(&pth("resnet18_stem.pth"), &Device::Cpu).unwrap();
+    assert_eq!(plain.names().collect::<Vec<_>>(), stem);
+    for name in stem {
+        let got = plain.get(name).unwrap();
+        let want = reference.get(name).unwrap();
+        assert_eq!(max_abs_diff(got, want), 0.0, "{name}");
+    }
+    assert_eq!(plain.get("conv1.weight").unwrap().dtype(), DType::F32);
+
+    // The float16 checkpoint: found under `state_dict`, read as f32, equal to the f16 rounding.
+    let ckpt = read_weights_file(&pth("resnet18_stem_checkpoint_f16.pth"), &Device::Cpu).unwrap();
+    for name in stem {
+        let got = ckpt.get(&format!("module.{name}")).unwrap();
+        let want = reference.get(name).unwrap();
+        let want = if want.dtype().is_float() {
+            want.to_dtype(DType::F16).unwrap()
+        } else {
+            want.clone()
+        };
+        assert_eq!(max_abs_diff(got, &want), 0.0, "{name}");
+        if want.dtype().is_float() {
+            assert_eq!(got.dtype(), DType::F32, "{name}");
+        }
+    }
+    // ... and loads into a ResNet-18 in partial mode under torchvision's names.
+    let net = Network::new(NetworkSpec::trunk(Arch::ResNet18), &Device::Cpu, 0).unwrap();
+    let report = net.load_weights(&ckpt, LoadMode::Partial).unwrap();
+    assert_eq!(report.unexpected, vec!["module.fc.bias".to_string()]);
+    assert_eq!(report.loaded.len(), 6);
+    assert!(report
+        .missing
+        .contains(&"layer1.0.conv1.weight".to_string()));
+
+    // A transposed tensor keeps its strides: it reads back as the transpose.
+    let strided = read_weights_file(&pth("strided.pth"), &Device::Cpu).unwrap();
+    let want = reference
+        .get("layer1.0.conv1.weight")
+        .unwrap()
+        .narrow(2, 1, 1)
+        .unwrap()
+        .narrow(3, 2, 1)
+        .unwrap()
+        .squeeze(3)
+        .unwrap()
+        .squeeze(2)
+        .unwrap()
+        .t()
+        .unwrap();
+    assert_eq!(max_abs_diff(strided.get("transposed").unwrap(), &want), 0.0);
+}
+
+#[test]
+fn truncated_pth_is_a_clear_error() {
+    let bytes = std::fs::read(pth("resnet18_stem.pth")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.pth");
+    std::fs::write(&path, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let err = read_weights_file(&path, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cut.pth"), "{err}");
+}
