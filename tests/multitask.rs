@@ -197,3 +197,51 @@ fn two_sgd_steps_match_pytorch_f64() {
 fn two_sgd_steps_match_pytorch_f32() {
     two_sgd_steps(DType::F32, 1e-3);
 }
+
+/// The heads-only step (trunk frozen): the same head gradients as the full step with the trunk
+/// in evaluation mode, no trunk gradients, and BatchNorm running statistics untouched.
+#[test]
+fn heads_only_step_touches_nothing_in_the_trunk() {
+    use mtpath_shared::multitask::heads_forward_backward;
+    let net = Network::new(
+        NetworkSpec::multitask(Arch::ResNet18, heads()),
+        &Device::Cpu,
+        0,
+    )
+    .unwrap();
+    net.load_weights(&fixture("resnet18.safetensors"), LoadMode::Partial)
+        .unwrap();
+    let batch = TaskBatch {
+        images: batch_images(),
+        tasks: vec![0, 0, 1, 2, 2, 2, 1, 0],
+        labels: vec![2, 0, 1, 7, 3, 0, 0, 1],
+    };
+    let rm = |net: &Network| {
+        net.store()
+            .get("bn1.running_mean")
+            .unwrap()
+            .var
+            .as_tensor()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let before = rm(&net);
+    let (s_heads, g_heads) = heads_forward_backward(&net, &batch).unwrap();
+    assert_eq!(
+        rm(&net),
+        before,
+        "running stats changed in a heads-only step"
+    );
+    let (s_eval, g_eval) = multitask_forward_backward(&net, &batch, false).unwrap();
+    assert_eq!(s_heads.loss, s_eval.loss);
+    for (name, var) in net.named_parameters() {
+        let (h, e) = (g_heads.get(var.as_tensor()), g_eval.get(var.as_tensor()));
+        if net.is_trunk_name(&name) {
+            assert!(h.is_none(), "{name} has a gradient in a heads-only step");
+            assert!(e.is_some(), "{name}: the full step should reach the trunk");
+        } else {
+            let (h, e) = (h.unwrap(), e.unwrap());
+            assert!(rel_l2(h, e) < 1e-6, "{name}");
+        }
+    }
+}

@@ -79,9 +79,28 @@ pub fn multitask_forward_backward(
     batch: &TaskBatch,
     train: bool,
 ) -> Result<(StepStats, GradStore)> {
-    let b = validate(net, batch)?;
-    let device = batch.images.device();
+    validate(net, batch)?;
     let features = net.features_t(&batch.images, train)?;
+    heads_loss_backward(net, &features, batch)
+}
+
+/// The heads-only variant used while the trunk is frozen (the warm-up of the paper's
+/// scheme): the trunk runs in evaluation mode (running statistics, no updates to them) and
+/// outside the autograd graph, so only the heads get gradients, rescaled as in
+/// [`multitask_forward_backward`].
+pub fn heads_forward_backward(net: &Network, batch: &TaskBatch) -> Result<(StepStats, GradStore)> {
+    validate(net, batch)?;
+    let features = net.features_t(&batch.images, false)?.detach();
+    heads_loss_backward(net, &features, batch)
+}
+
+fn heads_loss_backward(
+    net: &Network,
+    features: &Tensor,
+    batch: &TaskBatch,
+) -> Result<(StepStats, GradStore)> {
+    let b = batch.tasks.len();
+    let device = features.device();
     let n_tasks = net.heads().len();
     let mut total: Option<Tensor> = None;
     let mut stats = StepStats {

@@ -385,6 +385,26 @@ impl Network {
     /// Serialise every tensor (parameters as f32, buffers as stored) under torchvision's names
     /// with `metadata` as JSON under [`METADATA_KEY`].
     pub fn to_safetensors_bytes(&self, metadata: &ModelMetadata) -> Result<Vec<u8>> {
+        self.serialize_where(metadata, |_| true)
+    }
+
+    /// The trunk alone (no classifier, no heads) under torchvision's names, so that
+    /// `torchvision.models.<arch>().load_state_dict(state, strict=False)` takes every tensor
+    /// and reports only the classifier as missing. The metadata records no heads.
+    pub fn trunk_safetensors_bytes(&self, metadata: &ModelMetadata) -> Result<Vec<u8>> {
+        let meta = ModelMetadata {
+            heads: Vec::new(),
+            classifier: None,
+            ..metadata.clone()
+        };
+        self.serialize_where(&meta, |name| self.is_trunk_name(name))
+    }
+
+    fn serialize_where(
+        &self,
+        metadata: &ModelMetadata,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<u8>> {
         let mut info = HashMap::new();
         info.insert(
             METADATA_KEY.to_string(),
@@ -395,6 +415,7 @@ impl Network {
             .store()
             .entries()
             .iter()
+            .filter(|e| keep(&e.name))
             .map(|e| {
                 let t = e.var.as_tensor().to_device(&Device::Cpu)?.contiguous()?;
                 Ok((e.name.clone(), t))
