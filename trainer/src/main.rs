@@ -2,6 +2,7 @@
 
 mod commands;
 mod images;
+mod pool;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,8 @@ enum Command {
     Info(commands::info::Args),
     /// Time inference and training steps (images/s) for an architecture, batch and size.
     Bench(commands::bench::Args),
+    /// Check a task pool file: decode every image, show per-task splits, write them as CSV.
+    Pool(commands::pool::Args),
 }
 
 fn main() {
@@ -29,6 +32,7 @@ fn main() {
         Command::Features(a) => commands::features::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Pool(a) => commands::pool::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -3,3 +3,4 @@
 pub mod bench;
 pub mod features;
 pub mod info;
+pub mod pool;

@@ -1,0 +1,212 @@
+//! The pool file: which task folders take part, with their weight, crop policy and split
+//! fractions, plus the seed and an optional `[train]` table for the trainer.
+//!
+//! ```toml
+//! seed = 7
+//!
+//! [[task]]
+//! path = "data/lymphoma"        # relative to this file's folder
+//! name = "lymphoma"             # default: the folder name
+//! weight = 2.0                  # default 1.0, > 0
+//! crop = "random-resized-crop"  # random-crop (default), random-resized-crop, resize
+//! split = { train = 0.8, val = 0.1, test = 0.1 }  # default 0.7/0.15/0.15
+//!
+//! [train]                       # kept as is for the trainer
+//! epochs = 10
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// How training images of a task are brought to the network's input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CropPolicy {
+    #[default]
+    RandomCrop,
+    RandomResizedCrop,
+    Resize,
+}
+
+/// Fractions of a task's groups that go to train, validation and test.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFractions {
+    pub train: f64,
+    pub val: f64,
+    pub test: f64,
+}
+
+impl Default for SplitFractions {
+    fn default() -> Self {
+        SplitFractions {
+            train: 0.7,
+            val: 0.15,
+            test: 0.15,
+        }
+    }
+}
+
+impl SplitFractions {
+    /// Each fraction finite and `>= 0`, `train > 0`, and the three summing to 1 (±1e-6).
+    pub fn validate(&self) -> Result<()> {
+        let SplitFractions { train, val, test } = *self;
+        for (name, v) in [("train", train), ("val", val), ("test", test)] {
+            if !v.is_finite() || v < 0.0 {
+                bail!("split fraction {name} = {v} must be a number >= 0");
+            }
+        }
+        if train <= 0.0 {
+            bail!("split fraction train = {train} must be > 0 (a task needs training images)");
+        }
+        let sum = train + val + test;
+        if (sum - 1.0).abs() > 1e-6 {
+            bail!(
+                "split fractions train {train} + val {val} + test {test} = {sum}; they must sum to 1"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+/// One `[[task]]` entry of the pool file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// Task folder (with `manifest.csv`, or one subfolder per class).
+    pub path: PathBuf,
+    /// Task name; default: the folder name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Relative sampling weight of the task, > 0 (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    #[serde(default)]
+    pub crop: CropPolicy,
+    #[serde(default)]
+    pub split: SplitFractions,
+}
+
+impl TaskConfig {
+    /// A task with defaults.
+    pub fn new(path: PathBuf) -> Self {
+        TaskConfig {
+            path,
+            name: None,
+            weight: default_weight(),
+            crop: CropPolicy::default(),
+            split: SplitFractions::default(),
+        }
+    }
+
+    /// The configured name, else the folder's name (after resolving `.`/`..`, if possible).
+    pub fn task_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let from = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+        from(&self.path)
+            .filter(|n| n != "..")
+            .or_else(|| self.path.canonicalize().ok().as_deref().and_then(from))
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+}
+
+/// A parsed pool file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Seed of the splits (and of training, for the trainer); default 0.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(rename = "task")]
+    pub tasks: Vec<TaskConfig>,
+    /// The `[train]` table, kept verbatim for the trainer.
+    #[serde(default)]
+    pub train: Option<toml::Table>,
+}
+
+impl PoolConfig {
+    /// Parse a pool TOML file; relative task paths are resolved against the pool file's
+    /// directory. Unknown keys are an error (deny_unknown_fields) naming the key and file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "{}: cannot read the pool file (check the path)",
+                path.display()
+            )
+        })?;
+        let mut config: PoolConfig = toml::from_str(&text).map_err(|e| {
+            let msg = e.to_string();
+            let hint = if msg.contains("unknown field") {
+                "remove or correct the key; a pool file has `seed`, `[[task]]` entries \
+                 (path, name, weight, crop, split) and an optional `[train]` table"
+            } else if msg.contains("missing field `task`") {
+                "add at least one [[task]] entry with a `path`"
+            } else {
+                "fix the TOML; see `mtpath pool check --help` for the format"
+            };
+            anyhow!("{}: {}\n{hint}", path.display(), msg.trim_end())
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        for t in &mut config.tasks {
+            if t.path.is_relative() {
+                t.path = base.join(&t.path);
+            }
+        }
+        config
+            .validate()
+            .with_context(|| format!("{}: invalid pool", path.display()))?;
+        Ok(config)
+    }
+
+    /// A pool of the given task folders with defaults (the demo uses this).
+    pub fn from_task_dirs(dirs: &[PathBuf], seed: u64) -> Self {
+        PoolConfig {
+            seed,
+            tasks: dirs.iter().cloned().map(TaskConfig::new).collect(),
+            train: None,
+        }
+    }
+
+    /// At least one task; weights > 0; split fractions valid; task names distinct.
+    pub fn validate(&self) -> Result<()> {
+        if self.tasks.is_empty() {
+            bail!("the pool has no tasks; add [[task]] entries with a `path`");
+        }
+        let mut names: BTreeMap<String, &Path> = BTreeMap::new();
+        for t in &self.tasks {
+            let name = t.task_name();
+            if name.trim().is_empty() {
+                bail!(
+                    "task {}: empty name; set `name` to a non-empty string",
+                    t.path.display()
+                );
+            }
+            if !t.weight.is_finite() || t.weight <= 0.0 {
+                bail!("task `{name}`: weight = {} must be a number > 0", t.weight);
+            }
+            t.split
+                .validate()
+                .with_context(|| format!("task `{name}`: fix its `split`"))?;
+            if let Some(other) = names.insert(name.clone(), &t.path) {
+                bail!(
+                    "two tasks are named `{name}` ({} and {}); give one of them a distinct `name`",
+                    other.display(),
+                    t.path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
