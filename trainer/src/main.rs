@@ -1,6 +1,7 @@
 //! `mtpath`: multi-task pre-training of CNN trunks for digital pathology.
 
 mod commands;
+mod data;
 mod images;
 mod pool;
 

@@ -559,6 +559,25 @@ pub fn resize_shorter_side(img: &RgbImage, shorter: u32) -> Result<RgbImage> {
     Ok(pillow_resize_bilinear(img, new_w, new_h))
 }
 
+/// Pillow's `Image.resize((w, h), Image.BILINEAR)` (antialiased, bit-exact with Pillow): the
+/// resampling of [`resize_shorter_side`] to an arbitrary `w x h`, as torchvision's
+/// `RandomResizedCrop` does after cropping.
+pub fn resize_exact(img: &RgbImage, w: u32, h: u32) -> Result<RgbImage> {
+    let (in_w, in_h) = img.dimensions();
+    if in_w == 0 || in_h == 0 || w == 0 || h == 0 {
+        return Err(Error::invalid(format!(
+            "cannot resize a {in_w}x{in_h} image to {w}x{h}: sides must be > 0"
+        )));
+    }
+    if u64::from(w) * u64::from(h) * 3 > MAX_IMAGE_BYTES {
+        return Err(Error::Image(format!(
+            "resizing to {w}x{h} pixels needs more than the {} MiB allowed",
+            MAX_IMAGE_BYTES >> 20
+        )));
+    }
+    Ok(pillow_resize_bilinear(img, w, h))
+}
+
 /// Python's `int(round(d / 2.0))` for `d >= 0`: halves round to even.
 fn half_round_even(d: u32) -> u32 {
     let k = d / 2;
