@@ -1,5 +1,7 @@
 //! `mtpath bench`: images/s of inference and training steps.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -7,6 +9,8 @@ use candle_core::{Device, Tensor};
 use clap::{Parser, ValueEnum};
 use mtpath_shared::multitask::cross_entropy_sum;
 use mtpath_shared::{Arch, Network, NetworkSpec};
+
+use crate::data::{manifest, AugmentConfig, Loader, SamplerKind};
 
 /// What to time.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -17,6 +21,8 @@ enum Mode {
     Train,
     /// Both.
     Both,
+    /// The training data pipeline alone (decode, augment, batch) over real task folders.
+    Pipeline,
 }
 
 /// Time forward (inference) and forward+backward (training) passes on random inputs and
@@ -44,6 +50,20 @@ pub struct Args {
     /// Worker threads (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long)]
     threads: Option<usize>,
+    /// Pipeline mode: folder of task folders, each with a manifest.csv (default: the shared
+    /// test data, or MTPATH_DATA).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Pipeline mode: loader threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Pipeline mode: batches kept ready ahead.
+    #[arg(long, default_value_t = 4)]
+    prefetch: usize,
+    /// Pipeline mode: task sampler (uniform, proportional, temperature:T, round-robin,
+    /// weighted).
+    #[arg(long, default_value = "uniform")]
+    sampler: SamplerKind,
 }
 
 fn time<F: FnMut() -> Result<()>>(warmup: usize, iters: usize, mut f: F) -> Result<f64> {
@@ -57,7 +77,52 @@ fn time<F: FnMut() -> Result<()>>(warmup: usize, iters: usize, mut f: F) -> Resu
     Ok(start.elapsed().as_secs_f64() / iters.max(1) as f64)
 }
 
+/// Images/s of the data loader over every task folder of `--data`.
+fn run_pipeline(args: &Args) -> Result<()> {
+    let root = args
+        .data
+        .clone()
+        .unwrap_or_else(mtpath_shared::testdata::data_dir);
+    let tasks = manifest::load_tasks(&root)?;
+    let images: usize = tasks.iter().map(|t| t.items.len()).sum();
+    println!(
+        "{} tasks ({images} images) from {}, batch {} at {} px, {} loader workers, \
+         prefetch {}, sampler {}",
+        tasks.len(),
+        root.display(),
+        args.batch,
+        args.size,
+        args.workers,
+        args.prefetch,
+        args.sampler
+    );
+    let aug = AugmentConfig {
+        size: u32::try_from(args.size)?,
+        ..AugmentConfig::default()
+    };
+    let mut loader = Loader::new(
+        Arc::new(tasks),
+        args.sampler,
+        aug,
+        args.batch,
+        0,
+        0,
+        args.workers,
+        args.prefetch,
+    )?;
+    let rate = loader.pipeline_rate(args.warmup, args.iters)?;
+    println!(
+        "pipeline: {:.1} img/s ({:.1} ms/batch)",
+        rate,
+        args.batch as f64 / rate * 1e3
+    );
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
+    if args.mode == Mode::Pipeline {
+        return run_pipeline(&args);
+    }
     if let Some(t) = args.threads {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
         rayon::ThreadPoolBuilder::new()

@@ -404,8 +404,8 @@ mod tests {
                 .expect("a symmetry of the input");
             hit[k] += 1;
         }
-        // All 8 reached (each with probability 1/8; h+v flips = 180° turn, so counts double
-        // up on some, but all appear).
+        // All 8 reached: the 16 equally likely (h, v, k) draws cover each symmetry twice
+        // (h and v together are a half turn), so each has probability 1/8.
         assert!(hit.iter().all(|&c| c > 20), "{hit:?}");
         // Flips alone: only identity, h, v, and 180°.
         let cfg = AugmentConfig {

@@ -17,9 +17,15 @@ pub mod sampler;
 
 use std::path::PathBuf;
 
-pub use augment::{augment, eval_transform, AugmentConfig};
-pub use loader::{Batch, Loader};
-pub use sampler::{Sampler, SamplerKind};
+pub use augment::AugmentConfig;
+#[allow(unused_imports)] // the training loop's entry points, integrated separately
+pub use augment::{augment, eval_transform};
+#[allow(unused_imports)]
+pub use loader::Batch;
+pub use loader::Loader;
+#[allow(unused_imports)]
+pub use sampler::Sampler;
+pub use sampler::SamplerKind;
 
 /// One training image: file path and class index within its task.
 #[derive(Debug, Clone)]
