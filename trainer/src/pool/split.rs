@@ -234,7 +234,7 @@ pub fn assign(
     for (given, fr) in pools {
         let mut groups: Vec<&Group> = by_name.values().filter(|g| g.given == given).collect();
         rng.shuffle(&mut groups);
-        groups.sort_by(|a, b| b.size.cmp(&a.size));
+        groups.sort_by_key(|g| std::cmp::Reverse(g.size));
         let sides = place(&groups, fr, n_classes);
         for (g, s) in groups.into_iter().zip(sides) {
             for &m in &g.members {
