@@ -96,7 +96,8 @@ fn place(groups: &[&Group], fr: [f64; 3], n_classes: usize) -> Vec<usize> {
         f.iter()
             .map(|&(l, x)| {
                 let d = dev[s][l];
-                (d + sign * x).powi(2) - d * d
+                let e = d + sign * x;
+                e * e - d * d
             })
             .sum()
     };
@@ -138,27 +139,44 @@ fn place(groups: &[&Group], fr: [f64; 3], n_classes: usize) -> Vec<usize> {
             }
         }
         if groups.len() <= MAX_SWAP_GROUPS {
+            // Net change of split a when g_i (in a) and g_j (in b) swap: g_j - g_i; of b: the
+            // opposite. `net` is a dense scratch over labels, `touched` its non-zero labels.
+            let mut net = vec![0f64; n_classes];
+            let mut touched: Vec<usize> = Vec::new();
             for i in 0..groups.len() {
                 for j in i + 1..groups.len() {
                     let (a, b) = (side[i], side[j]);
                     if a == b {
                         continue;
                     }
-                    // Net change of split a: -g_i + g_j; of split b: +g_i - g_j.
-                    let mut net: Vec<(usize, f64)> = fracs[j].clone();
-                    for &(l, x) in &fracs[i] {
-                        match net.iter_mut().find(|(k, _)| *k == l) {
-                            Some(e) => e.1 -= x,
-                            None => net.push((l, -x)),
-                        }
+                    touched.clear();
+                    for &(l, x) in &fracs[j] {
+                        net[l] += x;
+                        touched.push(l);
                     }
-                    if add_cost(&dev, a, &net, 1.0) + add_cost(&dev, b, &net, -1.0) < -EPS {
-                        for &(l, x) in &net {
-                            dev[a][l] += x;
-                            dev[b][l] -= x;
+                    for &(l, x) in &fracs[i] {
+                        if net[l] == 0.0 {
+                            touched.push(l);
+                        }
+                        net[l] -= x;
+                    }
+                    let delta: f64 = touched
+                        .iter()
+                        .map(|&l| {
+                            let (da, db, x) = (dev[a][l], dev[b][l], net[l]);
+                            (da + x) * (da + x) - da * da + (db - x) * (db - x) - db * db
+                        })
+                        .sum();
+                    if delta < -EPS {
+                        for &l in &touched {
+                            dev[a][l] += net[l];
+                            dev[b][l] -= net[l];
                         }
                         side.swap(i, j);
                         improved = true;
+                    }
+                    for &l in &touched {
+                        net[l] = 0.0;
                     }
                 }
             }
@@ -234,7 +252,7 @@ pub fn assign(
     for (given, fr) in pools {
         let mut groups: Vec<&Group> = by_name.values().filter(|g| g.given == given).collect();
         rng.shuffle(&mut groups);
-        groups.sort_by(|a, b| b.size.cmp(&a.size));
+        groups.sort_by_key(|g| std::cmp::Reverse(g.size));
         let sides = place(&groups, fr, n_classes);
         for (g, s) in groups.into_iter().zip(sides) {
             for &m in &g.members {

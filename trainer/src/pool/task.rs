@@ -55,6 +55,8 @@ struct Entry {
     given: Given,
     /// "manifest.csv line N" or "class folder `x`".
     place: String,
+    /// Manifest line or file index: problems are reported in this order.
+    order: u64,
     /// What to do about a bad entry.
     remedy: &'static str,
 }
@@ -112,12 +114,17 @@ pub fn load_task(cfg: &TaskConfig, opts: &LoadOptions) -> Result<LoadedTask> {
                 }
                 kept.push(e);
             }
-            Err(reason) => problems.push(Skipped {
-                path: e.path,
-                reason: format!("{}: {reason}; {}", e.place, e.remedy),
-            }),
+            Err(reason) => problems.push((
+                e.order,
+                Skipped {
+                    path: e.path,
+                    reason: format!("{}: {reason}; {}", e.place, e.remedy),
+                },
+            )),
         }
     }
+    problems.sort_by_key(|(order, _)| *order);
+    let problems: Vec<Skipped> = problems.into_iter().map(|(_, s)| s).collect();
     if !problems.is_empty() && !opts.skip_bad {
         return Err(problems_error(&name, &source, &problems));
     }
@@ -218,7 +225,10 @@ fn normalise_rel(rel: &str) -> Result<String, String> {
     Ok(parts.join("/"))
 }
 
-fn read_manifest(root: &Path, manifest: &Path) -> Result<(Vec<Entry>, Vec<Skipped>)> {
+/// Entries and per-row problems (with their line) of a manifest.
+type ManifestRows = (Vec<Entry>, Vec<(u64, Skipped)>);
+
+fn read_manifest(root: &Path, manifest: &Path) -> Result<ManifestRows> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_path(manifest)
@@ -261,12 +271,21 @@ fn read_manifest(root: &Path, manifest: &Path) -> Result<(Vec<Entry>, Vec<Skippe
     let mut problems = Vec::new();
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     for record in reader.records() {
-        let record = record.map_err(|e| {
-            anyhow!(
-                "{}: {e}; every row needs the header's {} fields (quote fields that contain commas)",
+        let record = record.map_err(|e| match e.kind() {
+            csv::ErrorKind::UnequalLengths {
+                pos: Some(pos),
+                expected_len,
+                len,
+            } => anyhow!(
+                "{} line {}: {len} fields, but the header has {expected_len}; give every row \
+                 path,label,group,split (empty fields are fine; quote fields that contain commas)",
                 manifest.display(),
-                headers.len()
-            )
+                pos.line()
+            ),
+            _ => anyhow!(
+                "{}: {e}; the manifest must be UTF-8 CSV with columns path,label,group,split",
+                manifest.display()
+            ),
         })?;
         let line = record.position().map(|p| p.line()).unwrap_or(0);
         let place = format!("{MANIFEST} line {line}");
@@ -278,10 +297,13 @@ fn read_manifest(root: &Path, manifest: &Path) -> Result<(Vec<Entry>, Vec<Skippe
         };
         let rel = get("path");
         let mut problem = |path: PathBuf, reason: String| {
-            problems.push(Skipped {
-                path,
-                reason: format!("{place}: {reason}; {ROW_REMEDY}"),
-            })
+            problems.push((
+                line,
+                Skipped {
+                    path,
+                    reason: format!("{place}: {reason}; {ROW_REMEDY}"),
+                },
+            ))
         };
         let norm = match normalise_rel(&rel) {
             Ok(n) => n,
@@ -329,6 +351,7 @@ fn read_manifest(root: &Path, manifest: &Path) -> Result<(Vec<Entry>, Vec<Skippe
             label,
             given,
             place,
+            order: line,
             remedy: ROW_REMEDY,
         });
     }
@@ -399,6 +422,7 @@ fn read_image_folder(root: &Path) -> Result<Vec<Entry>> {
                 label: label.clone(),
                 given: Given::None,
                 place: format!("class folder `{label}`"),
+                order: entries.len() as u64,
                 remedy: FILE_REMEDY,
             });
         }
