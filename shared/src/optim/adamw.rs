@@ -130,7 +130,9 @@ impl Optimizer for AdamW {
             let wd = group.weight_decay;
             for ((name, var), slot) in group.params.iter().zip(states.iter_mut()) {
                 let (g, _) = grad_or_zeros(grads, name, var)?;
-                let p = var.as_tensor();
+                // Detached: state computed from the parameter must not keep the autograd graph
+                // (and through it every previous step) alive.
+                let p = var.as_tensor().detach();
                 let (m, v, step) = match slot {
                     // Tensor clones share storage (cheap); the state is replaced, never mutated.
                     Some(s) => (s.exp_avg.clone(), s.exp_avg_sq.clone(), s.step),

@@ -165,9 +165,9 @@ fn grad_or_zeros(grads: &GradStore, name: &str, var: &Var) -> Result<(Tensor, bo
                     var.shape()
                 )));
             }
-            Ok((g.to_dtype(var.dtype())?, false))
+            Ok((g.to_dtype(var.dtype())?.detach(), false))
         }
-        None => Ok((var.zeros_like()?, true)),
+        None => Ok((var.as_tensor().zeros_like()?.detach(), true)),
     }
 }
 

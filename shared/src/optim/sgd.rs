@@ -96,7 +96,9 @@ impl Optimizer for Sgd {
             let group_lr = lr * group.lr_scale;
             let wd = group.weight_decay;
             for ((name, var), slot) in group.params.iter().zip(buffers.iter_mut()) {
-                let p = var.as_tensor();
+                // Detached: state computed from the parameter must not keep the autograd graph
+                // (and through it every previous step) alive.
+                let p = var.as_tensor().detach();
                 let (mut g, mut fresh) = grad_or_zeros(grads, name, var)?;
                 if wd != 0.0 {
                     // grad.add(param, alpha=wd)

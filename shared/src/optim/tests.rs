@@ -540,3 +540,24 @@ fn load_state_rejects_bad_checkpoints() {
     adam.load_state_tensors(&HashMap::new()).unwrap();
     assert!(adam.state_tensors().unwrap().is_empty());
 }
+
+/// Optimiser state must not hold the autograd graph: a momentum buffer computed from a
+/// tracked parameter would chain every step's graph to the previous one (unbounded memory).
+#[test]
+fn state_holds_no_autograd_graph() {
+    for make in [
+        (|g| Box::new(Sgd::new(g, SgdConfig::default()).unwrap()) as Box<dyn Optimizer>)
+            as fn(Vec<ParamGroup>) -> Box<dyn Optimizer>,
+        |g| Box::new(AdamW::new(g, AdamWConfig::default()).unwrap()),
+    ] {
+        let (a, b, groups) = two_groups(0.01);
+        let mut opt = make(groups);
+        for step in 0..3 {
+            opt.step(&reference_grads(step, &a, &b), 0.1).unwrap();
+        }
+        for (name, t) in opt.state_tensors().unwrap() {
+            assert!(!t.track_op(), "{name} keeps an autograd graph");
+        }
+        assert!(!a.as_tensor().detach().track_op());
+    }
+}
