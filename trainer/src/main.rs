@@ -4,6 +4,7 @@ mod commands;
 mod data;
 mod images;
 mod pool;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +16,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Embed images with a trunk: one feature vector per image, written to a safetensors file.
@@ -25,6 +28,10 @@ enum Command {
     Bench(commands::bench::Args),
     /// Check a task pool file: decode every image, show per-task splits, write them as CSV.
     Pool(commands::pool::Args),
+    /// Multi-task pre-training on a task pool (the paper's scheme), with checkpoints and resume.
+    Train(commands::train::Args),
+    /// Pre-train a small model on the real tasks in ../shared/data with one task held out.
+    Demo(commands::demo::Args),
 }
 
 fn main() {
@@ -34,6 +41,8 @@ fn main() {
         Command::Info(a) => commands::info::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Pool(a) => commands::pool::run(a),
+        Command::Train(a) => commands::train::run(a),
+        Command::Demo(a) => commands::demo::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

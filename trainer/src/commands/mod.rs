@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod demo;
 pub mod features;
 pub mod info;
 pub mod pool;
+pub mod train;

@@ -1,0 +1,220 @@
+//! `mtpath train`: multi-task pre-training on a task pool.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use mtpath_shared::Arch;
+
+use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig};
+use crate::train::config::TrainConfig;
+use crate::train::run::{train, RunOutcome, RunSpec};
+
+/// Pre-train a shared trunk with one linear head per task, as in Mormont et al. (2021).
+/// Settings come from the pool file's `[train]` table; flags override them.
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// The pool file (TOML). With --resume, defaults to the one the run was started with.
+    #[arg(long)]
+    pub pool: Option<PathBuf>,
+    /// Run directory (checkpoints, metrics, model card).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    /// Trunk architecture.
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// Input side in pixels.
+    #[arg(long)]
+    pub size: Option<u32>,
+    /// Images per step.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Total iterations (optimiser steps).
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Base (trunk) learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Heads' learning-rate multiplier (τ).
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// SGD momentum.
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Weight decay.
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Iterations of heads-only training (trunk and its BatchNorm statistics frozen) first.
+    #[arg(long)]
+    pub warmup_heads: Option<usize>,
+    /// Task sampler: uniform (the paper's), proportional, temperature:T, round-robin, weighted.
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// Validate every N iterations (0: at the end only).
+    #[arg(long)]
+    pub val_every: Option<usize>,
+    /// Write the `last` checkpoint every N iterations.
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// At most N validation images per task (0: all).
+    #[arg(long)]
+    pub val_max: Option<usize>,
+    /// Trunk initialisation: none, imagenet, or a .safetensors/.pth file.
+    #[arg(long)]
+    pub init: Option<String>,
+    /// Seed (default: the pool's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Data-loading threads.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Compute threads (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Skip unreadable or odd images (listed) instead of stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Less output.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl Args {
+    fn apply(&self, c: &mut TrainConfig) {
+        macro_rules! set {
+            ($($flag:ident => $field:ident),*) => {$(
+                if let Some(v) = self.$flag.clone() { c.$field = v; }
+            )*};
+        }
+        set!(arch => arch, size => size, batch => batch, iters => iters, lr => lr,
+             tau => head_lr_scale, momentum => momentum, weight_decay => weight_decay,
+             warmup_heads => head_warmup_iters, sampler => sampler, val_every => val_every,
+             checkpoint_every => checkpoint_every, val_max => val_max_per_task, init => init,
+             workers => workers);
+        if self.seed.is_some() {
+            c.seed = self.seed;
+        }
+    }
+}
+
+/// Set the compute thread count (before any parallel work starts).
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(t) = threads {
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .ok();
+    }
+}
+
+/// Ctrl-C sets the returned flag (the run saves a checkpoint and exits); a second Ctrl-C
+/// exits at once.
+pub fn stop_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: writing a checkpoint, then exiting (Ctrl-C again to quit now)");
+    });
+    flag
+}
+
+/// Load a pool for training, printing what was skipped.
+pub fn load_pool(config: &PoolConfig, skip_bad: bool) -> Result<Pool> {
+    let pool = Pool::load(
+        config,
+        &LoadOptions {
+            skip_bad,
+            check: ImageCheck::Decode,
+        },
+    )?;
+    if !pool.skipped.is_empty() {
+        eprintln!("skipped {} file(s):", pool.skipped.len());
+        for s in &pool.skipped {
+            eprintln!("  {}: {}", s.path.display(), s.reason);
+        }
+    }
+    Ok(pool)
+}
+
+/// Print where things are after a run.
+pub fn report(out: &std::path::Path, o: &RunOutcome) {
+    if o.interrupted {
+        eprintln!(
+            "stopped at iteration {}; checkpoint {} — continue with `mtpath train --resume {}`",
+            o.iterations,
+            o.last.display(),
+            out.display()
+        );
+    } else {
+        eprintln!(
+            "done: {} iterations at {:.1} img/s; last checkpoint {}{}",
+            o.iterations,
+            o.images_per_s,
+            o.last.display(),
+            o.best
+                .as_ref()
+                .map(|b| format!(", best {}", b.display()))
+                .unwrap_or_default()
+        );
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    set_threads(args.threads);
+    let (out, resume) = match (&args.out, &args.resume) {
+        (Some(o), None) => (o.clone(), false),
+        (None, Some(r)) => (r.clone(), true),
+        _ => bail!("give --out RUN/ for a new run, or --resume RUN/ to continue one"),
+    };
+    let (pool_path, mut config) = if resume {
+        let record: crate::train::run::RunRecord =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}; is {} an mtpath run directory?",
+                    out.join("run.json").display(),
+                    out.display()
+                )
+            })?)?;
+        let pool = args.pool.clone().unwrap_or(record.pool.clone());
+        let mut c = record.config.clone();
+        c.seed = Some(record.seed);
+        (pool, c)
+    } else {
+        let Some(pool) = args.pool.clone() else {
+            bail!("give the pool file: --pool POOL.toml");
+        };
+        let pc = PoolConfig::from_file(&pool)?;
+        (
+            pool.clone(),
+            TrainConfig::from_table(pc.train.as_ref(), &pool)?,
+        )
+    };
+    args.apply(&mut config);
+    config.validate()?;
+    let pool_config = PoolConfig::from_file(&pool_path)?;
+    let pool = load_pool(&pool_config, args.skip_bad)?;
+    let spec = RunSpec {
+        out: out.clone(),
+        pool_path,
+        pool,
+        config,
+        resume,
+        verbose: !args.quiet,
+    };
+    let outcome = train(&spec, stop_flag())?;
+    report(&out, &outcome);
+    if outcome.interrupted {
+        std::process::exit(130);
+    }
+    Ok(())
+}

@@ -1,0 +1,613 @@
+//! The training loop: the paper's multi-task step over a task pool, with validation,
+//! checkpoints, resumption and a clean stop on Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use mtpath_shared::multitask::{
+    heads_forward_backward, multitask_forward_backward, param_groups, TaskBatch,
+};
+use mtpath_shared::optim::{Optimizer, Sgd, SgdConfig};
+use mtpath_shared::weights::{read_weights_file, LoadMode, ModelMetadata};
+use mtpath_shared::{HeadSpec, Network, NetworkSpec};
+use serde::{Deserialize, Serialize};
+
+use super::card::{CardTask, ModelCard};
+use super::checkpoint::{self, RunState};
+use super::config::TrainConfig;
+use super::init::{self, Init};
+use super::metrics::{mean_balanced_accuracy, MetricsWriter, TrainRow, ValScores};
+use super::progress::Progress;
+use super::validate::{evaluate, ValSet};
+use crate::data::{self, Item, TaskItems};
+use crate::pool::{Pool, Split};
+
+/// Iterations per row of training metrics.
+const LOG_EVERY: usize = 10;
+
+/// What a run directory records about how it was started (`RUN/run.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The pool file the run was started with.
+    pub pool: PathBuf,
+    /// The resolved settings.
+    pub config: TrainConfig,
+    /// The run's seed.
+    pub seed: u64,
+    /// Tasks and their classes, in head order.
+    pub heads: Vec<HeadSpec>,
+    /// Trunk initialisation as resolved ("random" or a file).
+    pub init: String,
+}
+
+/// What a finished (or stopped) run produced.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Iterations completed.
+    pub iterations: usize,
+    /// The `last` checkpoint.
+    pub last: PathBuf,
+    /// The `best` checkpoint, if a validation pass happened.
+    pub best: Option<PathBuf>,
+    /// Stopped by the user before the end.
+    pub interrupted: bool,
+    /// The last validation scores.
+    pub validation: Vec<ValScores>,
+    /// Training images/s of this session (data waits included).
+    pub images_per_s: f64,
+}
+
+/// Everything `train` needs.
+pub struct RunSpec {
+    /// Run directory.
+    pub out: PathBuf,
+    /// The pool file (recorded; the pool itself is `pool`).
+    pub pool_path: PathBuf,
+    /// The loaded pool.
+    pub pool: Pool,
+    /// Settings.
+    pub config: TrainConfig,
+    /// Continue the run in `out` from its last checkpoint.
+    pub resume: bool,
+    /// Print progress.
+    pub verbose: bool,
+}
+
+fn heads_of(pool: &Pool) -> Vec<HeadSpec> {
+    pool.tasks
+        .iter()
+        .map(|t| HeadSpec {
+            name: t.name.clone(),
+            classes: t.classes.clone(),
+        })
+        .collect()
+}
+
+fn crop_of(c: crate::pool::CropPolicy) -> data::CropPolicy {
+    match c {
+        crate::pool::CropPolicy::RandomCrop => data::CropPolicy::RandomCrop,
+        crate::pool::CropPolicy::RandomResizedCrop => data::CropPolicy::RandomResizedCrop,
+        crate::pool::CropPolicy::Resize => data::CropPolicy::Resize,
+    }
+}
+
+fn train_items(pool: &Pool) -> Result<Vec<TaskItems>> {
+    pool.tasks
+        .iter()
+        .map(|t| {
+            let items: Vec<Item> = t
+                .split(Split::Train)
+                .iter()
+                .map(|s| Item {
+                    path: s.path.clone(),
+                    label: s.label,
+                })
+                .collect();
+            if items.is_empty() {
+                bail!("task {} has no training images", t.name);
+            }
+            Ok(TaskItems {
+                name: t.name.clone(),
+                items,
+                crop: crop_of(t.crop),
+                weight: t.weight,
+            })
+        })
+        .collect()
+}
+
+/// At most `max` items spread evenly over the split (0 = all): a fixed subset.
+fn val_sets(pool: &Pool, max: usize) -> Vec<ValSet> {
+    pool.tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let all = t.split(Split::Val);
+            let take = if max == 0 {
+                all.len()
+            } else {
+                max.min(all.len())
+            };
+            let items = (0..take)
+                .map(|k| {
+                    let s = &all[k * all.len() / take.max(1)];
+                    (s.path.clone(), s.label)
+                })
+                .collect();
+            ValSet {
+                task: i,
+                name: t.name.clone(),
+                items,
+                n_classes: t.classes.len(),
+                crop: data::CropPolicy::Resize,
+            }
+        })
+        .collect()
+}
+
+struct Trainer<'a> {
+    spec: &'a RunSpec,
+    seed: u64,
+    net: Network,
+    meta: ModelMetadata,
+    optimizer: Sgd,
+    record: RunRecord,
+}
+
+impl Trainer<'_> {
+    fn card(&self, iteration: usize, validation: &[ValScores]) -> ModelCard {
+        ModelCard {
+            mtpath_version: env!("CARGO_PKG_VERSION").into(),
+            commit: super::card::COMMIT.into(),
+            architecture: self.spec.config.arch.to_string(),
+            feature_dim: self.spec.config.arch.feature_dim(),
+            input_size: self.spec.config.size,
+            mean: self.meta.mean,
+            std: self.meta.std,
+            init: self.record.init.clone(),
+            pool: self.spec.pool_path.display().to_string(),
+            tasks: self
+                .spec
+                .pool
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| CardTask {
+                    name: t.name.clone(),
+                    head: i,
+                    classes: t.classes.clone(),
+                    images: [t.train.len(), t.val.len(), t.test.len()],
+                })
+                .collect(),
+            training: self.spec.config.clone(),
+            iteration,
+            validation: validation.to_vec(),
+        }
+    }
+
+    fn save(&self, name: &str, state: &RunState, validation: &[ValScores]) -> Result<PathBuf> {
+        // A step with a finite loss can still blow the weights up: never checkpoint those.
+        for (pname, var) in self.net.named_parameters() {
+            let sq = var
+                .as_tensor()
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            if !sq.is_finite() {
+                bail!(
+                    "iteration {}: parameter {pname} is not finite — training diverged. The \
+                     `{name}` checkpoint was not overwritten; lower the learning rate",
+                    state.iteration
+                );
+            }
+        }
+        let card = self.card(state.iteration, validation);
+        let files = vec![
+            (
+                checkpoint::MODEL_FILE,
+                self.net.to_safetensors_bytes(&self.meta)?,
+            ),
+            (
+                checkpoint::TRUNK_FILE,
+                self.net.trunk_safetensors_bytes(&self.meta)?,
+            ),
+            (
+                checkpoint::OPTIMIZER_FILE,
+                checkpoint::optimizer_bytes(self.optimizer.state_tensors()?)?,
+            ),
+            (checkpoint::STATE_FILE, serde_json::to_vec_pretty(state)?),
+            ("card.json", card.to_json().into_bytes()),
+            ("card.md", card.to_markdown().into_bytes()),
+        ];
+        checkpoint::write_checkpoint_dir(&self.spec.out, name, &files)
+            .with_context(|| format!("writing the `{name}` checkpoint"))
+    }
+
+    fn set_trunk_frozen(&mut self, frozen: bool) -> Result<()> {
+        for g in ["trunk", "trunk_no_decay"] {
+            if self.optimizer.groups().iter().any(|x| x.name == g) {
+                self.optimizer.set_frozen(g, frozen)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_record(out: &Path) -> Result<RunRecord> {
+    let p = out.join("run.json");
+    let text = std::fs::read_to_string(&p).with_context(|| {
+        format!(
+            "{}: cannot read; is {} an mtpath run directory?",
+            p.display(),
+            out.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid run record", p.display()))
+}
+
+/// Train (or continue training) a multi-task model. `stop` is polled between iterations: when
+/// set, the `last` checkpoint is written and the function returns with `interrupted`.
+pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
+    let cfg = &spec.config;
+    cfg.validate()?;
+    let device = Device::Cpu;
+    let seed = cfg.seed.unwrap_or(spec.pool.seed);
+    let heads = heads_of(&spec.pool);
+    std::fs::create_dir_all(&spec.out)
+        .with_context(|| format!("{}: cannot create the run directory", spec.out.display()))?;
+    let splits_path = spec.out.join("splits.csv");
+
+    let net_spec = NetworkSpec::multitask(cfg.arch, heads.clone());
+    let net = Network::new(net_spec.clone(), &device, seed)?;
+    let mut meta = ModelMetadata::imagenet(&net_spec);
+    meta.input_size = cfg.size;
+    meta.resize_shorter = ((cfg.size as f64) * 256.0 / 224.0).round() as u32;
+
+    let (record, start, mut state) = if spec.resume {
+        let record = read_record(&spec.out)?;
+        if record.heads != heads {
+            bail!(
+                "{}: the pool's tasks or classes differ from the run's ({} vs {}); resume with \
+                 the same pool, or start a new run",
+                spec.pool_path.display(),
+                describe(&heads),
+                describe(&record.heads)
+            );
+        }
+        if record.config.arch != cfg.arch || record.config.size != cfg.size {
+            bail!("--resume: the architecture and input size cannot change within a run");
+        }
+        let tmp = spec.out.join(".splits.check.csv");
+        spec.pool.write_splits(&tmp)?;
+        let same = std::fs::read(&tmp).ok() == std::fs::read(&splits_path).ok();
+        std::fs::remove_file(&tmp).ok();
+        if !same {
+            bail!(
+                "{}: the pool's splits differ from the run's {} (data or seed changed); resume \
+                 with the same data, or start a new run",
+                spec.pool_path.display(),
+                splits_path.display()
+            );
+        }
+        let dir = checkpoint::find_checkpoint_dir(&spec.out, "last").with_context(|| {
+            format!(
+                "{}: no complete `last` checkpoint to resume from",
+                spec.out.display()
+            )
+        })?;
+        let state = checkpoint::read_state(&dir)?;
+        let file = read_weights_file(&dir.join(checkpoint::MODEL_FILE), &device)?;
+        net.load_weights(&file, LoadMode::Strict)?;
+        (record, state.iteration, Some((state, dir)))
+    } else {
+        if spec.out.join("run.json").exists() {
+            bail!(
+                "{} already holds a run; continue it with --resume {}, or choose another --out",
+                spec.out.display(),
+                spec.out.display()
+            );
+        }
+        let init = init::resolve(&cfg.init, cfg.arch)?;
+        let extra = init::load_trunk(&net, &init, &device)?;
+        if spec.verbose {
+            if let Init::File(p) = &init {
+                eprintln!(
+                    "trunk initialised from {}{}",
+                    p.display(),
+                    if extra.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (ignored {} non-trunk tensors)", extra.len())
+                    }
+                );
+            }
+        }
+        let record = RunRecord {
+            pool: spec.pool_path.clone(),
+            config: cfg.clone(),
+            seed,
+            heads: heads.clone(),
+            init: match &init {
+                Init::Random => "random".into(),
+                Init::File(p) => p.display().to_string(),
+            },
+        };
+        spec.pool.write_splits(&splits_path)?;
+        mtpath_shared::fsutil::write_atomic(
+            &spec.out.join("run.json"),
+            serde_json::to_string_pretty(&record)?.as_bytes(),
+        )?;
+        (record, 0, None)
+    };
+    if start >= cfg.iters {
+        bail!(
+            "the run already has {start} iterations (asked: {}); pass a larger --iters to continue",
+            cfg.iters
+        );
+    }
+
+    if cfg.head_warmup_iters >= cfg.iters && spec.verbose {
+        eprintln!(
+            "note: head_warmup_iters ({}) >= iters ({}): the trunk stays frozen in this run",
+            cfg.head_warmup_iters, cfg.iters
+        );
+    }
+    let groups = param_groups(
+        &net,
+        cfg.head_lr_scale,
+        cfg.weight_decay,
+        cfg.no_decay_norm_bias,
+    );
+    let optimizer = Sgd::new(
+        groups,
+        SgdConfig {
+            momentum: cfg.momentum,
+            nesterov: cfg.nesterov,
+        },
+    )?;
+    let mut trainer = Trainer {
+        spec,
+        seed,
+        net,
+        meta,
+        optimizer,
+        record,
+    };
+    let mut run_state = RunState {
+        iteration: start,
+        seed,
+        sampler: cfg.sampler.clone(),
+        best: None,
+        elapsed_s: 0.0,
+    };
+    if let Some((state, dir)) = state.take() {
+        let opt_state = checkpoint::read_optimizer(&dir, &device)?;
+        trainer.optimizer.load_state_tensors(&opt_state)?;
+        run_state = state;
+    }
+    let elapsed_before = run_state.elapsed_s;
+
+    let sampler: data::SamplerKind = cfg
+        .sampler
+        .parse()
+        .map_err(|e| anyhow::anyhow!("sampler `{}`: {e}", cfg.sampler))?;
+    let aug = data::AugmentConfig {
+        size: cfg.size,
+        hflip: cfg.hflip,
+        vflip: cfg.vflip,
+        rot90: cfg.rot90,
+        jitter: cfg.jitter,
+        ..Default::default()
+    };
+    let tasks = Arc::new(train_items(&spec.pool)?);
+    let mut loader = data::Loader::new(
+        tasks,
+        sampler,
+        aug,
+        cfg.batch,
+        trainer.seed,
+        start as u64,
+        cfg.workers,
+        cfg.prefetch,
+    )?;
+    let vals = val_sets(&spec.pool, cfg.val_max_per_task);
+    let mut metrics = MetricsWriter::open(&spec.out, spec.resume.then_some(start))?;
+    let schedule = cfg.lr_schedule();
+    let mut progress = Progress::new(start, cfg.iters);
+    let session = Instant::now();
+    let mut window = Window::new(spec.pool.tasks.len());
+    let mut last_val: Vec<ValScores> = Vec::new();
+    let mut best_dir = checkpoint::find_checkpoint_dir(&spec.out, "best");
+    let mut frozen = None;
+    let s = cfg.size as usize;
+
+    for it in start..cfg.iters {
+        if stop.load(Ordering::SeqCst) {
+            run_state.iteration = it;
+            run_state.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
+            let last = trainer.save("last", &run_state, &last_val)?;
+            progress.finish();
+            return Ok(RunOutcome {
+                iterations: it,
+                last,
+                best: best_dir,
+                interrupted: true,
+                validation: last_val,
+                images_per_s: window.session_rate(it - start, cfg.batch, session),
+            });
+        }
+        let heads_only = it < cfg.head_warmup_iters;
+        if frozen != Some(heads_only) {
+            trainer.set_trunk_frozen(heads_only)?;
+            frozen = Some(heads_only);
+            if heads_only && spec.verbose {
+                progress.message(&format!(
+                    "iterations {it}..{}: heads only, trunk frozen",
+                    cfg.head_warmup_iters
+                ));
+            }
+        }
+        let batch = loader.next_batch()?;
+        debug_assert_eq!(batch.iter, it as u64);
+        let n = batch.tasks.len();
+        let images = Tensor::from_vec(batch.images, (n, 3, s, s), &device)?;
+        let tb = TaskBatch {
+            images,
+            tasks: batch.tasks,
+            labels: batch.labels,
+        };
+        let lr = schedule.lr_at(it);
+        let (stats, grads) = if heads_only {
+            heads_forward_backward(&trainer.net, &tb)?
+        } else {
+            multitask_forward_backward(&trainer.net, &tb, true)?
+        };
+        if !stats.loss.is_finite() {
+            progress.finish();
+            bail!(
+                "iteration {it}: the loss is {} — training diverged. Nothing was saved after \
+                 iteration {}; the last good checkpoint is {} . Lower the learning rate (now {lr}) \
+                 and resume or restart.",
+                stats.loss,
+                run_state.iteration,
+                spec.out.join("last").display()
+            );
+        }
+        trainer.optimizer.step(&grads, lr)?;
+        window.add(&stats, n);
+        let done = it + 1;
+        if done % LOG_EVERY == 0 || done == cfg.iters {
+            let row = window.row(done, lr, &spec.pool);
+            progress.update(done, row.loss, row.images_per_s, false);
+            metrics.train(&row)?;
+            window.reset();
+        }
+        let validate_now = (cfg.val_every > 0 && done % cfg.val_every == 0) || done == cfg.iters;
+        if validate_now {
+            last_val = evaluate(&trainer.net, &vals, cfg.size, cfg.batch, &device)?;
+            metrics.validation(done, &last_val)?;
+            if let Some(score) = mean_balanced_accuracy(&last_val) {
+                if spec.verbose {
+                    progress.message(&format!(
+                        "iteration {done}: validation mean balanced accuracy {score:.3} ({})",
+                        last_val
+                            .iter()
+                            .map(|v| format!("{} {:.3}", v.task, v.balanced_accuracy))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                if run_state.best.is_none_or(|(b, _)| score > b) {
+                    run_state.best = Some((score, done));
+                    run_state.iteration = done;
+                    run_state.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
+                    best_dir = Some(trainer.save("best", &run_state, &last_val)?);
+                }
+            }
+        }
+        if done % cfg.checkpoint_every == 0 || done == cfg.iters {
+            run_state.iteration = done;
+            run_state.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
+            trainer.save("last", &run_state, &last_val)?;
+        }
+    }
+    progress.update(cfg.iters, window.last_loss, 0.0, true);
+    progress.finish();
+    Ok(RunOutcome {
+        iterations: cfg.iters,
+        last: spec.out.join("last"),
+        best: best_dir,
+        interrupted: false,
+        validation: last_val,
+        images_per_s: window.session_rate(cfg.iters - start, cfg.batch, session),
+    })
+}
+
+fn describe(heads: &[HeadSpec]) -> String {
+    heads
+        .iter()
+        .map(|h| format!("{}[{}]", h.name, h.classes.len()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Training statistics accumulated over a logging window.
+struct Window {
+    loss_sum: f64,
+    steps: usize,
+    images: usize,
+    started: Instant,
+    task_loss: Vec<f64>,
+    task_correct: Vec<usize>,
+    task_n: Vec<usize>,
+    last_loss: f64,
+}
+
+impl Window {
+    fn new(tasks: usize) -> Self {
+        Self {
+            loss_sum: 0.0,
+            steps: 0,
+            images: 0,
+            started: Instant::now(),
+            task_loss: vec![0.0; tasks],
+            task_correct: vec![0; tasks],
+            task_n: vec![0; tasks],
+            last_loss: f64::NAN,
+        }
+    }
+
+    fn add(&mut self, s: &mtpath_shared::multitask::StepStats, n: usize) {
+        self.loss_sum += f64::from(s.loss);
+        self.last_loss = f64::from(s.loss);
+        self.steps += 1;
+        self.images += n;
+        for t in 0..self.task_n.len() {
+            let k = s.samples_per_task[t];
+            if k > 0 {
+                self.task_loss[t] += f64::from(s.loss_per_task[t]) * k as f64;
+                self.task_correct[t] += s.correct_per_task[t];
+                self.task_n[t] += k;
+            }
+        }
+    }
+
+    fn row(&self, iter: usize, lr: f64, pool: &Pool) -> TrainRow {
+        TrainRow {
+            iter,
+            loss: self.loss_sum / self.steps.max(1) as f64,
+            lr,
+            images_per_s: self.images as f64 / self.started.elapsed().as_secs_f64().max(1e-9),
+            tasks: pool
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(t, task)| {
+                    let n = self.task_n[t];
+                    let f = |v: f64| (n > 0).then(|| v / n as f64);
+                    (
+                        task.name.clone(),
+                        f(self.task_loss[t]),
+                        f(self.task_correct[t] as f64),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn reset(&mut self) {
+        *self = Self {
+            last_loss: self.last_loss,
+            ..Self::new(self.task_n.len())
+        };
+    }
+
+    fn session_rate(&self, steps: usize, batch: usize, session: Instant) -> f64 {
+        (steps * batch) as f64 / session.elapsed().as_secs_f64().max(1e-9)
+    }
+}

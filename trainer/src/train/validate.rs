@@ -1,0 +1,129 @@
+//! Validation: per-task accuracy and balanced accuracy of the heads on the validation split.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor, D};
+use mtpath_shared::Network;
+use rayon::prelude::*;
+
+use super::metrics::ValScores;
+use crate::data::CropPolicy;
+
+/// One task's validation images.
+#[derive(Debug, Clone)]
+pub struct ValSet {
+    /// Head index.
+    pub task: usize,
+    /// Task name.
+    pub name: String,
+    /// Images and labels.
+    pub items: Vec<(PathBuf, u32)>,
+    /// Number of classes of the task.
+    pub n_classes: usize,
+    /// How images are brought to the input size (deterministic variant).
+    pub crop: CropPolicy,
+}
+
+/// Accuracy, balanced accuracy (mean recall over the classes present in `labels`) and mean
+/// cross-entropy from predictions.
+pub fn scores(
+    task: &str,
+    preds: &[u32],
+    labels: &[u32],
+    losses: &[f64],
+    n_classes: usize,
+) -> ValScores {
+    let n = labels.len();
+    let mut per_class = vec![(0usize, 0usize); n_classes];
+    let mut correct = 0;
+    for (&p, &y) in preds.iter().zip(labels) {
+        let c = &mut per_class[y as usize];
+        c.1 += 1;
+        if p == y {
+            c.0 += 1;
+            correct += 1;
+        }
+    }
+    let recalls: Vec<f64> = per_class
+        .iter()
+        .filter(|c| c.1 > 0)
+        .map(|c| c.0 as f64 / c.1 as f64)
+        .collect();
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    ValScores {
+        task: task.to_string(),
+        n,
+        loss: mean(losses),
+        accuracy: if n == 0 {
+            f64::NAN
+        } else {
+            correct as f64 / n as f64
+        },
+        balanced_accuracy: mean(&recalls),
+    }
+}
+
+/// Run the heads in evaluation mode over every validation set, `batch` images at a time.
+pub fn evaluate(
+    net: &Network,
+    sets: &[ValSet],
+    size: u32,
+    batch: usize,
+    device: &Device,
+) -> Result<Vec<ValScores>> {
+    let mut out = Vec::with_capacity(sets.len());
+    for set in sets {
+        let mut preds = Vec::with_capacity(set.items.len());
+        let mut losses = Vec::with_capacity(set.items.len());
+        let labels: Vec<u32> = set.items.iter().map(|(_, y)| *y).collect();
+        for chunk in set.items.chunks(batch.max(1)) {
+            let pixels: Vec<Vec<f32>> = chunk
+                .par_iter()
+                .map(|(path, _)| {
+                    let img = mtpath_shared::preprocess::load_image(path)
+                        .with_context(|| format!("validation image of task {}", set.name))?;
+                    crate::data::augment::eval_transform(&img, set.crop, size)
+                })
+                .collect::<Result<_>>()?;
+            let n = chunk.len();
+            let s = size as usize;
+            let x = Tensor::from_vec(pixels.concat(), (n, 3, s, s), device)?;
+            let feats = net.features_t(&x, false)?;
+            let logits = net.head_logits(set.task, &feats)?;
+            let y: Vec<u32> = chunk.iter().map(|(_, y)| *y).collect();
+            let y = Tensor::from_vec(y, n, device)?;
+            let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            let nll = log_p.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+            losses.extend(nll.to_vec1::<f32>()?.into_iter().map(f64::from));
+            preds.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
+        }
+        out.push(scores(&set.name, &preds, &labels, &losses, set.n_classes));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_by_hand() {
+        // Class 0: 3 samples, 2 right; class 1: 1 sample, right; class 2: absent.
+        let s = scores("t", &[0, 0, 1, 1], &[0, 0, 0, 1], &[0.1, 0.2, 0.3, 0.4], 3);
+        assert_eq!(s.n, 4);
+        assert!((s.accuracy - 0.75).abs() < 1e-12);
+        assert!((s.balanced_accuracy - (2.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
+        assert!((s.loss - 0.25).abs() < 1e-12);
+        // A constant predictor on an imbalanced set: accuracy 0.75, balanced 0.5.
+        let s = scores("t", &[0, 0, 0, 0], &[0, 0, 0, 1], &[0.0; 4], 2);
+        assert!((s.accuracy - 0.75).abs() < 1e-12);
+        assert!((s.balanced_accuracy - 0.5).abs() < 1e-12);
+    }
+}
