@@ -30,4 +30,10 @@ resnet18 infer 1 224
 resnet50 infer 1 224
 resnet18 train 32 112
 resnet18 train 32 224
+resnet50 train 32 112
 CASES
+# The training data pipeline alone (decode + augment on 2 worker threads, real tasks).
+for size in 112 224; do
+  target/release/mtpath bench --mode pipeline --batch 32 --size "$size" --iters 20 --workers 2 \
+    | awk -v s="$size" '/^pipeline:/ {printf "pipeline     %-6s %-5s %-5s %10s\n", "-", 32, s, $2}'
+done

@@ -159,7 +159,10 @@ pub fn run(args: Args) -> Result<()> {
             .iter()
             .zip(&pool_all.tasks)
             .filter(|(d, _)| train_dirs.contains(d))
-            .map(|(_, t)| t.clone())
+            .map(|(_, t)| crate::pool::Task {
+                crop: crate::pool::CropPolicy::RandomResizedCrop,
+                ..t.clone()
+            })
             .collect(),
         skipped: pool_all.skipped.clone(),
     };
@@ -181,6 +184,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         val_every: (args.iters / 3).max(1),
         val_max_per_task: 100,
+        rrc_min_scale: 0.35,
         checkpoint_every: 100,
         ..TrainConfig::default()
     };
@@ -263,6 +267,10 @@ fn write_pool_file(path: &Path, pool: &PoolConfig, config: &TrainConfig) -> Resu
                         .display()
                         .to_string(),
                 ),
+            );
+            tt.insert(
+                "crop".into(),
+                toml::Value::String("random-resized-crop".into()),
             );
             toml::Value::Table(tt)
         })

@@ -48,6 +48,8 @@ pub struct TrainConfig {
     pub vflip: bool,
     /// Random multiples of 90° rotations.
     pub rot90: bool,
+    /// Smallest area fraction of random-resized crops (torchvision's `scale=(min, 1)`).
+    pub rrc_min_scale: f32,
     /// Colour jitter strength (brightness, contrast, saturation in `[1 - j, 1 + j]`); 0 = off.
     pub jitter: f32,
     /// Validate every this many iterations (and at the end); 0 = only at the end.
@@ -88,6 +90,7 @@ impl Default for TrainConfig {
             vflip: true,
             rot90: false,
             jitter: 0.0,
+            rrc_min_scale: 0.08,
             val_every: 500,
             val_max_per_task: 0,
             checkpoint_every: 500,
@@ -136,6 +139,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.jitter) {
             bail!("jitter {} must be in [0, 1)", self.jitter);
+        }
+        if !(self.rrc_min_scale > 0.0 && self.rrc_min_scale <= 1.0) {
+            bail!("rrc_min_scale {} must be in (0, 1]", self.rrc_min_scale);
         }
         if self.workers == 0 || self.prefetch == 0 {
             bail!("workers and prefetch must be at least 1");

@@ -402,7 +402,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         vflip: cfg.vflip,
         rot90: cfg.rot90,
         jitter: cfg.jitter,
-        ..Default::default()
+        rrc_scale: (cfg.rrc_min_scale, 1.0),
     };
     let tasks = Arc::new(train_items(&spec.pool)?);
     let mut loader = data::Loader::new(
