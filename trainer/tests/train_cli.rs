@@ -319,3 +319,54 @@ fn divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
         }
     }
 }
+
+#[test]
+fn demo_runs_on_the_real_tasks_and_says_where_the_run_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let data = data_dir();
+    let o = mtpath(&[
+        "demo",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--iters",
+        "6",
+        "--size",
+        "32",
+        "--batch",
+        "8",
+    ]);
+    assert_ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("holding out lymphoma"), "{stderr}");
+    assert!(stderr.contains("leaving out nct-crc-samples"), "{stderr}");
+    assert!(stdout.contains("trunk.safetensors"), "{stdout}");
+    assert!(out.join("best/trunk.safetensors").is_file());
+    // The pool file the demo wrote is a valid pool for `mtpath train` / `pool check`.
+    let pool = out.join("demo-pool.toml");
+    let text = std::fs::read_to_string(&pool).unwrap();
+    assert!(
+        !text.contains("lymphoma"),
+        "the held-out task is not in the pool"
+    );
+    let check = mtpath(&[
+        "pool",
+        "check",
+        s(&pool),
+        "--out",
+        s(&dir.path().join("s.csv")),
+    ]);
+    assert_ok(&check);
+
+    // Without data, the demo says how to get some.
+    let o = mtpath(&["demo", "--data", s(&dir.path().join("nothing-here"))]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--data") && err.contains("manifest.csv"),
+        "{err}"
+    );
+}

@@ -235,10 +235,17 @@ pub fn run(args: Args) -> Result<()> {
         outcome.iterations
     );
     for v in &outcome.validation {
-        println!(
-            "  {:<20} {:.3}  ({} images)",
-            v.task, v.balanced_accuracy, v.n
-        );
+        if v.n == 0 {
+            println!(
+                "  {:<20} no validation split (too few groups to hold some out)",
+                v.task
+            );
+        } else {
+            println!(
+                "  {:<20} {:.3}  ({} images)",
+                v.task, v.balanced_accuracy, v.n
+            );
+        }
     }
     println!(
         "\nweights: {}/trunk.safetensors (torchvision names), model card {}/card.md, metrics {}/metrics.csv\nheld-out task for evaluation: {hold_out} ({})",

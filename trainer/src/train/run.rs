@@ -497,7 +497,11 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
                         "iteration {done}: validation mean balanced accuracy {score:.3} ({})",
                         last_val
                             .iter()
-                            .map(|v| format!("{} {:.3}", v.task, v.balanced_accuracy))
+                            .map(|v| if v.n == 0 {
+                                format!("{} (no validation images)", v.task)
+                            } else {
+                                format!("{} {:.3}", v.task, v.balanced_accuracy)
+                            })
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
@@ -516,7 +520,6 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
             trainer.save("last", &run_state, &last_val)?;
         }
     }
-    progress.update(cfg.iters, window.last_loss, 0.0, true);
     progress.finish();
     Ok(RunOutcome {
         iterations: cfg.iters,
