@@ -6,6 +6,7 @@
 
 pub mod backbone;
 pub mod error;
+pub mod eval;
 pub mod features;
 pub mod fsutil;
 pub mod layers;

@@ -174,7 +174,7 @@ pub fn run(args: Args) -> Result<()> {
         size: args.size,
         batch: args.batch,
         iters: args.iters,
-        lr: 0.05,
+        lr: 0.02,
         head_lr_scale: 1.0,
         weight_decay: 1e-4,
         lr_warmup_iters: 50.min(args.iters / 4),
