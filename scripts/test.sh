@@ -10,7 +10,7 @@ root=$(pwd)
 export MTPATH_DATA=${MTPATH_DATA:-$root/../shared/data}
 export MTPATH_FIXTURES=${MTPATH_FIXTURES:-$root/../shared/fixtures}
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s (at %dm%02ds)\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
 
 step "toolchain and browser"
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown

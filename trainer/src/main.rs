@@ -2,6 +2,7 @@
 
 mod commands;
 mod data;
+mod evaluate;
 mod images;
 mod pool;
 mod train;
@@ -32,6 +33,8 @@ enum Command {
     Train(commands::train::Args),
     /// Pre-train a small model on the real tasks in ../shared/data with one task held out.
     Demo(commands::demo::Args),
+    /// Evaluate a trunk's frozen features on task folders over several seeds (kNN probe).
+    Eval(commands::eval::Args),
 }
 
 fn main() {
@@ -43,6 +46,7 @@ fn main() {
         Command::Pool(a) => commands::pool::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Eval(a) => commands::eval::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

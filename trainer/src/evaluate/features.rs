@@ -1,0 +1,113 @@
+//! Frozen-trunk features of every image of a task, cached on disk by weights, task and
+//! preprocessing, so that seeds and protocols reuse one extraction.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use mtpath_shared::features::FeatureExtractor;
+use mtpath_shared::preprocess::preprocess_file;
+use mtpath_shared::weights::read_weights_file;
+use rayon::prelude::*;
+
+use crate::pool::Task;
+
+/// FNV-1a 64 of some bytes: a stable content hash for cache keys.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Features of every sample of a task, keyed by image path.
+#[derive(Debug, Clone)]
+pub struct TaskFeatures {
+    /// Feature length.
+    pub dim: usize,
+    /// Path → feature row.
+    pub rows: HashMap<PathBuf, Vec<f32>>,
+}
+
+/// Extract (or read from `cache_dir`) the features of all samples of `task`.
+/// `model_id` identifies the weights and preprocessing (part of the cache key).
+pub fn task_features(
+    extractor: &FeatureExtractor,
+    model_id: u64,
+    task: &Task,
+    cache_dir: &Path,
+    batch: usize,
+    verbose: bool,
+) -> Result<TaskFeatures> {
+    let mut paths: Vec<PathBuf> = task.samples().map(|(_, s)| s.path.clone()).collect();
+    paths.sort();
+    let key = {
+        let mut k = format!("{model_id:016x}");
+        for p in &paths {
+            k.push_str(&p.display().to_string());
+        }
+        fnv1a(k.as_bytes())
+    };
+    let cache = cache_dir.join(format!("{}-{key:016x}.safetensors", task.name));
+    let dim = extractor.feature_dim();
+    if cache.is_file() {
+        if let Ok(file) = read_weights_file(&cache, &Device::Cpu) {
+            if let Some(t) = file.get("features") {
+                if let Ok(rows) = t.to_vec2::<f32>() {
+                    if rows.len() == paths.len() {
+                        return Ok(TaskFeatures {
+                            dim,
+                            rows: paths.into_iter().zip(rows).collect(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let cfg = *extractor.preprocess_config();
+    let started = std::time::Instant::now();
+    let mut all: Vec<Vec<f32>> = Vec::with_capacity(paths.len());
+    for (i, chunk) in paths.chunks(batch.max(1)).enumerate() {
+        let pixels: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|p| preprocess_file(p, &cfg).with_context(|| format!("task {}", task.name)))
+            .collect::<Result<_>>()?;
+        all.extend(extractor.extract_preprocessed(&pixels)?);
+        if verbose && (i % 10 == 9 || all.len() == paths.len()) {
+            eprint!(
+                "\r  {}: features {}/{} ({:.1} img/s)   ",
+                task.name,
+                all.len(),
+                paths.len(),
+                all.len() as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            );
+        }
+    }
+    if verbose {
+        eprintln!();
+    }
+    std::fs::create_dir_all(cache_dir)
+        .with_context(|| format!("{}: cannot create", cache_dir.display()))?;
+    let flat: Vec<f32> = all.iter().flatten().copied().collect();
+    let t = Tensor::from_vec(flat, (all.len(), dim), &Device::Cpu)?;
+    let bytes = safetensors::serialize([("features".to_string(), t)], None)?;
+    mtpath_shared::fsutil::write_atomic(&cache, &bytes)?;
+    Ok(TaskFeatures {
+        dim,
+        rows: paths.into_iter().zip(all).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fnv1a;
+
+    #[test]
+    fn fnv_reference_values() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

@@ -1,0 +1,111 @@
+//! `mtpath eval` end to end: frozen features of real tasks, kNN over seeds, eva-style results.
+
+use std::process::{Command, Output};
+
+use mtpath_shared::testdata::{data_dir, fixtures_dir};
+
+fn mtpath(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mtpath"))
+        .args(args)
+        .output()
+        .expect("run mtpath")
+}
+
+#[test]
+fn knn_over_seeds_writes_results_and_reuses_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results");
+    let weights = fixtures_dir().join("resnet18.safetensors");
+    let lymphoma = data_dir().join("lymphoma");
+    let tcga = data_dir().join("tcga-luad-lusc");
+    let args = [
+        "eval",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--task",
+        lymphoma.to_str().unwrap(),
+        "--task",
+        tcga.to_str().unwrap(),
+        "--seeds",
+        "3",
+        "--size",
+        "64",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = mtpath(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["protocol"], "knn");
+    let results = json["results"].as_array().unwrap();
+    // lymphoma: 3 metrics (no AUC: 3 classes); tcga: 4 (binary).
+    assert_eq!(results.len(), 7);
+    for r in results {
+        let values: Vec<f64> = r["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(values.len(), 3, "{r}");
+        let mean = values.iter().sum::<f64>() / 3.0;
+        assert!((r["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+        assert!(values.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+    // tcga's test split is the source's (two held-out slides): the same for every seed.
+    let runs = json["runs"].as_array().unwrap();
+    let tcga_tests: Vec<u64> = runs
+        .iter()
+        .filter(|r| r["task"] == "tcga-luad-lusc")
+        .map(|r| r["n_test"].as_u64().unwrap())
+        .collect();
+    assert_eq!(tcga_tests, vec![60, 60, 60]);
+    // ImageNet-like fixture features separate lymphoma subtypes better than chance (1/3).
+    let lym_bacc = results
+        .iter()
+        .find(|r| r["task"] == "lymphoma" && r["metric"] == "balanced_accuracy")
+        .unwrap()["mean"]
+        .as_f64()
+        .unwrap();
+    assert!(lym_bacc > 0.45, "lymphoma balanced accuracy {lym_bacc}");
+    assert!(std::fs::read_to_string(out.join("results.md"))
+        .unwrap()
+        .contains("| lymphoma |"));
+
+    // A second run reads the cached features and gives the same results.
+    let cached = std::fs::read_dir(out.join("cache")).unwrap().count();
+    assert_eq!(cached, 2);
+    let o = mtpath(&args);
+    assert!(o.status.success());
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(again["results"], json["results"]);
+}
+
+#[test]
+fn missing_weights_and_tasks_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = mtpath(&[
+        "eval",
+        "--weights",
+        "/no/such/w.safetensors",
+        "--task",
+        data_dir().join("lymphoma").to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/w.safetensors"));
+    let o = mtpath(&[
+        "eval",
+        "--weights",
+        "random",
+        "--task",
+        "/no/such/task",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/task"));
+}
