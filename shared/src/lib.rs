@@ -14,6 +14,7 @@ pub mod multitask;
 pub mod network;
 pub mod optim;
 pub mod preprocess;
+pub mod probe;
 pub mod testdata;
 pub mod varstore;
 pub mod weights;

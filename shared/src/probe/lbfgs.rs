@@ -1,0 +1,293 @@
+//! L-BFGS (two-loop recursion) with a strong-Wolfe line search (Nocedal & Wright,
+//! Algorithms 3.5–3.6, cubic interpolation), for smooth convex objectives in f64.
+
+use std::collections::VecDeque;
+
+/// Stopping rules and memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Iteration limit.
+    pub max_iter: usize,
+    /// Stop when `‖g‖₂ ≤ gtol · ‖g(x₀)‖₂`.
+    pub gtol: f64,
+    /// Correction pairs kept.
+    pub memory: usize,
+}
+
+/// Where the minimiser stopped.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub x: Vec<f64>,
+    pub f: f64,
+    pub n_iter: usize,
+    /// The gradient rule was met (not the iteration limit or a stalled line search).
+    pub converged: bool,
+}
+
+const C1: f64 = 1e-4;
+const C2: f64 = 0.9;
+const MAX_BRACKET: usize = 50;
+const MAX_ZOOM: usize = 50;
+/// Relative rounding allowance on f: near the optimum, decreases of f drown in its rounding
+/// error while the gradient is still accurate, so a step whose slope meets the curvature
+/// condition is accepted if f rose by no more than this (Hager & Zhang's approximate Wolfe).
+const F_NOISE: f64 = 1e-12;
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn norm(a: &[f64]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+/// Minimise `fg` (which returns f(x) and writes ∇f(x) into its second argument) from `x0`.
+pub(crate) fn minimize<F>(mut fg: F, x0: Vec<f64>, opts: Options) -> Outcome
+where
+    F: FnMut(&[f64], &mut [f64]) -> f64,
+{
+    let n = x0.len();
+    let mut x = x0;
+    let mut g = vec![0.0; n];
+    let mut f = fg(&x, &mut g);
+    let target = opts.gtol * norm(&g);
+    let mut hist: VecDeque<(Vec<f64>, Vec<f64>, f64)> = VecDeque::with_capacity(opts.memory);
+    let mut dir = vec![0.0; n];
+    let mut x_new = vec![0.0; n];
+    let mut g_new = vec![0.0; n];
+    let mut alpha_buf = vec![0.0; opts.memory.max(1)];
+    let mut n_iter = 0;
+    let converged = loop {
+        let gnorm = norm(&g);
+        if gnorm <= target {
+            break true;
+        }
+        if n_iter >= opts.max_iter {
+            break false;
+        }
+        two_loop(&g, &hist, &mut alpha_buf, &mut dir);
+        let mut dphi0 = dot(&dir, &g);
+        if dphi0.is_nan() || dphi0 >= 0.0 {
+            // Not a descent direction (rounding): restart from steepest descent.
+            hist.clear();
+            dir.iter_mut().zip(&g).for_each(|(d, gi)| *d = -gi);
+            dphi0 = -gnorm * gnorm;
+        }
+        let alpha0 = if hist.is_empty() {
+            (1.0 / gnorm).min(1.0)
+        } else {
+            1.0
+        };
+        let found = {
+            let mut phi = |alpha: f64| {
+                for ((xn, xi), di) in x_new.iter_mut().zip(&x).zip(&dir) {
+                    *xn = xi + alpha * di;
+                }
+                let fa = fg(&x_new, &mut g_new);
+                (fa, dot(&g_new, &dir))
+            };
+            line_search(&mut phi, f, dphi0, alpha0)
+        };
+        match found {
+            Some(f_new) => {
+                let s: Vec<f64> = x_new.iter().zip(&x).map(|(a, b)| a - b).collect();
+                let y: Vec<f64> = g_new.iter().zip(&g).map(|(a, b)| a - b).collect();
+                let sy = dot(&s, &y);
+                if sy > f64::EPSILON * dot(&y, &y) && sy > 0.0 {
+                    if hist.len() == opts.memory {
+                        hist.pop_front();
+                    }
+                    if opts.memory > 0 {
+                        hist.push_back((s, y, 1.0 / sy));
+                    }
+                }
+                std::mem::swap(&mut x, &mut x_new);
+                std::mem::swap(&mut g, &mut g_new);
+                f = f_new;
+                n_iter += 1;
+            }
+            None if !hist.is_empty() => hist.clear(),
+            // Even steepest descent finds no decrease: we are at rounding level.
+            None => break false,
+        }
+    };
+    Outcome {
+        x,
+        f,
+        n_iter,
+        converged,
+    }
+}
+
+/// `dir = −H·g` from the stored pairs (initial Hessian scaled by `sᵀy / yᵀy`).
+fn two_loop(g: &[f64], hist: &VecDeque<(Vec<f64>, Vec<f64>, f64)>, a: &mut [f64], dir: &mut [f64]) {
+    dir.copy_from_slice(g);
+    for (i, (s, y, rho)) in hist.iter().enumerate().rev() {
+        a[i] = rho * dot(s, dir);
+        dir.iter_mut().zip(y).for_each(|(q, yi)| *q -= a[i] * yi);
+    }
+    if let Some((s, y, _)) = hist.back() {
+        let gamma = dot(s, y) / dot(y, y);
+        dir.iter_mut().for_each(|q| *q *= gamma);
+    }
+    for (i, (s, y, rho)) in hist.iter().enumerate() {
+        let b = rho * dot(y, dir);
+        dir.iter_mut()
+            .zip(s)
+            .for_each(|(r, si)| *r += (a[i] - b) * si);
+    }
+    dir.iter_mut().for_each(|r| *r = -*r);
+}
+
+#[derive(Clone, Copy)]
+struct Point {
+    a: f64,
+    f: f64,
+    d: f64,
+}
+
+/// Strong-Wolfe line search on `φ(α) = (f, f′)`. The accepted step is always the last one
+/// evaluated (so the caller's buffers hold its point and gradient); returns its value.
+fn line_search(
+    phi: &mut impl FnMut(f64) -> (f64, f64),
+    f0: f64,
+    d0: f64,
+    alpha0: f64,
+) -> Option<f64> {
+    let mut prev = Point {
+        a: 0.0,
+        f: f0,
+        d: d0,
+    };
+    let mut a = alpha0;
+    for i in 0..MAX_BRACKET {
+        let (fa, da) = phi(a);
+        let cur = Point { a, f: fa, d: da };
+        if approx_wolfe(fa, da, f0, d0) {
+            return Some(fa);
+        }
+        if !fa.is_finite() || fa > f0 + C1 * a * d0 || (i > 0 && fa >= prev.f) {
+            return zoom(phi, f0, d0, prev, cur);
+        }
+        if da.abs() <= -C2 * d0 {
+            return Some(fa);
+        }
+        if da >= 0.0 {
+            return zoom(phi, f0, d0, cur, prev);
+        }
+        prev = cur;
+        a *= 4.0;
+    }
+    None
+}
+
+fn zoom(
+    phi: &mut impl FnMut(f64) -> (f64, f64),
+    f0: f64,
+    d0: f64,
+    mut lo: Point,
+    mut hi: Point,
+) -> Option<f64> {
+    for _ in 0..MAX_ZOOM {
+        let (left, right) = (lo.a.min(hi.a), lo.a.max(hi.a));
+        let width = right - left;
+        if width <= f64::EPSILON * right {
+            break;
+        }
+        let a = match cubic_min(lo, hi) {
+            Some(t) if t >= left + 0.1 * width && t <= right - 0.1 * width => t,
+            _ => left + 0.5 * width,
+        };
+        let (fa, da) = phi(a);
+        if approx_wolfe(fa, da, f0, d0) {
+            return Some(fa);
+        }
+        if !fa.is_finite() || fa > f0 + C1 * a * d0 || fa >= lo.f {
+            hi = Point { a, f: fa, d: da };
+        } else {
+            if da.abs() <= -C2 * d0 {
+                return Some(fa);
+            }
+            if da * (hi.a - lo.a) >= 0.0 {
+                hi = lo;
+            }
+            lo = Point { a, f: fa, d: da };
+        }
+    }
+    // No strong-Wolfe point found (rounding level): take the best sufficient-decrease step.
+    if lo.a > 0.0 && lo.f < f0 {
+        Some(phi(lo.a).0)
+    } else {
+        None
+    }
+}
+
+/// Curvature condition met and f within rounding of f(0).
+fn approx_wolfe(fa: f64, da: f64, f0: f64, d0: f64) -> bool {
+    fa <= f0 + F_NOISE * f0.abs() && da.abs() <= -C2 * d0
+}
+
+/// Minimiser of the cubic through two points with their slopes.
+fn cubic_min(p: Point, q: Point) -> Option<f64> {
+    let d1 = p.d + q.d - 3.0 * (p.f - q.f) / (p.a - q.a);
+    let disc = d1 * d1 - p.d * q.d;
+    if disc.is_nan() || disc < 0.0 {
+        return None;
+    }
+    let d2 = (q.a - p.a).signum() * disc.sqrt();
+    let t = q.a - (q.a - p.a) * (q.d + d2 - d1) / (q.d - p.d + 2.0 * d2);
+    t.is_finite().then_some(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_lbfgs_minimises_rosenbrock() {
+        let rosen = |x: &[f64], g: &mut [f64]| {
+            let (a, b) = (x[0], x[1]);
+            g[0] = -2.0 * (1.0 - a) - 400.0 * a * (b - a * a);
+            g[1] = 200.0 * (b - a * a);
+            (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2)
+        };
+        let out = minimize(
+            rosen,
+            vec![-1.2, 1.0],
+            Options {
+                max_iter: 500,
+                gtol: 1e-10,
+                memory: 10,
+            },
+        );
+        assert!(out.converged, "{out:?}");
+        assert!((out.x[0] - 1.0).abs() < 1e-8 && (out.x[1] - 1.0).abs() < 1e-8);
+    }
+
+    #[test]
+    fn probe_lbfgs_solves_quadratic_exactly() {
+        // f = Σ (i+1)/2 · (x_i − i)², ill-conditioned 1:50.
+        let quad = |x: &[f64], g: &mut [f64]| {
+            let mut f = 0.0;
+            for i in 0..x.len() {
+                let h = (i + 1) as f64;
+                g[i] = h * (x[i] - i as f64);
+                f += 0.5 * h * (x[i] - i as f64).powi(2);
+            }
+            f
+        };
+        let out = minimize(
+            quad,
+            vec![0.0; 50],
+            Options {
+                max_iter: 1000,
+                gtol: 1e-12,
+                memory: 10,
+            },
+        );
+        assert!(out.converged);
+        for (i, v) in out.x.iter().enumerate() {
+            assert!((v - i as f64).abs() < 1e-9, "x[{i}] = {v}");
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The two dense products the logistic solver needs, through `gemm` (single-threaded, so the
+//! same code runs in the browser).
+
+/// `out (n×k) = X (n×d) · Wᵀ`, with `W` `k×d`; all row-major.
+pub(crate) fn x_wt(x: &[f64], n: usize, d: usize, w: &[f64], k: usize, out: &mut [f64]) {
+    assert!(x.len() == n * d && w.len() == k * d && out.len() == n * k);
+    // SAFETY: the assert above makes every (row, col) reached through these strides lie
+    // inside its slice; `out` is a unique borrow, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            n,
+            k,
+            d,
+            out.as_mut_ptr(),
+            1,
+            k as isize,
+            false,
+            x.as_ptr(),
+            1,
+            d as isize,
+            w.as_ptr(),
+            d as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `out (k×d) += Rᵀ · X`, with `R` `n×k` and `X` `n×d`; all row-major.
+pub(crate) fn add_rt_x(r: &[f64], n: usize, k: usize, x: &[f64], d: usize, out: &mut [f64]) {
+    assert!(r.len() == n * k && x.len() == n * d && out.len() == k * d);
+    // SAFETY: as in `x_wt`.
+    unsafe {
+        gemm::gemm(
+            k,
+            d,
+            n,
+            out.as_mut_ptr(),
+            1,
+            d as isize,
+            true,
+            r.as_ptr(),
+            k as isize,
+            1,
+            x.as_ptr(),
+            1,
+            d as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_linalg_matches_naive_products() {
+        let (n, d, k) = (5, 7, 3);
+        let x: Vec<f64> = (0..n * d).map(|i| ((i * 7 % 11) as f64) - 5.0).collect();
+        let w: Vec<f64> = (0..k * d)
+            .map(|i| ((i * 5 % 13) as f64) * 0.5 - 3.0)
+            .collect();
+        let mut z = vec![f64::NAN; n * k];
+        x_wt(&x, n, d, &w, k, &mut z);
+        for i in 0..n {
+            for j in 0..k {
+                let e: f64 = (0..d).map(|p| x[i * d + p] * w[j * d + p]).sum();
+                assert_eq!(z[i * k + j], e);
+            }
+        }
+        let mut g = vec![1.0; k * d];
+        add_rt_x(&z, n, k, &x, d, &mut g);
+        for j in 0..k {
+            for p in 0..d {
+                let e: f64 = 1.0 + (0..n).map(|i| z[i * k + j] * x[i * d + p]).sum::<f64>();
+                assert!((g[j * d + p] - e).abs() <= 1e-9 * e.abs().max(1.0));
+            }
+        }
+    }
+}
