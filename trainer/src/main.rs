@@ -33,7 +33,7 @@ enum Command {
     Train(commands::train::Args),
     /// Pre-train a small model on the real tasks in ../shared/data with one task held out.
     Demo(commands::demo::Args),
-    /// Evaluate a trunk's frozen features on task folders over several seeds (kNN probe).
+    /// Evaluate a trunk's frozen features on task folders over several seeds (linear, SVM, kNN probes).
     Eval(commands::eval::Args),
 }
 

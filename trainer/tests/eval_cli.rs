@@ -109,3 +109,38 @@ fn missing_weights_and_tasks_are_named() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/task"));
 }
+
+#[test]
+fn linear_and_svm_probes_choose_c_by_grouped_cross_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = fixtures_dir().join("resnet18.safetensors");
+    let lymphoma = data_dir().join("lymphoma");
+    for protocol in ["linear", "svm"] {
+        let out = dir.path().join(protocol);
+        let o = mtpath(&[
+            "eval",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--task",
+            lymphoma.to_str().unwrap(),
+            "--seeds",
+            "2",
+            "--size",
+            "64",
+            "--protocol",
+            protocol,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["protocol"], protocol);
+        for run in json["runs"].as_array().unwrap() {
+            let c = run["c"].as_f64().unwrap();
+            assert!([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0].contains(&c), "{run}");
+            assert!(run["balanced_accuracy"].as_f64().unwrap() > 0.4, "{run}");
+        }
+    }
+}

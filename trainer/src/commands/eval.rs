@@ -32,7 +32,8 @@ pub struct Args {
     /// Task folders (manifest.csv or one subfolder per class).
     #[arg(long = "task", required = true, num_args = 1..)]
     pub tasks: Vec<PathBuf>,
-    /// Probe: knn (k = 20) or knn:K.
+    /// Probe: linear (logistic regression), svm (linear SVM), knn (k = 20) or knn:K. C of the
+    /// linear probes is chosen on a grid by grouped 5-fold cross-validation on train+val.
     #[arg(long, default_value = "knn")]
     pub protocol: Protocol,
     /// Seeds (splits) to run: 0..N.

@@ -5,8 +5,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
+use mtpath_shared::eval::cv::grouped_stratified_folds;
 use mtpath_shared::eval::knn::Knn;
 use mtpath_shared::eval::metrics::{roc_auc, ConfusionMatrix};
+use mtpath_shared::probe::{LinearModel, LinearSvc, LogisticRegression};
 use serde::Serialize;
 
 use super::features::TaskFeatures;
@@ -20,19 +22,31 @@ pub enum Protocol {
         /// Neighbours that vote.
         k: usize,
     },
+    /// L2-regularised logistic regression (scikit-learn's objective), C chosen by grouped
+    /// cross-validation on the training split.
+    Linear,
+    /// Linear SVM (LIBLINEAR's squared hinge, one-vs-rest), C chosen the same way.
+    Svm,
 }
+
+/// The C values tried by cross-validation.
+pub const C_GRID: [f64; 6] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];
+/// Folds of the cross-validation over C (fewer when there are fewer groups).
+pub const CV_FOLDS: usize = 5;
 
 impl FromStr for Protocol {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "knn" => Ok(Protocol::Knn { k: 20 }),
+            "linear" | "logreg" => Ok(Protocol::Linear),
+            "svm" => Ok(Protocol::Svm),
             other => match other.strip_prefix("knn:") {
                 Some(k) => Ok(Protocol::Knn {
                     k: k.parse()
                         .map_err(|_| anyhow::anyhow!("knn:K needs a number"))?,
                 }),
-                None => bail!("unknown protocol `{other}`: use knn or knn:K"),
+                None => bail!("unknown protocol `{other}`: use linear, svm, knn or knn:K"),
             },
         }
     }
@@ -43,6 +57,8 @@ impl fmt::Display for Protocol {
         match self {
             Protocol::Knn { k } if *k == 20 => write!(f, "knn"),
             Protocol::Knn { k } => write!(f, "knn:{k}"),
+            Protocol::Linear => write!(f, "linear"),
+            Protocol::Svm => write!(f, "svm"),
         }
     }
 }
@@ -66,26 +82,157 @@ pub struct RunScores {
     pub macro_f1: f64,
     /// ROC AUC of the second class's score (binary tasks only).
     pub roc_auc: Option<f64>,
+    /// The C chosen by cross-validation (linear and SVM probes).
+    pub c: Option<f64>,
     /// Confusion matrix rows (true class) × columns (predicted).
     pub confusion: Vec<Vec<u64>>,
 }
 
-fn gather(task: &Task, feats: &TaskFeatures, splits: &[Split]) -> (Vec<f32>, Vec<u32>) {
+fn gather(
+    task: &Task,
+    feats: &TaskFeatures,
+    splits: &[Split],
+) -> (Vec<f32>, Vec<u32>, Vec<String>) {
     let mut x = Vec::new();
     let mut y = Vec::new();
+    let mut g = Vec::new();
     for s in splits {
         for sample in task.split(*s) {
             x.extend_from_slice(&feats.rows[&sample.path]);
             y.push(sample.label);
+            g.push(sample.group.clone());
         }
     }
-    (x, y)
+    (x, y, g)
+}
+
+/// Standardise columns with the training rows' mean and standard deviation (constant
+/// columns are only centred).
+fn standardize(train: &[f32], test: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
+    let n = (train.len() / dim).max(1) as f64;
+    let mut mean = vec![0f64; dim];
+    let mut sq = vec![0f64; dim];
+    for row in train.chunks(dim) {
+        for j in 0..dim {
+            mean[j] += f64::from(row[j]);
+            sq[j] += f64::from(row[j]).powi(2);
+        }
+    }
+    let sd: Vec<f64> = (0..dim)
+        .map(|j| {
+            mean[j] /= n;
+            let v = (sq[j] / n - mean[j] * mean[j]).max(0.0).sqrt();
+            if v > 1e-12 {
+                v
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let apply = |x: &[f32]| -> Vec<f32> {
+        x.chunks(dim)
+            .flat_map(|row| (0..dim).map(|j| ((f64::from(row[j]) - mean[j]) / sd[j]) as f32))
+            .collect()
+    };
+    (apply(train), apply(test))
+}
+
+fn fit(
+    protocol: Protocol,
+    c: f64,
+    x: &[f32],
+    y: &[u32],
+    dim: usize,
+    n_classes: usize,
+) -> Result<LinearModel> {
+    let n = y.len();
+    Ok(match protocol {
+        Protocol::Svm => LinearSvc::new(c).fit(x, n, dim, y, n_classes)?,
+        _ => LogisticRegression {
+            c,
+            max_iter: 2000,
+            tol: 1e-6,
+        }
+        .fit(x, n, dim, y, n_classes)?,
+    })
+}
+
+fn predict_from_decision(z: &[f64], n_classes: usize) -> Vec<u32> {
+    if n_classes == 2 {
+        z.iter().map(|&v| u32::from(v > 0.0)).collect()
+    } else {
+        z.chunks(n_classes)
+            .map(|row| {
+                let mut best = 0;
+                for (j, &v) in row.iter().enumerate() {
+                    if v > row[best] {
+                        best = j;
+                    }
+                }
+                best as u32
+            })
+            .collect()
+    }
+}
+
+/// C with the best mean balanced accuracy over grouped, stratified folds of the training
+/// rows (ties: the smaller C). Folds whose training part lacks a class are skipped; with no
+/// usable fold, C = 1.
+#[allow(clippy::too_many_arguments)]
+fn select_c(
+    protocol: Protocol,
+    x: &[f32],
+    y: &[u32],
+    groups: &[String],
+    dim: usize,
+    n_classes: usize,
+    seed: u64,
+) -> Result<f64> {
+    let mut distinct: Vec<&String> = groups.iter().collect();
+    distinct.sort();
+    distinct.dedup();
+    let k = CV_FOLDS.min(distinct.len());
+    if k < 2 {
+        return Ok(1.0);
+    }
+    let folds = grouped_stratified_folds(y, groups, k, seed)?;
+    let mut best = (f64::NEG_INFINITY, 1.0);
+    for &c in &C_GRID {
+        let mut scores = Vec::new();
+        for f in 0..k {
+            let (mut xt, mut yt, mut xv, mut yv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (i, &fold) in folds.iter().enumerate() {
+                let row = &x[i * dim..(i + 1) * dim];
+                if fold == f {
+                    xv.extend_from_slice(row);
+                    yv.push(y[i]);
+                } else {
+                    xt.extend_from_slice(row);
+                    yt.push(y[i]);
+                }
+            }
+            let present = (0..n_classes as u32).all(|c| yt.contains(&c));
+            if !present || yv.is_empty() {
+                continue;
+            }
+            let model = fit(protocol, c, &xt, &yt, dim, n_classes)?;
+            let pred = predict_from_decision(&model.decision_function(&xv, yv.len())?, n_classes);
+            scores.push(ConfusionMatrix::new(&yv, &pred, n_classes)?.balanced_accuracy());
+        }
+        if !scores.is_empty() {
+            let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+            if mean > best.0 {
+                best = (mean, c);
+            }
+        }
+    }
+    Ok(best.1)
 }
 
 /// Fit on train + val of `task` (as split for this seed) and score on its test split.
 pub fn run(task: &Task, feats: &TaskFeatures, protocol: Protocol, seed: u64) -> Result<RunScores> {
-    let (x_train, y_train) = gather(task, feats, &[Split::Train, Split::Val]);
-    let (x_test, y_test) = gather(task, feats, &[Split::Test]);
+    let (x_train, y_train, g_train) = gather(task, feats, &[Split::Train, Split::Val]);
+    let (x_test, y_test, _) = gather(task, feats, &[Split::Test]);
     if y_test.is_empty() {
         bail!(
             "task {}: the test split is empty; give it more groups or a larger test fraction",
@@ -93,28 +240,54 @@ pub fn run(task: &Task, feats: &TaskFeatures, protocol: Protocol, seed: u64) -> 
         );
     }
     let n_classes = task.classes.len();
-    let proba = match protocol {
+    let dim = feats.dim;
+    // Predicted classes, and per test image the score of class 1 (for ROC AUC on binary tasks).
+    let (pred, positive_score, chosen_c): (Vec<u32>, Vec<f64>, Option<f64>) = match protocol {
         Protocol::Knn { k } => {
-            Knn::fit(&x_train, feats.dim, &y_train, n_classes, k)?.predict_proba(&x_test)?
+            let proba = Knn::fit(&x_train, dim, &y_train, n_classes, k)?.predict_proba(&x_test)?;
+            let pred = proba
+                .iter()
+                .map(|p| {
+                    let mut best = 0;
+                    for (c, &v) in p.iter().enumerate() {
+                        if v > p[best] {
+                            best = c;
+                        }
+                    }
+                    best as u32
+                })
+                .collect();
+            (
+                pred,
+                proba.iter().map(|p| p[1.min(p.len() - 1)]).collect(),
+                None,
+            )
         }
-    };
-    let pred: Vec<u32> = proba
-        .iter()
-        .map(|p| {
-            let mut best = 0;
-            for (c, &v) in p.iter().enumerate() {
-                if v > p[best] {
-                    best = c;
+        Protocol::Linear | Protocol::Svm => {
+            for c in 0..n_classes as u32 {
+                if !y_train.contains(&c) {
+                    bail!(
+                        "task {}: class `{}` has no training images in this split",
+                        task.name,
+                        task.classes[c as usize]
+                    );
                 }
             }
-            best as u32
-        })
-        .collect();
+            let (xs_train, xs_test) = standardize(&x_train, &x_test, dim);
+            let c = select_c(
+                protocol, &xs_train, &y_train, &g_train, dim, n_classes, seed,
+            )?;
+            let model = fit(protocol, c, &xs_train, &y_train, dim, n_classes)?;
+            let z = model.decision_function(&xs_test, y_test.len())?;
+            let pred = predict_from_decision(&z, n_classes);
+            let score = if n_classes == 2 { z } else { Vec::new() };
+            (pred, score, Some(c))
+        }
+    };
     let cm = ConfusionMatrix::new(&y_test, &pred, n_classes)?;
     let auc = if n_classes == 2 {
         let pos: Vec<bool> = y_test.iter().map(|&y| y == 1).collect();
-        let scores: Vec<f64> = proba.iter().map(|p| p[1]).collect();
-        roc_auc(&pos, &scores).ok()
+        roc_auc(&pos, &positive_score).ok()
     } else {
         None
     };
@@ -127,6 +300,55 @@ pub fn run(task: &Task, feats: &TaskFeatures, protocol: Protocol, seed: u64) -> 
         balanced_accuracy: cm.balanced_accuracy(),
         macro_f1: cm.macro_f1(),
         roc_auc: auc,
+        c: chosen_c,
         confusion: cm.rows(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standardize_uses_training_statistics() {
+        let train = [1.0f32, 5.0, 3.0, 5.0];
+        let test = [5.0f32, 7.0];
+        let (a, b) = standardize(&train, &test, 2);
+        assert_eq!(a, vec![-1.0, 0.0, 1.0, 0.0]);
+        // Column 0: mean 2, sd 1; column 1 constant: centred only.
+        assert_eq!(b, vec![3.0, 2.0]);
+    }
+
+    #[test]
+    fn protocols_parse_and_print() {
+        for s in ["linear", "svm", "knn", "knn:5"] {
+            assert_eq!(s.parse::<Protocol>().unwrap().to_string(), s);
+        }
+        assert_eq!("logreg".parse::<Protocol>().unwrap(), Protocol::Linear);
+        assert!("lda".parse::<Protocol>().is_err());
+    }
+
+    #[test]
+    fn cross_validation_picks_a_c_that_separates_and_stays_in_the_grid() {
+        // Two classes separable along dimension 0 with noise along dimension 1; 12 groups.
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        let mut g = Vec::new();
+        for i in 0..48u32 {
+            let class = i % 2;
+            x.extend([
+                if class == 1 { 1.0 } else { -1.0 } + (i as f32 * 0.37).sin() * 0.3,
+                (i as f32 * 1.3).cos(),
+            ]);
+            y.push(class);
+            g.push(format!("p{}", i % 12));
+        }
+        for p in [Protocol::Linear, Protocol::Svm] {
+            let c = select_c(p, &x, &y, &g, 2, 2, 0).unwrap();
+            assert!(C_GRID.contains(&c));
+            let m = fit(p, c, &x, &y, 2, 2).unwrap();
+            let pred = predict_from_decision(&m.decision_function(&x, 48).unwrap(), 2);
+            assert_eq!(pred, y, "{p}: C = {c}");
+        }
+    }
 }

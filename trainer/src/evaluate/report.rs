@@ -160,6 +160,7 @@ mod tests {
             balanced_accuracy: acc,
             macro_f1: acc,
             roc_auc: auc,
+            c: None,
             confusion: vec![vec![2, 0], vec![0, 2]],
         }
     }
