@@ -42,6 +42,9 @@ pub struct Args {
     /// Compute threads.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Seeds (splits) of the held-out evaluation; 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
     /// Continue an interrupted demo run in --out.
     #[arg(long)]
     pub resume: bool,
@@ -253,6 +256,98 @@ pub fn run(args: Args) -> Result<()> {
         outcome.best.as_ref().unwrap_or(&outcome.last).display(),
         args.out.display(),
         data.join(&hold_out).display()
+    );
+    if args.seeds > 0 {
+        let best = outcome.best.as_ref().unwrap_or(&outcome.last);
+        held_out_comparison(
+            &best.join(crate::train::checkpoint::TRUNK_FILE),
+            args.arch,
+            &data.join(&hold_out),
+            args.size,
+            args.seeds,
+            &args.out.join("held-out"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Frozen features of the held-out task from the multi-task trunk vs a randomly initialised
+/// one, with the linear and kNN probes over `seeds` splits; prints a table and writes
+/// `held-out/comparison.md` (and each evaluation's results.json/md).
+fn held_out_comparison(
+    trunk: &Path,
+    arch: Arch,
+    task: &Path,
+    size: u32,
+    seeds: u64,
+    out: &Path,
+) -> Result<()> {
+    use super::eval::{evaluate, EvalSpec};
+    use crate::evaluate::protocol::Protocol;
+    let name = task
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    eprintln!("\nheld-out evaluation on {name} ({seeds} seeds): multi-task trunk vs random init");
+    let mut table = format!(
+        "# Held-out task `{name}`: frozen features, {seeds} seeds (mean ± sd)\n\n\
+         | probe | trunk | accuracy | balanced accuracy | macro F1 |\n|---|---|---|---|---|\n"
+    );
+    let mut printed = String::new();
+    for protocol in [Protocol::Linear, Protocol::Knn { k: 20 }] {
+        for (label, weights) in [
+            ("multi-task", trunk.display().to_string()),
+            ("random init", "random".to_string()),
+        ] {
+            let dir = out.join(format!(
+                "{}-{protocol}",
+                if weights == "random" {
+                    "random"
+                } else {
+                    "multitask"
+                }
+            ));
+            let summaries = evaluate(&EvalSpec {
+                weights,
+                arch: Some(arch),
+                tasks: vec![task.to_path_buf()],
+                protocol,
+                seeds,
+                size: Some(size),
+                batch: 32,
+                out: dir,
+            })?;
+            let get = |m: &str| {
+                summaries
+                    .iter()
+                    .find(|s| s.metric == m)
+                    .map(|s| format!("{:.3} ± {:.3}", s.mean, s.sd))
+                    .unwrap_or_else(|| "–".into())
+            };
+            let row = [get("accuracy"), get("balanced_accuracy"), get("macro_f1")];
+            table.push_str(&format!(
+                "| {protocol} | {label} | {} | {} | {} |\n",
+                row[0], row[1], row[2]
+            ));
+            printed.push_str(&format!(
+                "  {:<8} {:<12} {:>15} {:>18} {:>15}\n",
+                protocol.to_string(),
+                label,
+                row[0],
+                row[1],
+                row[2]
+            ));
+        }
+    }
+    mtpath_shared::fsutil::write_atomic(&out.join("comparison.md"), table.as_bytes())?;
+    println!(
+        "\nheld-out task {name}, frozen features, {seeds} seeds (mean ± sd):\n  {:<8} {:<12} {:>15} {:>18} {:>15}\n{printed}table: {}",
+        "probe",
+        "trunk",
+        "accuracy",
+        "balanced accuracy",
+        "macro F1",
+        out.join("comparison.md").display()
     );
     Ok(())
 }

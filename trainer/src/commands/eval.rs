@@ -54,46 +54,67 @@ pub struct Args {
     pub threads: Option<usize>,
 }
 
-pub fn run(args: Args) -> Result<()> {
-    set_threads(args.threads);
-    if args.seeds == 0 {
+/// One evaluation: a trunk, tasks, a probe protocol and seeds.
+#[derive(Debug, Clone)]
+pub struct EvalSpec {
+    /// A weights file, or `random`.
+    pub weights: String,
+    /// Architecture (for `random`, or to disambiguate).
+    pub arch: Option<Arch>,
+    /// Task folders.
+    pub tasks: Vec<PathBuf>,
+    /// Probe.
+    pub protocol: Protocol,
+    /// Seeds 0..N.
+    pub seeds: u64,
+    /// Input side (default: the model's).
+    pub size: Option<u32>,
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Results directory.
+    pub out: PathBuf,
+}
+
+/// Run an evaluation and write its results; returns the per-task, per-metric summaries.
+pub fn evaluate(spec: &EvalSpec) -> Result<Vec<report::Summary>> {
+    if spec.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
     let device = Device::Cpu;
-    let (mut extractor, weights_hash) = if args.weights == "random" {
-        let arch = args.arch.unwrap_or(Arch::ResNet18);
-        let spec = NetworkSpec::trunk(arch);
-        let net = Network::new(spec.clone(), &device, 0)?;
-        let bytes = net.to_safetensors_bytes(&ModelMetadata::imagenet(&spec))?;
+    let (mut extractor, weights_hash) = if spec.weights == "random" {
+        let arch = spec.arch.unwrap_or(Arch::ResNet18);
+        let net_spec = NetworkSpec::trunk(arch);
+        let net = Network::new(net_spec.clone(), &device, 0)?;
+        let bytes = net.to_safetensors_bytes(&ModelMetadata::imagenet(&net_spec))?;
         (
             FeatureExtractor::from_safetensors_bytes(&bytes, "random", &device)?,
             fnv1a(format!("random-{arch}").as_bytes()),
         )
     } else {
-        let path = PathBuf::from(&args.weights);
+        let path = PathBuf::from(&spec.weights);
         let bytes = std::fs::read(&path)
             .with_context(|| format!("{}: cannot read the weights", path.display()))?;
         let file = read_weights_file(&path, &device)?;
         (
-            FeatureExtractor::from_tensor_file(&file, args.arch, &device)?,
+            FeatureExtractor::from_tensor_file(&file, spec.arch, &device)?,
             fnv1a(&bytes),
         )
     };
-    if let Some(s) = args.size {
+    if let Some(s) = spec.size {
         extractor.set_sizes(((s as f64) * 256.0 / 224.0).round() as u32, s)?;
     }
     let cfg = *extractor.preprocess_config();
     let model_id =
         fnv1a(format!("{weights_hash:x}-{}-{}", cfg.resize_shorter, cfg.crop).as_bytes());
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let cache = args.out.join("cache");
+    std::fs::create_dir_all(&spec.out)
+        .with_context(|| format!("{}: cannot create", spec.out.display()))?;
+    let cache = spec.out.join("cache");
 
     let mut runs = Vec::new();
     let mut features = Vec::new();
-    for seed in 0..args.seeds {
+    for seed in 0..spec.seeds {
         let pool = Pool::load(
-            &PoolConfig::from_task_dirs(&args.tasks, seed),
+            &PoolConfig::from_task_dirs(&spec.tasks, seed),
             &LoadOptions {
                 skip_bad: false,
                 check: if seed == 0 {
@@ -105,32 +126,48 @@ pub fn run(args: Args) -> Result<()> {
         )?;
         if features.is_empty() {
             eprintln!(
-                "{} on {} task(s), {} seed(s), {} at {} px",
-                args.protocol,
+                "{}: {} on {} task(s), {} seed(s), {} at {} px",
+                spec.weights,
+                spec.protocol,
                 pool.tasks.len(),
-                args.seeds,
+                spec.seeds,
                 extractor.metadata().architecture,
                 cfg.crop
             );
             for t in &pool.tasks {
                 features.push(task_features(
-                    &extractor, model_id, t, &cache, args.batch, true,
+                    &extractor, model_id, t, &cache, spec.batch, true,
                 )?);
             }
         }
         for (t, f) in pool.tasks.iter().zip(&features) {
-            runs.push(protocol::run(t, f, args.protocol, seed)?);
+            runs.push(protocol::run(t, f, spec.protocol, seed)?);
         }
     }
     let header = serde_json::json!({
-        "weights": args.weights,
+        "weights": spec.weights,
         "architecture": extractor.metadata().architecture,
         "input_size": cfg.crop,
-        "protocol": args.protocol.to_string(),
-        "seeds": (0..args.seeds).collect::<Vec<_>>(),
+        "protocol": spec.protocol.to_string(),
+        "seeds": (0..spec.seeds).collect::<Vec<_>>(),
         "mtpath_version": env!("CARGO_PKG_VERSION"),
     });
-    let summaries = report::write(&args.out, header, &runs)?;
+    report::write(&spec.out, header, &runs)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    set_threads(args.threads);
+    let spec = EvalSpec {
+        weights: args.weights,
+        arch: args.arch,
+        tasks: args.tasks,
+        protocol: args.protocol,
+        seeds: args.seeds,
+        size: args.size,
+        batch: args.batch,
+        out: args.out.clone(),
+    };
+    let summaries = evaluate(&spec)?;
     println!("task                 metric              mean ± sd");
     for s in &summaries {
         println!(
