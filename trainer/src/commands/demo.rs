@@ -42,6 +42,10 @@ pub struct Args {
     /// Compute threads.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Trunk initialisation: none (random), imagenet (torchvision's weights from the PyTorch
+    /// cache: the paper's setting), or a weights file.
+    #[arg(long, default_value = "none")]
+    pub init: String,
     /// Seeds (splits) of the held-out evaluation; 0 skips it.
     #[arg(long, default_value_t = 5)]
     pub seeds: u64,
@@ -188,6 +192,7 @@ pub fn run(args: Args) -> Result<()> {
         val_every: (args.iters / 3).max(1),
         val_max_per_task: 100,
         rrc_min_scale: 0.35,
+        init: args.init.clone(),
         checkpoint_every: 100,
         ..TrainConfig::default()
     };
