@@ -35,6 +35,8 @@ enum Command {
     Demo(commands::demo::Args),
     /// Evaluate a trunk's frozen features on task folders over several seeds (linear, SVM, kNN probes).
     Eval(commands::eval::Args),
+    /// Fine-tune a trunk with a new head on one task (learning rate and epoch chosen on validation).
+    Finetune(commands::finetune::Args),
 }
 
 fn main() {
@@ -47,6 +49,7 @@ fn main() {
         Command::Train(a) => commands::train::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Finetune(a) => commands::finetune::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

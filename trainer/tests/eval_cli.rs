@@ -144,3 +144,48 @@ fn linear_and_svm_probes_choose_c_by_grouped_cross_validation() {
         }
     }
 }
+
+#[test]
+fn finetune_picks_a_learning_rate_on_validation_and_scores_the_test_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ft");
+    let weights = fixtures_dir().join("resnet18.safetensors");
+    let task = data_dir().join("lymphoma");
+    let o = mtpath(&[
+        "finetune",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--task",
+        task.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--size",
+        "32",
+        "--batch",
+        "16",
+        "--lrs",
+        "0.01,0.001",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["protocol"], "finetune");
+    let run = &json["runs"][0];
+    let lr = run["lr"].as_f64().unwrap();
+    assert!(lr == 0.01 || lr == 0.001, "{run}");
+    // Each learning rate trained its own run with a validated best checkpoint.
+    for lr in ["0.01", "0.001"] {
+        let best = out.join(format!("runs/seed0-lr{lr}/best/model.safetensors"));
+        assert!(best.is_file(), "{}", best.display());
+    }
+    let n_test = run["n_test"].as_u64().unwrap();
+    let confusion: u64 = run["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()))
+        .sum();
+    assert_eq!(confusion, n_test);
+}

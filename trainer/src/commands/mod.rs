@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod eval;
 pub mod features;
+pub mod finetune;
 pub mod info;
 pub mod pool;
 pub mod train;

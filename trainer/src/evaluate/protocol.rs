@@ -83,7 +83,11 @@ pub struct RunScores {
     /// ROC AUC of the second class's score (binary tasks only).
     pub roc_auc: Option<f64>,
     /// The C chosen by cross-validation (linear and SVM probes).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub c: Option<f64>,
+    /// The learning rate chosen on validation (fine-tuning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
     /// Confusion matrix rows (true class) × columns (predicted).
     pub confusion: Vec<Vec<u64>>,
 }
@@ -284,23 +288,47 @@ pub fn run(task: &Task, feats: &TaskFeatures, protocol: Protocol, seed: u64) -> 
             (pred, score, Some(c))
         }
     };
-    let cm = ConfusionMatrix::new(&y_test, &pred, n_classes)?;
-    let auc = if n_classes == 2 {
+    score_predictions(
+        task,
+        seed,
+        y_train.len(),
+        &y_test,
+        &pred,
+        &positive_score,
+        chosen_c,
+    )
+}
+
+/// Test-split scores from predicted classes and, for binary tasks, each image's score for
+/// class 1 (used for ROC AUC; empty for multi-class tasks).
+pub fn score_predictions(
+    task: &Task,
+    seed: u64,
+    n_train: usize,
+    y_test: &[u32],
+    pred: &[u32],
+    positive_score: &[f64],
+    c: Option<f64>,
+) -> Result<RunScores> {
+    let n_classes = task.classes.len();
+    let cm = ConfusionMatrix::new(y_test, pred, n_classes)?;
+    let auc = if n_classes == 2 && positive_score.len() == y_test.len() {
         let pos: Vec<bool> = y_test.iter().map(|&y| y == 1).collect();
-        roc_auc(&pos, &positive_score).ok()
+        roc_auc(&pos, positive_score).ok()
     } else {
         None
     };
     Ok(RunScores {
         task: task.name.clone(),
         seed,
-        n_train: y_train.len(),
+        n_train,
         n_test: y_test.len(),
         accuracy: cm.accuracy(),
         balanced_accuracy: cm.balanced_accuracy(),
         macro_f1: cm.macro_f1(),
         roc_auc: auc,
-        c: chosen_c,
+        c,
+        lr: None,
         confusion: cm.rows(),
     })
 }

@@ -161,6 +161,7 @@ mod tests {
             macro_f1: acc,
             roc_auc: auc,
             c: None,
+            lr: None,
             confusion: vec![vec![2, 0], vec![0, 2]],
         }
     }

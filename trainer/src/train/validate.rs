@@ -70,6 +70,56 @@ pub fn scores(
     }
 }
 
+/// What the head of a set's task says about each of its images.
+pub struct Predictions {
+    /// Predicted classes.
+    pub classes: Vec<u32>,
+    /// Softmax probabilities, one row per image.
+    pub proba: Vec<Vec<f32>>,
+    /// Cross-entropy of each image.
+    pub losses: Vec<f64>,
+}
+
+/// Run the set's head in evaluation mode over its images, `batch` at a time.
+pub fn predict(
+    net: &Network,
+    set: &ValSet,
+    size: u32,
+    batch: usize,
+    device: &Device,
+) -> Result<Predictions> {
+    let mut out = Predictions {
+        classes: Vec::with_capacity(set.items.len()),
+        proba: Vec::with_capacity(set.items.len()),
+        losses: Vec::with_capacity(set.items.len()),
+    };
+    for chunk in set.items.chunks(batch.max(1)) {
+        let pixels: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|(path, _)| {
+                let img = mtpath_shared::preprocess::load_image(path)
+                    .with_context(|| format!("evaluation image of task {}", set.name))?;
+                crate::data::augment::eval_transform(&img, set.crop, size)
+            })
+            .collect::<Result<_>>()?;
+        let n = chunk.len();
+        let s = size as usize;
+        let x = Tensor::from_vec(pixels.concat(), (n, 3, s, s), device)?;
+        let feats = net.features_t(&x, false)?;
+        let logits = net.head_logits(set.task, &feats)?;
+        let y: Vec<u32> = chunk.iter().map(|(_, y)| *y).collect();
+        let y = Tensor::from_vec(y, n, device)?;
+        let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let nll = log_p.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+        out.losses
+            .extend(nll.to_vec1::<f32>()?.into_iter().map(f64::from));
+        out.classes
+            .extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
+        out.proba.extend(log_p.exp()?.to_vec2::<f32>()?);
+    }
+    Ok(out)
+}
+
 /// Run the heads in evaluation mode over every validation set, `batch` images at a time.
 pub fn evaluate(
     net: &Network,
@@ -80,31 +130,15 @@ pub fn evaluate(
 ) -> Result<Vec<ValScores>> {
     let mut out = Vec::with_capacity(sets.len());
     for set in sets {
-        let mut preds = Vec::with_capacity(set.items.len());
-        let mut losses = Vec::with_capacity(set.items.len());
         let labels: Vec<u32> = set.items.iter().map(|(_, y)| *y).collect();
-        for chunk in set.items.chunks(batch.max(1)) {
-            let pixels: Vec<Vec<f32>> = chunk
-                .par_iter()
-                .map(|(path, _)| {
-                    let img = mtpath_shared::preprocess::load_image(path)
-                        .with_context(|| format!("validation image of task {}", set.name))?;
-                    crate::data::augment::eval_transform(&img, set.crop, size)
-                })
-                .collect::<Result<_>>()?;
-            let n = chunk.len();
-            let s = size as usize;
-            let x = Tensor::from_vec(pixels.concat(), (n, 3, s, s), device)?;
-            let feats = net.features_t(&x, false)?;
-            let logits = net.head_logits(set.task, &feats)?;
-            let y: Vec<u32> = chunk.iter().map(|(_, y)| *y).collect();
-            let y = Tensor::from_vec(y, n, device)?;
-            let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-            let nll = log_p.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
-            losses.extend(nll.to_vec1::<f32>()?.into_iter().map(f64::from));
-            preds.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
-        }
-        out.push(scores(&set.name, &preds, &labels, &losses, set.n_classes));
+        let p = predict(net, set, size, batch, device)?;
+        out.push(scores(
+            &set.name,
+            &p.classes,
+            &labels,
+            &p.losses,
+            set.n_classes,
+        ));
     }
     Ok(out)
 }
