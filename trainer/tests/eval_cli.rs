@@ -30,6 +30,8 @@ fn knn_over_seeds_writes_results_and_reuses_the_cache() {
         "3",
         "--size",
         "64",
+        "--protocol",
+        "knn",
         "--out",
         out.to_str().unwrap(),
     ];

@@ -22,8 +22,8 @@ use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig};
 #[derive(Parser, Debug)]
 pub struct Args {
     /// Weights (.safetensors or .pth: an mtpath checkpoint, a trunk, a torchvision state
-    /// dict), or `random` for a randomly initialised trunk of --arch.
-    #[arg(long)]
+    /// dict), or `random` for a randomly initialised trunk of --arch. Also `--init`.
+    #[arg(long, visible_alias = "init")]
     pub weights: String,
     /// Architecture (needed for `random` and for files without mtpath metadata whose names
     /// are ambiguous).
@@ -34,7 +34,7 @@ pub struct Args {
     pub tasks: Vec<PathBuf>,
     /// Probe: linear (logistic regression), svm (linear SVM), knn (k = 20) or knn:K. C of the
     /// linear probes is chosen on a grid by grouped 5-fold cross-validation on train+val.
-    #[arg(long, default_value = "knn")]
+    #[arg(long, default_value = "linear")]
     pub protocol: Protocol,
     /// Seeds (splits) to run: 0..N.
     #[arg(long, default_value_t = 5)]
