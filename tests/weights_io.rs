@@ -249,3 +249,32 @@ fn truncated_pth_is_a_clear_error() {
         .to_string();
     assert!(err.contains("cut.pth"), "{err}");
 }
+
+/// The trunk file mtpath writes has exactly torchvision's state-dict keys and shapes (the
+/// fixture was saved by torchvision) minus the classifier: `load_state_dict(strict=False)`
+/// reports only `fc.weight` and `fc.bias` missing.
+#[test]
+fn trunk_file_has_torchvision_keys_and_shapes() {
+    let spec = NetworkSpec::multitask(Arch::ResNet18, heads());
+    let net = Network::new(spec.clone(), &Device::Cpu, 3).unwrap();
+    let bytes = net
+        .trunk_safetensors_bytes(&ModelMetadata::imagenet(&spec))
+        .unwrap();
+    let trunk = read_safetensors_bytes(&bytes, "trunk.safetensors", &Device::Cpu).unwrap();
+    let tv = read_weights_file(&fixtures_dir().join("resnet18.safetensors"), &Device::Cpu).unwrap();
+    let mut want: Vec<(&str, Vec<usize>)> = tv
+        .tensors
+        .iter()
+        .filter(|(n, _)| !n.starts_with("fc."))
+        .map(|(n, t)| (n.as_str(), t.dims().to_vec()))
+        .collect();
+    let mut got: Vec<(&str, Vec<usize>)> = trunk
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.dims().to_vec()))
+        .collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(trunk.model_card().unwrap().unwrap().heads.is_empty());
+}
