@@ -103,20 +103,19 @@ impl Knn {
 
     /// The majority class among the k nearest neighbours (ties: the smallest class index).
     pub fn predict(&self, x: &[f32]) -> Result<Vec<u32>> {
-        Ok(self
-            .predict_proba(x)?
-            .iter()
-            .map(|p| {
-                let mut best = 0;
-                for (c, &v) in p.iter().enumerate() {
-                    if v > p[best] {
-                        best = c;
-                    }
-                }
-                best as u32
-            })
-            .collect())
+        Ok(self.predict_proba(x)?.iter().map(|p| majority(p)).collect())
     }
+}
+
+/// The class with the largest vote fraction (ties: the smallest class index).
+pub fn majority(votes: &[f64]) -> u32 {
+    let mut best = 0;
+    for (c, &v) in votes.iter().enumerate() {
+        if v > votes[best] {
+            best = c;
+        }
+    }
+    best as u32
 }
 
 #[cfg(test)]

@@ -29,5 +29,5 @@ mod fixture_tests;
 
 pub use cv::Probe;
 pub use logreg::LogisticRegression;
-pub use model::{FitReport, LinearModel, ModelKind};
+pub use model::{predict_from_decision, FitReport, LinearModel, ModelKind};
 pub use svm::LinearSvc;

@@ -148,7 +148,9 @@ pub(crate) fn rows_for(n_classes: usize) -> usize {
     }
 }
 
-pub(crate) fn predict_from_decision(z: &[f64], n_classes: usize) -> Vec<u32> {
+/// Classes from decision values (`n × rows`): the sign for two classes, else the argmax (first
+/// of equal maxima), as sklearn's `predict`.
+pub fn predict_from_decision(z: &[f64], n_classes: usize) -> Vec<u32> {
     if n_classes == 2 {
         z.iter().map(|&v| u32::from(v > 0.0)).collect()
     } else {

@@ -6,9 +6,9 @@ use std::str::FromStr;
 
 use anyhow::{bail, Result};
 use mtpath_shared::eval::cv::grouped_stratified_folds;
-use mtpath_shared::eval::knn::Knn;
+use mtpath_shared::eval::knn::{majority, Knn};
 use mtpath_shared::eval::metrics::{roc_auc, ConfusionMatrix};
-use mtpath_shared::probe::{LinearModel, LinearSvc, LogisticRegression};
+use mtpath_shared::probe::{predict_from_decision, LinearModel, LinearSvc, LogisticRegression};
 use serde::Serialize;
 
 use super::features::TaskFeatures;
@@ -161,24 +161,6 @@ fn fit(
     })
 }
 
-fn predict_from_decision(z: &[f64], n_classes: usize) -> Vec<u32> {
-    if n_classes == 2 {
-        z.iter().map(|&v| u32::from(v > 0.0)).collect()
-    } else {
-        z.chunks(n_classes)
-            .map(|row| {
-                let mut best = 0;
-                for (j, &v) in row.iter().enumerate() {
-                    if v > row[best] {
-                        best = j;
-                    }
-                }
-                best as u32
-            })
-            .collect()
-    }
-}
-
 /// C with the best mean balanced accuracy over grouped, stratified folds of the training
 /// rows (ties: the smaller C). Folds whose training part lacks a class are skipped; with no
 /// usable fold, C = 1.
@@ -249,18 +231,7 @@ pub fn run(task: &Task, feats: &TaskFeatures, protocol: Protocol, seed: u64) -> 
     let (pred, positive_score, chosen_c): (Vec<u32>, Vec<f64>, Option<f64>) = match protocol {
         Protocol::Knn { k } => {
             let proba = Knn::fit(&x_train, dim, &y_train, n_classes, k)?.predict_proba(&x_test)?;
-            let pred = proba
-                .iter()
-                .map(|p| {
-                    let mut best = 0;
-                    for (c, &v) in p.iter().enumerate() {
-                        if v > p[best] {
-                            best = c;
-                        }
-                    }
-                    best as u32
-                })
-                .collect();
+            let pred = proba.iter().map(|p| majority(p)).collect();
             (
                 pred,
                 proba.iter().map(|p| p[1.min(p.len() - 1)]).collect(),

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, D};
+use mtpath_shared::eval::metrics::ConfusionMatrix;
 use mtpath_shared::Network;
 use rayon::prelude::*;
 
@@ -26,7 +27,7 @@ pub struct ValSet {
 }
 
 /// Accuracy, balanced accuracy (mean recall over the classes present in `labels`) and mean
-/// cross-entropy from predictions.
+/// cross-entropy from predictions; NaN scores for an empty set.
 pub fn scores(
     task: &str,
     preds: &[u32],
@@ -34,39 +35,17 @@ pub fn scores(
     losses: &[f64],
     n_classes: usize,
 ) -> ValScores {
-    let n = labels.len();
-    let mut per_class = vec![(0usize, 0usize); n_classes];
-    let mut correct = 0;
-    for (&p, &y) in preds.iter().zip(labels) {
-        let c = &mut per_class[y as usize];
-        c.1 += 1;
-        if p == y {
-            c.0 += 1;
-            correct += 1;
-        }
-    }
-    let recalls: Vec<f64> = per_class
-        .iter()
-        .filter(|c| c.1 > 0)
-        .map(|c| c.0 as f64 / c.1 as f64)
-        .collect();
-    let mean = |v: &[f64]| {
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        }
-    };
+    let cm = ConfusionMatrix::new(labels, preds, n_classes).ok();
     ValScores {
         task: task.to_string(),
-        n,
-        loss: mean(losses),
-        accuracy: if n == 0 {
+        n: labels.len(),
+        loss: if losses.is_empty() {
             f64::NAN
         } else {
-            correct as f64 / n as f64
+            losses.iter().sum::<f64>() / losses.len() as f64
         },
-        balanced_accuracy: mean(&recalls),
+        accuracy: cm.as_ref().map_or(f64::NAN, |c| c.accuracy()),
+        balanced_accuracy: cm.as_ref().map_or(f64::NAN, |c| c.balanced_accuracy()),
     }
 }
 
