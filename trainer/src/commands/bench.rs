@@ -123,13 +123,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.mode == Mode::Pipeline {
         return run_pipeline(&args);
     }
-    if let Some(t) = args.threads {
-        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()
-            .ok();
-    }
+    super::train::set_threads(args.threads);
     let dev = Device::Cpu;
     let net = Network::new(NetworkSpec::classifier(args.arch, 1000), &dev, 0)?;
     let x = Tensor::randn(0f32, 1.0, (args.batch, 3, args.size, args.size), &dev)?;
