@@ -4,6 +4,7 @@ mod commands;
 mod data;
 mod evaluate;
 mod images;
+mod plots;
 mod pool;
 mod train;
 
@@ -37,6 +38,8 @@ enum Command {
     Eval(commands::eval::Args),
     /// Fine-tune a trunk with a new head on one task (learning rate and epoch chosen on validation).
     Finetune(commands::finetune::Args),
+    /// Draw a training run's curves or an evaluation's bars and confusion matrices (SVG + PNG).
+    Plot(commands::plot::Args),
 }
 
 fn main() {
@@ -50,6 +53,7 @@ fn main() {
         Command::Demo(a) => commands::demo::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Finetune(a) => commands::finetune::run(a),
+        Command::Plot(a) => commands::plot::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

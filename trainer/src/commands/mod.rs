@@ -6,5 +6,6 @@ pub mod eval;
 pub mod features;
 pub mod finetune;
 pub mod info;
+pub mod plot;
 pub mod pool;
 pub mod train;

@@ -9,7 +9,7 @@ use mtpath_shared::eval::cv::grouped_stratified_folds;
 use mtpath_shared::eval::knn::{majority, Knn};
 use mtpath_shared::eval::metrics::{roc_auc, ConfusionMatrix};
 use mtpath_shared::probe::{predict_from_decision, LinearModel, LinearSvc, LogisticRegression};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::features::TaskFeatures;
 use crate::pool::{Split, Task};
@@ -64,7 +64,7 @@ impl fmt::Display for Protocol {
 }
 
 /// Scores of one run (one task, one seed).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunScores {
     /// Task name.
     pub task: String,
@@ -90,6 +90,9 @@ pub struct RunScores {
     pub lr: Option<f64>,
     /// Confusion matrix rows (true class) × columns (predicted).
     pub confusion: Vec<Vec<u64>>,
+    /// Class names, in label order.
+    #[serde(default)]
+    pub classes: Vec<String>,
 }
 
 fn gather(
@@ -301,6 +304,7 @@ pub fn score_predictions(
         c,
         lr: None,
         confusion: cm.rows(),
+        classes: task.classes.clone(),
     })
 }
 

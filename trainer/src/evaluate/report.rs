@@ -1,12 +1,13 @@
 //! Aggregating runs over seeds into `results.json` (one entry per task and metric with mean,
 //! standard deviation and the raw values) and `results.md`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::protocol::RunScores;
+use crate::plots::{self, BarChart, BarSeries, ConfusionPlot};
 
 /// Mean and sample standard deviation (n − 1; 0 for a single value) of some values.
 pub fn mean_sd(values: &[f64]) -> (f64, f64) {
@@ -23,7 +24,7 @@ pub fn mean_sd(values: &[f64]) -> (f64, f64) {
 }
 
 /// One task × metric summary.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     /// Task name.
     pub task: String,
@@ -124,7 +125,100 @@ pub fn markdown(title: &str, summaries: &[Summary], runs: &[RunScores]) -> Strin
     s
 }
 
-/// Write `results.json` and `results.md` into `out`, atomically.
+/// Human names of the metrics, for legends.
+fn metric_label(m: &str) -> &str {
+    match m {
+        "accuracy" => "accuracy",
+        "balanced_accuracy" => "balanced accuracy",
+        "macro_f1" => "macro F1",
+        "roc_auc" => "ROC AUC (binary)",
+        other => other,
+    }
+}
+
+/// Task names in first-seen order.
+fn task_order(summaries: &[Summary]) -> Vec<String> {
+    let mut tasks: Vec<String> = Vec::new();
+    for x in summaries {
+        if !tasks.contains(&x.task) {
+            tasks.push(x.task.clone());
+        }
+    }
+    tasks
+}
+
+/// The figures of an evaluation, in `out/plots/`: `metrics` (per task, every metric's mean ±
+/// sd over seeds) and `confusion-TASK` (the test confusion matrices of all seeds, summed).
+/// Returns the paths written (SVG and PNG of each).
+pub fn write_plots(
+    out: &Path,
+    title: &str,
+    summaries: &[Summary],
+    runs: &[RunScores],
+) -> Result<Vec<PathBuf>> {
+    let dir = out.join("plots");
+    let tasks = task_order(summaries);
+    let chart = BarChart {
+        title: title.to_string(),
+        y_label: "score (mean ± sd over seeds)".into(),
+        groups: tasks.clone(),
+        series: METRICS
+            .iter()
+            .filter(|m| summaries.iter().any(|s| s.metric == **m))
+            .map(|m| BarSeries {
+                name: metric_label(m).to_string(),
+                values: tasks
+                    .iter()
+                    .map(|t| {
+                        summaries
+                            .iter()
+                            .find(|s| &s.task == t && s.metric == *m)
+                            .map(|s| (s.mean, s.sd))
+                    })
+                    .collect(),
+            })
+            .collect(),
+        y_max: Some(1.0),
+    };
+    let mut written = plots::save(&chart, &dir.join("metrics"))?.to_vec();
+    for t in &tasks {
+        let task_runs: Vec<&RunScores> = runs.iter().filter(|r| &r.task == t).collect();
+        let Some(first) = task_runs.first() else {
+            continue;
+        };
+        let n = first.confusion.len();
+        let mut sum = vec![vec![0u64; n]; n];
+        for r in &task_runs {
+            for (row, src) in sum.iter_mut().zip(&r.confusion) {
+                for (a, b) in row.iter_mut().zip(src) {
+                    *a += b;
+                }
+            }
+        }
+        let classes = if first.classes.len() == n {
+            first.classes.clone()
+        } else {
+            (0..n).map(|c| format!("class {c}")).collect()
+        };
+        let seeds = task_runs.len();
+        let plot = ConfusionPlot::new(
+            format!(
+                "{t}: test confusion, {seeds} seed{} summed",
+                if seeds == 1 { "" } else { "s" }
+            ),
+            classes,
+            sum,
+        )?;
+        written.extend(plots::save(
+            &plot,
+            &dir.join(format!("confusion-{}", plots::slug(t))),
+        )?);
+    }
+    Ok(written)
+}
+
+/// Write `results.json` and `results.md` into `out`, atomically, and the plots (see
+/// [`write_plots`]; a plot that fails is a warning, not a lost evaluation).
 pub fn write(out: &Path, header: serde_json::Value, runs: &[RunScores]) -> Result<Vec<Summary>> {
     let summaries = summarize(runs);
     let mut json = header;
@@ -143,6 +237,9 @@ pub fn write(out: &Path, header: serde_json::Value, runs: &[RunScores]) -> Resul
         &out.join("results.md"),
         markdown(&title, &summaries, runs).as_bytes(),
     )?;
+    if let Err(e) = write_plots(out, &title, &summaries, runs) {
+        eprintln!("warning: {}: plots not written: {e:#}", out.display());
+    }
     Ok(summaries)
 }
 
@@ -163,6 +260,7 @@ mod tests {
             c: None,
             lr: None,
             confusion: vec![vec![2, 0], vec![0, 2]],
+            classes: vec!["x".into(), "y".into()],
         }
     }
 
@@ -192,5 +290,37 @@ mod tests {
         let md = markdown("t", &s, &runs);
         assert!(md.contains("| a | 0.600 ± 0.141 |"), "{md}");
         assert!(md.contains("| b |") && md.contains("–"));
+    }
+
+    #[test]
+    fn plots_are_one_bar_chart_and_a_summed_confusion_matrix_per_task() {
+        let runs = vec![
+            run("a", 0, 0.5, Some(0.6)),
+            run("b", 0, 0.9, None),
+            run("a", 1, 0.7, Some(0.8)),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_plots(dir.path(), "t", &summarize(&runs), &runs).unwrap();
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "metrics.svg",
+                "metrics.png",
+                "confusion-a.svg",
+                "confusion-a.png",
+                "confusion-b.svg",
+                "confusion-b.png"
+            ]
+        );
+        // Task a: two seeds of [[2,0],[0,2]] → 4 on the diagonal.
+        let svg = std::fs::read_to_string(dir.path().join("plots/confusion-a.svg")).unwrap();
+        assert!(
+            svg.contains(">\n4\n<") && svg.contains("2 seeds summed"),
+            "{svg}"
+        );
     }
 }

@@ -432,6 +432,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
             run_state.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
             let last = trainer.save("last", &run_state, &last_val)?;
             progress.finish();
+            draw_curves(&spec.out);
             return Ok(RunOutcome {
                 iterations: it,
                 last,
@@ -521,6 +522,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         }
     }
     progress.finish();
+    draw_curves(&spec.out);
     Ok(RunOutcome {
         iterations: cfg.iters,
         last: spec.out.join("last"),
@@ -529,6 +531,16 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         validation: last_val,
         images_per_s: window.session_rate(cfg.iters - start, cfg.batch, session),
     })
+}
+
+/// Training curves into RUN/plots/; a failure is a warning (the run itself is saved).
+fn draw_curves(run: &std::path::Path) {
+    if let Err(e) = crate::plots::training_curves(run) {
+        eprintln!(
+            "warning: {}: training curves not drawn: {e:#}",
+            run.display()
+        );
+    }
 }
 
 fn describe(heads: &[HeadSpec]) -> String {
