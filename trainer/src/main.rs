@@ -38,6 +38,9 @@ enum Command {
     Eval(commands::eval::Args),
     /// Fine-tune a trunk with a new head on one task (learning rate and epoch chosen on validation).
     Finetune(commands::finetune::Args),
+    /// Leave-one-task-out: pre-train without held-out tasks (a grid of settings), compare on
+    /// them against random init, single-task and ImageNet baselines, rank by average rank.
+    Loto(commands::loto::Args),
     /// Draw a training run's curves or an evaluation's bars and confusion matrices (SVG + PNG).
     Plot(commands::plot::Args),
 }
@@ -54,6 +57,7 @@ fn main() {
         Command::Eval(a) => commands::eval::run(a),
         Command::Finetune(a) => commands::finetune::run(a),
         Command::Plot(a) => commands::plot::run(a),
+        Command::Loto(a) => commands::loto::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

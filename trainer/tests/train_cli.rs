@@ -339,6 +339,8 @@ fn demo_runs_on_the_real_tasks_and_says_where_the_run_is() {
         "8",
         "--seeds",
         "2",
+        "--single-task-epochs",
+        "1",
     ]);
     assert_ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -347,16 +349,30 @@ fn demo_runs_on_the_real_tasks_and_says_where_the_run_is() {
     assert!(stderr.contains("leaving out nct-crc-samples"), "{stderr}");
     assert!(stdout.contains("trunk.safetensors"), "{stdout}");
     assert!(out.join("best/trunk.safetensors").is_file());
-    // The held-out comparison: multi-task trunk vs random init, linear and kNN probes.
+    // The held-out comparison: multi-task trunk vs random init vs single-task, linear and kNN
+    // probes (and the single-task network's own head), with plots.
     assert!(stdout.contains("held-out task lymphoma"), "{stdout}");
     let table = std::fs::read_to_string(out.join("held-out/comparison.md")).unwrap();
     assert_eq!(table.matches("| multi-task |").count(), 2, "{table}");
     assert_eq!(table.matches("| random init |").count(), 2, "{table}");
+    assert_eq!(table.matches("| single-task |").count(), 3, "{table}");
     let results: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("held-out/multitask-linear/results.json")).unwrap(),
+        &std::fs::read_to_string(out.join("held-out/eval/multi-task-linear/results.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(results["results"][0]["values"].as_array().unwrap().len(), 2);
+    for plot in [
+        "held-out/plots/held-out-linear.png",
+        "held-out/plots/held-out-knn.svg",
+        "plots/training.png",
+    ] {
+        assert!(out.join(plot).is_file(), "{plot} missing");
+        assert!(
+            stdout.contains(plot.rsplit('/').next().unwrap()) || plot.ends_with(".svg"),
+            "{stdout}"
+        );
+    }
+    image::open(out.join("held-out/plots/held-out-linear.png")).expect("a readable PNG");
     // The pool file the demo wrote is a valid pool for `mtpath train` / `pool check`.
     let pool = out.join("demo-pool.toml");
     let text = std::fs::read_to_string(&pool).unwrap();

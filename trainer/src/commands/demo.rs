@@ -11,7 +11,7 @@ use mtpath_shared::Arch;
 use super::train::{load_pool, report, set_threads, stop_flag};
 use crate::pool::{PoolConfig, Split};
 use crate::train::config::TrainConfig;
-use crate::train::run::{train, RunSpec};
+use crate::train::run::{train, train_resumable, RunSpec};
 
 /// Pre-train a multi-task ResNet-18 on the tasks of a data folder, holding one task out.
 #[derive(Parser, Debug)]
@@ -49,6 +49,10 @@ pub struct Args {
     /// Seeds (splits) of the held-out evaluation; 0 skips it.
     #[arg(long, default_value_t = 5)]
     pub seeds: u64,
+    /// Epochs of the single-task baseline (a network trained on the held-out task alone, per
+    /// seed; the default keeps the demo near a quarter of an hour); 0 leaves it out.
+    #[arg(long, default_value_t = 3)]
+    pub single_task_epochs: usize,
     /// Continue an interrupted demo run in --out.
     #[arg(long)]
     pub resume: bool,
@@ -229,7 +233,11 @@ pub fn run(args: Args) -> Result<()> {
         resume: args.resume,
         verbose: true,
     };
-    let outcome = train(&spec, stop_flag())?;
+    let outcome = if args.resume {
+        train_resumable(spec, stop_flag())?
+    } else {
+        train(&spec, stop_flag())?
+    };
     report(&args.out, &outcome);
     if outcome.interrupted {
         eprintln!(
@@ -266,93 +274,103 @@ pub fn run(args: Args) -> Result<()> {
         let best = outcome.best.as_ref().unwrap_or(&outcome.last);
         held_out_comparison(
             &best.join(crate::train::checkpoint::TRUNK_FILE),
-            args.arch,
+            &args,
             &data.join(&hold_out),
-            args.size,
-            args.seeds,
             &args.out.join("held-out"),
         )?;
     }
     Ok(())
 }
 
-/// Frozen features of the held-out task from the multi-task trunk vs a randomly initialised
-/// one, with the linear and kNN probes over `seeds` splits; prints a table and writes
-/// `held-out/comparison.md` (and each evaluation's results.json/md).
-fn held_out_comparison(
-    trunk: &Path,
-    arch: Arch,
-    task: &Path,
-    size: u32,
-    seeds: u64,
-    out: &Path,
-) -> Result<()> {
-    use super::eval::{evaluate, EvalSpec};
+/// The held-out task probed with frozen features of the multi-task trunk, of a random trunk,
+/// and of a trunk trained on the held-out task alone (single-task baseline), over `seeds`
+/// splits; prints the table and writes `held-out/` (comparison.md/json, plots, every
+/// evaluation's results).
+fn held_out_comparison(trunk: &Path, args: &Args, task: &Path, out: &Path) -> Result<()> {
+    use crate::evaluate::compare::{compare, fmt_metric, CompareSpec, Model};
     use crate::evaluate::protocol::Protocol;
     let name = task
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    eprintln!("\nheld-out evaluation on {name} ({seeds} seeds): multi-task trunk vs random init");
-    let mut table = format!(
-        "# Held-out task `{name}`: frozen features, {seeds} seeds (mean ± sd)\n\n\
-         | probe | trunk | accuracy | balanced accuracy | macro F1 |\n|---|---|---|---|---|\n"
+    let seeds = args.seeds;
+    eprintln!(
+        "\nheld-out evaluation on {name} ({seeds} seeds): multi-task trunk vs random init{}",
+        if args.single_task_epochs > 0 {
+            " vs single-task"
+        } else {
+            ""
+        }
     );
+    let mut models = vec![
+        Model::Trunk {
+            label: "multi-task".into(),
+            weights: trunk.display().to_string(),
+        },
+        Model::Trunk {
+            label: "random init".into(),
+            weights: "random".into(),
+        },
+    ];
+    if args.single_task_epochs > 0 {
+        models.push(Model::SingleTask {
+            label: "single-task".into(),
+            init: if args.init == "none" {
+                "none".into()
+            } else {
+                args.init.clone()
+            },
+            epochs: args.single_task_epochs,
+            lr: 0.02,
+        });
+    }
+    let c = compare(
+        &CompareSpec {
+            arch: args.arch,
+            size: args.size,
+            tasks: vec![task.to_path_buf()],
+            protocols: vec![Protocol::Linear, Protocol::Knn { k: 20 }],
+            seeds,
+            batch: args.batch,
+            out: out.to_path_buf(),
+        },
+        &models,
+    )?;
     let mut printed = String::new();
-    for protocol in [Protocol::Linear, Protocol::Knn { k: 20 }] {
-        for (label, weights) in [
-            ("multi-task", trunk.display().to_string()),
-            ("random init", "random".to_string()),
-        ] {
-            let dir = out.join(format!(
-                "{}-{protocol}",
-                if weights == "random" {
-                    "random"
-                } else {
-                    "multitask"
-                }
-            ));
-            let summaries = evaluate(&EvalSpec {
-                weights,
-                arch: Some(arch),
-                tasks: vec![task.to_path_buf()],
-                protocol,
-                seeds,
-                size: Some(size),
-                batch: 32,
-                out: dir,
-            })?;
-            let get = |m: &str| {
-                summaries
-                    .iter()
-                    .find(|s| s.metric == m)
-                    .map(|s| format!("{:.3} ± {:.3}", s.mean, s.sd))
-                    .unwrap_or_else(|| "–".into())
+    for protocol in c.protocols() {
+        for m in &c.models {
+            let Some(cell) = c.cell(m, &protocol, &name) else {
+                continue;
             };
-            let row = [get("accuracy"), get("balanced_accuracy"), get("macro_f1")];
-            table.push_str(&format!(
-                "| {protocol} | {label} | {} | {} | {} |\n",
-                row[0], row[1], row[2]
-            ));
             printed.push_str(&format!(
-                "  {:<8} {:<12} {:>15} {:>18} {:>15}\n",
-                protocol.to_string(),
-                label,
-                row[0],
-                row[1],
-                row[2]
+                "  {:<9} {:<12} {:>15} {:>18} {:>15}\n",
+                protocol,
+                m,
+                fmt_metric(Some(cell), "accuracy"),
+                fmt_metric(Some(cell), "balanced_accuracy"),
+                fmt_metric(Some(cell), "macro_f1")
             ));
         }
     }
-    mtpath_shared::fsutil::write_atomic(&out.join("comparison.md"), table.as_bytes())?;
     println!(
-        "\nheld-out task {name}, frozen features, {seeds} seeds (mean ± sd):\n  {:<8} {:<12} {:>15} {:>18} {:>15}\n{printed}table: {}",
+        "\nheld-out task {name}, {seeds} seeds (mean ± sd):\n  {:<9} {:<12} {:>15} {:>18} {:>15}\n{printed}\
+         table: {}\nplots: {}",
         "probe",
-        "trunk",
+        "model",
         "accuracy",
         "balanced accuracy",
         "macro F1",
-        out.join("comparison.md").display()
+        out.join("comparison.md").display(),
+        c.protocols()
+            .iter()
+            .map(|p| out
+                .join("plots")
+                .join(format!("held-out-{}.png", crate::plots::slug(p)))
+                .display()
+                .to_string())
+            .chain([args.out.join("plots").join("training.png").display().to_string()])
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }

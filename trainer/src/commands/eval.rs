@@ -11,7 +11,8 @@ use mtpath_shared::{Arch, Network, NetworkSpec};
 
 use super::train::set_threads;
 use crate::evaluate::features::{fnv1a, task_features};
-use crate::evaluate::protocol::{self, Protocol};
+use crate::evaluate::finetune::{arch_of, finetune_seed, FinetuneSpec};
+use crate::evaluate::protocol::{self, Protocol, RunScores};
 use crate::evaluate::report;
 use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig};
 
@@ -32,10 +33,18 @@ pub struct Args {
     /// Task folders (manifest.csv or one subfolder per class).
     #[arg(long = "task", required = true, num_args = 1..)]
     pub tasks: Vec<PathBuf>,
-    /// Probe: linear (logistic regression), svm (linear SVM), knn (k = 20) or knn:K. C of the
-    /// linear probes is chosen on a grid by grouped 5-fold cross-validation on train+val.
+    /// Protocol: linear (logistic regression), svm (linear SVM), knn (k = 20) or knn:K on
+    /// frozen features — C of the linear probes is chosen on a grid by grouped 5-fold
+    /// cross-validation on train+val — or finetune (a new head, the whole network trained;
+    /// learning rate from --lrs and epoch chosen on validation).
     #[arg(long, default_value = "linear")]
-    pub protocol: Protocol,
+    pub protocol: String,
+    /// Fine-tuning only: learning rates tried (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.001")]
+    pub lrs: Vec<f64>,
+    /// Fine-tuning only: epochs per learning rate.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
     /// Seeds (splits) to run: 0..N.
     #[arg(long, default_value_t = 5)]
     pub seeds: u64,
@@ -65,8 +74,8 @@ pub struct EvalSpec {
     pub tasks: Vec<PathBuf>,
     /// Probe.
     pub protocol: Protocol,
-    /// Seeds 0..N.
-    pub seeds: u64,
+    /// Seeds (one split each).
+    pub seeds: Vec<u64>,
     /// Input side (default: the model's).
     pub size: Option<u32>,
     /// Images per forward pass.
@@ -75,9 +84,18 @@ pub struct EvalSpec {
     pub out: PathBuf,
 }
 
-/// Run an evaluation and write its results; returns the per-task, per-metric summaries.
-pub fn evaluate(spec: &EvalSpec) -> Result<Vec<report::Summary>> {
-    if spec.seeds == 0 {
+/// What an evaluation produced.
+#[derive(Debug, Clone)]
+pub struct EvalOutput {
+    /// Per task and metric: mean, sd and every seed's value.
+    pub summaries: Vec<report::Summary>,
+    /// Every run (task × seed).
+    pub runs: Vec<RunScores>,
+}
+
+/// Run an evaluation and write its results.
+pub fn evaluate(spec: &EvalSpec) -> Result<EvalOutput> {
+    if spec.seeds.is_empty() {
         bail!("--seeds must be at least 1");
     }
     let device = Device::Cpu;
@@ -112,12 +130,12 @@ pub fn evaluate(spec: &EvalSpec) -> Result<Vec<report::Summary>> {
 
     let mut runs = Vec::new();
     let mut features = Vec::new();
-    for seed in 0..spec.seeds {
+    for (i, &seed) in spec.seeds.iter().enumerate() {
         let pool = Pool::load(
             &PoolConfig::from_task_dirs(&spec.tasks, seed),
             &LoadOptions {
                 skip_bad: false,
-                check: if seed == 0 {
+                check: if i == 0 {
                     ImageCheck::Header
                 } else {
                     ImageCheck::None
@@ -130,7 +148,7 @@ pub fn evaluate(spec: &EvalSpec) -> Result<Vec<report::Summary>> {
                 spec.weights,
                 spec.protocol,
                 pool.tasks.len(),
-                spec.seeds,
+                spec.seeds.len(),
                 extractor.metadata().architecture,
                 cfg.crop
             );
@@ -149,25 +167,82 @@ pub fn evaluate(spec: &EvalSpec) -> Result<Vec<report::Summary>> {
         "architecture": extractor.metadata().architecture,
         "input_size": cfg.crop,
         "protocol": spec.protocol.to_string(),
-        "seeds": (0..spec.seeds).collect::<Vec<_>>(),
+        "seeds": spec.seeds,
         "mtpath_version": env!("CARGO_PKG_VERSION"),
     });
-    report::write(&spec.out, header, &runs)
+    let summaries = report::write(&spec.out, header, &runs)?;
+    Ok(EvalOutput { summaries, runs })
+}
+
+/// `--protocol finetune`: every task fine-tuned on every seed's split (runs under
+/// OUT/finetune/TASK/), scored on the test splits, reported like the probes.
+fn evaluate_finetune(args: &Args) -> Result<Vec<report::Summary>> {
+    if args.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    let weights = if args.weights == "random" {
+        "none".to_string()
+    } else {
+        args.weights.clone()
+    };
+    let arch = arch_of(&weights, args.arch)?;
+    let size = args.size.unwrap_or(224);
+    let mut runs = Vec::new();
+    for task in &args.tasks {
+        let name = task
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "task".into());
+        let spec = FinetuneSpec {
+            weights: weights.clone(),
+            arch,
+            task: task.clone(),
+            lrs: args.lrs.clone(),
+            epochs: args.epochs,
+            size,
+            batch: args.batch,
+            runs: args.out.join("finetune").join(crate::plots::slug(&name)),
+        };
+        spec.validate()?;
+        for seed in 0..args.seeds {
+            let check = if seed == 0 {
+                ImageCheck::Decode
+            } else {
+                ImageCheck::None
+            };
+            runs.push(finetune_seed(&spec, seed, check)?.scores);
+        }
+    }
+    let header = serde_json::json!({
+        "weights": args.weights,
+        "architecture": arch,
+        "input_size": size,
+        "protocol": "finetune",
+        "learning_rates": args.lrs,
+        "epochs": args.epochs,
+        "seeds": (0..args.seeds).collect::<Vec<_>>(),
+        "mtpath_version": env!("CARGO_PKG_VERSION"),
+    });
+    report::write(&args.out, header, &runs)
 }
 
 pub fn run(args: Args) -> Result<()> {
     set_threads(args.threads);
-    let spec = EvalSpec {
-        weights: args.weights,
-        arch: args.arch,
-        tasks: args.tasks,
-        protocol: args.protocol,
-        seeds: args.seeds,
-        size: args.size,
-        batch: args.batch,
-        out: args.out.clone(),
+    let summaries = if args.protocol == "finetune" {
+        evaluate_finetune(&args)?
+    } else {
+        let spec = EvalSpec {
+            weights: args.weights.clone(),
+            arch: args.arch,
+            tasks: args.tasks.clone(),
+            protocol: args.protocol.parse::<Protocol>()?,
+            seeds: (0..args.seeds).collect(),
+            size: args.size,
+            batch: args.batch,
+            out: args.out.clone(),
+        };
+        evaluate(&spec)?.summaries
     };
-    let summaries = evaluate(&spec)?;
     println!("task                 metric              mean ± sd");
     for s in &summaries {
         println!(
@@ -180,5 +255,6 @@ pub fn run(args: Args) -> Result<()> {
         args.out.join("results.json").display(),
         args.out.join("results.md").display()
     );
+    println!("plots: {}", args.out.join("plots").display());
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod features;
 pub mod finetune;
 pub mod info;
+pub mod loto;
 pub mod plot;
 pub mod pool;
 pub mod train;

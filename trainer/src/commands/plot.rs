@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
+use crate::evaluate::compare::{self, Comparison};
 use crate::evaluate::protocol::RunScores;
 use crate::evaluate::report::{self, Summary};
 use crate::plots;
 
 /// Draw the figures of runs and evaluations as SVG and PNG under DIR/plots/: a training run's
-/// curves (from metrics.jsonl), or an evaluation's per-task bars and confusion matrices (from
-/// results.json). `mtpath train` and `mtpath eval` draw them already; this redraws.
+/// curves (from metrics.jsonl), an evaluation's per-task bars and confusion matrices (from
+/// results.json), a held-out comparison's bars (from comparison.json). `train`, `eval`,
+/// `loto` and `demo` draw them already; this redraws.
 #[derive(Parser, Debug)]
 pub struct Args {
     /// Run directories (with metrics.jsonl) or evaluation directories (with results.json).
@@ -49,9 +51,19 @@ pub fn plot_dir(dir: &Path) -> Result<Vec<PathBuf>> {
         );
         written.extend(report::write_plots(dir, &title, &summaries, &runs)?);
     }
+    let comparison = dir.join("comparison.json");
+    if comparison.is_file() {
+        let text = std::fs::read_to_string(&comparison)
+            .with_context(|| format!("{}: cannot read", comparison.display()))?;
+        let c: Comparison = serde_json::from_str(&text).with_context(|| {
+            format!("{}: not a comparison as mtpath writes it", comparison.display())
+        })?;
+        written.extend(compare::write(&c, dir)?);
+    }
     if written.is_empty() {
         bail!(
-            "{}: neither metrics.jsonl (a training run) nor results.json (an evaluation) is here",
+            "{}: no metrics.jsonl (a training run), results.json (an evaluation) or \
+             comparison.json (a held-out comparison) here",
             dir.display()
         );
     }

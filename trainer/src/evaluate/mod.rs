@@ -1,5 +1,9 @@
-//! Frozen-feature evaluation: cached features, probe runs per seed, reports.
+//! Evaluation: cached frozen features, probe runs per seed, fine-tuning, held-out
+//! comparisons, reports.
 
+pub mod compare;
 pub mod features;
+pub mod finetune;
 pub mod protocol;
+pub mod rank;
 pub mod report;

@@ -33,10 +33,15 @@ pub struct BarChart {
 }
 
 const BAR_PX: u32 = 26;
-const LEGEND_PX: u32 = 190;
 const LEFT_PX: u32 = 64;
 
 impl BarChart {
+    /// The legend column: wide enough for the longest series name.
+    fn legend_px(&self) -> u32 {
+        let longest = self.series.iter().map(|s| s.name.chars().count()).max().unwrap_or(0) as u32;
+        (longest * 8 + 44).max(150)
+    }
+
     fn group_px(&self) -> u32 {
         let bars = self.series.len().max(1) as u32 * BAR_PX + 28;
         let label = self
@@ -70,13 +75,14 @@ impl BarChart {
 
 impl Figure for BarChart {
     fn size(&self) -> (u32, u32) {
-        let w = LEFT_PX + 30 + self.groups.len().max(1) as u32 * self.group_px() + LEGEND_PX;
-        (w.max(520), 420)
+        let plot = (LEFT_PX + 30 + self.groups.len().max(1) as u32 * self.group_px())
+            .max(self.title.chars().count() as u32 * 10 + 30);
+        ((plot + self.legend_px()).max(520), 420)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
         let (w, _) = self.size();
-        let (plot_area, legend_area) = root.split_horizontally(w - LEGEND_PX);
+        let (plot_area, legend_area) = root.split_horizontally(w - self.legend_px());
         let n = self.groups.len().max(1) as f64;
         let top = self.top();
         let mut chart = ChartBuilder::on(&plot_area)

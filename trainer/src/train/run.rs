@@ -238,7 +238,8 @@ impl Trainer<'_> {
     }
 }
 
-fn read_record(out: &Path) -> Result<RunRecord> {
+/// The run record (settings, heads, seed) of a run directory.
+pub fn read_record(out: &Path) -> Result<RunRecord> {
     let p = out.join("run.json");
     let text = std::fs::read_to_string(&p).with_context(|| {
         format!(
@@ -531,6 +532,46 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         validation: last_val,
         images_per_s: window.session_rate(cfg.iters - start, cfg.batch, session),
     })
+}
+
+/// Train `spec`, or continue it where its directory holds an unfinished run with the same
+/// settings (a finished one returns at once): for commands that run many trainings and must
+/// lose nothing when stopped. A run stopped before its first checkpoint starts again; a
+/// directory holding a run with other settings is an error.
+pub fn train_resumable(mut spec: RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
+    let out = spec.out.clone();
+    if out.join("run.json").exists() {
+        let record = read_record(&out)?;
+        let mut ours = spec.config.clone();
+        ours.seed = Some(ours.seed.unwrap_or(spec.pool.seed));
+        let mut theirs = record.config.clone();
+        theirs.seed = Some(record.seed);
+        if serde_json::to_value(&ours)? != serde_json::to_value(&theirs)? {
+            bail!(
+                "{} holds a run with other settings; remove it, or choose another output folder",
+                out.display()
+            );
+        }
+        if let Some(last) = checkpoint::find_checkpoint_dir(&out, "last") {
+            let state = checkpoint::read_state(&last)?;
+            if state.iteration >= spec.config.iters {
+                // Finished earlier: nothing to train.
+                return Ok(RunOutcome {
+                    iterations: state.iteration,
+                    last,
+                    best: checkpoint::find_checkpoint_dir(&out, "best"),
+                    interrupted: false,
+                    validation: Vec::new(),
+                    images_per_s: 0.0,
+                });
+            }
+            spec.resume = true;
+        } else {
+            std::fs::remove_dir_all(&out)
+                .with_context(|| format!("{}: cannot restart the run", out.display()))?;
+        }
+    }
+    train(&spec, stop)
 }
 
 /// Training curves into RUN/plots/; a failure is a warning (the run itself is saved).

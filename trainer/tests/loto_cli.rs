@@ -1,0 +1,219 @@
+//! `mtpath loto` end to end on real tasks at a tiny size: two pre-training combinations
+//! without the held-out task, the comparison against random init and a single-task network,
+//! the ranking, the plots, and a rerun that reuses every finished run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mtpath_shared::testdata::data_dir;
+
+fn mtpath(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mtpath"))
+        .args(args)
+        .output()
+        .expect("run mtpath")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn pool_file(dir: &Path) -> PathBuf {
+    let mut text = String::from("seed = 1\n");
+    for t in ["lbc-pap", "pbc-blood", "tcga-luad-lusc"] {
+        text.push_str(&format!(
+            "[[task]]\npath = \"{}\"\ncrop = \"random-crop\"\n",
+            data_dir().join(t).display()
+        ));
+    }
+    text.push_str(
+        "[train]\nsize = 32\nbatch = 8\niters = 4\nval_every = 2\nval_max_per_task = 16\n",
+    );
+    let p = dir.join("pool.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn loto_pretrains_a_grid_compares_baselines_ranks_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool_file(dir.path());
+    let out = dir.path().join("loto");
+    let args = [
+        "loto",
+        "--pool",
+        s(&pool),
+        "--hold-out",
+        "tcga-luad-lusc",
+        "--grid",
+        "lr=0.01,0.05",
+        "--seeds",
+        "2",
+        "--single-task-epochs",
+        "1",
+        "--out",
+        s(&out),
+    ];
+    let o = mtpath(&args);
+    assert_ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("best pre-training combination: multi-task [lr="),
+        "{stdout}"
+    );
+
+    // Two pre-training runs, neither trained on the held-out task.
+    for run in ["pretrain/00", "pretrain/01"] {
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(run).join("run.json")).unwrap())
+                .unwrap();
+        let heads: Vec<&str> = record["heads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(heads, ["lbc-pap", "pbc-blood"], "{run}");
+    }
+    let lrs: Vec<f64> = ["00", "01"]
+        .iter()
+        .map(|r| {
+            let rec: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("pretrain").join(r).join("run.json")).unwrap(),
+            )
+            .unwrap();
+            rec["config"]["lr"].as_f64().unwrap()
+        })
+        .collect();
+    assert_eq!(lrs, [0.01, 0.05]);
+
+    // Every model has linear and kNN cells on the held-out task with both seeds' values.
+    let cmp: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("held-out/comparison.json")).unwrap(),
+    )
+    .unwrap();
+    let models: Vec<&str> = cmp["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        models,
+        [
+            "multi-task [lr=0.01]",
+            "multi-task [lr=0.05]",
+            "random init",
+            "single-task"
+        ]
+    );
+    for m in &models {
+        for p in ["linear", "knn"] {
+            let cell = cmp["cells"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["model"] == *m && c["protocol"] == p && c["task"] == "tcga-luad-lusc")
+                .unwrap_or_else(|| panic!("no {m} {p} cell"));
+            let bacc = cell["metrics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["metric"] == "balanced_accuracy")
+                .unwrap();
+            let values = bacc["values"].as_array().unwrap();
+            assert_eq!(values.len(), 2, "{m} {p}");
+            assert!(values
+                .iter()
+                .all(|v| (0.0..=1.0).contains(&v.as_f64().unwrap())));
+        }
+    }
+    // The ranking lists every model once, by average rank (ascending).
+    let loto: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("loto.json")).unwrap()).unwrap();
+    let ranks: Vec<f64> = loto["ranking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["average_rank"].as_f64().unwrap())
+        .collect();
+    assert_eq!(ranks.len(), 4);
+    assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{ranks:?}");
+    // Average ranks of 4 models over 2 criteria sum to 1+2+3+4.
+    assert!((ranks.iter().sum::<f64>() - 10.0).abs() < 1e-9, "{ranks:?}");
+    let md = std::fs::read_to_string(out.join("loto.md")).unwrap();
+    assert!(
+        md.contains("| 1 |") && md.contains("## linear") && md.contains("## own head"),
+        "{md}"
+    );
+    for plot in [
+        "held-out-linear.png",
+        "held-out-knn.png",
+        "held-out-own-head.svg",
+    ] {
+        assert!(out.join("held-out/plots").join(plot).is_file(), "{plot}");
+    }
+    assert!(out.join("pretrain/00/plots/training.png").is_file());
+
+    // Rerunning reuses the finished runs: their metrics are untouched and no step is trained.
+    let kept = [
+        "pretrain/01/metrics.csv",
+        "held-out/single-task/tcga-luad-lusc/seed1-lr0.01/metrics.csv",
+    ];
+    let before: Vec<Vec<u8>> = kept
+        .iter()
+        .map(|k| std::fs::read(out.join(k)).unwrap())
+        .collect();
+    let o = mtpath(&args);
+    assert_ok(&o);
+    for (k, b) in kept.iter().zip(&before) {
+        assert_eq!(
+            &std::fs::read(out.join(k)).unwrap(),
+            b,
+            "{k} was trained again"
+        );
+    }
+}
+
+#[test]
+fn loto_names_unknown_tasks_and_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool_file(dir.path());
+    let out = dir.path().join("loto");
+    let o = mtpath(&[
+        "loto",
+        "--pool",
+        s(&pool),
+        "--hold-out",
+        "nope",
+        "--out",
+        s(&out),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nope") && err.contains("pbc-blood"), "{err}");
+    let o = mtpath(&[
+        "loto",
+        "--pool",
+        s(&pool),
+        "--hold-out",
+        "lbc-pap",
+        "--grid",
+        "learning_rate=1",
+        "--out",
+        s(&out),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("learning_rate"), "{err}");
+}
