@@ -74,6 +74,22 @@ fn knn_over_seeds_writes_results_and_reuses_the_cache() {
     assert!(std::fs::read_to_string(out.join("results.md"))
         .unwrap()
         .contains("| lymphoma |"));
+    // Plots: the per-task bars and a confusion matrix per task whose counts add up to the
+    // test images of all seeds.
+    for plot in [
+        "metrics.svg",
+        "metrics.png",
+        "confusion-lymphoma.png",
+        "confusion-tcga-luad-lusc.svg",
+    ] {
+        assert!(out.join("plots").join(plot).is_file(), "{plot} missing");
+    }
+    image::open(out.join("plots/metrics.png")).expect("a readable PNG");
+    let svg = std::fs::read_to_string(out.join("plots/confusion-tcga-luad-lusc.svg")).unwrap();
+    assert!(
+        svg.contains("3 seeds summed") && svg.contains(">\nluad\n<"),
+        "{svg}"
+    );
 
     // A second run reads the cached features and gives the same results.
     let cached = std::fs::read_dir(out.join("cache")).unwrap().count();
@@ -145,6 +161,68 @@ fn linear_and_svm_probes_choose_c_by_grouped_cross_validation() {
             assert!(run["balanced_accuracy"].as_f64().unwrap() > 0.4, "{run}");
         }
     }
+}
+
+#[test]
+fn eval_protocol_finetune_trains_per_task_and_seed_and_reports_like_the_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ft");
+    let task = data_dir().join("tcga-luad-lusc");
+    let o = mtpath(&[
+        "eval",
+        "--weights",
+        "random",
+        "--task",
+        task.to_str().unwrap(),
+        "--protocol",
+        "finetune",
+        "--lrs",
+        "0.01",
+        "--epochs",
+        "1",
+        "--seeds",
+        "2",
+        "--size",
+        "32",
+        "--batch",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["protocol"], "finetune");
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(
+        runs.iter().all(|r| r["lr"] == 0.01 && r["n_test"] == 60),
+        "{runs:?}"
+    );
+    for seed in 0..2 {
+        let run = out.join(format!("finetune/tcga-luad-lusc/seed{seed}-lr0.01"));
+        assert!(
+            run.join("last/model.safetensors").is_file(),
+            "{}",
+            run.display()
+        );
+    }
+    assert!(out.join("plots/confusion-tcga-luad-lusc.png").is_file());
+    // An unknown protocol names the choices.
+    let o = mtpath(&[
+        "eval",
+        "--weights",
+        "random",
+        "--task",
+        task.to_str().unwrap(),
+        "--protocol",
+        "lasso",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("finetune") && err.contains("knn"), "{err}");
 }
 
 #[test]

@@ -250,6 +250,12 @@ pub fn run(args: Args) -> Result<()> {
         "\nvalidation (balanced accuracy) after {} iterations:",
         outcome.iterations
     );
+    if outcome.validation.is_empty() {
+        println!(
+            "  (the run had finished earlier; its scores are in {}/card.md)",
+            outcome.best.as_ref().unwrap_or(&outcome.last).display()
+        );
+    }
     for v in &outcome.validation {
         if v.n == 0 {
             println!(

@@ -235,7 +235,10 @@ pub fn run(args: Args) -> Result<()> {
             weights: args.weights.clone(),
             arch: args.arch,
             tasks: args.tasks.clone(),
-            protocol: args.protocol.parse::<Protocol>()?,
+            protocol: args
+                .protocol
+                .parse::<Protocol>()
+                .context("--protocol: linear, svm, knn, knn:K or finetune")?,
             seeds: (0..args.seeds).collect(),
             size: args.size,
             batch: args.batch,

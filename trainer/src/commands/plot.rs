@@ -56,7 +56,10 @@ pub fn plot_dir(dir: &Path) -> Result<Vec<PathBuf>> {
         let text = std::fs::read_to_string(&comparison)
             .with_context(|| format!("{}: cannot read", comparison.display()))?;
         let c: Comparison = serde_json::from_str(&text).with_context(|| {
-            format!("{}: not a comparison as mtpath writes it", comparison.display())
+            format!(
+                "{}: not a comparison as mtpath writes it",
+                comparison.display()
+            )
         })?;
         written.extend(compare::write(&c, dir)?);
     }

@@ -38,7 +38,12 @@ const LEFT_PX: u32 = 64;
 impl BarChart {
     /// The legend column: wide enough for the longest series name.
     fn legend_px(&self) -> u32 {
-        let longest = self.series.iter().map(|s| s.name.chars().count()).max().unwrap_or(0) as u32;
+        let longest = self
+            .series
+            .iter()
+            .map(|s| s.name.chars().count())
+            .max()
+            .unwrap_or(0) as u32;
         (longest * 8 + 44).max(150)
     }
 
