@@ -154,3 +154,85 @@ fn info_describes_a_torchvision_file() {
     assert!(text.contains("trunk params:  6953856"), "{text}");
     assert!(text.contains("classifier"), "{text}");
 }
+
+#[test]
+fn features_of_a_task_split_carry_labels_and_come_from_the_cache_the_second_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = fixtures_dir().join("resnet18.safetensors");
+    let task = data_dir().join("tcga-luad-lusc");
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("test.safetensors");
+    let args = [
+        "features",
+        "--weights",
+        s(&weights),
+        "--task",
+        s(&task),
+        "--split",
+        "test",
+        "--size",
+        "32",
+        "--cache",
+        s(&cache),
+        "--out",
+        s(&out),
+    ];
+    let o = mtpath(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let file = read_weights_file(&out, &Device::Cpu).unwrap();
+    let feats = file.get("features").unwrap();
+    // tcga-luad-lusc's test split is the source's: 60 tiles of two held-out slides.
+    assert_eq!(feats.dims(), &[60, 512]);
+    let labels: Vec<i64> = file.get("labels").unwrap().to_vec1().unwrap();
+    assert!(labels.contains(&0) && labels.contains(&1) && labels.iter().all(|&l| l < 2));
+    let meta = &file.metadata;
+    let splits: Vec<String> = serde_json::from_str(&meta["splits"]).unwrap();
+    assert!(splits.iter().all(|s| s == "test"));
+    let images: Vec<String> = serde_json::from_str(&meta["images"]).unwrap();
+    // A row equals the features of its image extracted on its own.
+    let extractor = FeatureExtractor::from_tensor_file(
+        &read_weights_file(&weights, &Device::Cpu).unwrap(),
+        None,
+        &Device::Cpu,
+    )
+    .map(|mut e| {
+        e.set_sizes(37, 32).unwrap();
+        e
+    })
+    .unwrap();
+    let alone = extractor
+        .extract_bytes(&std::fs::read(&images[5]).unwrap())
+        .unwrap();
+    let row: Vec<f32> = feats.get(5).unwrap().to_vec1().unwrap();
+    let err = row
+        .iter()
+        .zip(&alone)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-4, "{err}");
+    // The whole task (190 tiles) is cached once; the second run reads it.
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    let first: Vec<Vec<f32>> = feats.to_vec2().unwrap();
+    let first_meta = file.metadata.clone();
+    let o = mtpath(&args);
+    assert!(o.status.success());
+    let again = read_weights_file(&out, &Device::Cpu).unwrap();
+    let again_rows: Vec<Vec<f32>> = again.get("features").unwrap().to_vec2().unwrap();
+    assert!(again_rows == first, "cached features differ");
+    assert!(again.metadata == first_meta);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("features 190/190"));
+    // A bad split is named.
+    let o = mtpath(&[
+        "features",
+        "--weights",
+        s(&weights),
+        "--task",
+        s(&task),
+        "--split",
+        "dev",
+        "--out",
+        s(&out),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--split dev"));
+}

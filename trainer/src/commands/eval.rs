@@ -3,14 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Parser;
-use mtpath_shared::features::FeatureExtractor;
-use mtpath_shared::weights::{read_weights_file, ModelMetadata};
-use mtpath_shared::{Arch, Network, NetworkSpec};
+use mtpath_shared::Arch;
 
 use super::train::set_threads;
-use crate::evaluate::features::{fnv1a, task_features};
+use crate::evaluate::features::{load_extractor, task_features};
 use crate::evaluate::finetune::{arch_of, finetune_seed, FinetuneSpec};
 use crate::evaluate::protocol::{self, Protocol, RunScores};
 use crate::evaluate::report;
@@ -98,32 +95,8 @@ pub fn evaluate(spec: &EvalSpec) -> Result<EvalOutput> {
     if spec.seeds.is_empty() {
         bail!("--seeds must be at least 1");
     }
-    let device = Device::Cpu;
-    let (mut extractor, weights_hash) = if spec.weights == "random" {
-        let arch = spec.arch.unwrap_or(Arch::ResNet18);
-        let net_spec = NetworkSpec::trunk(arch);
-        let net = Network::new(net_spec.clone(), &device, 0)?;
-        let bytes = net.to_safetensors_bytes(&ModelMetadata::imagenet(&net_spec))?;
-        (
-            FeatureExtractor::from_safetensors_bytes(&bytes, "random", &device)?,
-            fnv1a(format!("random-{arch}").as_bytes()),
-        )
-    } else {
-        let path = PathBuf::from(&spec.weights);
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("{}: cannot read the weights", path.display()))?;
-        let file = read_weights_file(&path, &device)?;
-        (
-            FeatureExtractor::from_tensor_file(&file, spec.arch, &device)?,
-            fnv1a(&bytes),
-        )
-    };
-    if let Some(s) = spec.size {
-        extractor.set_sizes(((s as f64) * 256.0 / 224.0).round() as u32, s)?;
-    }
+    let (extractor, model_id) = load_extractor(&spec.weights, spec.arch, spec.size)?;
     let cfg = *extractor.preprocess_config();
-    let model_id =
-        fnv1a(format!("{weights_hash:x}-{}-{}", cfg.resize_shorter, cfg.crop).as_bytes());
     std::fs::create_dir_all(&spec.out)
         .with_context(|| format!("{}: cannot create", spec.out.display()))?;
     let cache = spec.out.join("cache");

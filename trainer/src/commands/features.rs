@@ -5,26 +5,31 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use mtpath_shared::features::FeatureExtractor;
 use mtpath_shared::preprocess::preprocess_file;
-use mtpath_shared::weights::read_weights_file;
 use mtpath_shared::Arch;
 use rayon::prelude::*;
 
+use crate::evaluate::features::{load_extractor, task_features};
 use crate::images::collect_images;
+use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig, Split};
 
 /// Embed images: writes one float32 tensor `features` [N, F] (rows in the order of the images)
-/// and records the image list, architecture and preprocessing in the file's metadata.
+/// and records the image list, architecture and preprocessing in the file's metadata. With
+/// --task or --pool, embeds a task's split instead: adds `labels` and `task` (int64, [N]) and
+/// the classes, groups and split to the metadata, and caches each task's features (by
+/// weights, preprocessing and task content) in --cache.
 ///
-/// Example: mtpath features --weights resnet50.safetensors --out feats.safetensors tiles/
+/// Examples: mtpath features --weights resnet50.safetensors --out feats.safetensors tiles/
+///           mtpath features --weights run/best/trunk.safetensors --pool pool.toml --split test --out test.safetensors
 #[derive(Parser)]
 pub struct Args {
-    /// Weights: safetensors (mtpath checkpoint or torchvision state dict) or PyTorch .pth.
+    /// Weights: safetensors (mtpath checkpoint or torchvision state dict), PyTorch .pth, or
+    /// `random` (a randomly initialised trunk of --arch).
     #[arg(long)]
-    weights: PathBuf,
+    weights: String,
     /// Architecture (resnet18/34/50/101, densenet121/169); default: from the file.
     #[arg(long)]
     arch: Option<Arch>,
@@ -41,14 +46,152 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Image files or directories (searched recursively for JPEG/PNG/TIFF).
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["task", "pool"], conflicts_with_all = ["task", "pool"])]
     images: Vec<PathBuf>,
+    /// Task folders (manifest.csv or one subfolder per class) to embed, split with --seed.
+    #[arg(long = "task", conflicts_with = "pool")]
+    task: Vec<PathBuf>,
+    /// A pool file: embed its tasks, split as the pool says.
+    #[arg(long)]
+    pool: Option<PathBuf>,
+    /// Which split of the tasks: all, train, val or test.
+    #[arg(long, default_value = "all")]
+    split: String,
+    /// Seed of the splits of --task folders (a pool has its own).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Feature cache folder for --task/--pool (default: $MTPATH_CACHE, else
+    /// ~/.cache/mtpath/features).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
+/// The feature cache folder.
+fn cache_dir(arg: Option<&PathBuf>) -> PathBuf {
+    if let Some(c) = arg {
+        return c.clone();
+    }
+    if let Some(c) = std::env::var_os("MTPATH_CACHE") {
+        return PathBuf::from(c).join("features");
+    }
+    match std::env::var_os("XDG_CACHE_HOME").or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").into_os_string())
+    }) {
+        Some(base) => PathBuf::from(base).join("mtpath").join("features"),
+        None => PathBuf::from(".mtpath-cache").join("features"),
+    }
+}
+
+/// `--task`/`--pool`: a split of tasks, with labels.
+fn run_tasks(args: &Args) -> Result<()> {
+    let splits: Vec<Split> = match args.split.as_str() {
+        "all" => vec![Split::Train, Split::Val, Split::Test],
+        "train" => vec![Split::Train],
+        "val" => vec![Split::Val],
+        "test" => vec![Split::Test],
+        other => bail!("--split {other}: use all, train, val or test"),
+    };
+    let config = match &args.pool {
+        Some(p) => PoolConfig::from_file(p)?,
+        None => PoolConfig::from_task_dirs(&args.task, args.seed),
+    };
+    let pool = Pool::load(
+        &config,
+        &LoadOptions {
+            skip_bad: false,
+            check: ImageCheck::Header,
+        },
+    )?;
+    let (extractor, model_id) = load_extractor(&args.weights, args.arch, args.size)?;
+    let cfg = *extractor.preprocess_config();
+    eprintln!(
+        "{} task(s), split {}, {} ({}-d features) at {} px",
+        pool.tasks.len(),
+        args.split,
+        extractor.metadata().architecture,
+        extractor.feature_dim(),
+        cfg.crop
+    );
+    let cache = cache_dir(args.cache.as_ref());
+    let mut rows: Vec<f32> = Vec::new();
+    let (mut labels, mut task_ids) = (Vec::<i64>::new(), Vec::<i64>::new());
+    let (mut images, mut groups, mut split_of) = (Vec::new(), Vec::new(), Vec::new());
+    for (ti, task) in pool.tasks.iter().enumerate() {
+        let f = task_features(&extractor, model_id, task, &cache, args.batch, true)?;
+        for &sp in &splits {
+            for sample in task.split(sp) {
+                rows.extend_from_slice(&f.rows[&sample.path]);
+                labels.push(i64::from(sample.label));
+                task_ids.push(ti as i64);
+                images.push(sample.path.display().to_string());
+                groups.push(sample.group.clone());
+                split_of.push(sp.as_str());
+            }
+        }
+    }
+    let n = labels.len();
+    if n == 0 {
+        bail!("the {} split of these tasks is empty", args.split);
+    }
+    let dim = extractor.feature_dim();
+    let meta = HashMap::from([
+        ("images".to_string(), serde_json::to_string(&images)?),
+        ("groups".to_string(), serde_json::to_string(&groups)?),
+        ("splits".to_string(), serde_json::to_string(&split_of)?),
+        (
+            "tasks".to_string(),
+            serde_json::to_string(
+                &pool
+                    .tasks
+                    .iter()
+                    .map(|t| serde_json::json!({"name": t.name, "classes": t.classes}))
+                    .collect::<Vec<_>>(),
+            )?,
+        ),
+        ("split".to_string(), args.split.clone()),
+        ("seed".to_string(), pool.seed.to_string()),
+        (
+            "architecture".to_string(),
+            extractor.metadata().architecture.to_string(),
+        ),
+        ("weights".to_string(), args.weights.clone()),
+        (
+            "preprocess".to_string(),
+            serde_json::json!({"resize_shorter": cfg.resize_shorter, "crop": cfg.crop, "mean": cfg.mean, "std": cfg.std})
+                .to_string(),
+        ),
+    ]);
+    let tensors = [
+        (
+            "features".to_string(),
+            Tensor::from_vec(rows, (n, dim), &Device::Cpu)?,
+        ),
+        (
+            "labels".to_string(),
+            Tensor::from_vec(labels, n, &Device::Cpu)?,
+        ),
+        (
+            "task".to_string(),
+            Tensor::from_vec(task_ids, n, &Device::Cpu)?,
+        ),
+    ];
+    let bytes = safetensors::serialize(tensors, Some(meta))?;
+    mtpath_shared::fsutil::write_atomic(&args.out, &bytes)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "wrote {} ({n} x {dim}; cache {})",
+        args.out.display(),
+        cache.display()
+    );
+    Ok(())
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if !args.task.is_empty() || args.pool.is_some() {
+        return run_tasks(&args);
+    }
     let images = collect_images(&args.images)?;
-    let file = read_weights_file(&args.weights, &Device::Cpu)?;
-    let mut extractor = FeatureExtractor::from_tensor_file(&file, args.arch, &Device::Cpu)?;
+    let (mut extractor, _) = load_extractor(&args.weights, args.arch, None)?;
     if let Some(size) = args.size {
         let resize = args
             .resize
@@ -97,7 +240,7 @@ pub fn run(args: Args) -> Result<()> {
             "architecture".to_string(),
             extractor.metadata().architecture.to_string(),
         ),
-        ("weights".to_string(), args.weights.display().to_string()),
+        ("weights".to_string(), args.weights.clone()),
         (
             "preprocess".to_string(),
             serde_json::json!({

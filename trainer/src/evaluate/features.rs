@@ -11,7 +11,47 @@ use mtpath_shared::preprocess::preprocess_file;
 use mtpath_shared::weights::read_weights_file;
 use rayon::prelude::*;
 
+use mtpath_shared::weights::ModelMetadata;
+use mtpath_shared::{Arch, Network, NetworkSpec};
+
 use crate::pool::Task;
+
+/// A feature extractor for `weights` (a file, or `random` for a randomly initialised trunk of
+/// `arch`), with the input side `size` when given (shorter side resized to size × 256/224),
+/// and an id of the weights and preprocessing for feature caches.
+pub fn load_extractor(
+    weights: &str,
+    arch: Option<Arch>,
+    size: Option<u32>,
+) -> Result<(FeatureExtractor, u64)> {
+    let device = Device::Cpu;
+    let (mut extractor, weights_hash) = if weights == "random" {
+        let arch = arch.unwrap_or(Arch::ResNet18);
+        let net_spec = NetworkSpec::trunk(arch);
+        let net = Network::new(net_spec.clone(), &device, 0)?;
+        let bytes = net.to_safetensors_bytes(&ModelMetadata::imagenet(&net_spec))?;
+        (
+            FeatureExtractor::from_safetensors_bytes(&bytes, "random", &device)?,
+            fnv1a(format!("random-{arch}").as_bytes()),
+        )
+    } else {
+        let path = PathBuf::from(weights);
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("{}: cannot read the weights", path.display()))?;
+        let file = read_weights_file(&path, &device)?;
+        (
+            FeatureExtractor::from_tensor_file(&file, arch, &device)?,
+            fnv1a(&bytes),
+        )
+    };
+    if let Some(s) = size {
+        extractor.set_sizes(((s as f64) * 256.0 / 224.0).round() as u32, s)?;
+    }
+    let cfg = *extractor.preprocess_config();
+    let model_id =
+        fnv1a(format!("{weights_hash:x}-{}-{}", cfg.resize_shorter, cfg.crop).as_bytes());
+    Ok((extractor, model_id))
+}
 
 /// FNV-1a 64 of some bytes: a stable content hash for cache keys.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
@@ -76,13 +116,14 @@ pub fn task_features(
             .map(|p| preprocess_file(p, &cfg).with_context(|| format!("task {}", task.name)))
             .collect::<Result<_>>()?;
         all.extend(extractor.extract_preprocessed(&pixels)?);
-        if verbose && (i % 10 == 9 || all.len() == paths.len()) {
+        if verbose && (i % 4 == 3 || all.len() == paths.len()) {
+            let rate = all.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
             eprint!(
-                "\r  {}: features {}/{} ({:.1} img/s)   ",
+                "\r  {}: features {}/{} ({rate:.1} img/s, ETA {:.0} s)   ",
                 task.name,
                 all.len(),
                 paths.len(),
-                all.len() as f64 / started.elapsed().as_secs_f64().max(1e-9)
+                (paths.len() - all.len()) as f64 / rate.max(1e-9)
             );
         }
     }
