@@ -2,6 +2,7 @@
 
 mod commands;
 mod data;
+mod device;
 mod evaluate;
 mod images;
 mod plots;

@@ -75,7 +75,7 @@ impl BatchNorm2d {
 
     fn forward_train(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let (n, c, h, w) = xs.dims4()?;
-        if n * h * w >= 2 && xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        if n * h * w >= 2 && super::use_fused_cpu(xs) && xs.dtype() == DType::F32 {
             let (ys, mean, var) = super::batchnorm_op::batch_norm_train_cpu(
                 xs,
                 self.weight.as_tensor(),

@@ -608,7 +608,7 @@ impl CustomOp2 for ConvWeightGrad {
 /// Convolution of NCHW `xs` with kernel `w` [out, in, k, k] on the CPU (f32 or f64), with
 /// gradients for both. Other devices use candle's `conv2d`.
 pub fn conv2d(xs: &Tensor, w: &Tensor, geom: ConvGeom) -> candle_core::Result<Tensor> {
-    if xs.device().is_cpu() {
+    if super::use_fused_cpu(xs) {
         xs.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp(geom))
     } else {
         xs.conv2d(w, geom.padding, geom.stride, 1, 1)

@@ -11,3 +11,20 @@ pub use batchnorm::BatchNorm2d;
 pub use conv::{Conv2d, ConvInit};
 pub use linear::Linear;
 pub use pool::{avg_pool2x2, global_avg_pool, max_pool2d, MaxPool2d};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static GENERIC_OPS: AtomicBool = AtomicBool::new(false);
+
+/// Run the device-independent compositions (what CUDA and other devices run: candle's
+/// convolution and its autograd, the unfused BatchNorm, the composed max-pool) on the CPU
+/// too, instead of the fused CPU kernels. For tests that check those paths against the
+/// fixtures on machines without a GPU; process-wide.
+pub fn force_generic_ops(on: bool) {
+    GENERIC_OPS.store(on, Ordering::SeqCst);
+}
+
+/// Whether the fused CPU kernels serve this tensor.
+pub(crate) fn use_fused_cpu(t: &candle_core::Tensor) -> bool {
+    t.device().is_cpu() && !GENERIC_OPS.load(Ordering::SeqCst)
+}

@@ -199,9 +199,90 @@ impl CustomOp2 for MaxPool2dBackward {
     }
 }
 
-/// `MaxPool2d(kernel, stride, padding)` on an NCHW tensor, differentiable.
+/// `MaxPool2d(kernel, stride, padding)` on an NCHW tensor, differentiable. On the CPU a fused
+/// `CustomOp`; on other devices a composition of strided views and elementwise ops with the
+/// same forward values and the same gradient routing (to the first maximum of each window).
 pub fn max_pool2d(xs: &Tensor, pool: MaxPool2d) -> candle_core::Result<Tensor> {
-    xs.contiguous()?.apply_op1(pool)
+    if super::use_fused_cpu(xs) {
+        xs.contiguous()?.apply_op1(pool)
+    } else {
+        max_pool2d_composed(xs, pool)
+    }
+}
+
+/// Rows `start, start + step, …` (`count` of them) of dimension `dim`, as a view made of a
+/// narrow and a reshape (candle has no strided slicing), so its gradient is exact.
+fn strided(
+    xs: &Tensor,
+    dim: usize,
+    start: usize,
+    step: usize,
+    count: usize,
+) -> candle_core::Result<Tensor> {
+    let part = xs.narrow(dim, start, step * count)?;
+    let mut dims = part.dims().to_vec();
+    dims[dim] = count;
+    dims.insert(dim + 1, step);
+    part.reshape(dims)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+}
+
+/// Max-pool from device-independent ops: pad with −∞, take the k×k strided views, keep the
+/// elementwise maximum, and route the gradient through a one-hot mask of the first view that
+/// reaches it (PyTorch's tie rule; matters after ReLU, where zeros tie).
+pub fn max_pool2d_composed(xs: &Tensor, p: MaxPool2d) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = xs.dims4()?;
+    p.check(h, w)?;
+    let (oh, ow) = (p.out_size(h), p.out_size(w));
+    // Padded so that every view `k + stride * (o - 1)` and the reshape `stride * o` fit.
+    let need_h = (p.kernel - 1 + p.stride * oh).max(h + p.padding);
+    let need_w = (p.kernel - 1 + p.stride * ow).max(w + p.padding);
+    let fill = |shape: (usize, usize, usize, usize)| -> candle_core::Result<Tensor> {
+        Tensor::full(f32::NEG_INFINITY, shape, xs.device())?.to_dtype(xs.dtype())
+    };
+    let mut rows = Vec::new();
+    if p.padding > 0 {
+        rows.push(fill((n, c, p.padding, w))?);
+    }
+    rows.push(xs.clone());
+    if need_h > h + p.padding {
+        rows.push(fill((n, c, need_h - h - p.padding, w))?);
+    }
+    let xp = Tensor::cat(&rows, 2)?;
+    let mut cols = Vec::new();
+    if p.padding > 0 {
+        cols.push(fill((n, c, need_h, p.padding))?);
+    }
+    cols.push(xp);
+    if need_w > w + p.padding {
+        cols.push(fill((n, c, need_h, need_w - w - p.padding))?);
+    }
+    let xp = Tensor::cat(&cols, 3)?;
+    let mut views = Vec::with_capacity(p.kernel * p.kernel);
+    for ky in 0..p.kernel {
+        let r = strided(&xp, 2, ky, p.stride, oh)?;
+        for kx in 0..p.kernel {
+            views.push(strided(&r, 3, kx, p.stride, ow)?);
+        }
+    }
+    let mut best = views[0].detach();
+    for v in &views[1..] {
+        best = best.maximum(&v.detach())?;
+    }
+    let mut taken = best.zeros_like()?;
+    let mut out = best.zeros_like()?;
+    for v in &views {
+        let first = v
+            .detach()
+            .eq(&best)?
+            .to_dtype(v.dtype())?
+            .mul(&taken.affine(-1.0, 1.0)?)?;
+        taken = taken.add(&first)?;
+        // A select, not a product: −∞ padding times a zero mask would be NaN.
+        out = first
+            .to_dtype(candle_core::DType::U8)?
+            .where_cond(v, &out)?;
+    }
+    Ok(out)
 }
 
 /// `AvgPool2d(2, stride=2)` (floor mode): DenseNet's transition pooling. Written as a reshape
@@ -260,6 +341,58 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn composed_pool_equals_the_custom_op_forward_and_backward_with_ties() -> candle_core::Result<()>
+    {
+        let dev = Device::Cpu;
+        for (pool, h, w) in [
+            (STEM, 9, 7),
+            (STEM, 8, 8),
+            (
+                MaxPool2d {
+                    kernel: 2,
+                    stride: 2,
+                    padding: 0,
+                },
+                7,
+                6,
+            ),
+            (
+                MaxPool2d {
+                    kernel: 3,
+                    stride: 1,
+                    padding: 1,
+                },
+                5,
+                6,
+            ),
+        ] {
+            // ReLU of noise: half the values are exact zeros, so windows tie often.
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev)?.relu()?)?;
+            let r = Tensor::randn(0f32, 1.0, (2, 3, pool.out_size(h), pool.out_size(w)), &dev)?;
+            let fused = x.as_tensor().apply_op1(pool)?;
+            let composed = max_pool2d_composed(x.as_tensor(), pool)?;
+            assert_eq!(
+                fused.flatten_all()?.to_vec1::<f32>()?,
+                composed.flatten_all()?.to_vec1::<f32>()?,
+                "{pool:?} forward"
+            );
+            let g1 = fused.mul(&r)?.sum_all()?.backward()?;
+            let g2 = composed.mul(&r)?.sum_all()?.backward()?;
+            let a = g1.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?;
+            let b = g2.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?;
+            // Same elements receive gradient; overlapping windows may sum in another order.
+            for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(*u == 0.0, *v == 0.0, "{pool:?} backward routing at {i}");
+                assert!(
+                    (u - v).abs() <= 1e-6 * u.abs().max(1.0),
+                    "{pool:?} {i}: {u} vs {v}"
+                );
+            }
+        }
+        Ok(())
     }
 
     #[test]

@@ -11,6 +11,7 @@ use mtpath_shared::multitask::cross_entropy_sum;
 use mtpath_shared::{Arch, Network, NetworkSpec};
 
 use crate::data::{manifest, AugmentConfig, Loader, SamplerKind};
+use crate::device::{parse_device, synchronize};
 
 /// What to time.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -64,16 +65,32 @@ pub struct Args {
     /// weighted).
     #[arg(long, default_value = "uniform")]
     sampler: SamplerKind,
+    /// Compute device: cpu, cuda or cuda:N (a `--features cuda` build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// CUDA: allow TF32 in float32 matrix multiplies (PyTorch's
+    /// `allow_tf32`); off by default, as the parity tests need.
+    #[arg(long)]
+    tf32: bool,
 }
 
-fn time<F: FnMut() -> Result<()>>(warmup: usize, iters: usize, mut f: F) -> Result<f64> {
+/// Seconds per call of `f`, after `warmup` calls; waits for the device before reading the
+/// clock, so GPU work is counted.
+fn time<F: FnMut() -> Result<()>>(
+    device: &Device,
+    warmup: usize,
+    iters: usize,
+    mut f: F,
+) -> Result<f64> {
     for _ in 0..warmup {
         f()?;
     }
+    synchronize(device)?;
     let start = Instant::now();
     for _ in 0..iters {
         f()?;
     }
+    synchronize(device)?;
     Ok(start.elapsed().as_secs_f64() / iters.max(1) as f64)
 }
 
@@ -124,7 +141,8 @@ pub fn run(args: Args) -> Result<()> {
         return run_pipeline(&args);
     }
     super::train::set_threads(args.threads);
-    let dev = Device::Cpu;
+    let dev = parse_device(&args.device)?;
+    candle_core::cuda::set_gemm_reduced_precision_f32(args.tf32);
     let net = Network::new(NetworkSpec::classifier(args.arch, 1000), &dev, 0)?;
     let x = Tensor::randn(0f32, 1.0, (args.batch, 3, args.size, args.size), &dev)?;
     let labels = Tensor::from_vec(
@@ -133,14 +151,23 @@ pub fn run(args: Args) -> Result<()> {
         &dev,
     )?;
     println!(
-        "{} batch {} at {} px, {} threads",
+        "{} batch {} at {} px, {} threads, {}",
         args.arch,
         args.batch,
         args.size,
-        candle_core::utils::get_num_threads()
+        candle_core::utils::get_num_threads(),
+        if dev.is_cpu() {
+            "cpu".to_string()
+        } else {
+            format!(
+                "{} (tf32 {})",
+                args.device,
+                if args.tf32 { "on" } else { "off" }
+            )
+        }
     );
     if matches!(args.mode, Mode::Infer | Mode::Both) {
-        let s = time(args.warmup, args.iters, || {
+        let s = time(&dev, args.warmup, args.iters, || {
             net.logits_t(&x, false)?;
             Ok(())
         })?;
@@ -151,7 +178,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if matches!(args.mode, Mode::Train | Mode::Both) {
-        let s = time(args.warmup, args.iters, || {
+        let s = time(&dev, args.warmup, args.iters, || {
             let logits = net.logits_t(&x, true)?;
             let loss = (cross_entropy_sum(&logits, &labels)? / args.batch as f64)?;
             loss.backward()?;

@@ -232,6 +232,7 @@ pub fn run(args: Args) -> Result<()> {
         config,
         resume: args.resume,
         verbose: true,
+        device: candle_core::Device::Cpu,
     };
     let outcome = if args.resume {
         train_resumable(spec, stop_flag())?

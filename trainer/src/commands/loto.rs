@@ -282,6 +282,7 @@ pub fn run(args: Args) -> Result<()> {
                 config: combo.config.clone(),
                 resume: false,
                 verbose: true,
+                device: candle_core::Device::Cpu,
             },
             stop.clone(),
         )?;

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use mtpath_shared::Arch;
 
+use crate::device::parse_device;
 use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig};
 use crate::train::config::TrainConfig;
 use crate::train::run::{train, RunOutcome, RunSpec};
@@ -82,6 +83,9 @@ pub struct Args {
     /// Less output.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Compute device: cpu, cuda or cuda:N (CUDA needs a `--features cuda` build).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl Args {
@@ -210,6 +214,7 @@ pub fn run(args: Args) -> Result<()> {
         config,
         resume,
         verbose: !args.quiet,
+        device: parse_device(&args.device)?,
     };
     let outcome = train(&spec, stop_flag())?;
     report(&out, &outcome);

@@ -102,6 +102,7 @@ pub fn finetune_seed(spec: &FinetuneSpec, seed: u64, check: ImageCheck) -> Resul
                 config,
                 resume: false,
                 verbose: false,
+                device: candle_core::Device::Cpu,
             },
             Arc::new(AtomicBool::new(false)),
         )?;

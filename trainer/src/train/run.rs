@@ -75,6 +75,8 @@ pub struct RunSpec {
     pub resume: bool,
     /// Print progress.
     pub verbose: bool,
+    /// Where the network trains (batches are decoded on the CPU and copied there).
+    pub device: Device,
 }
 
 fn heads_of(pool: &Pool) -> Vec<HeadSpec> {
@@ -256,7 +258,7 @@ pub fn read_record(out: &Path) -> Result<RunRecord> {
 pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
     let cfg = &spec.config;
     cfg.validate()?;
-    let device = Device::Cpu;
+    let device = spec.device.clone();
     let seed = cfg.seed.unwrap_or(spec.pool.seed);
     let heads = heads_of(&spec.pool);
     std::fs::create_dir_all(&spec.out)
