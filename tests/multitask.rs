@@ -10,6 +10,15 @@ use mtpath_shared::testdata::fixtures_dir;
 use mtpath_shared::weights::{read_weights_file, LoadMode, TensorFile};
 use mtpath_shared::{Arch, HeadSpec, Network, NetworkSpec};
 
+/// `MTPATH_TEST_DEVICE=cuda` runs the steps on the GPU (a `--features cuda` test build).
+fn test_device() -> Device {
+    match std::env::var("MTPATH_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("MTPATH_TEST_DEVICE=cuda: no CUDA device"),
+        Ok("cpu") | Err(_) => Device::Cpu,
+        Ok(other) => panic!("MTPATH_TEST_DEVICE={other}: use cpu or cuda"),
+    }
+}
+
 fn fixture(name: &str) -> TensorFile {
     read_weights_file(&fixtures_dir().join(name), &Device::Cpu)
         .expect("fixture (set MTPATH_FIXTURES)")
@@ -17,8 +26,16 @@ fn fixture(name: &str) -> TensorFile {
 
 fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
     let num = (&a - &b)
         .unwrap()
         .sqr()
@@ -38,7 +55,9 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn scalar(t: &Tensor) -> f64 {
-    t.flatten_all()
+    t.to_device(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
         .unwrap()
         .to_dtype(DType::F64)
         .unwrap()
@@ -55,7 +74,10 @@ fn batch_images() -> Tensor {
     let x = Tensor::stack(&imgs, 0).unwrap();
     let w = x.dim(3).unwrap();
     let rev = Tensor::from_vec((0..w as u32).rev().collect::<Vec<_>>(), w, &Device::Cpu).unwrap();
-    Tensor::cat(&[x.clone(), x.index_select(&rev, 3).unwrap()], 0).unwrap()
+    Tensor::cat(&[x.clone(), x.index_select(&rev, 3).unwrap()], 0)
+        .unwrap()
+        .to_device(&test_device())
+        .unwrap()
 }
 
 fn heads() -> Vec<HeadSpec> {
@@ -75,7 +97,7 @@ fn heads() -> Vec<HeadSpec> {
 fn two_sgd_steps(dtype: DType, later_tol: f64) {
     let net = Network::with_dtype(
         NetworkSpec::multitask(Arch::ResNet18, heads()),
-        &Device::Cpu,
+        &test_device(),
         dtype,
         0,
     )

@@ -10,6 +10,17 @@ use mtpath_shared::testdata::fixtures_dir;
 use mtpath_shared::weights::{read_weights_file, TensorFile};
 use mtpath_shared::{Arch, Network};
 
+/// The device the parity tests run on: `MTPATH_TEST_DEVICE=cuda` (a `--features cuda` test
+/// build, on a GPU machine) or the CPU. Expected values stay on the CPU; results are copied
+/// back to compare.
+pub fn test_device() -> Device {
+    match std::env::var("MTPATH_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("MTPATH_TEST_DEVICE=cuda: no CUDA device"),
+        Ok("cpu") | Err(_) => Device::Cpu,
+        Ok(other) => panic!("MTPATH_TEST_DEVICE={other}: use cpu or cuda"),
+    }
+}
+
 pub fn fixture(name: &str) -> TensorFile {
     let path = fixtures_dir().join(name);
     read_weights_file(&path, &Device::Cpu)
@@ -32,12 +43,17 @@ pub fn input_batch() -> Tensor {
     let imgs: Vec<Tensor> = (0..4)
         .map(|i| f.get(&format!("image{i}")).expect("imageN").clone())
         .collect();
-    Tensor::stack(&imgs, 0).expect("stack")
+    Tensor::stack(&imgs, 0)
+        .expect("stack")
+        .to_device(&test_device())
+        .expect("to device")
 }
 
 /// ‖a − b‖₂ / ‖b‖₂, in f64.
 pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.to_device(&Device::Cpu).unwrap();
+    let b = b.to_device(&Device::Cpu).unwrap();
     let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
     let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
     let num = (&a - &b)
@@ -59,6 +75,8 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_device(&Device::Cpu).unwrap();
+    let b = b.to_device(&Device::Cpu).unwrap();
     (a - b)
         .unwrap()
         .abs()
@@ -75,7 +93,7 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 pub fn load_model(arch: &str) -> Network {
     let file = fixture(&format!("{arch}.safetensors"));
-    let (net, meta) = Network::from_tensor_file(&file, &Device::Cpu).expect("load fixture");
+    let (net, meta) = Network::from_tensor_file(&file, &test_device()).expect("load fixture");
     assert_eq!(meta.architecture.name(), arch);
     assert_eq!(net.arch(), arch.parse::<Arch>().unwrap());
     net
@@ -107,12 +125,16 @@ pub fn eval_parity(arch: &str) {
 pub fn train_parity(arch: &str, dtype: DType, grad_tol: f64) {
     let file = fixture(&format!("{arch}.safetensors"));
     let spec = mtpath_shared::NetworkSpec::classifier(arch.parse().unwrap(), 1000);
-    let net = Network::with_dtype(spec, &Device::Cpu, dtype, 0).unwrap();
+    let net = Network::with_dtype(spec, &test_device(), dtype, 0).unwrap();
     net.load_weights(&file, mtpath_shared::weights::LoadMode::Strict)
         .unwrap();
     let (exp, meta) = expected(arch);
     let x = input_batch().to_dtype(dtype).unwrap();
-    let labels = exp["labels"].to_dtype(DType::U32).unwrap();
+    let labels = exp["labels"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_device(&test_device())
+        .unwrap();
     let logits = net.logits_t(&x, true).unwrap();
     let loss = (cross_entropy_sum(&logits, &labels).unwrap() / 4.0).unwrap();
     let el = rel_l2(&logits, &exp["train_logits"]);
