@@ -89,6 +89,17 @@ fn short_real_run_learns() {
     let first = losses[..2].iter().sum::<f64>() / 2.0;
     let last = losses[losses.len() - 2..].iter().sum::<f64>() / 2.0;
     assert!(last < 0.8 * first, "loss did not fall: {losses:?}");
+    // Every logged window says how much of it went to waiting for the loader.
+    let waits: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["data_wait_fraction"].as_f64().unwrap())
+        .collect();
+    assert_eq!(waits.len(), 12);
+    assert!(waits.iter().all(|w| (0.0..=1.0).contains(w)), "{waits:?}");
+    assert!(run.join("plots/training.png").is_file());
 
     // Balanced accuracy beats chance (1/C) clearly on average and on at least two tasks
     // (120 steps from random weights: the 8-class blood-cell task may still be near chance).

@@ -150,6 +150,7 @@ pub fn curves_from_metrics(jsonl: &str) -> Result<Curves> {
     let mut loss: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut val: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut lr = Vec::new();
+    let mut wait = Vec::new();
     for (i, line) in jsonl.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -166,6 +167,9 @@ pub fn curves_from_metrics(jsonl: &str) -> Result<Curves> {
                 }
                 if let Some(v) = row["lr"].as_f64() {
                     lr.push((iter, v));
+                }
+                if let Some(v) = row["data_wait_fraction"].as_f64() {
+                    wait.push((iter, v));
                 }
                 if let Some(tasks) = row["tasks"].as_object() {
                     for (name, t) in tasks {
@@ -220,6 +224,16 @@ pub fn curves_from_metrics(jsonl: &str) -> Result<Curves> {
             y_range: None,
         });
     }
+    if !wait.is_empty() {
+        panels.push(Panel {
+            title: "time waiting for data (share of each logging interval; 0 = compute-bound)"
+                .into(),
+            x_label: "iteration".into(),
+            y_label: "waiting share".into(),
+            series: vec![("data wait".into(), wait)],
+            y_range: Some((0.0, 1.0)),
+        });
+    }
     Ok(Curves { panels })
 }
 
@@ -236,7 +250,7 @@ pub fn training_curves(run: &Path) -> Result<[PathBuf; 2]> {
 mod tests {
     use super::*;
 
-    const METRICS: &str = r#"{"iter":10,"kind":"train","loss":1.4,"lr":0.01,"tasks":{"a":{"loss":0.8},"b":{"loss":2.0}}}
+    const METRICS: &str = r#"{"iter":10,"kind":"train","loss":1.4,"lr":0.01,"data_wait_fraction":0.1,"tasks":{"a":{"loss":0.8},"b":{"loss":2.0}}}
 {"iter":20,"kind":"train","loss":1.1,"lr":0.02,"tasks":{"a":{"loss":0.6},"b":{"loss":1.6}}}
 {"iter":20,"kind":"val","mean_balanced_accuracy":0.55,"tasks":[{"task":"a","balanced_accuracy":0.6},{"task":"b","balanced_accuracy":0.5},{"task":"c","balanced_accuracy":null}]}
 "#;
@@ -244,7 +258,8 @@ mod tests {
     #[test]
     fn metrics_become_loss_validation_and_lr_panels() {
         let c = curves_from_metrics(METRICS).unwrap();
-        assert_eq!(c.panels.len(), 3);
+        assert_eq!(c.panels.len(), 4);
+        assert_eq!(c.panels[3].series[0].1, vec![(10.0, 0.1)]);
         let loss = &c.panels[0].series;
         assert_eq!(
             loss[0],
@@ -273,6 +288,6 @@ mod tests {
         assert!(text.contains("validation balanced accuracy") && text.contains("<polyline"));
         let img = image::open(png).unwrap();
         assert_eq!(img.width(), 860);
-        assert_eq!(img.height(), 900);
+        assert_eq!(img.height(), 1200);
     }
 }

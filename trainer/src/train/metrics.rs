@@ -22,6 +22,9 @@ pub struct TrainRow {
     pub lr: f64,
     /// Training images per second over the window (data waits included).
     pub images_per_s: f64,
+    /// Share of the window's time spent waiting for the data loader (0: the loader keeps
+    /// the compute busy).
+    pub data_wait_fraction: f64,
     /// Per task: mean cross-entropy and training accuracy over the window (None: no sample).
     pub tasks: Vec<(String, Option<f64>, Option<f64>)>,
 }
@@ -133,7 +136,8 @@ impl MetricsWriter {
             .collect();
         let json = serde_json::json!({
             "iter": row.iter, "kind": "train", "loss": row.loss, "lr": row.lr,
-            "images_per_s": row.images_per_s, "tasks": tasks,
+            "images_per_s": row.images_per_s, "data_wait_fraction": row.data_wait_fraction,
+            "tasks": tasks,
         });
         writeln!(self.jsonl, "{json}")?;
         writeln!(
@@ -201,6 +205,7 @@ mod tests {
             loss: 1.0 / iter as f64,
             lr: 0.1,
             images_per_s: 10.0,
+            data_wait_fraction: 0.25,
             tasks: vec![("a,b".into(), Some(0.5), None)],
         }
     }

@@ -456,7 +456,9 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
                 ));
             }
         }
+        let waiting = Instant::now();
         let batch = loader.next_batch()?;
+        window.data_wait += waiting.elapsed();
         debug_assert_eq!(batch.iter, it as u64);
         let n = batch.tasks.len();
         let images = Tensor::from_vec(batch.images, (n, 3, s, s), &device)?;
@@ -604,6 +606,8 @@ struct Window {
     task_correct: Vec<usize>,
     task_n: Vec<usize>,
     last_loss: f64,
+    /// Time spent waiting for the loader in this window.
+    data_wait: std::time::Duration,
 }
 
 impl Window {
@@ -617,6 +621,7 @@ impl Window {
             task_correct: vec![0; tasks],
             task_n: vec![0; tasks],
             last_loss: f64::NAN,
+            data_wait: std::time::Duration::ZERO,
         }
     }
 
@@ -641,6 +646,8 @@ impl Window {
             loss: self.loss_sum / self.steps.max(1) as f64,
             lr,
             images_per_s: self.images as f64 / self.started.elapsed().as_secs_f64().max(1e-9),
+            data_wait_fraction: self.data_wait.as_secs_f64()
+                / self.started.elapsed().as_secs_f64().max(1e-9),
             tasks: pool
                 .tasks
                 .iter()
