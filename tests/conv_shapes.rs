@@ -85,7 +85,7 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 #[test]
-fn every_conv_shape_of_resnet50_and_densenet121_matches_at_batch_2() {
+fn every_conv_shape_of_the_resnet_and_densenet_backbones_matches_at_batch_2() {
     let dev = test_device();
     let mut shapes = resnet50_shapes();
     shapes.extend(densenet121_shapes());
