@@ -47,6 +47,14 @@ enum Command {
 }
 
 fn main() {
+    // candle 0.11 runs elementwise ops on its own spinning thread pool beside rayon's (gemm,
+    // our convolution kernels); on few cores the two pools compete and the main thread spins
+    // waiting for a descheduled worker. Elementwise ops are memory-bound: one thread costs
+    // little there, and ResNet-18 inference (batch 1, 224 px, 2 threads) went from 24.8 to
+    // 31.3 img/s. An explicit CANDLE_NUM_THREADS still wins.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Features(a) => commands::features::run(a),
