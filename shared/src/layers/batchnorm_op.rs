@@ -27,6 +27,44 @@ fn channel_planes(
     (0..n).map(move |i| &data[(i * c + ch) * hw..(i * c + ch + 1) * hw])
 }
 
+/// `Σ f(v)` over `p` in f64 with eight independent accumulators: no long dependency chain,
+/// so it pipelines (and vectorises) instead of waiting on each add.
+fn sum_f64(p: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = p.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for j in 0..8 {
+            acc[j] += f(c[j]);
+        }
+    }
+    let mut total = acc.iter().sum::<f64>();
+    for &v in tail {
+        total += f(v);
+    }
+    total
+}
+
+/// `Σ g` and `Σ g·(x − m)` over paired slices, as [`sum_f64`].
+fn sums_dy(x: &[f32], g: &[f32], m: f64) -> (f64, f64) {
+    let (mut a, mut b) = ([0f64; 8], [0f64; 8]);
+    let (xc, gc) = (x.chunks_exact(8), g.chunks_exact(8));
+    let (xt, gt) = (xc.remainder(), gc.remainder());
+    for (xs, gs) in xc.zip(gc) {
+        for j in 0..8 {
+            let gv = gs[j] as f64;
+            a[j] += gv;
+            b[j] += gv * (xs[j] as f64 - m);
+        }
+    }
+    let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+    for (&xv, &gv) in xt.iter().zip(gt) {
+        sa += gv as f64;
+        sb += gv as f64 * (xv as f64 - m);
+    }
+    (sa, sb)
+}
+
 /// Mean and biased variance per channel, as a [2, C] f64 tensor (row 0 mean, row 1 variance).
 struct ChannelStats;
 
@@ -44,11 +82,11 @@ impl CustomOp1 for ChannelStats {
             .into_par_iter()
             .map(|ch| {
                 let sum: f64 = channel_planes(x, n, c, hw, ch)
-                    .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+                    .map(|p| sum_f64(p, f64::from))
                     .sum();
                 let mean = sum / count;
                 let ss: f64 = channel_planes(x, n, c, hw, ch)
-                    .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                    .map(|p| sum_f64(p, |v| (f64::from(v) - mean).powi(2)))
                     .sum();
                 (mean, ss / count)
             })
@@ -93,14 +131,15 @@ impl CustomOp3 for BatchNormTrain {
             .for_each(|(plane, (yp, xp))| {
                 let ch = plane % c;
                 // Centre first: `x·scale + shift` would cancel catastrophically for channels
-                // whose mean is large against their spread.
+                // whose mean is large against their spread. Statistics are f64; the
+                // elementwise step is f32 (as PyTorch's), which vectorises.
                 let (m, scale, b) = (
-                    self.mean[ch],
-                    self.invstd[ch] * weight[ch] as f64,
-                    bias[ch] as f64,
+                    self.mean[ch] as f32,
+                    (self.invstd[ch] * weight[ch] as f64) as f32,
+                    bias[ch],
                 );
                 for (o, &v) in yp.iter_mut().zip(xp) {
-                    *o = ((v as f64 - m) * scale + b) as f32;
+                    *o = (v - m) * scale + b;
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -159,17 +198,13 @@ impl CustomOp2 for BatchNormBackward {
             .into_par_iter()
             .map(|ch| {
                 let (m, is) = (mean[ch], invstd[ch]);
-                channel_planes(x, n, c, hw, ch)
+                let (sd, sdxm) = channel_planes(x, n, c, hw, ch)
                     .zip(channel_planes(dy, n, c, hw, ch))
                     .fold((0.0, 0.0), |(sd, sdx), (xp, gp)| {
-                        let (a, b) = xp
-                            .iter()
-                            .zip(gp)
-                            .fold((0.0f64, 0.0f64), |(a, b), (&xv, &g)| {
-                                (a + g as f64, b + g as f64 * (xv as f64 - m) * is)
-                            });
+                        let (a, b) = sums_dy(xp, gp, m);
                         (sd + a, sdx + b)
-                    })
+                    });
+                (sd, sdxm * is)
             })
             .collect();
         let mut out = vec![0f32; x.len() + 2 * c];
@@ -179,13 +214,13 @@ impl CustomOp2 for BatchNormBackward {
             .enumerate()
             .for_each(|(plane, (dxp, (xp, gp)))| {
                 let ch = plane % c;
-                let (m, is) = (mean[ch], invstd[ch]);
-                let k = self.weight[ch] as f64 * is;
-                let mean_dy = sums[ch].0 / count;
-                let mean_dy_xhat = sums[ch].1 / count;
+                let (m, is) = (mean[ch] as f32, invstd[ch]);
+                let k = (self.weight[ch] as f64 * is) as f32;
+                let mean_dy = (sums[ch].0 / count) as f32;
+                // x̂·mean(dy·x̂) = (x − m)·(is·mean(dy·x̂)).
+                let slope = (is * sums[ch].1 / count) as f32;
                 for ((o, &xv), &g) in dxp.iter_mut().zip(xp).zip(gp) {
-                    let xhat = (xv as f64 - m) * is;
-                    *o = (k * (g as f64 - mean_dy - xhat * mean_dy_xhat)) as f32;
+                    *o = k * (g - mean_dy - (xv - m) * slope);
                 }
             });
         for ch in 0..c {

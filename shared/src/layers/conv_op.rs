@@ -135,6 +135,23 @@ fn matmul<T: WithDType>(
     }
 }
 
+/// The output positions `o` in `0..o_len` whose input position `o·stride + k − pad` falls
+/// inside `0..n`, as a range (they are contiguous).
+fn valid_outputs(o_len: usize, stride: usize, k: usize, pad: usize, n: usize) -> (usize, usize) {
+    // o·s + k − p ≥ 0  ⇔  o ≥ ⌈(p − k)/s⌉ ;  o·s + k − p < n  ⇔  o < ⌈(n + p − k)/s⌉.
+    let lo = if pad > k {
+        (pad - k).div_ceil(stride)
+    } else {
+        0
+    };
+    let hi = if n + pad > k {
+        (n + pad - k).div_ceil(stride)
+    } else {
+        0
+    };
+    (lo.min(o_len), hi.min(o_len).max(lo.min(o_len)))
+}
+
 /// Unfold samples `x[n0..n0+nc]` into `col` [rows, nc·L] (row = (ci·k + ky)·k + kx).
 fn im2col<T: WithDType>(x: &[T], d: &Dims, g: ConvGeom, n0: usize, nc: usize, col: &mut [T]) {
     let l = d.out_len();
@@ -145,24 +162,32 @@ fn im2col<T: WithDType>(x: &[T], d: &Dims, g: ConvGeom, n0: usize, nc: usize, co
             let ci = row / (d.k * d.k);
             let ky = (row / d.k) % d.k;
             let kx = row % d.k;
+            let (x_lo, x_hi) = valid_outputs(d.ow, g.stride, kx, g.padding, d.w);
+            let (y_lo, y_hi) = valid_outputs(d.oh, g.stride, ky, g.padding, d.h);
             for s in 0..nc {
                 let plane = &x[((n0 + s) * d.c_in + ci) * d.h * d.w..][..d.h * d.w];
                 let out = &mut dst[s * l..(s + 1) * l];
-                for oy in 0..d.oh {
-                    let y = (oy * g.stride + ky) as isize - g.padding as isize;
+                out[..y_lo * d.ow].fill(T::zero());
+                out[y_hi * d.ow..].fill(T::zero());
+                for oy in y_lo..y_hi {
+                    let y = oy * g.stride + ky - g.padding;
                     let row_out = &mut out[oy * d.ow..(oy + 1) * d.ow];
-                    if y < 0 || y >= d.h as isize {
-                        row_out.fill(T::zero());
+                    let src = &plane[y * d.w..(y + 1) * d.w];
+                    row_out[..x_lo].fill(T::zero());
+                    row_out[x_hi..].fill(T::zero());
+                    if x_lo == x_hi {
                         continue;
                     }
-                    let src = &plane[y as usize * d.w..(y as usize + 1) * d.w];
-                    for (ox, o) in row_out.iter_mut().enumerate() {
-                        let xx = (ox * g.stride + kx) as isize - g.padding as isize;
-                        *o = if xx < 0 || xx >= d.w as isize {
-                            T::zero()
-                        } else {
-                            src[xx as usize]
-                        };
+                    let first = x_lo * g.stride + kx - g.padding;
+                    if g.stride == 1 {
+                        row_out[x_lo..x_hi].copy_from_slice(&src[first..first + (x_hi - x_lo)]);
+                    } else {
+                        for (o, xx) in row_out[x_lo..x_hi]
+                            .iter_mut()
+                            .zip((first..).step_by(g.stride))
+                        {
+                            *o = src[xx];
+                        }
                     }
                 }
             }
@@ -184,16 +209,25 @@ fn col2im<T: WithDType>(col: &[T], d: &Dims, g: ConvGeom, n0: usize, nc: usize, 
             for kidx in 0..kk {
                 let (ky, kx) = (kidx / d.k, kidx % d.k);
                 let src = &col[(ci * kk + kidx) * width + s * l..][..l];
-                for oy in 0..d.oh {
-                    let y = (oy * g.stride + ky) as isize - g.padding as isize;
-                    if y < 0 || y >= d.h as isize {
-                        continue;
-                    }
-                    let dst_row = &mut plane[y as usize * d.w..(y as usize + 1) * d.w];
-                    for ox in 0..d.ow {
-                        let xx = (ox * g.stride + kx) as isize - g.padding as isize;
-                        if xx >= 0 && xx < d.w as isize {
-                            dst_row[xx as usize] += src[oy * d.ow + ox];
+                let (x_lo, x_hi) = valid_outputs(d.ow, g.stride, kx, g.padding, d.w);
+                let (y_lo, y_hi) = valid_outputs(d.oh, g.stride, ky, g.padding, d.h);
+                if x_lo == x_hi {
+                    continue;
+                }
+                let first = x_lo * g.stride + kx;
+                for oy in y_lo..y_hi {
+                    let y = oy * g.stride + ky - g.padding;
+                    let dst_row = &mut plane[y * d.w..(y + 1) * d.w];
+                    let src_row = &src[oy * d.ow + x_lo..oy * d.ow + x_hi];
+                    if g.stride == 1 {
+                        let dst =
+                            &mut dst_row[first - g.padding..first - g.padding + src_row.len()];
+                        for (a, b) in dst.iter_mut().zip(src_row) {
+                            *a += *b;
+                        }
+                    } else {
+                        for (xx, b) in (first - g.padding..).step_by(g.stride).zip(src_row) {
+                            dst_row[xx] += *b;
                         }
                     }
                 }
@@ -619,6 +653,32 @@ pub fn conv2d(xs: &Tensor, w: &Tensor, geom: ConvGeom) -> candle_core::Result<Te
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
+
+    #[test]
+    fn valid_output_ranges_match_a_direct_scan() {
+        for n in 1..9 {
+            for k in 0..7 {
+                for pad in 0..4 {
+                    for stride in 1..4 {
+                        for o_len in [0usize, 2, 12] {
+                            let inside: Vec<usize> = (0..o_len)
+                                .filter(|&o| {
+                                    let x = (o * stride + k) as isize - pad as isize;
+                                    x >= 0 && x < n as isize
+                                })
+                                .collect();
+                            let (lo, hi) = valid_outputs(o_len, stride, k, pad, n);
+                            assert_eq!(
+                                (lo..hi).collect::<Vec<_>>(),
+                                inside,
+                                "n{n} k{k} p{pad} s{stride} o{o_len}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Forward equals candle's own conv2d in f64 for every geometry ResNet/DenseNet use.
     #[test]
