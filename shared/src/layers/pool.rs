@@ -7,6 +7,7 @@
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D,
 };
+use rayon::prelude::*;
 
 /// Geometry of a square max-pool window (PyTorch's `MaxPool2d` with `ceil_mode=False`,
 /// `dilation=1`; padding counts as −∞).
@@ -99,10 +100,14 @@ fn forward_typed<T: candle_core::WithDType>(
     op.check(h, w)?;
     let src = contiguous_slice::<T>(s, l)?;
     let (oh, ow) = (op.out_size(h), op.out_size(w));
-    let mut out = Vec::with_capacity(n * c * oh * ow);
-    for plane in src.chunks_exact(h * w) {
-        out.extend(op.argmax_plane(plane, h, w).into_iter().map(|i| plane[i]));
-    }
+    let mut out = vec![T::zero(); n * c * oh * ow];
+    out.par_chunks_mut(oh * ow)
+        .zip(src.par_chunks_exact(h * w))
+        .for_each(|(dst, plane)| {
+            for (o, i) in dst.iter_mut().zip(op.argmax_plane(plane, h, w)) {
+                *o = plane[i];
+            }
+        });
     Ok((out, Shape::from((n, c, oh, ow))))
 }
 
@@ -161,15 +166,16 @@ fn backward_typed<T: candle_core::WithDType + std::ops::AddAssign>(
         );
     }
     let mut out = vec![T::zero(); n * c * h * w];
-    for ((plane, g), dst) in src
-        .chunks_exact(h * w)
-        .zip(grad.chunks_exact(plane_out))
-        .zip(out.chunks_exact_mut(h * w))
-    {
-        for (idx, &gv) in op.argmax_plane(plane, h, w).into_iter().zip(g) {
-            dst[idx] += gv;
-        }
-    }
+    out.par_chunks_exact_mut(h * w)
+        .zip(
+            src.par_chunks_exact(h * w)
+                .zip(grad.par_chunks_exact(plane_out)),
+        )
+        .for_each(|(dst, (plane, g))| {
+            for (idx, &gv) in op.argmax_plane(plane, h, w).into_iter().zip(g) {
+                dst[idx] += gv;
+            }
+        });
     Ok((out, l.shape().clone()))
 }
 
