@@ -46,7 +46,32 @@ enum Command {
     Plot(commands::plot::Args),
 }
 
+/// glibc's malloc hands allocations over 128 KiB–32 MiB straight to mmap and unmaps them on
+/// free, so every tensor of every layer costs fresh pages: page faults and kernel zeroing on
+/// each step. Keeping freed memory in the heap instead made a ResNet-18 training step (batch
+/// 32, 112 px, 2 threads) 30% faster (42 → 55 img/s) and ResNet-50 inference 24% faster. The
+/// usual MALLOC_*_ environment variables still win.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory_in_the_heap() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+        || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
+    {
+        return;
+    }
+    // SAFETY: mallopt only sets allocator parameters; it is called first thing in main,
+    // before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory_in_the_heap() {}
+
 fn main() {
+    keep_freed_memory_in_the_heap();
     // candle 0.11 runs elementwise ops on its own spinning thread pool beside rayon's (gemm,
     // our convolution kernels); on few cores the two pools compete and the main thread spins
     // waiting for a descheduled worker. Elementwise ops are memory-bound: one thread costs
