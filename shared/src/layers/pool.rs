@@ -47,34 +47,33 @@ impl MaxPool2d {
     /// element PyTorch routes the gradient to. NaN wins, as in PyTorch.
     fn argmax_plane<T: Copy + PartialOrd>(&self, plane: &[T], h: usize, w: usize) -> Vec<usize> {
         let (oh, ow) = (self.out_size(h), self.out_size(w));
+        // The window's rows/columns clipped to the input (`check` makes them non-empty).
+        let clip = |o: usize, n: usize| {
+            let start = (o * self.stride).saturating_sub(self.padding);
+            let end = (o * self.stride + self.kernel)
+                .saturating_sub(self.padding)
+                .min(n);
+            (start, end)
+        };
+        let cols: Vec<(usize, usize)> = (0..ow).map(|ox| clip(ox, w)).collect();
         let mut out = Vec::with_capacity(oh * ow);
         for oy in 0..oh {
-            let y0 = (oy * self.stride) as isize - self.padding as isize;
-            for ox in 0..ow {
-                let x0 = (ox * self.stride) as isize - self.padding as isize;
-                let mut best: Option<(usize, T)> = None;
-                for ky in 0..self.kernel as isize {
-                    let y = y0 + ky;
-                    if y < 0 || y >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..self.kernel as isize {
-                        let x = x0 + kx;
-                        if x < 0 || x >= w as isize {
-                            continue;
-                        }
-                        let idx = y as usize * w + x as usize;
-                        let v = plane[idx];
+            let (y0, y1) = clip(oy, h);
+            for &(x0, x1) in &cols {
+                let mut best = y0 * w + x0;
+                let mut best_v = plane[best];
+                for y in y0..y1 {
+                    let row = &plane[y * w..y * w + x1];
+                    for (x, &v) in row.iter().enumerate().skip(x0) {
+                        // PyTorch's rule: a larger value or a NaN takes over.
                         #[allow(clippy::eq_op)]
-                        let is_nan = v != v;
-                        match best {
-                            Some((_, b)) if !(v > b || is_nan) => {}
-                            _ => best = Some((idx, v)),
+                        if v > best_v || v != v {
+                            best = y * w + x;
+                            best_v = v;
                         }
                     }
                 }
-                // `check` guarantees every window overlaps the input.
-                out.push(best.map(|(i, _)| i).unwrap_or(0));
+                out.push(best);
             }
         }
         out
