@@ -31,6 +31,10 @@ resnet50 infer 1 224
 resnet18 train 32 112
 resnet18 train 32 224
 resnet50 train 32 112
+resnet50 train 16 224
+densenet121 train 16 224
+densenet121 infer 1 224
+resnet18 infer 32 224
 CASES
 # The training data pipeline alone (decode + augment on 2 worker threads, real tasks).
 for size in 112 224; do
