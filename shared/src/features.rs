@@ -1,52 +1,73 @@
 //! Feature extraction: weights + images → global-average-pooled trunk features.
 //!
 //! One code path for the `mtpath features` command and the browser: both decode and
-//! preprocess with [`crate::preprocess`] and run the trunk in evaluation mode.
+//! preprocess with [`crate::preprocess`] and run the trunk in evaluation mode. Exported web
+//! models (BatchNorm folded, see [`crate::export`]) load transparently and run the
+//! inference-only [`FoldedNet`].
 
 use candle_core::{Device, Tensor};
 
+use crate::export::{self, ExportCard, FoldedNet};
 use crate::network::Network;
 use crate::preprocess::{preprocess_bytes, PreprocessConfig};
 use crate::weights::{read_safetensors_bytes, ModelMetadata, TensorFile};
 use crate::{Arch, Error, NetworkSpec, Result};
 
+/// The network features come from.
+#[derive(Debug)]
+enum Trunk {
+    /// The training network (BatchNorm in evaluation mode); boxed, it is the larger.
+    Trained(Box<Network>),
+    /// An exported, BatchNorm-folded trunk.
+    Folded(FoldedNet),
+}
+
 /// A loaded model ready to embed images.
 #[derive(Debug)]
 pub struct FeatureExtractor {
-    net: Network,
+    trunk: Trunk,
     meta: ModelMetadata,
+    export: Option<ExportCard>,
     preprocess: PreprocessConfig,
 }
 
 impl FeatureExtractor {
     /// Build from a tensor file. The architecture comes from mtpath metadata, else from
     /// `arch`, else is inferred from the tensor names. Only trunk tensors are required;
-    /// classifier and head tensors in the file are ignored.
+    /// classifier and head tensors in the file are ignored. An exported (folded) file, f32 or
+    /// f16, builds the inference-only [`FoldedNet`].
     pub fn from_tensor_file(
         file: &TensorFile,
         arch: Option<Arch>,
         device: &Device,
     ) -> Result<Self> {
-        let card = file.model_card()?;
-        let arch = match (&card, arch) {
-            (Some(c), Some(a)) if c.architecture != a => {
-                return Err(Error::WeightsMismatch {
-                    path: file.source.clone(),
-                    message: format!(
-                        "the file says it holds {} weights, but {a} was asked for",
-                        c.architecture
-                    ),
-                })
-            }
-            (Some(c), _) => c.architecture,
-            (None, Some(a)) => a,
-            (None, None) => file.arch()?,
-        };
-        let spec = NetworkSpec::trunk(arch);
-        let mut meta = card.unwrap_or_else(|| ModelMetadata::imagenet(&spec));
+        let arch = export::resolve_arch(file, arch)?;
+        let mut meta = export::file_metadata(file, arch)?;
         meta.classifier = None;
         meta.heads.clear();
-        let net = Network::new(spec, device, 0)?;
+        let export = export::export_card(file)?;
+        let trunk = if export::is_folded(file)? {
+            Trunk::Folded(FoldedNet::load(file, arch, device)?)
+        } else {
+            Trunk::Trained(Box::new(Self::trained(file, arch, device)?))
+        };
+        let preprocess = PreprocessConfig {
+            resize_shorter: meta.resize_shorter,
+            crop: meta.input_size,
+            mean: meta.mean,
+            std: meta.std,
+        };
+        preprocess.validate()?;
+        Ok(Self {
+            trunk,
+            meta,
+            export,
+            preprocess,
+        })
+    }
+
+    fn trained(file: &TensorFile, arch: Arch, device: &Device) -> Result<Network> {
+        let net = Network::new(NetworkSpec::trunk(arch), device, 0)?;
         let report = net.load_weights(file, crate::weights::LoadMode::Partial)?;
         let missing: Vec<&String> = report
             .missing
@@ -63,18 +84,7 @@ impl FeatureExtractor {
                 ),
             });
         }
-        let preprocess = PreprocessConfig {
-            resize_shorter: meta.resize_shorter,
-            crop: meta.input_size,
-            mean: meta.mean,
-            std: meta.std,
-        };
-        preprocess.validate()?;
-        Ok(Self {
-            net,
-            meta,
-            preprocess,
-        })
+        Ok(net)
     }
 
     /// Build from safetensors bytes (the browser's path); `source` names them in errors.
@@ -107,12 +117,40 @@ impl FeatureExtractor {
 
     /// Length of each feature vector.
     pub fn feature_dim(&self) -> usize {
-        self.net.arch().feature_dim()
+        self.meta.architecture.feature_dim()
     }
 
-    /// The underlying trunk.
-    pub fn network(&self) -> &Network {
-        &self.net
+    /// The training network, unless the model is an exported (folded) one.
+    pub fn network(&self) -> Option<&Network> {
+        match &self.trunk {
+            Trunk::Trained(n) => Some(n),
+            Trunk::Folded(_) => None,
+        }
+    }
+
+    /// Whether the model is an exported trunk with BatchNorm folded away.
+    pub fn is_folded(&self) -> bool {
+        matches!(self.trunk, Trunk::Folded(_))
+    }
+
+    /// The export card of an exported model (dtype, source, tasks and classes).
+    pub fn export_card(&self) -> Option<&ExportCard> {
+        self.export.as_ref()
+    }
+
+    fn device(&self) -> &Device {
+        match &self.trunk {
+            Trunk::Trained(n) => n.device(),
+            Trunk::Folded(f) => f.device(),
+        }
+    }
+
+    /// Features [N, F] of a normalised NCHW batch.
+    pub fn features_t(&self, xs: &Tensor) -> Result<Tensor> {
+        match &self.trunk {
+            Trunk::Trained(n) => n.features_t(xs, false),
+            Trunk::Folded(f) => f.features(xs),
+        }
     }
 
     /// Features of already preprocessed images (each `3·crop·crop` floats, CHW), as rows.
@@ -129,8 +167,8 @@ impl FeatureExtractor {
             )));
         }
         let flat: Vec<f32> = images.iter().flatten().copied().collect();
-        let x = Tensor::from_vec(flat, (images.len(), 3, side, side), self.net.device())?;
-        Ok(self.net.features_t(&x, false)?.to_vec2::<f32>()?)
+        let x = Tensor::from_vec(flat, (images.len(), 3, side, side), self.device())?;
+        Ok(self.features_t(&x)?.to_vec2::<f32>()?)
     }
 
     /// Features of one encoded image (JPEG/PNG/TIFF bytes).

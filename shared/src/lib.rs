@@ -7,6 +7,7 @@
 pub mod backbone;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod features;
 pub mod fsutil;
 pub mod layers;

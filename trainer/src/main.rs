@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Embed images with a trunk: one feature vector per image, written to a safetensors file.
     Features(commands::features::Args),
+    /// Write the web model: trunk with BatchNorm folded, f32 or f16, with a model card.
+    Export(commands::export::Args),
     /// Describe a weights file: architecture, parameter count, tensors and metadata.
     Info(commands::info::Args),
     /// Time inference and training steps (images/s) for an architecture, batch and size.
@@ -83,6 +85,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Features(a) => commands::features::run(a),
+        Command::Export(a) => commands::export::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Pool(a) => commands::pool::run(a),

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod demo;
 pub mod eval;
+pub mod export;
 pub mod features;
 pub mod finetune;
 pub mod info;

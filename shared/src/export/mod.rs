@@ -1,0 +1,426 @@
+//! The web model: a trunk with BatchNorm folded away, in f32 or f16, with its model card.
+//!
+//! [`export`] turns any weights mtpath reads (a training checkpoint, `trunk.safetensors`, a
+//! torchvision state dict, or an earlier export) into an inference-only safetensors file:
+//! BatchNorm is folded into the preceding convolutions where the maths allows it and turned
+//! into a per-channel affine elsewhere ([`folded`] documents both and the tensor names), and
+//! classifiers and task heads are dropped (the browser explorer uses features only; the task
+//! and class names stay in the card).
+//!
+//! The file's safetensors metadata holds two JSON documents:
+//! - [`METADATA_KEY`] (`mtpath`): the usual [`ModelMetadata`] (architecture, preprocessing;
+//!   no heads), so every reader of mtpath files finds the architecture and preprocessing;
+//! - [`EXPORT_KEY`] (`mtpath_export`): the [`ExportCard`], whose `folded: true` tells
+//!   [`crate::features::FeatureExtractor`] to build the inference-only [`FoldedNet`] instead
+//!   of the training network. f16 tensors are widened to f32 when read.
+
+pub mod folded;
+mod sha256;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub use folded::FoldedNet;
+pub use sha256::{sha256, sha256_hex};
+
+use crate::weights::{normalize_name, ModelMetadata, TensorFile, METADATA_KEY};
+use crate::{Arch, Error, HeadSpec, NetworkSpec, Result};
+
+/// Metadata key holding the [`ExportCard`] as JSON in exported files.
+pub const EXPORT_KEY: &str = "mtpath_export";
+
+/// [`ExportCard::format`] of the files written here.
+pub const FORMAT: &str = "mtpath-folded";
+
+/// [`ExportCard::format_version`]: bumped when the tensor layout changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What [`ExportCard::tensor_names`] says (and `card.md` repeats).
+pub const TENSOR_NAMES: &str = "torchvision module names. `CONV.weight` + `CONV.bias`: a \
+     convolution with the BatchNorm that follows it folded in (w' = w·γ/√(var+ε), \
+     b' = β − mean·γ/√(var+ε)); a `CONV.weight` without bias is a plain convolution. \
+     `NORM.scale` + `NORM.shift`: a BatchNorm that cannot fold (DenseNet's norm1, \
+     transitionT.norm, norm5: they precede a ReLU), applied as y = x·scale + shift per channel.";
+
+/// The floating type of the exported tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportDtype {
+    /// 32-bit floats: features equal the source's up to rounding (~1e-7 relative).
+    F32,
+    /// 16-bit convolution kernels (the stem's kernel and the per-channel vectors stay f32,
+    /// see [`stays_f32`]): half the size; features within a few 1e-3 relative (measured
+    /// 5e-4 to 2.4e-3 on the PyTorch fixtures).
+    F16,
+}
+
+impl ExportDtype {
+    /// The candle dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            ExportDtype::F32 => DType::F32,
+            ExportDtype::F16 => DType::F16,
+        }
+    }
+
+    /// `f32` or `f16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportDtype::F32 => "f32",
+            ExportDtype::F16 => "f16",
+        }
+    }
+}
+
+impl fmt::Display for ExportDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ExportDtype {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(ExportDtype::F32),
+            "f16" | "float16" | "half" => Ok(ExportDtype::F16),
+            _ => Err(Error::invalid(format!(
+                "unknown export dtype `{s}`; choose f32 or f16"
+            ))),
+        }
+    }
+}
+
+/// The file an export was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// The path as given.
+    pub file: String,
+    /// SHA-256 of its bytes (64 hex digits).
+    pub sha256: String,
+}
+
+/// What an exported model is: written as `card.json`, rendered as `card.md`, and embedded in
+/// the safetensors metadata under [`EXPORT_KEY`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportCard {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// Trunk architecture.
+    pub architecture: Arch,
+    /// Feature vector length.
+    pub feature_dim: usize,
+    /// Input side in pixels (centre crop).
+    pub input_size: u32,
+    /// Shorter side before cropping.
+    pub resize_shorter: u32,
+    /// Per-channel normalisation mean (RGB, on 0–1 values).
+    pub mean: [f32; 3],
+    /// Per-channel normalisation standard deviation.
+    pub std: [f32; 3],
+    /// The tasks the source was trained on (its heads, dropped here), with their classes.
+    pub tasks: Vec<HeadSpec>,
+    /// Floating type of the tensors (f16: the convolution kernels but the stem's; see
+    /// [`stays_f32`]).
+    pub dtype: ExportDtype,
+    /// BatchNorm folded away (always true for files written here).
+    pub folded: bool,
+    /// How the tensors are named ([`TENSOR_NAMES`]).
+    pub tensor_names: String,
+    /// Number of tensors in the file.
+    pub tensors: usize,
+    /// Number of scalar values in them.
+    pub parameters: usize,
+    /// Where the weights came from.
+    pub source: SourceInfo,
+    /// mtpath version that wrote the export.
+    pub mtpath_version: String,
+}
+
+impl ExportCard {
+    /// The [`ModelMetadata`] this card implies (no heads, no classifier).
+    pub fn model_metadata(&self) -> ModelMetadata {
+        ModelMetadata {
+            architecture: self.architecture,
+            feature_dim: self.feature_dim,
+            classifier: None,
+            heads: Vec::new(),
+            input_size: self.input_size,
+            resize_shorter: self.resize_shorter,
+            mean: self.mean,
+            std: self.std,
+            mtpath_version: self.mtpath_version.clone(),
+        }
+    }
+
+    /// The card as pretty JSON (`card.json`).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self)
+            .map_err(|e| Error::invalid(format!("cannot serialise the export card: {e}")))
+    }
+
+    /// The card as Markdown (`card.md`).
+    pub fn to_markdown(&self) -> String {
+        let mut s = format!(
+            "# mtpath web model: {} ({}, BatchNorm folded)\n\n",
+            self.architecture, self.dtype
+        );
+        s.push_str(&format!(
+            "- Architecture: {} trunk, {}-d features (global average pool of the last feature \
+             map{}).\n",
+            self.architecture,
+            self.feature_dim,
+            if self.architecture.classifier_name() == "classifier" {
+                ", after the final ReLU"
+            } else {
+                ""
+            }
+        ));
+        s.push_str(&format!(
+            "- Input: shorter side resized to {0} px, centre crop {1}×{1} px, RGB scaled to 0–1 \
+             and normalised with mean {2:?} and std {3:?}.\n",
+            self.resize_shorter, self.input_size, self.mean, self.std
+        ));
+        s.push_str(&format!(
+            "- Weights: `model.safetensors`, {} tensors, {} values, dtype {}{}; folded: {} \
+             (inference only: no BatchNorm statistics, no classifier, no task heads).\n",
+            self.tensors,
+            self.parameters,
+            self.dtype,
+            if self.dtype == ExportDtype::F16 {
+                " (the stem kernel and the per-channel vectors in f32)"
+            } else {
+                ""
+            },
+            self.folded
+        ));
+        s.push_str(&format!(
+            "- Source: `{}` (sha256 `{}`).\n",
+            self.source.file, self.source.sha256
+        ));
+        s.push_str(&format!(
+            "- Written by mtpath {} (format `{}` version {}).\n",
+            self.mtpath_version, self.format, self.format_version
+        ));
+        s.push_str(
+            "\nLoad it with the browser explorer, `mtpath features --weights model.safetensors`, \
+             or `FeatureExtractor::from_safetensors_bytes`; the safetensors metadata carries this \
+             card under `mtpath_export`. It does not load into torchvision as is.\n\n## Tensors\n\n",
+        );
+        s.push_str(&format!("Names follow {TENSOR_NAMES}\n"));
+        s.push_str("\n## Tasks\n\n");
+        if self.tasks.is_empty() {
+            s.push_str("None recorded (the source had no task heads).\n");
+        } else {
+            s.push_str("| task | classes |\n|---|---|\n");
+            for t in &self.tasks {
+                s.push_str(&format!("| {} | {} |\n", t.name, t.classes.join(", ")));
+            }
+        }
+        s
+    }
+}
+
+/// The [`ExportCard`] of a file, when it carries one.
+pub fn export_card(file: &TensorFile) -> Result<Option<ExportCard>> {
+    match file.metadata.get(EXPORT_KEY) {
+        None => Ok(None),
+        Some(s) => serde_json::from_str(s)
+            .map(Some)
+            .map_err(|e| Error::BadWeights {
+                path: file.source.clone(),
+                message: format!("metadata `{EXPORT_KEY}` is not a valid mtpath export card: {e}"),
+            }),
+    }
+}
+
+/// Whether a file holds a folded (exported) trunk: its card says so, or, without a card, the
+/// stem convolution has a bias (no trained ResNet or DenseNet has one).
+pub fn is_folded(file: &TensorFile) -> Result<bool> {
+    if let Some(card) = export_card(file)? {
+        return Ok(card.folded);
+    }
+    Ok(file
+        .names()
+        .map(normalize_name)
+        .any(|n| n == "conv1.bias" || n == "features.conv0.bias"))
+}
+
+/// The architecture of a file's weights: what its metadata says (an override that disagrees
+/// is an error naming the file), else `arch`, else inferred from the tensor names.
+pub fn resolve_arch(file: &TensorFile, arch: Option<Arch>) -> Result<Arch> {
+    let said = match file.model_card()? {
+        Some(card) => Some(card.architecture),
+        None => export_card(file)?.map(|c| c.architecture),
+    };
+    match (said, arch) {
+        (Some(c), Some(a)) if c != a => Err(Error::WeightsMismatch {
+            path: file.source.clone(),
+            message: format!("the file says it holds {c} weights, but {a} was asked for"),
+        }),
+        (Some(c), _) => Ok(c),
+        (None, Some(a)) => Ok(a),
+        (None, None) => file.arch(),
+    }
+}
+
+/// The preprocessing metadata of a file: its [`ModelMetadata`], else its export card's, else
+/// ImageNet's defaults for `arch`.
+pub fn file_metadata(file: &TensorFile, arch: Arch) -> Result<ModelMetadata> {
+    if let Some(m) = file.model_card()? {
+        return Ok(m);
+    }
+    Ok(match export_card(file)? {
+        Some(card) => card.model_metadata(),
+        None => ModelMetadata::imagenet(&NetworkSpec::trunk(arch)),
+    })
+}
+
+/// An exported model: the safetensors bytes, their card, and the folded network (f32, before
+/// any f16 rounding).
+#[derive(Debug)]
+pub struct Export {
+    /// `model.safetensors`.
+    pub model: Vec<u8>,
+    /// The card (also inside `model`'s metadata).
+    pub card: ExportCard,
+    /// The folded trunk the bytes were written from.
+    pub net: FoldedNet,
+}
+
+/// Whether a tensor is kept in f32 in an f16 export: the per-channel vectors (biases, affine
+/// scales and shifts) and the stem's kernel: 0.1% of ResNet-18's values (14 k of 11.2 M),
+/// 1.2% of DenseNet-121's (86 k of 7.0 M). Rounding them to f16 too made the features' error
+/// on the PyTorch fixtures 3× larger for DenseNet-121 (8.4e-4 → 2.6e-3 relative) and 1.4×
+/// for ResNet-18 (5.5e-4 → 7.8e-4), to save 30 KB and 170 KB.
+pub fn stays_f32(name: &str, t: &Tensor) -> bool {
+    t.rank() == 1 || name == "conv1.weight" || name == "features.conv0.weight"
+}
+
+/// Fold `file` (any weights [`crate::features::FeatureExtractor`] reads, including an earlier
+/// export) into the web model: architecture from the file's metadata, else `arch`, else the
+/// tensor names; tensors stored as `dtype`. Non-finite values (e.g. f16 overflow) are an error
+/// naming the tensor.
+pub fn export(
+    file: &TensorFile,
+    arch: Option<Arch>,
+    dtype: ExportDtype,
+    source: SourceInfo,
+) -> Result<Export> {
+    let arch = resolve_arch(file, arch)?;
+    let device = Device::Cpu;
+    let meta = file_metadata(file, arch)?;
+    let (net, tasks) = if is_folded(file)? {
+        let tasks = export_card(file)?.map(|c| c.tasks).unwrap_or_default();
+        (FoldedNet::load(file, arch, &device)?, tasks)
+    } else {
+        (FoldedNet::fold(file, arch, &device)?, meta.heads.clone())
+    };
+    let mut tensors = Vec::new();
+    for (name, t) in net.tensors()? {
+        let t = if stays_f32(&name, &t) {
+            t
+        } else {
+            t.to_dtype(dtype.dtype())?
+        }
+        .contiguous()?;
+        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            return Err(Error::BadWeights {
+                path: file.source.clone(),
+                message: format!(
+                    "tensor `{name}` becomes {bad} when folded and stored as {dtype}{}",
+                    if dtype == ExportDtype::F16 {
+                        " (beyond f16's range ±65504?); export as f32"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        tensors.push((name, t));
+    }
+    let card = ExportCard {
+        format: FORMAT.to_string(),
+        format_version: FORMAT_VERSION,
+        architecture: arch,
+        feature_dim: arch.feature_dim(),
+        input_size: meta.input_size,
+        resize_shorter: meta.resize_shorter,
+        mean: meta.mean,
+        std: meta.std,
+        tasks,
+        dtype,
+        folded: true,
+        tensor_names: TENSOR_NAMES.to_string(),
+        tensors: tensors.len(),
+        parameters: tensors.iter().map(|(_, t)| t.elem_count()).sum(),
+        source,
+        mtpath_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let info = HashMap::from([
+        (
+            METADATA_KEY.to_string(),
+            json(&ModelMetadata {
+                architecture: arch,
+                feature_dim: arch.feature_dim(),
+                classifier: None,
+                heads: Vec::new(),
+                ..meta
+            })?,
+        ),
+        (EXPORT_KEY.to_string(), json(&card)?),
+        ("format".to_string(), "pt".to_string()),
+    ]);
+    let model = safetensors::serialize(tensors, Some(info))
+        .map_err(|e| Error::invalid(format!("cannot serialise the export: {e}")))?;
+    Ok(Export { model, card, net })
+}
+
+fn json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::invalid(format!("cannot serialise: {e}")))
+}
+
+/// Relative L2 difference `‖a − b‖ / ‖b‖` of two feature sets (row-major), in f64; `b` is the
+/// reference. 0 when both are zero.
+pub fn relative_difference(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        diff += (f64::from(x) - f64::from(y)).powi(2);
+        norm += f64::from(y).powi(2);
+    }
+    if norm == 0.0 {
+        return if diff == 0.0 { 0.0 } else { f64::INFINITY };
+    }
+    (diff / norm).sqrt()
+}
+
+/// A deterministic pseudo-random batch `[n, 3, side, side]` of normalised-looking pixels
+/// (roughly −2…2), for checking an export without images.
+pub fn probe_batch(n: usize, side: usize, device: &Device) -> Result<Tensor> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let values: Vec<f32> = (0..n * 3 * side * side)
+        .map(|_| {
+            // xorshift64*: cheap, reproducible, no dependency on rand's stream.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let r = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+            (r as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Ok(Tensor::from_vec(values, (n, 3, side, side), device)?)
+}
