@@ -5,6 +5,7 @@
 //! trainer share every line of maths here.
 
 pub mod backbone;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod export;
