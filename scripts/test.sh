@@ -42,4 +42,10 @@ export MTPATH_WASM_PARITY_BUNDLE="$bundle"
 export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-600}
 (cd web && cargo test --target wasm32-unknown-unknown --test browser)
+
+step "explorer end to end (mtpath serve + headless Chromium via chromedriver)"
+bash scripts/build-web.sh
+cargo build -p mtpath
+MTPATH_E2E=1 MTPATH_BIN="$root/target/debug/mtpath" \
+  cargo test -p mtpath-integration-tests --test browser_e2e -- --nocapture
 step "all tests passed"

@@ -46,6 +46,10 @@ enum Command {
     Loto(commands::loto::Args),
     /// Draw a training run's curves or an evaluation's bars and confusion matrices (SVG + PNG).
     Plot(commands::plot::Args),
+    /// Classify features or images with a probe file exported by the browser explorer.
+    Predict(commands::predict::Args),
+    /// Serve the browser explorer and models on 127.0.0.1 (cross-origin isolated).
+    Serve(commands::serve::Args),
 }
 
 /// glibc's malloc hands allocations over 128 KiB–32 MiB straight to mmap and unmaps them on
@@ -95,6 +99,8 @@ fn main() {
         Command::Finetune(a) => commands::finetune::run(a),
         Command::Plot(a) => commands::plot::run(a),
         Command::Loto(a) => commands::loto::run(a),
+        Command::Predict(a) => commands::predict::run(a),
+        Command::Serve(a) => commands::serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,13 +1,30 @@
 //! WebAssembly bindings over `mtpath-shared`: the browser explorer's entry points.
 //!
-//! Everything runs on the user's machine; nothing here performs I/O beyond the bytes passed in.
+//! Everything runs on the user's machine; nothing here performs I/O beyond the bytes passed
+//! in. Feature matrices cross the boundary as row-major `Float32Array`s (`n × d`).
 
 use candle_core::Device;
+use mtpath_shared::embed::{pca_2d, Tsne, TsneConfig};
 use mtpath_shared::features::FeatureExtractor;
+use mtpath_shared::preprocess::{decode_image, preprocess_rgb, resize_exact};
+use mtpath_shared::probe::file::{CvSummary, FeatureSource};
+use mtpath_shared::probe::{
+    fit_linear, grid_search_c, GridConfig, LinearModel, ModelKind, ProbeFile,
+};
 use wasm_bindgen::prelude::*;
 
 fn js_err(e: mtpath_shared::Error) -> JsError {
     JsError::new(&e.to_string())
+}
+
+fn check_matrix(x: &[f32], n: usize, d: usize) -> Result<(), JsError> {
+    if d == 0 || x.len() != n * d {
+        return Err(JsError::new(&format!(
+            "feature matrix of {} values is not {n} × {d}",
+            x.len()
+        )));
+    }
+    Ok(())
 }
 
 /// A model loaded once and used to embed many images.
@@ -16,9 +33,55 @@ pub struct FeatureModel {
     inner: FeatureExtractor,
 }
 
+/// The features of one image and a small RGBA thumbnail from the same decode.
+#[wasm_bindgen]
+pub struct Embedded {
+    features: Vec<f32>,
+    thumbnail: Vec<u8>,
+    width: u32,
+    height: u32,
+    source_width: u32,
+    source_height: u32,
+}
+
+#[wasm_bindgen]
+impl Embedded {
+    /// The feature vector.
+    #[wasm_bindgen(getter)]
+    pub fn features(&self) -> Vec<f32> {
+        self.features.clone()
+    }
+    /// Thumbnail pixels, RGBA, `width × height`.
+    #[wasm_bindgen(getter)]
+    pub fn thumbnail(&self) -> Vec<u8> {
+        self.thumbnail.clone()
+    }
+    /// Thumbnail width.
+    #[wasm_bindgen(getter)]
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+    /// Thumbnail height.
+    #[wasm_bindgen(getter)]
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+    /// Width of the decoded image.
+    #[wasm_bindgen(getter, js_name = sourceWidth)]
+    pub fn source_width(&self) -> u32 {
+        self.source_width
+    }
+    /// Height of the decoded image.
+    #[wasm_bindgen(getter, js_name = sourceHeight)]
+    pub fn source_height(&self) -> u32 {
+        self.source_height
+    }
+}
+
 #[wasm_bindgen]
 impl FeatureModel {
-    /// Load safetensors weights (mtpath checkpoint, export, or a torchvision state dict).
+    /// Load safetensors weights (mtpath checkpoint, `mtpath export`, or a torchvision state
+    /// dict).
     #[wasm_bindgen(constructor)]
     pub fn new(weights: &[u8]) -> Result<FeatureModel, JsError> {
         let inner = FeatureExtractor::from_safetensors_bytes(weights, "model", &Device::Cpu)
@@ -44,9 +107,91 @@ impl FeatureModel {
         self.inner.preprocess_config().crop
     }
 
+    /// Shorter side after resizing, before the crop.
+    #[wasm_bindgen(getter, js_name = resizeShorter)]
+    pub fn resize_shorter(&self) -> u32 {
+        self.inner.preprocess_config().resize_shorter
+    }
+
+    /// Whether BatchNorm is folded away (an `mtpath export` model).
+    #[wasm_bindgen(getter)]
+    pub fn folded(&self) -> bool {
+        self.inner.is_folded()
+    }
+
+    /// The model card as JSON: architecture, preprocessing and, for exports, tasks and dtype.
+    #[wasm_bindgen(js_name = cardJson)]
+    pub fn card_json(&self) -> String {
+        let cfg = self.inner.preprocess_config();
+        serde_json::json!({
+            "architecture": self.architecture(),
+            "feature_dim": self.feature_dim(),
+            "input_size": cfg.crop,
+            "resize": cfg.resize_shorter,
+            "mean": cfg.mean,
+            "std": cfg.std,
+            "folded": self.inner.is_folded(),
+            "export": self.inner.export_card().and_then(|c| serde_json::to_value(c).ok()),
+        })
+        .to_string()
+    }
+
     /// Features of one encoded image (JPEG, PNG or TIFF bytes).
     pub fn extract(&self, image: &[u8]) -> Result<Vec<f32>, JsError> {
         self.inner.extract_bytes(image).map_err(js_err)
+    }
+
+    /// Features of a preprocessed image: `3 × S × S` floats, CHW, already normalised
+    /// (S = `inputSize`). The network alone, for benchmarks.
+    #[wasm_bindgen(js_name = extractPreprocessed)]
+    pub fn extract_preprocessed(&self, chw: &[f32]) -> Result<Vec<f32>, JsError> {
+        let rows = self
+            .inner
+            .extract_preprocessed(&[chw.to_vec()])
+            .map_err(js_err)?;
+        rows.into_iter()
+            .next()
+            .ok_or_else(|| JsError::new("no features returned"))
+    }
+
+    /// Features and a thumbnail (longest side `thumb`) of one encoded image, decoded once.
+    #[wasm_bindgen(js_name = extractWithThumbnail)]
+    pub fn extract_with_thumbnail(&self, image: &[u8], thumb: u32) -> Result<Embedded, JsError> {
+        let rgb = decode_image(image).map_err(js_err)?;
+        let input = preprocess_rgb(&rgb, self.inner.preprocess_config()).map_err(js_err)?;
+        let features = self
+            .inner
+            .extract_preprocessed(&[input])
+            .map_err(js_err)?
+            .pop()
+            .ok_or_else(|| JsError::new("no features returned"))?;
+        let (w, h) = (rgb.width(), rgb.height());
+        let scale = thumb.max(1) as f64 / w.max(h) as f64;
+        let (tw, th) = if scale < 1.0 {
+            (
+                ((w as f64 * scale).round() as u32).max(1),
+                ((h as f64 * scale).round() as u32).max(1),
+            )
+        } else {
+            (w, h)
+        };
+        let small = if (tw, th) == (w, h) {
+            rgb
+        } else {
+            resize_exact(&rgb, tw, th).map_err(js_err)?
+        };
+        let mut rgba = Vec::with_capacity((tw * th * 4) as usize);
+        for p in small.pixels() {
+            rgba.extend_from_slice(&[p[0], p[1], p[2], 255]);
+        }
+        Ok(Embedded {
+            features,
+            thumbnail: rgba,
+            width: tw,
+            height: th,
+            source_width: w,
+            source_height: h,
+        })
     }
 }
 
@@ -54,4 +199,300 @@ impl FeatureModel {
 #[wasm_bindgen]
 pub fn extract_features(weights: &[u8], image: &[u8]) -> Result<Vec<f32>, JsError> {
     FeatureModel::new(weights)?.extract(image)
+}
+
+/// 2-D PCA map of `n × d` features: `[x0, y0, x1, y1, …]` followed by the two explained
+/// variance ratios (so the result has `2n + 2` values).
+#[wasm_bindgen(js_name = pca2d)]
+pub fn pca2d(x: &[f32], n: usize, d: usize) -> Result<Vec<f32>, JsError> {
+    check_matrix(x, n, d)?;
+    let p = pca_2d(x, n, d).map_err(js_err)?;
+    let mut out = p.embedding;
+    out.extend(p.explained_variance_ratio.iter().map(|&v| v as f32));
+    Ok(out)
+}
+
+/// t-SNE run step by step so the page can draw it as it goes.
+#[wasm_bindgen]
+pub struct TsneRun {
+    inner: Tsne,
+}
+
+#[wasm_bindgen]
+impl TsneRun {
+    /// Prepare t-SNE of `n × d` features (affinities computed here: the slow part for large
+    /// `n`). `perplexity` ≤ 0 uses the default (30); `iterations` 0 the default (750).
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        x: &[f32],
+        n: usize,
+        d: usize,
+        perplexity: f64,
+        iterations: usize,
+        seed: u64,
+    ) -> Result<TsneRun, JsError> {
+        check_matrix(x, n, d)?;
+        let mut cfg = TsneConfig {
+            seed,
+            ..TsneConfig::default()
+        };
+        if perplexity > 0.0 {
+            cfg.perplexity = perplexity;
+        }
+        if iterations > 0 {
+            cfg.total_iterations = iterations;
+        }
+        Ok(Self {
+            inner: Tsne::new(x, n, d, cfg).map_err(js_err)?,
+        })
+    }
+
+    /// Run up to `iterations` more iterations; returns the current `n × 2` embedding.
+    pub fn step(&mut self, iterations: usize) -> Vec<f32> {
+        self.inner.step(iterations).to_vec()
+    }
+
+    /// Iterations done.
+    #[wasm_bindgen(getter)]
+    pub fn iteration(&self) -> usize {
+        self.inner.iteration()
+    }
+
+    /// Iterations planned.
+    #[wasm_bindgen(getter, js_name = totalIterations)]
+    pub fn total_iterations(&self) -> usize {
+        self.inner.total_iterations()
+    }
+
+    /// Whether every planned iteration ran.
+    #[wasm_bindgen(getter, js_name = isDone)]
+    pub fn is_done(&self) -> bool {
+        self.inner.is_done()
+    }
+}
+
+/// Cosine nearest neighbours over centred, L2-normalised features (as the kNN probe).
+#[wasm_bindgen]
+pub struct Neighbours {
+    normed: Vec<f32>,
+    n: usize,
+    d: usize,
+}
+
+#[wasm_bindgen]
+impl Neighbours {
+    /// Index `n × d` features.
+    #[wasm_bindgen(constructor)]
+    pub fn new(x: &[f32], n: usize, d: usize) -> Result<Neighbours, JsError> {
+        check_matrix(x, n, d)?;
+        let mut mean = vec![0f64; d];
+        for row in x.chunks_exact(d) {
+            for (m, &v) in mean.iter_mut().zip(row) {
+                *m += v as f64;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n.max(1) as f64);
+        let mut normed = Vec::with_capacity(x.len());
+        for row in x.chunks_exact(d) {
+            let centred: Vec<f64> = row.iter().zip(&mean).map(|(&v, m)| v as f64 - m).collect();
+            let norm = centred.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+            normed.extend(centred.iter().map(|v| (v / norm) as f32));
+        }
+        Ok(Self { normed, n, d })
+    }
+
+    /// The `k` most similar other rows to row `i`: `[index, similarity, index, similarity,
+    /// …]` (indices as floats), most similar first.
+    pub fn query(&self, i: usize, k: usize) -> Result<Vec<f32>, JsError> {
+        if i >= self.n {
+            return Err(JsError::new(&format!("row {i} of {}", self.n)));
+        }
+        let q = &self.normed[i * self.d..(i + 1) * self.d];
+        let mut sims: Vec<(usize, f32)> = self
+            .normed
+            .chunks_exact(self.d)
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, r)| (j, r.iter().zip(q).map(|(a, b)| a * b).sum::<f32>()))
+            .collect();
+        let k = k.min(sims.len());
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        sims.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        sims.truncate(k);
+        sims.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(sims.into_iter().flat_map(|(j, s)| [j as f32, s]).collect())
+    }
+}
+
+/// A fitted linear probe.
+#[wasm_bindgen]
+pub struct Probe {
+    model: LinearModel,
+    file: ProbeFile,
+}
+
+fn kind_of(name: &str) -> Result<ModelKind, JsError> {
+    match name {
+        "logistic" | "" => Ok(ModelKind::Logistic),
+        "svm" => Ok(ModelKind::Svm),
+        other => Err(JsError::new(&format!(
+            "probe kind {other:?}: use \"logistic\" or \"svm\""
+        ))),
+    }
+}
+
+/// Grouped, stratified k-fold cross-validation over `c_grid` (the shared solver, as the CLI):
+/// returns JSON `{best_c, folds, scores: [{c, balanced_accuracy, accuracy, folds_used}],
+/// confusion: [[…]], oof_pred: [class or -1], accuracy, balanced_accuracy}` where the last two
+/// are the out-of-fold scores at `best_c`.
+#[allow(clippy::too_many_arguments)]
+#[wasm_bindgen(js_name = probeCrossValidate)]
+pub fn probe_cross_validate(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    labels: &[u32],
+    n_classes: usize,
+    groups: Vec<String>,
+    c_grid: &[f64],
+    folds: usize,
+    seed: u64,
+    kind: &str,
+) -> Result<String, JsError> {
+    check_matrix(x, n, d)?;
+    let mut cfg = GridConfig {
+        kind: kind_of(kind)?,
+        folds,
+        seed,
+        ..GridConfig::default()
+    };
+    if !c_grid.is_empty() {
+        cfg.c_grid = c_grid.to_vec();
+    }
+    let r = grid_search_c(x, n, d, labels, n_classes, &groups, &cfg).map_err(js_err)?;
+    Ok(serde_json::json!({
+        "best_c": r.best_c,
+        "folds": r.folds,
+        "scores": r.scores.iter().map(|s| serde_json::json!({
+            "c": s.c,
+            "balanced_accuracy": s.balanced_accuracy,
+            "accuracy": s.accuracy,
+            "folds_used": s.folds_used,
+        })).collect::<Vec<_>>(),
+        "confusion": r.confusion.rows(),
+        "accuracy": r.confusion.accuracy(),
+        "balanced_accuracy": r.confusion.balanced_accuracy(),
+        "oof_pred": r.oof_pred.iter().map(|p| p.map(i64::from).unwrap_or(-1)).collect::<Vec<_>>(),
+    })
+    .to_string())
+}
+
+#[wasm_bindgen]
+impl Probe {
+    /// Fit on all labelled rows with regularisation `c`; `classes` names the labels.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        x: &[f32],
+        n: usize,
+        d: usize,
+        labels: &[u32],
+        classes: Vec<String>,
+        c: f64,
+        kind: &str,
+    ) -> Result<Probe, JsError> {
+        check_matrix(x, n, d)?;
+        let model =
+            fit_linear(kind_of(kind)?, c, x, n, d, labels, classes.len()).map_err(js_err)?;
+        let file = ProbeFile::new(&model, classes, c).map_err(js_err)?;
+        Ok(Self { model, file })
+    }
+
+    /// Class probabilities (logistic) or decision values (SVM), `n × width` row-major, where
+    /// width is the number of classes (or 1 for a two-class SVM).
+    pub fn scores(&self, x: &[f32], n: usize) -> Result<Vec<f64>, JsError> {
+        match self.model.kind {
+            ModelKind::Logistic => self.model.predict_proba(x, n),
+            ModelKind::Svm => self.model.decision_function(x, n),
+        }
+        .map_err(js_err)
+    }
+
+    /// Predicted classes.
+    pub fn predict(&self, x: &[f32], n: usize) -> Result<Vec<u32>, JsError> {
+        self.model.predict(x, n).map_err(js_err)
+    }
+
+    /// The probe file (`mtpath-probe/1` JSON) that `mtpath predict` applies natively.
+    /// `card_json` is the feature model's `cardJson()`; the CV numbers are recorded as given.
+    #[allow(clippy::too_many_arguments)]
+    #[wasm_bindgen(js_name = toJson)]
+    pub fn to_json(
+        &self,
+        card_json: &str,
+        model_sha256: Option<String>,
+        cv_folds: usize,
+        cv_balanced_accuracy: f64,
+        cv_accuracy: f64,
+        n_train: usize,
+    ) -> Result<String, JsError> {
+        let card: serde_json::Value = serde_json::from_str(card_json)
+            .map_err(|e| JsError::new(&format!("model card: {e}")))?;
+        let mut file = self.file.clone();
+        file.features = Some(FeatureSource {
+            architecture: card["architecture"].as_str().unwrap_or("").to_string(),
+            feature_dim: self.model.n_features,
+            input_size: card["input_size"].as_u64().unwrap_or(0) as u32,
+            resize: card["resize"].as_u64().unwrap_or(0) as u32,
+            model_sha256,
+        });
+        if cv_folds > 0 {
+            file.cv = Some(CvSummary {
+                folds: cv_folds,
+                balanced_accuracy: cv_balanced_accuracy,
+                accuracy: cv_accuracy,
+                n_train,
+            });
+        }
+        file.to_json().map_err(js_err)
+    }
+}
+
+/// A safetensors file holding `features` (float32 `n × d`), with `images` (a JSON list of
+/// names) and any extra string entries of `metadata_json` (an object) in its metadata — the
+/// layout `mtpath features` writes.
+#[wasm_bindgen(js_name = featuresSafetensors)]
+pub fn features_safetensors(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    names: Vec<String>,
+    metadata_json: &str,
+) -> Result<Vec<u8>, JsError> {
+    check_matrix(x, n, d)?;
+    if names.len() != n {
+        return Err(JsError::new(&format!("{} names for {n} rows", names.len())));
+    }
+    let mut meta = std::collections::HashMap::new();
+    if !metadata_json.is_empty() {
+        let extra: serde_json::Map<String, serde_json::Value> = serde_json::from_str(metadata_json)
+            .map_err(|e| JsError::new(&format!("metadata: {e}")))?;
+        for (k, v) in extra {
+            let s = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            meta.insert(k, s);
+        }
+    }
+    meta.insert(
+        "images".to_string(),
+        serde_json::to_string(&names).map_err(|e| JsError::new(&e.to_string()))?,
+    );
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, d], &bytes)
+        .map_err(|e| JsError::new(&e.to_string()))?;
+    safetensors::serialize([("features", view)], Some(meta))
+        .map_err(|e| JsError::new(&e.to_string()))
 }

@@ -12,22 +12,28 @@
 //! - [`LinearModel`]: what both return: `coef` / `intercept` with sklearn's shapes and
 //!   `decision_function`, `predict`, `predict_proba` (logistic only) and `objective`.
 //! - [`cv`]: stratified k-fold splits and cross-validated accuracy.
+//! - [`select`]: C by grouped, stratified cross-validation (CLI and browser alike).
+//! - [`file`]: the probe as JSON (browser export, `mtpath predict`).
 //!
 //! Features are `f32` rows (`n × d`, row-major); labels are `0..n_classes`. Standardising is
 //! the caller's choice, not the probe's. Pure Rust, single-threaded, builds for wasm32.
 
 pub mod cv;
+pub mod file;
 mod input;
 mod lbfgs;
 mod linalg;
 mod logreg;
 mod model;
+pub mod select;
 mod svm;
 
 #[cfg(test)]
 mod fixture_tests;
 
 pub use cv::Probe;
+pub use file::ProbeFile;
 pub use logreg::LogisticRegression;
 pub use model::{predict_from_decision, FitReport, LinearModel, ModelKind};
+pub use select::{fit_linear, grid_search_c, GridConfig, GridSearch};
 pub use svm::LinearSvc;

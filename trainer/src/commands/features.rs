@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
+use mtpath_shared::features::FeatureExtractor;
 use mtpath_shared::preprocess::preprocess_file;
 use mtpath_shared::Arch;
 use rayon::prelude::*;
@@ -186,6 +187,35 @@ fn run_tasks(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Features of `images` in order, `batch` at a time (decoding in parallel), with a progress
+/// line on stderr.
+pub(crate) fn embed_images(
+    extractor: &FeatureExtractor,
+    images: &[PathBuf],
+    batch: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let cfg = *extractor.preprocess_config();
+    let start = Instant::now();
+    let mut rows: Vec<Vec<f32>> = Vec::with_capacity(images.len());
+    for chunk in images.chunks(batch.max(1)) {
+        let inputs: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|p| preprocess_file(p, &cfg))
+            .collect::<mtpath_shared::Result<_>>()?;
+        rows.extend(extractor.extract_preprocessed(&inputs)?);
+        let done = rows.len();
+        let rate = done as f64 / start.elapsed().as_secs_f64();
+        let eta = (images.len() - done) as f64 / rate.max(1e-9);
+        eprint!(
+            "\r  {done}/{} images, {rate:.1} img/s, ETA {eta:.0} s   ",
+            images.len()
+        );
+        std::io::stderr().flush().ok();
+    }
+    eprintln!();
+    Ok(rows)
+}
+
 pub fn run(args: Args) -> Result<()> {
     if !args.task.is_empty() || args.pool.is_some() {
         return run_tasks(&args);
@@ -211,24 +241,7 @@ pub fn run(args: Args) -> Result<()> {
         cfg.resize_shorter,
         cfg.crop
     );
-    let start = Instant::now();
-    let mut rows: Vec<Vec<f32>> = Vec::with_capacity(images.len());
-    for chunk in images.chunks(batch) {
-        let inputs: Vec<Vec<f32>> = chunk
-            .par_iter()
-            .map(|p| preprocess_file(p, &cfg))
-            .collect::<mtpath_shared::Result<_>>()?;
-        rows.extend(extractor.extract_preprocessed(&inputs)?);
-        let done = rows.len();
-        let rate = done as f64 / start.elapsed().as_secs_f64();
-        let eta = (images.len() - done) as f64 / rate.max(1e-9);
-        eprint!(
-            "\r  {done}/{} images, {rate:.1} img/s, ETA {eta:.0} s   ",
-            images.len()
-        );
-        std::io::stderr().flush().ok();
-    }
-    eprintln!();
+    let rows = embed_images(&extractor, &images, batch)?;
     let n = rows.len();
     let dim = extractor.feature_dim();
     let flat: Vec<f32> = rows.into_iter().flatten().collect();

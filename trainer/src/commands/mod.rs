@@ -10,4 +10,6 @@ pub mod info;
 pub mod loto;
 pub mod plot;
 pub mod pool;
+pub mod predict;
+pub mod serve;
 pub mod train;

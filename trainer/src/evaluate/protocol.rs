@@ -5,10 +5,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
-use mtpath_shared::eval::cv::grouped_stratified_folds;
 use mtpath_shared::eval::knn::{majority, Knn};
 use mtpath_shared::eval::metrics::{roc_auc, ConfusionMatrix};
-use mtpath_shared::probe::{predict_from_decision, LinearModel, LinearSvc, LogisticRegression};
+use mtpath_shared::probe::{
+    grid_search_c, predict_from_decision, GridConfig, LinearModel, LinearSvc, LogisticRegression,
+    ModelKind,
+};
 use serde::{Deserialize, Serialize};
 
 use super::features::TaskFeatures;
@@ -165,8 +167,9 @@ fn fit(
 }
 
 /// C with the best mean balanced accuracy over grouped, stratified folds of the training
-/// rows (ties: the smaller C). Folds whose training part lacks a class are skipped; with no
-/// usable fold, C = 1.
+/// rows (ties: the smaller C), by `mtpath_shared::probe::grid_search_c`, the same search the
+/// browser explorer runs. Folds whose training part lacks a class are skipped; with fewer than
+/// two groups or no usable fold, C = 1.
 #[allow(clippy::too_many_arguments)]
 fn select_c(
     protocol: Protocol,
@@ -177,45 +180,19 @@ fn select_c(
     n_classes: usize,
     seed: u64,
 ) -> Result<f64> {
-    let mut distinct: Vec<&String> = groups.iter().collect();
-    distinct.sort();
-    distinct.dedup();
-    let k = CV_FOLDS.min(distinct.len());
-    if k < 2 {
-        return Ok(1.0);
-    }
-    let folds = grouped_stratified_folds(y, groups, k, seed)?;
-    let mut best = (f64::NEG_INFINITY, 1.0);
-    for &c in &C_GRID {
-        let mut scores = Vec::new();
-        for f in 0..k {
-            let (mut xt, mut yt, mut xv, mut yv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (i, &fold) in folds.iter().enumerate() {
-                let row = &x[i * dim..(i + 1) * dim];
-                if fold == f {
-                    xv.extend_from_slice(row);
-                    yv.push(y[i]);
-                } else {
-                    xt.extend_from_slice(row);
-                    yt.push(y[i]);
-                }
-            }
-            let present = (0..n_classes as u32).all(|c| yt.contains(&c));
-            if !present || yv.is_empty() {
-                continue;
-            }
-            let model = fit(protocol, c, &xt, &yt, dim, n_classes)?;
-            let pred = predict_from_decision(&model.decision_function(&xv, yv.len())?, n_classes);
-            scores.push(ConfusionMatrix::new(&yv, &pred, n_classes)?.balanced_accuracy());
-        }
-        if !scores.is_empty() {
-            let mean = scores.iter().sum::<f64>() / scores.len() as f64;
-            if mean > best.0 {
-                best = (mean, c);
-            }
-        }
-    }
-    Ok(best.1)
+    let kind = match protocol {
+        Protocol::Svm => ModelKind::Svm,
+        _ => ModelKind::Logistic,
+    };
+    let cfg = GridConfig {
+        kind,
+        c_grid: C_GRID.to_vec(),
+        folds: CV_FOLDS,
+        seed,
+    };
+    Ok(grid_search_c(x, y.len(), dim, y, n_classes, groups, &cfg)
+        .map(|r| r.best_c)
+        .unwrap_or(1.0))
 }
 
 /// Fit on train + val of `task` (as split for this seed) and score on its test split.
