@@ -456,6 +456,34 @@ fn explorer_end_to_end_in_chromium() {
         }
         eprintln!("browser vs native probe probabilities: worst abs diff {worst_p:.1e}");
         assert!(worst_p < 1e-4, "{worst_p}");
+
+        // Cancel: pick the folder again with one worker and cancel after the first tiles;
+        // what was embedded stays and the page says it was cancelled.
+        s.eval(
+            "document.getElementById('workers').value = '1'; return true;",
+            json!([]),
+        )?;
+        let input = s.find("#folder-input")?;
+        s.send_keys(&input, tiles.to_str().unwrap())?;
+        s.wait_for(
+            "document.body.dataset.stage === 'extracting' && document.getElementById('progress-bar').value >= 2",
+            Duration::from_secs(120),
+            "document.getElementById('progress-text').textContent",
+        )?;
+        let cancel = s.find("#cancel")?;
+        s.click(&cancel)?;
+        s.wait_for(
+            "document.getElementById('input-status').textContent.startsWith('Cancelled')",
+            Duration::from_secs(60),
+            "document.getElementById('input-status').textContent",
+        )?;
+        let kept = s.eval("return window.mtpathApp.items.length", json!([]))?;
+        let kept = kept.as_u64().unwrap() as usize;
+        assert!(
+            kept >= 1 && kept < n_images,
+            "kept {kept} of {n_images} after cancel"
+        );
+        shot("7-cancelled");
         Ok(())
     })();
 

@@ -207,8 +207,17 @@ dropZone.addEventListener("drop", async (e) => {
   else for (const f of e.dataTransfer.files) out.push({ file: f, path: f.name });
   await ingest(out);
 });
-$("folder-input").onchange = (e) => ingest([...e.target.files].map((f) => ({ file: f, path: f.webkitRelativePath || f.name })));
-$("files-input").onchange = (e) => ingest([...e.target.files].map((f) => ({ file: f, path: f.name })));
+// Inputs are cleared after reading so that picking the same folder again re-runs.
+$("folder-input").onchange = (e) => {
+  const files = [...e.target.files].map((f) => ({ file: f, path: f.webkitRelativePath || f.name }));
+  e.target.value = "";
+  ingest(files);
+};
+$("files-input").onchange = (e) => {
+  const files = [...e.target.files].map((f) => ({ file: f, path: f.name }));
+  e.target.value = "";
+  ingest(files);
+};
 
 // ---------- extraction with a pool of workers ----------
 async function runExtraction(items, skipped) {
