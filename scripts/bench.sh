@@ -3,7 +3,8 @@
 # other in one run; prints images/s and the ratio mtpath / PyTorch. Not part of CI.
 #
 # PyTorch comes from a throwaway venv (default /tmp/mtpath-bench-venv; BENCH_VENV overrides),
-# created from PyPI on first use. THREADS (default 2), ITERS (default 5).
+# created from PyPI on first use. THREADS (default 2), ITERS (default 5); CASES overrides the
+# case list ("arch mode batch size" per line), e.g. CASES="resnet18 infer 1 224".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
@@ -17,6 +18,15 @@ cargo build -q --release -p mtpath
 export RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads
 rate() { awk -v m="$1" '$1 == m":" {print $2}'; }
 printf '%-12s %-6s %-5s %-5s %10s %10s %7s\n' arch mode batch size mtpath torch ratio
+default_cases='resnet18 infer 1 224
+resnet50 infer 1 224
+resnet18 train 32 112
+resnet18 train 32 224
+resnet50 train 32 112
+resnet50 train 16 224
+densenet121 train 16 224
+densenet121 infer 1 224
+resnet18 infer 32 224'
 # arch mode batch size
 while read -r arch mode batch size; do
   ours=$(target/release/mtpath bench --arch "$arch" --mode "$mode" --batch "$batch" --size "$size" \
@@ -25,17 +35,7 @@ while read -r arch mode batch size; do
     --size "$size" --iters "$iters" --threads "$threads" | rate "$mode")
   ratio=$(awk -v a="$ours" -v b="$theirs" 'BEGIN {printf "%.2f", a / b}')
   printf '%-12s %-6s %-5s %-5s %10s %10s %7s\n' "$arch" "$mode" "$batch" "$size" "$ours" "$theirs" "$ratio"
-done <<'CASES'
-resnet18 infer 1 224
-resnet50 infer 1 224
-resnet18 train 32 112
-resnet18 train 32 224
-resnet50 train 32 112
-resnet50 train 16 224
-densenet121 train 16 224
-densenet121 infer 1 224
-resnet18 infer 32 224
-CASES
+done <<<"${CASES:-$default_cases}"
 # The training data pipeline alone (decode + augment on 2 worker threads, real tasks).
 for size in 112 224; do
   target/release/mtpath bench --mode pipeline --batch 32 --size "$size" --iters 20 --workers 2 \

