@@ -185,7 +185,7 @@ pub fn run(args: Args) -> Result<()> {
                 Ok(())
             })
         };
-        let s = time(&dev, args.warmup, args.iters, || infer())?;
+        let s = time(&dev, args.warmup, args.iters, infer)?;
         println!(
             "infer: {:.1} img/s ({:.1} ms/batch)",
             args.batch as f64 / s,
