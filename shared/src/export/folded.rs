@@ -29,6 +29,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::layers::channel_affine::ChannelAffine;
 use crate::layers::conv_op::{conv2d, ConvGeom};
 use crate::layers::{avg_pool2x2, global_avg_pool, max_pool2d, BatchNorm2d, MaxPool2d};
 use crate::varstore::VarStore;
@@ -200,6 +201,8 @@ struct Conv {
     weight: Tensor,
     /// `[1, out, 1, 1]`, ready to broadcast.
     bias: Option<Tensor>,
+    /// The bias as a fused epilogue: without and with the ReLU that follows.
+    epilogue: Option<[ChannelAffine; 2]>,
     geom: ConvGeom,
 }
 
@@ -216,19 +219,48 @@ impl Conv {
         padding: usize,
     ) -> Result<Self> {
         let (weight, bias) = src.conv(name, bn, [out_ch, in_ch, kernel, kernel])?;
+        let epilogue = match &bias {
+            Some(b) => {
+                let shift = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let op = ChannelAffine::new(None, shift, false);
+                Some([op.with_relu(false), op.with_relu(true)])
+            }
+            None => None,
+        };
         Ok(Self {
             name: name.to_string(),
             weight: weight.contiguous()?,
             bias: bias.map(|b| b.reshape((1, out_ch, 1, 1))).transpose()?,
+            epilogue,
             geom: ConvGeom { stride, padding },
         })
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_with(xs, None, false)
+    }
+
+    /// `conv(xs) + bias (+ residual)`, then ReLU when `relu`: the epilogue in one pass.
+    fn forward_with(
+        &self,
+        xs: &Tensor,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
         let ys = conv2d(xs, &self.weight, self.geom)?;
-        match &self.bias {
-            Some(b) => ys.broadcast_add(b),
-            None => Ok(ys),
+        match &self.epilogue {
+            Some(ops) => ops[usize::from(relu)].apply(&ys, residual),
+            None => {
+                let ys = match residual {
+                    Some(r) => (ys + r)?,
+                    None => ys,
+                };
+                if relu {
+                    ys.relu()
+                } else {
+                    Ok(ys)
+                }
+            }
         }
     }
 
@@ -249,20 +281,29 @@ struct Affine {
     scale: Tensor,
     /// `[1, C, 1, 1]`.
     shift: Tensor,
+    /// `x · scale + shift → ReLU` fused (every use in DenseNet is followed by a ReLU).
+    fused_relu: ChannelAffine,
 }
 
 impl Affine {
     fn load(src: &mut dyn Source, name: &str, channels: usize) -> Result<Self> {
         let (scale, shift) = src.affine(name, channels)?;
+        let fused_relu = ChannelAffine::new(
+            Some(scale.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            shift.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            true,
+        );
         Ok(Self {
             name: name.to_string(),
             scale: scale.reshape((1, channels, 1, 1))?,
             shift: shift.reshape((1, channels, 1, 1))?,
+            fused_relu,
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        xs.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
+    /// `relu(x · scale + shift)`.
+    fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.fused_relu.apply(xs, None)
     }
 
     fn tensors(&self, out: &mut Vec<(String, Tensor)>) -> Result<()> {
@@ -350,21 +391,22 @@ impl ResNetTrunk {
     }
 
     fn feature_map(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = max_pool2d(&self.stem.forward(xs)?.relu()?, STEM_POOL)?;
+        let mut h = max_pool2d(&self.stem.forward_with(xs, None, true)?, STEM_POOL)?;
         for block in self.stages.iter().flatten() {
-            let mut y = h.clone();
-            let last = block.convs.len() - 1;
-            for (i, conv) in block.convs.iter().enumerate() {
-                y = conv.forward(&y)?;
-                if i != last {
-                    y = y.relu()?;
-                }
-            }
             let identity = match &block.downsample {
                 Some(d) => d.forward(&h)?,
-                None => h,
+                None => h.clone(),
             };
-            h = (y + identity)?.relu()?;
+            let mut y = h;
+            let last = block.convs.len() - 1;
+            for (i, conv) in block.convs.iter().enumerate() {
+                y = if i == last {
+                    conv.forward_with(&y, Some(&identity), true)?
+                } else {
+                    conv.forward_with(&y, None, true)?
+                };
+            }
+            h = y;
         }
         Ok(h)
     }
@@ -464,7 +506,7 @@ impl DenseNetTrunk {
     }
 
     fn feature_map(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = max_pool2d(&self.conv0.forward(xs)?.relu()?, STEM_POOL)?;
+        let mut h = max_pool2d(&self.conv0.forward_with(xs, None, true)?, STEM_POOL)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let mut features = vec![h];
             for layer in block {
@@ -473,17 +515,17 @@ impl DenseNetTrunk {
                 } else {
                     Tensor::cat(&features, 1)?
                 };
-                let y = layer.norm1.forward(&input)?.relu()?;
-                let y = layer.conv1.forward(&y)?.relu()?;
+                let y = layer.norm1.forward_relu(&input)?;
+                let y = layer.conv1.forward_with(&y, None, true)?;
                 features.push(layer.conv2.forward(&y)?);
             }
             h = Tensor::cat(&features, 1)?;
             if let Some(t) = self.transitions.get(i) {
-                let x = t.norm.forward(&h)?.relu()?;
+                let x = t.norm.forward_relu(&h)?;
                 h = avg_pool2x2(&t.conv.forward(&x)?)?;
             }
         }
-        self.norm5.forward(&h)?.relu()
+        self.norm5.forward_relu(&h)
     }
 
     fn tensors(&self, out: &mut Vec<(String, Tensor)>) -> Result<()> {

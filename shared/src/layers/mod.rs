@@ -2,6 +2,7 @@
 
 mod batchnorm;
 mod batchnorm_op;
+pub mod channel_affine;
 mod conv;
 pub mod conv_op;
 mod linear;
