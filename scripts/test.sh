@@ -45,7 +45,8 @@ export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-600}
 
 step "explorer end to end (mtpath serve + headless Chromium via chromedriver)"
 bash scripts/build-web.sh
-cargo build -p mtpath
+# --workspace keeps the feature set of the native tests above: nothing is rebuilt, and
+# target/debug/mtpath is the binary they built.
 MTPATH_E2E=1 MTPATH_BIN="$root/target/debug/mtpath" \
-  cargo test -p mtpath-integration-tests --test browser_e2e -- --nocapture
+  cargo test --workspace --test browser_e2e -- --nocapture
 step "all tests passed"
