@@ -732,5 +732,7 @@ window.mtpathPredictionsCsv = predictionsCsv;
 $("export-predictions").onclick = () => download("predictions.csv", predictionsCsv(), "text/csv");
 $("export-probe").onclick = () => download("probe.json", state.probe.json, "application/json");
 
+// One extraction worker per core (up to 4): each runs its own single-threaded wasm instance.
+$("workers").value = String(Math.max(1, Math.min(4, navigator.hardwareConcurrency || 2)));
 setStage("ready");
 offerServerModels();
