@@ -21,6 +21,25 @@ def timed(fn, warmup, iters, sync):
     return (time.perf_counter() - start) / iters
 
 
+def ort_rate(model, x, a):
+    """images/s of onnxruntime's CPU session (all graph optimisations, `threads` intra-op
+    threads) on `model` exported to ONNX with the same input shape."""
+    import io
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    torch.onnx.export(model, (x,), buf, input_names=["x"], output_names=["y"], opset_version=18,
+                      dynamo=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = a.threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    feed = {"x": x.cpu().numpy()}
+    s = timed(lambda: sess.run(None, feed), a.warmup, a.iters, lambda: None)
+    return a.batch / s
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--arch", default="resnet18")
@@ -33,6 +52,8 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 matmuls and convolutions")
     p.add_argument("--amp", choices=["none", "bf16"], default="none", help="CUDA: autocast to bf16")
+    p.add_argument("--ort", action="store_true",
+                   help="also time onnxruntime (CPU, same threads) on the model exported to ONNX")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
@@ -57,6 +78,8 @@ def main():
 
         s = timed(infer, a.warmup, a.iters, sync)
         print(f"infer: {a.batch / s:.1f} img/s ({s * 1e3:.1f} ms/batch)")
+        if a.ort and dev.type == "cpu":
+            print(f"ort-infer: {ort_rate(model, x, a):.1f} img/s")
     if a.mode in ("train", "both"):
         model.train()
 
