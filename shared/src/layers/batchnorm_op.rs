@@ -9,12 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = l.contiguous_offsets().ok_or_else(|| {
-        candle_core::Error::Msg(format!("fused batch-norm: {what} must be contiguous"))
-    })?;
-    Ok(&s.as_slice::<f32>()?[start..end])
-}
+use super::contiguous_slice;
 
 /// Per-channel sums over the N planes of channel `c` of an NCHW buffer.
 fn channel_planes(
@@ -76,7 +71,7 @@ impl CustomOp1 for ChannelStats {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l.shape().dims4()?;
         let hw = h * w;
-        let x = contiguous_f32(s, l, "input")?;
+        let x = contiguous_slice::<f32>(s, l, "fused batch-norm: input")?;
         let count = (n * hw) as f64;
         let stats: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -121,9 +116,9 @@ impl CustomOp3 for BatchNormTrain {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = l1.shape().dims4()?;
         let hw = h * w;
-        let x = contiguous_f32(s1, l1, "input")?;
-        let weight = contiguous_f32(s2, l2, "weight")?;
-        let bias = contiguous_f32(s3, l3, "bias")?;
+        let x = contiguous_slice::<f32>(s1, l1, "fused batch-norm: input")?;
+        let weight = contiguous_slice::<f32>(s2, l2, "fused batch-norm: weight")?;
+        let bias = contiguous_slice::<f32>(s3, l3, "fused batch-norm: bias")?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(hw)
             .zip(x.par_chunks(hw))
@@ -189,8 +184,8 @@ impl CustomOp2 for BatchNormBackward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
         let hw = h * w;
-        let x = contiguous_f32(s1, l1, "input")?;
-        let dy = contiguous_f32(s2, l2, "gradient")?;
+        let x = contiguous_slice::<f32>(s1, l1, "fused batch-norm: input")?;
+        let dy = contiguous_slice::<f32>(s2, l2, "fused batch-norm: gradient")?;
         let count = (n * hw) as f64;
         let (mean, invstd) = (&self.fwd.mean, &self.fwd.invstd);
         // Σ dy and Σ dy·x̂ per channel.

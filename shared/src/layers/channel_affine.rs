@@ -7,6 +7,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::contiguous_slice;
+
 /// `y = x · scale[c] + shift[c] (+ residual) (then max(0, ·))` over NCHW `x`.
 #[derive(Debug, Clone)]
 pub struct ChannelAffine {
@@ -106,16 +108,6 @@ impl ChannelAffine {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("channel affine: f32 only")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("channel affine: contiguous input only"),
-    }
-}
-
 impl CustomOp1 for ChannelAffine {
     fn name(&self) -> &'static str {
         "channel-affine"
@@ -123,7 +115,7 @@ impl CustomOp1 for ChannelAffine {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, hw) = self.check(l)?;
-        let x = contiguous_f32(s, l)?;
+        let x = contiguous_slice::<f32>(s, l, "channel affine: input")?;
         Ok((
             CpuStorage::F32(self.run(x, None, n, c, hw)),
             l.shape().clone(),
@@ -144,8 +136,8 @@ impl CustomOp2 for ChannelAffine {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, hw) = self.check(l1)?;
-        let x = contiguous_f32(s1, l1)?;
-        let r = contiguous_f32(s2, l2)?;
+        let x = contiguous_slice::<f32>(s1, l1, "channel affine: input")?;
+        let r = contiguous_slice::<f32>(s2, l2, "channel affine: residual")?;
         Ok((
             CpuStorage::F32(self.run(x, Some(r), n, c, hw)),
             l1.shape().clone(),

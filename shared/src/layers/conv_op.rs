@@ -13,6 +13,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::contiguous_slice;
+
 /// Upper bound on the elements of one im2col buffer; larger batches are processed in chunks.
 const COL_BUDGET: usize = 1 << 23;
 
@@ -448,13 +450,6 @@ fn conv_weight_grad<T: WithDType>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> V
     dw
 }
 
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("conv2d: operands must be contiguous".into()))?;
-    Ok(&s.as_slice::<T>()?[a..b])
-}
-
 /// Dispatch a binary CPU kernel on f32 or f64 storage.
 fn dispatch2(
     s1: &CpuStorage,
@@ -493,16 +488,16 @@ impl CustomOp2 for Conv2dOp {
             self.name(),
             || {
                 Ok(conv_forward(
-                    contiguous::<f32>(s1, l1)?,
-                    contiguous::<f32>(s2, l2)?,
+                    contiguous_slice::<f32>(s1, l1, "conv2d: operands")?,
+                    contiguous_slice::<f32>(s2, l2, "conv2d: operands")?,
                     &d,
                     self.0,
                 ))
             },
             || {
                 Ok(conv_forward(
-                    contiguous::<f64>(s1, l1)?,
-                    contiguous::<f64>(s2, l2)?,
+                    contiguous_slice::<f64>(s1, l1, "conv2d: operands")?,
+                    contiguous_slice::<f64>(s2, l2, "conv2d: operands")?,
                     &d,
                     self.0,
                 ))
@@ -569,16 +564,16 @@ impl CustomOp2 for ConvInputGrad {
             self.name(),
             || {
                 Ok(conv_input_grad(
-                    contiguous::<f32>(s1, l1)?,
-                    contiguous::<f32>(s2, l2)?,
+                    contiguous_slice::<f32>(s1, l1, "conv2d: operands")?,
+                    contiguous_slice::<f32>(s2, l2, "conv2d: operands")?,
                     &d,
                     g,
                 ))
             },
             || {
                 Ok(conv_input_grad(
-                    contiguous::<f64>(s1, l1)?,
-                    contiguous::<f64>(s2, l2)?,
+                    contiguous_slice::<f64>(s1, l1, "conv2d: operands")?,
+                    contiguous_slice::<f64>(s2, l2, "conv2d: operands")?,
                     &d,
                     g,
                 ))
@@ -620,16 +615,16 @@ impl CustomOp2 for ConvWeightGrad {
             self.name(),
             || {
                 Ok(conv_weight_grad(
-                    contiguous::<f32>(s1, l1)?,
-                    contiguous::<f32>(s2, l2)?,
+                    contiguous_slice::<f32>(s1, l1, "conv2d: operands")?,
+                    contiguous_slice::<f32>(s2, l2, "conv2d: operands")?,
                     &d,
                     g,
                 ))
             },
             || {
                 Ok(conv_weight_grad(
-                    contiguous::<f64>(s1, l1)?,
-                    contiguous::<f64>(s2, l2)?,
+                    contiguous_slice::<f64>(s1, l1, "conv2d: operands")?,
+                    contiguous_slice::<f64>(s2, l2, "conv2d: operands")?,
                     &d,
                     g,
                 ))

@@ -8,6 +8,21 @@ pub mod conv_op;
 mod linear;
 pub mod pool;
 
+use candle_core::{CpuStorage, Layout, WithDType};
+
+/// The `T` elements of a CPU storage under a contiguous `layout` (the CustomOps' inputs);
+/// `what` names the operand in the error for a strided one.
+pub(crate) fn contiguous_slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;
+    Ok(&s.as_slice::<T>()?[start..end])
+}
+
 pub use batchnorm::BatchNorm2d;
 pub use conv::{Conv2d, ConvInit};
 pub use linear::Linear;

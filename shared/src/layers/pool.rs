@@ -9,6 +9,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::contiguous_slice;
+
 /// Geometry of a square max-pool window (PyTorch's `MaxPool2d` with `ceil_mode=False`,
 /// `dilation=1`; padding counts as −∞).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,16 +82,6 @@ impl MaxPool2d {
     }
 }
 
-fn contiguous_slice<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-) -> candle_core::Result<&'a [T]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("max-pool expects a contiguous tensor".into()))?;
-    Ok(&s.as_slice::<T>()?[start..end])
-}
-
 fn forward_typed<T: candle_core::WithDType>(
     op: &MaxPool2d,
     s: &CpuStorage,
@@ -97,7 +89,7 @@ fn forward_typed<T: candle_core::WithDType>(
 ) -> candle_core::Result<(Vec<T>, Shape)> {
     let (n, c, h, w) = l.shape().dims4()?;
     op.check(h, w)?;
-    let src = contiguous_slice::<T>(s, l)?;
+    let src = contiguous_slice::<T>(s, l, "max-pool: input")?;
     let (oh, ow) = (op.out_size(h), op.out_size(w));
     let mut out = vec![T::zero(); n * c * oh * ow];
     out.par_chunks_mut(oh * ow)
@@ -155,8 +147,8 @@ fn backward_typed<T: candle_core::WithDType + std::ops::AddAssign>(
 ) -> candle_core::Result<(Vec<T>, Shape)> {
     let (n, c, h, w) = l.shape().dims4()?;
     op.check(h, w)?;
-    let src = contiguous_slice::<T>(s, l)?;
-    let grad = contiguous_slice::<T>(gs, gl)?;
+    let src = contiguous_slice::<T>(s, l, "max-pool: input")?;
+    let grad = contiguous_slice::<T>(gs, gl, "max-pool: input")?;
     let plane_out = op.out_size(h) * op.out_size(w);
     if grad.len() != n * c * plane_out {
         candle_core::bail!(
