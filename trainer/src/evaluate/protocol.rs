@@ -8,8 +8,7 @@ use anyhow::{bail, Result};
 use mtpath_shared::eval::knn::{majority, Knn};
 use mtpath_shared::eval::metrics::{roc_auc, ConfusionMatrix};
 use mtpath_shared::probe::{
-    grid_search_c, predict_from_decision, GridConfig, LinearModel, LinearSvc, LogisticRegression,
-    ModelKind,
+    fit_linear, grid_search_c, predict_from_decision, GridConfig, LinearModel, ModelKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +145,15 @@ fn standardize(train: &[f32], test: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) 
     (apply(train), apply(test))
 }
 
+/// The linear model a protocol fits (k-NN never gets here).
+fn model_kind(protocol: Protocol) -> ModelKind {
+    match protocol {
+        Protocol::Svm => ModelKind::Svm,
+        _ => ModelKind::Logistic,
+    }
+}
+
+/// Fit `protocol`'s linear model with `mtpath_shared::probe::fit_linear`, as the browser does.
 fn fit(
     protocol: Protocol,
     c: f64,
@@ -154,16 +162,15 @@ fn fit(
     dim: usize,
     n_classes: usize,
 ) -> Result<LinearModel> {
-    let n = y.len();
-    Ok(match protocol {
-        Protocol::Svm => LinearSvc::new(c).fit(x, n, dim, y, n_classes)?,
-        _ => LogisticRegression {
-            c,
-            max_iter: 2000,
-            tol: 1e-6,
-        }
-        .fit(x, n, dim, y, n_classes)?,
-    })
+    Ok(fit_linear(
+        model_kind(protocol),
+        c,
+        x,
+        y.len(),
+        dim,
+        y,
+        n_classes,
+    )?)
 }
 
 /// C with the best mean balanced accuracy over grouped, stratified folds of the training
@@ -180,12 +187,8 @@ fn select_c(
     n_classes: usize,
     seed: u64,
 ) -> Result<f64> {
-    let kind = match protocol {
-        Protocol::Svm => ModelKind::Svm,
-        _ => ModelKind::Logistic,
-    };
     let cfg = GridConfig {
-        kind,
+        kind: model_kind(protocol),
         c_grid: C_GRID.to_vec(),
         folds: CV_FOLDS,
         seed,
