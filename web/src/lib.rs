@@ -5,6 +5,7 @@
 
 use candle_core::Device;
 use mtpath_shared::embed::{pca_2d, Tsne, TsneConfig};
+use mtpath_shared::eval::knn::centred_unit_rows;
 use mtpath_shared::features::FeatureExtractor;
 use mtpath_shared::preprocess::{decode_image, preprocess_rgb, resize_exact};
 use mtpath_shared::probe::file::{CvSummary, FeatureSource};
@@ -285,19 +286,8 @@ impl Neighbours {
     #[wasm_bindgen(constructor)]
     pub fn new(x: &[f32], n: usize, d: usize) -> Result<Neighbours, JsError> {
         check_matrix(x, n, d)?;
-        let mut mean = vec![0f64; d];
-        for row in x.chunks_exact(d) {
-            for (m, &v) in mean.iter_mut().zip(row) {
-                *m += v as f64;
-            }
-        }
-        mean.iter_mut().for_each(|m| *m /= n.max(1) as f64);
-        let mut normed = Vec::with_capacity(x.len());
-        for row in x.chunks_exact(d) {
-            let centred: Vec<f64> = row.iter().zip(&mean).map(|(&v, m)| v as f64 - m).collect();
-            let norm = centred.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-            normed.extend(centred.iter().map(|v| (v / norm) as f32));
-        }
+        let (_, unit) = centred_unit_rows(x, d);
+        let normed = unit.into_iter().map(|v| v as f32).collect();
         Ok(Self { normed, n, d })
     }
 

@@ -21,6 +21,27 @@ fn normalize(row: &mut [f64]) {
     }
 }
 
+/// The column means of `x` (`n × dim`, row-major, `dim > 0`) and its rows centred by them and
+/// scaled to unit L2 norm (zero rows stay zero): the space where cosine similarity is a dot
+/// product. Used by [`Knn`] and the browser's nearest-neighbour view.
+pub fn centred_unit_rows(x: &[f32], dim: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = x.len() / dim;
+    let mut mean = vec![0f64; dim];
+    for row in x.chunks(dim) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += f64::from(v);
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n.max(1) as f64);
+    let mut rows = Vec::with_capacity(n * dim);
+    for row in x.chunks(dim) {
+        let start = rows.len();
+        rows.extend(row.iter().zip(&mean).map(|(&v, m)| f64::from(v) - m));
+        normalize(&mut rows[start..]);
+    }
+    (mean, rows)
+}
+
 impl Knn {
     /// Fit on `x` (`n × dim`, row-major) with labels `y` (< `n_classes`).
     pub fn fit(x: &[f32], dim: usize, y: &[u32], n_classes: usize, k: usize) -> Result<Self> {
@@ -43,19 +64,7 @@ impl Knn {
             return Err(Error::invalid("kNN: features contain NaN or infinity"));
         }
         let n = y.len();
-        let mut mean = vec![0f64; dim];
-        for row in x.chunks(dim) {
-            for (m, &v) in mean.iter_mut().zip(row) {
-                *m += f64::from(v);
-            }
-        }
-        mean.iter_mut().for_each(|m| *m /= n as f64);
-        let mut train = Vec::with_capacity(n * dim);
-        for row in x.chunks(dim) {
-            let start = train.len();
-            train.extend(row.iter().zip(&mean).map(|(&v, m)| f64::from(v) - m));
-            normalize(&mut train[start..]);
-        }
+        let (mean, train) = centred_unit_rows(x, dim);
         Ok(Self {
             k: k.min(n),
             dim,
