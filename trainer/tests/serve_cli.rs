@@ -122,6 +122,30 @@ fn serve_without_a_build_says_how_to_make_one() {
     assert!(!out.status.success());
 }
 
+/// A features file as `mtpath features` writes it (without metadata): `rows × cols` f32.
+fn write_features(path: &std::path::Path, values: &[f32], rows: usize, cols: usize) {
+    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, cols], &data)
+            .unwrap();
+    std::fs::write(
+        path,
+        safetensors::serialize([("features", view)], None).unwrap(),
+    )
+    .unwrap();
+}
+
+fn predict(probe: &std::path::Path, features: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mtpath"))
+        .arg("predict")
+        .arg("--probe")
+        .arg(probe)
+        .arg("--features")
+        .arg(features)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn predict_rejects_a_probe_for_other_features() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,25 +157,8 @@ fn predict_rejects_a_probe_for_other_features() {
     .unwrap();
     // Features of dimension 2: a clear error naming the probe.
     let feats = dir.path().join("f.safetensors");
-    let data: Vec<u8> = [1f32, 2., 3., 4.]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &data).unwrap();
-    std::fs::write(
-        &feats,
-        safetensors::serialize([("features", view)], None).unwrap(),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mtpath"))
-        .arg("predict")
-        .arg("--probe")
-        .arg(&probe)
-        .arg("--features")
-        .arg(&feats)
-        .output()
-        .unwrap();
+    write_features(&feats, &[1f32, 2., 3., 4.], 2, 2);
+    let out = predict(&probe, &feats);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -160,25 +167,8 @@ fn predict_rejects_a_probe_for_other_features() {
     );
 
     // Matching features: one row per image, probabilities summing to one.
-    let data: Vec<u8> = [1f32, 0., 0., 0., 0., 2.]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 3], &data).unwrap();
-    std::fs::write(
-        &feats,
-        safetensors::serialize([("features", view)], None).unwrap(),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mtpath"))
-        .arg("predict")
-        .arg("--probe")
-        .arg(&probe)
-        .arg("--features")
-        .arg(&feats)
-        .output()
-        .unwrap();
+    write_features(&feats, &[1f32, 0., 0., 0., 0., 2.], 2, 3);
+    let out = predict(&probe, &feats);
     assert!(
         out.status.success(),
         "{}",
@@ -192,14 +182,7 @@ fn predict_rejects_a_probe_for_other_features() {
     assert!(lines[2].starts_with("row1,a,"), "{csv}");
 
     std::fs::write(&probe, "{not json").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mtpath"))
-        .arg("predict")
-        .arg("--probe")
-        .arg(&probe)
-        .arg("--features")
-        .arg(&feats)
-        .output()
-        .unwrap();
+    let out = predict(&probe, &feats);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a probe file"));
 }
