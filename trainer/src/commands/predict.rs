@@ -11,6 +11,7 @@ use mtpath_shared::Arch;
 
 use crate::evaluate::features::load_extractor;
 use crate::images::collect_images;
+use crate::train::metrics::csv_field;
 
 /// Classify with a probe file: one CSV row per image with the predicted class and, for
 /// logistic probes, every class's probability (decision values for SVM probes).
@@ -81,14 +82,6 @@ fn read_features_file(path: &PathBuf) -> Result<(Vec<String>, Vec<f32>, usize)> 
         .filter(|v| v.len() == n)
         .unwrap_or_else(|| (0..n).map(|i| format!("row{i}")).collect());
     Ok((names, x, d))
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 pub fn run(args: Args) -> Result<()> {

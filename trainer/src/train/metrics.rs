@@ -54,7 +54,8 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x}")).unwrap_or_default()
 }
 
-fn csv_field(s: &str) -> String {
+/// `s` as one CSV field: quoted (with doubled quotes) when it holds a comma, quote or newline.
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
