@@ -3,8 +3,12 @@
 //! on a GPU build: the path CUDA training takes; the CPU otherwise: candle's CPU kernels)
 //! against mtpath's CPU convolution, which the torchvision fixtures pin down.
 
-use candle_core::{DType, Device, Tensor, Var};
+#[path = "parity_common.rs"]
+mod parity_common;
+
+use candle_core::{Device, Tensor, Var};
 use mtpath_shared::layers::conv_op::{conv2d, ConvGeom};
+use parity_common::{rel_l2, test_device};
 
 /// (in, out, kernel, stride, padding).
 type Shape = (usize, usize, usize, usize, usize);
@@ -46,42 +50,6 @@ fn densenet121_shapes() -> Vec<Shape> {
         }
     }
     v
-}
-
-fn test_device() -> Device {
-    match std::env::var("MTPATH_TEST_DEVICE").as_deref() {
-        Ok("cuda") => Device::new_cuda(0).expect("MTPATH_TEST_DEVICE=cuda: no CUDA device"),
-        _ => Device::Cpu,
-    }
-}
-
-fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let num = (&a - &b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let den = b
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    (num / den.max(1e-300)).sqrt()
 }
 
 #[test]
@@ -132,7 +100,7 @@ fn every_conv_shape_of_the_resnet_and_densenet_backbones_matches_at_batch_2() {
                 gr.get(wr.as_tensor()).unwrap(),
             ),
         ] {
-            let e = rel(a, b);
+            let e = rel_l2(a, b);
             assert!(e < 1e-4, "{what}: {name} rel error {e:.2e}");
             if e > worst.0 {
                 worst = (e, format!("{what} {name}"));

@@ -1,58 +1,17 @@
 //! The paper's multi-task step against `multitask_expected.safetensors`: two SGD steps
 //! (momentum 0.9, weight decay 1e-4, lr 0.01, heads at lr × 5) on 8 images of 3 tasks.
 
+#[path = "parity_common.rs"]
+mod parity_common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use mtpath_shared::multitask::{multitask_forward_backward, param_groups, TaskBatch};
 use mtpath_shared::optim::{Optimizer, Sgd, SgdConfig};
-use mtpath_shared::testdata::fixtures_dir;
-use mtpath_shared::weights::{read_weights_file, LoadMode, TensorFile};
+use mtpath_shared::weights::LoadMode;
 use mtpath_shared::{Arch, HeadSpec, Network, NetworkSpec};
-
-/// `MTPATH_TEST_DEVICE=cuda` runs the steps on the GPU (a `--features cuda` test build).
-fn test_device() -> Device {
-    match std::env::var("MTPATH_TEST_DEVICE").as_deref() {
-        Ok("cuda") => Device::new_cuda(0).expect("MTPATH_TEST_DEVICE=cuda: no CUDA device"),
-        Ok("cpu") | Err(_) => Device::Cpu,
-        Ok(other) => panic!("MTPATH_TEST_DEVICE={other}: use cpu or cuda"),
-    }
-}
-
-fn fixture(name: &str) -> TensorFile {
-    read_weights_file(&fixtures_dir().join(name), &Device::Cpu)
-        .expect("fixture (set MTPATH_FIXTURES)")
-}
-
-fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let num = (&a - &b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let den = b
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    (num / den).sqrt()
-}
+use parity_common::{fixture, rel_l2, test_device};
 
 fn scalar(t: &Tensor) -> f64 {
     t.to_device(&Device::Cpu)

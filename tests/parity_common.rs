@@ -1,5 +1,6 @@
-//! Helpers of the parity tests (`parity.rs`, `generic_ops.rs`): load a fixture model, run
-//! eval and train steps, compare with torchvision's values.
+//! Helpers of the parity tests (`parity.rs`, `generic_ops.rs`, `multitask.rs`,
+//! `conv_shapes.rs`): load a fixture model, run eval and train steps, compare with
+//! torchvision's values.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
