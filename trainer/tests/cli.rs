@@ -1,34 +1,13 @@
 //! The `mtpath` binary end to end on real tiles and the fixture weights.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use common::{mtpath, s, tiles};
 
 use candle_core::Device;
 use mtpath_shared::features::FeatureExtractor;
 use mtpath_shared::testdata::{data_dir, fixtures_dir};
 use mtpath_shared::weights::read_weights_file;
-
-fn mtpath(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mtpath"))
-        .args(args)
-        .output()
-        .expect("run mtpath")
-}
-
-fn tiles() -> Vec<PathBuf> {
-    [
-        "nct-crc-samples/images/adi/ADI-AAQEFMRI.tif",
-        "idc-breast/images/idc/10253_idx5_x801_y301_class1.png",
-        "lymphoma/images/cll/cll_0.jpg",
-    ]
-    .iter()
-    .map(|p| data_dir().join(p))
-    .collect()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn features_writes_rows_in_image_order_with_metadata() {

@@ -1,15 +1,10 @@
 //! `mtpath eval` end to end: frozen features of real tasks, kNN over seeds, eva-style results.
 
-use std::process::{Command, Output};
+mod common;
+
+use common::mtpath;
 
 use mtpath_shared::testdata::{data_dir, fixtures_dir};
-
-fn mtpath(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mtpath"))
-        .args(args)
-        .output()
-        .expect("run mtpath")
-}
 
 #[test]
 fn knn_over_seeds_writes_results_and_reuses_the_cache() {

@@ -2,25 +2,15 @@
 //! statistics) exported as f32 and f16, then `mtpath features` on the export and on the
 //! original; and the errors of bad inputs.
 
+mod common;
+
+use common::{mtpath, s, tiles};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use mtpath_shared::export::{relative_difference, sha256_hex};
-use mtpath_shared::testdata::data_dir;
 use mtpath_shared::weights::{read_weights_file, ModelMetadata};
 use mtpath_shared::{Arch, HeadSpec, Network, NetworkSpec};
-
-fn mtpath(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mtpath"))
-        .args(args)
-        .output()
-        .expect("run mtpath")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn ok(o: &std::process::Output) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -87,17 +77,6 @@ fn random_checkpoint(run: &Path, name: &str, seed: u64) -> PathBuf {
     net.save_safetensors(&model, &meta).unwrap();
     std::fs::write(dir.join("state.json"), "{}").unwrap();
     model
-}
-
-fn tiles() -> Vec<PathBuf> {
-    [
-        "nct-crc-samples/images/adi/ADI-AAQEFMRI.tif",
-        "idc-breast/images/idc/10253_idx5_x801_y301_class1.png",
-        "lymphoma/images/cll/cll_0.jpg",
-    ]
-    .iter()
-    .map(|p| data_dir().join(p))
-    .collect()
 }
 
 /// `mtpath features` of the tiles with `weights`, as one flat vector.

@@ -2,31 +2,12 @@
 //! without the held-out task, the comparison against random init and a single-task network,
 //! the ranking, the plots, and a rerun that reuses every finished run.
 
+mod common;
+
+use common::{assert_ok, mtpath, s};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use mtpath_shared::testdata::data_dir;
-
-fn mtpath(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mtpath"))
-        .args(args)
-        .output()
-        .expect("run mtpath")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn assert_ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 fn pool_file(dir: &Path) -> PathBuf {
     let mut text = String::from("seed = 1\n");

@@ -1,17 +1,12 @@
 //! `mtpath pool check` end to end on a temporary pool of real tasks.
 
+mod common;
+
+use common::mtpath;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use mtpath_shared::testdata::data_dir;
-
-fn mtpath(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mtpath"))
-        .args(args)
-        .output()
-        .expect("run mtpath")
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -1,24 +1,16 @@
 //! `mtpath train` end to end on real tasks: the loss falls and validation beats chance, resuming
 //! an interrupted run is bit-identical to an uninterrupted one, divergence stops the run.
 
+mod common;
+
+use common::{assert_ok, mtpath, s};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use mtpath_shared::testdata::data_dir;
 use mtpath_shared::weights::read_weights_file;
-
-fn mtpath(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mtpath"))
-        .args(args)
-        .output()
-        .expect("run mtpath")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A pool file over real tasks with a `[train]` table.
 fn pool_file(dir: &Path, tasks: &[&str], train: &str) -> PathBuf {
@@ -45,16 +37,6 @@ fn csv_rows(run: &Path) -> Vec<Vec<String>> {
         .skip(1)
         .map(|l| l.split(',').map(String::from).collect())
         .collect()
-}
-
-fn assert_ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 #[test]
