@@ -24,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mtpath_shared::export::relative_difference;
 use serde_json::{json, Value};
 use webdriver::Session;
 
@@ -74,12 +75,6 @@ fn images_of(task: &str, label: &str, n: usize, skip: usize) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files.into_iter().skip(skip).take(n).collect()
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
 }
 
 fn read_features(path: &Path) -> (Vec<String>, Vec<f32>, usize) {
@@ -345,7 +340,7 @@ fn explorer_end_to_end_in_chromium() {
             let j = *by_name
                 .get(name)
                 .unwrap_or_else(|| panic!("{name} not embedded natively"));
-            worst = worst.max(rel_l2(
+            worst = worst.max(relative_difference(
                 &xb[i * dim..(i + 1) * dim],
                 &xn[j * dim..(j + 1) * dim],
             ));

@@ -7,6 +7,7 @@
 //! (`features`). `scripts/test.sh` does all of this.
 #![cfg(target_arch = "wasm32")]
 
+use mtpath_shared::export::relative_difference;
 use mtpath_web::{extract_features, FeatureModel};
 use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
@@ -14,17 +15,6 @@ use wasm_bindgen_test::*;
 wasm_bindgen_test_configure!(run_in_browser);
 
 const BUNDLE: &[u8] = include_bytes!(env!("MTPATH_WASM_PARITY_BUNDLE"));
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
 
 fn ok<T>(r: Result<T, wasm_bindgen::JsError>) -> T {
     r.unwrap_or_else(|e| panic!("{:?}", JsValue::from(e)))
@@ -46,7 +36,7 @@ fn browser_features_equal_native_features() {
     for i in 0..n {
         let image = st.tensor(&format!("image.{i}")).expect("image");
         let ours = ok(model.extract(image.data()));
-        let err = rel_l2(&ours, &expected[i * dim..(i + 1) * dim]);
+        let err = relative_difference(&ours, &expected[i * dim..(i + 1) * dim]);
         assert!(err < 1e-5, "image {i}: browser vs native rel L2 {err}");
     }
 }
@@ -193,7 +183,7 @@ fn browser_probe_and_map_equal_native() {
 
     let pca = ok(mtpath_web::pca2d(&x, n, d));
     let native_xy = f32s(&st, "pca.xy");
-    assert!(rel_l2(&pca[..2 * n], &native_xy) < 1e-4);
+    assert!(relative_difference(&pca[..2 * n], &native_xy) < 1e-4);
 
     // Neighbours: the most similar row to each row is mostly of its class.
     let nb = ok(mtpath_web::Neighbours::new(&x, n, d));
