@@ -464,9 +464,7 @@ function showTooltip(i, e) {
   const tip = $("tooltip");
   if (i < 0) { tip.hidden = true; return; }
   const it = state.items[i];
-  const tc = $("tooltip-thumb");
-  tc.width = it.thumbSize[0]; tc.height = it.thumbSize[1];
-  tc.getContext("2d").drawImage(it.thumb, 0, 0);
+  drawThumb(it, $("tooltip-thumb"));
   const pred = state.probe ? ` · predicted ${state.probe.classes[state.probe.pred[i]]}` : "";
   $("tooltip-text").textContent = `${it.name} · ${it.label ?? "unlabelled"}${pred}`;
   const r = canvas.getBoundingClientRect();
@@ -536,12 +534,19 @@ function selectInside(d) {
   requestDraw();
 }
 
+// Draw a tile's thumbnail into `c` (a new canvas by default), at its own size or scaled so its
+// longer side is `side` pixels.
+function drawThumb(it, c = document.createElement("canvas"), side = null) {
+  const s = side ? side / Math.max(...it.thumbSize) : 1;
+  c.width = Math.round(it.thumbSize[0] * s); c.height = Math.round(it.thumbSize[1] * s);
+  c.getContext("2d").drawImage(it.thumb, 0, 0, c.width, c.height);
+  return c;
+}
+
 function thumbFigure(i, caption) {
   const it = state.items[i];
   const fig = document.createElement("figure");
-  const c = document.createElement("canvas");
-  c.width = it.thumbSize[0]; c.height = it.thumbSize[1];
-  c.getContext("2d").drawImage(it.thumb, 0, 0);
+  const c = drawThumb(it);
   c.title = it.name;
   const cap = document.createElement("figcaption"); cap.textContent = caption;
   fig.append(c, cap);
@@ -667,11 +672,7 @@ function showPredictions(key = sortKey, toggle = true) {
     const tr = document.createElement("tr");
     const tdT = document.createElement("td");
     const it = state.items[r.i];
-    const c = document.createElement("canvas");
-    const s = 40 / Math.max(...it.thumbSize);
-    c.width = Math.round(it.thumbSize[0] * s); c.height = Math.round(it.thumbSize[1] * s);
-    c.getContext("2d").drawImage(it.thumb, 0, 0, c.width, c.height);
-    tdT.appendChild(c);
+    tdT.appendChild(drawThumb(it, document.createElement("canvas"), 40));
     const td = (t, cls = "") => { const d = document.createElement("td"); d.textContent = t; d.className = cls; return d; };
     tr.append(tdT, td(r.name, "name"), td(r.predicted, "name"), td(r.confidence.toFixed(3)), ...r.scores.map((v) => td(v.toFixed(3))));
     table.appendChild(tr);
