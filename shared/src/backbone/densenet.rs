@@ -1,6 +1,6 @@
 //! torchvision's DenseNet-BC (growth 32, bottleneck width 4×growth, compression 0.5).
 
-use candle_core::{Module, ModuleT, Tensor};
+use candle_core::{Module, Tensor};
 
 use crate::backbone::resnet::STEM_POOL;
 
@@ -33,9 +33,9 @@ impl DenseLayer {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = self.norm1.forward_t(xs, train)?.relu()?;
+        let h = self.norm1.forward_act_t(xs, None, true, train)?;
         let h = self.conv1.forward(&h)?;
-        let h = self.norm2.forward_t(&h, train)?.relu()?;
+        let h = self.norm2.forward_act_t(&h, None, true, train)?;
         self.conv2.forward(&h)
     }
 }
@@ -108,8 +108,7 @@ impl DenseNet {
     pub fn feature_map_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let h = self
             .norm0
-            .forward_t(&self.conv0.forward(xs)?, train)?
-            .relu()?;
+            .forward_act_t(&self.conv0.forward(xs)?, None, true, train)?;
         let mut h = max_pool2d(&h, STEM_POOL)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let mut features = vec![h];
@@ -123,10 +122,10 @@ impl DenseNet {
             }
             h = Tensor::cat(&features, 1)?;
             if let Some(t) = self.transitions.get(i) {
-                let x = t.norm.forward_t(&h, train)?.relu()?;
+                let x = t.norm.forward_act_t(&h, None, true, train)?;
                 h = avg_pool2x2(&t.conv.forward(&x)?)?;
             }
         }
-        self.norm5.forward_t(&h, train)?.relu()
+        self.norm5.forward_act_t(&h, None, true, train)
     }
 }

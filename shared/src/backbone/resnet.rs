@@ -32,6 +32,17 @@ impl ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.bn.forward_t(&self.conv.forward(xs)?, train)
     }
+
+    /// `relu(bn(conv(xs)) [+ residual])`, fused in training on the CPU.
+    fn forward_relu_t(
+        &self,
+        xs: &Tensor,
+        residual: Option<&Tensor>,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        self.bn
+            .forward_act_t(&self.conv.forward(xs)?, residual, true, train)
+    }
 }
 
 /// A residual block, basic or bottleneck.
@@ -96,19 +107,19 @@ impl Block {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut h = xs.clone();
-        let last = self.layers.len() - 1;
-        for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward_t(&h, train)?;
-            if i != last {
-                h = h.relu()?;
-            }
-        }
         let identity = match &self.downsample {
             Some(d) => d.forward_t(xs, train)?,
             None => xs.clone(),
         };
-        (h + identity)?.relu()
+        let (last, inner) = self
+            .layers
+            .split_last()
+            .ok_or_else(|| candle_core::Error::Msg("residual block without layers".into()))?;
+        let mut h = xs.clone();
+        for layer in inner {
+            h = layer.forward_relu_t(&h, None, train)?;
+        }
+        last.forward_relu_t(&h, Some(&identity), train)
     }
 }
 
@@ -155,7 +166,7 @@ impl ResNet {
 
     /// The stage-4 feature map.
     pub fn feature_map_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut h = self.stem.forward_t(xs, train)?.relu()?;
+        let mut h = self.stem.forward_relu_t(xs, None, train)?;
         h = max_pool2d(&h, STEM_POOL)?;
         for stage in &self.stages {
             for block in stage {

@@ -6,7 +6,7 @@
 //! in f32, which costs about three digits on the gradients of early layers. PyTorch uses one
 //! fused kernel; so do we.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::contiguous_slice;
@@ -60,6 +60,27 @@ fn sums_dy(x: &[f32], g: &[f32], m: f64) -> (f64, f64) {
     (sa, sb)
 }
 
+/// [`sums_dy`] of `g · [y > 0]` (the gradient through a ReLU whose output is `y`).
+fn sums_dy_masked(x: &[f32], g: &[f32], y: &[f32], m: f64) -> (f64, f64) {
+    let (mut a, mut b) = ([0f64; 8], [0f64; 8]);
+    let (xc, gc, yc) = (x.chunks_exact(8), g.chunks_exact(8), y.chunks_exact(8));
+    let (xt, gt, yt) = (xc.remainder(), gc.remainder(), yc.remainder());
+    for ((xs, gs), ys) in xc.zip(gc).zip(yc) {
+        for j in 0..8 {
+            let gv = if ys[j] > 0.0 { gs[j] as f64 } else { 0.0 };
+            a[j] += gv;
+            b[j] += gv * (xs[j] as f64 - m);
+        }
+    }
+    let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+    for ((&xv, &gv), &yv) in xt.iter().zip(gt).zip(yt) {
+        let gv = if yv > 0.0 { gv as f64 } else { 0.0 };
+        sa += gv;
+        sb += gv * (xv as f64 - m);
+    }
+    (sa, sb)
+}
+
 /// Mean and biased variance per channel, as a [2, C] f64 tensor (row 0 mean, row 1 variance).
 struct ChannelStats;
 
@@ -92,12 +113,95 @@ impl CustomOp1 for ChannelStats {
     }
 }
 
-/// `y = (x - mean) * invstd * weight + bias` with batch statistics fixed in the op, and the
-/// exact BatchNorm backward (gradients flow through the statistics).
+/// `y = (x - mean) * invstd * weight + bias` with batch statistics fixed in the op, then
+/// optionally `+ residual` and `max(0, ·)`, and the exact backward of the whole (gradients
+/// flow through the statistics). Fusing the residual add and ReLU saves their passes over the
+/// data, their saved tensors and, above all, candle's elementwise ReLU backward.
 #[derive(Debug, Clone)]
 struct BatchNormTrain {
     mean: Vec<f64>,
     invstd: Vec<f64>,
+    relu: bool,
+}
+
+impl BatchNormTrain {
+    /// The forward pass over NCHW `x` (`c` channels of `hw` values).
+    fn run(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        (c, hw): (usize, usize),
+    ) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(plane, (yp, xp))| {
+                let ch = plane % c;
+                // Centre first: `x·scale + shift` would cancel catastrophically for channels
+                // whose mean is large against their spread. Statistics are f64; the
+                // elementwise step is f32 (as PyTorch's), which vectorises.
+                let (m, scale, b) = (
+                    self.mean[ch] as f32,
+                    (self.invstd[ch] * weight[ch] as f64) as f32,
+                    bias[ch],
+                );
+                let act = |v: f32| if self.relu { v.max(0.0) } else { v };
+                match residual {
+                    Some(r) => {
+                        let rp = &r[plane * hw..(plane + 1) * hw];
+                        for ((o, &v), &rv) in yp.iter_mut().zip(xp).zip(rp) {
+                            *o = act((v - m) * scale + b + rv);
+                        }
+                    }
+                    None => {
+                        for (o, &v) in yp.iter_mut().zip(xp) {
+                            *o = act((v - m) * scale + b);
+                        }
+                    }
+                }
+            });
+        y
+    }
+
+    /// The backward op for this forward, `weight` being the BatchNorm scale it used.
+    fn backward_op(
+        &self,
+        weight: &Tensor,
+        residual: bool,
+    ) -> candle_core::Result<BatchNormBackward> {
+        Ok(BatchNormBackward {
+            fwd: self.clone(),
+            weight: weight.to_vec1::<f32>()?,
+            residual,
+        })
+    }
+}
+
+/// Unpack [`BatchNormBackward`]'s `[dx, (dresidual), dweight, dbias]`.
+fn unpack_grads(
+    packed: &Tensor,
+    dims: (usize, usize, usize, usize),
+    residual: bool,
+) -> candle_core::Result<(Tensor, Option<Tensor>, Tensor, Tensor)> {
+    let (n, c, h, w) = dims;
+    let len = n * c * h * w;
+    let dx = packed.narrow(0, 0, len)?.reshape(dims)?;
+    let mut at = len;
+    let dr = if residual {
+        at += len;
+        Some(packed.narrow(0, len, len)?.reshape(dims)?)
+    } else {
+        None
+    };
+    Ok((
+        dx,
+        dr,
+        packed.narrow(0, at, c)?,
+        packed.narrow(0, at + c, c)?,
+    ))
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -115,28 +219,10 @@ impl CustomOp3 for BatchNormTrain {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = l1.shape().dims4()?;
-        let hw = h * w;
         let x = contiguous_slice::<f32>(s1, l1, "fused batch-norm: input")?;
         let weight = contiguous_slice::<f32>(s2, l2, "fused batch-norm: weight")?;
         let bias = contiguous_slice::<f32>(s3, l3, "fused batch-norm: bias")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .enumerate()
-            .for_each(|(plane, (yp, xp))| {
-                let ch = plane % c;
-                // Centre first: `x·scale + shift` would cancel catastrophically for channels
-                // whose mean is large against their spread. Statistics are f64; the
-                // elementwise step is f32 (as PyTorch's), which vectorises.
-                let (m, scale, b) = (
-                    self.mean[ch] as f32,
-                    (self.invstd[ch] * weight[ch] as f64) as f32,
-                    bias[ch],
-                );
-                for (o, &v) in yp.iter_mut().zip(xp) {
-                    *o = (v - m) * scale + b;
-                }
-            });
+        let y = self.run(x, weight, bias, None, (c, h * w));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -145,32 +231,79 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         weight: &Tensor,
         _bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, h, w) = x.dims4()?;
-        let packed = x.apply_op2_no_bwd(
-            &grad.contiguous()?,
-            &BatchNormBackward {
-                fwd: self.clone(),
-                weight: weight.to_vec1::<f32>()?,
-            },
-        )?;
-        let len = n * c * h * w;
-        let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
-        let dweight = packed.narrow(0, len, c)?;
-        let dbias = packed.narrow(0, len + c, c)?;
+        let packed =
+            x.apply_op3_no_bwd(res, &grad.contiguous()?, &self.backward_op(weight, false)?)?;
+        let (dx, _, dweight, dbias) = unpack_grads(&packed, x.dims4()?, false)?;
         Ok((Some(dx), Some(dweight), Some(dbias)))
     }
 }
 
-/// Gradients of [`BatchNormTrain`], packed as `[dx (N·C·H·W), dweight (C), dbias (C)]`.
+/// [`BatchNormTrain`] with a residual: `(x, [weight; bias] as [2, C], residual)`.
+#[derive(Debug, Clone)]
+struct BatchNormAddTrain(BatchNormTrain);
+
+impl CustomOp3 for BatchNormAddTrain {
+    fn name(&self) -> &'static str {
+        "mtpath-bn-add-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = l1.shape().dims4()?;
+        if l3.dims() != l1.dims() {
+            candle_core::bail!(
+                "fused batch-norm: residual {:?} does not match input {:?}",
+                l3.dims(),
+                l1.dims()
+            );
+        }
+        let x = contiguous_slice::<f32>(s1, l1, "fused batch-norm: input")?;
+        let wb = contiguous_slice::<f32>(s2, l2, "fused batch-norm: weight and bias")?;
+        let r = contiguous_slice::<f32>(s3, l3, "fused batch-norm: residual")?;
+        let y = self.0.run(x, &wb[..c], &wb[c..2 * c], Some(r), (c, h * w));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wb: &Tensor,
+        _residual: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(
+            res,
+            &grad.contiguous()?,
+            &self.0.backward_op(&wb.get(0)?, true)?,
+        )?;
+        let (dx, dr, dweight, dbias) = unpack_grads(&packed, x.dims4()?, true)?;
+        let dwb = Tensor::stack(&[dweight, dbias], 0)?;
+        Ok((Some(dx), Some(dwb), dr))
+    }
+}
+
+/// Gradients of [`BatchNormTrain`] from `(x, y, dy)`, packed as
+/// `[dx (N·C·H·W), dresidual (N·C·H·W, with a residual), dweight (C), dbias (C)]`. With a
+/// ReLU, `dz = dy · [y > 0]` (PyTorch's threshold backward) is what the normalisation and
+/// the residual receive.
 struct BatchNormBackward {
     fwd: BatchNormTrain,
     weight: Vec<f32>,
+    residual: bool,
 }
 
-impl CustomOp2 for BatchNormBackward {
+impl CustomOp3 for BatchNormBackward {
     fn name(&self) -> &'static str {
         "mtpath-bn-train-backward"
     }
@@ -181,52 +314,94 @@ impl CustomOp2 for BatchNormBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
         let hw = h * w;
         let x = contiguous_slice::<f32>(s1, l1, "fused batch-norm: input")?;
-        let dy = contiguous_slice::<f32>(s2, l2, "fused batch-norm: gradient")?;
+        let y = contiguous_slice::<f32>(s2, l2, "fused batch-norm: output")?;
+        let dy = contiguous_slice::<f32>(s3, l3, "fused batch-norm: gradient")?;
+        if y.len() != x.len() || dy.len() != x.len() {
+            candle_core::bail!(
+                "fused batch-norm backward: gradient {:?} does not match input {:?}",
+                l3.dims(),
+                l1.dims()
+            );
+        }
         let count = (n * hw) as f64;
         let (mean, invstd) = (&self.fwd.mean, &self.fwd.invstd);
-        // Σ dy and Σ dy·x̂ per channel.
+        let relu = self.fwd.relu;
+        let mut out = vec![0f32; x.len() * (1 + usize::from(self.residual)) + 2 * c];
+        let (dx, rest) = out.split_at_mut(x.len());
+        let (dr, rest) = rest.split_at_mut(if self.residual { x.len() } else { 0 });
+        // dz: the gradient reaching the normalisation; materialised (as the residual's
+        // gradient) only with a residual, else recomputed from (y, dy) in each pass.
+        if self.residual {
+            dr.par_chunks_mut(hw)
+                .zip(y.par_chunks(hw).zip(dy.par_chunks(hw)))
+                .for_each(|(d, (yp, gp))| {
+                    for ((o, &yv), &g) in d.iter_mut().zip(yp).zip(gp) {
+                        *o = if relu && yv <= 0.0 { 0.0 } else { g };
+                    }
+                });
+        }
+        let dz: &[f32] = if self.residual { dr } else { dy };
+        let masked = relu && !self.residual;
+        // Σ dz and Σ dz·x̂ per channel.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
                 let (m, is) = (mean[ch], invstd[ch]);
                 let (sd, sdxm) = channel_planes(x, n, c, hw, ch)
-                    .zip(channel_planes(dy, n, c, hw, ch))
-                    .fold((0.0, 0.0), |(sd, sdx), (xp, gp)| {
-                        let (a, b) = sums_dy(xp, gp, m);
+                    .zip(channel_planes(dz, n, c, hw, ch))
+                    .zip(channel_planes(y, n, c, hw, ch))
+                    .fold((0.0, 0.0), |(sd, sdx), ((xp, gp), yp)| {
+                        let (a, b) = if masked {
+                            sums_dy_masked(xp, gp, yp, m)
+                        } else {
+                            sums_dy(xp, gp, m)
+                        };
                         (sd + a, sdx + b)
                     });
                 (sd, sdxm * is)
             })
             .collect();
-        let mut out = vec![0f32; x.len() + 2 * c];
-        let (dx, rest) = out.split_at_mut(x.len());
         dx.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
+            .zip(
+                x.par_chunks(hw)
+                    .zip(dz.par_chunks(hw).zip(y.par_chunks(hw))),
+            )
             .enumerate()
-            .for_each(|(plane, (dxp, (xp, gp)))| {
+            .for_each(|(plane, (dxp, (xp, (gp, yp))))| {
                 let ch = plane % c;
                 let (m, is) = (mean[ch] as f32, invstd[ch]);
                 let k = (self.weight[ch] as f64 * is) as f32;
                 let mean_dy = (sums[ch].0 / count) as f32;
-                // x̂·mean(dy·x̂) = (x − m)·(is·mean(dy·x̂)).
+                // x̂·mean(dz·x̂) = (x − m)·(is·mean(dz·x̂)).
                 let slope = (is * sums[ch].1 / count) as f32;
-                for ((o, &xv), &g) in dxp.iter_mut().zip(xp).zip(gp) {
-                    *o = k * (g - mean_dy - (xv - m) * slope);
+                if masked {
+                    for (((o, &xv), &g), &yv) in dxp.iter_mut().zip(xp).zip(gp).zip(yp) {
+                        let g = if yv > 0.0 { g } else { 0.0 };
+                        *o = k * (g - mean_dy - (xv - m) * slope);
+                    }
+                } else {
+                    for ((o, &xv), &g) in dxp.iter_mut().zip(xp).zip(gp) {
+                        *o = k * (g - mean_dy - (xv - m) * slope);
+                    }
                 }
             });
         for ch in 0..c {
             rest[ch] = sums[ch].1 as f32;
             rest[c + ch] = sums[ch].0 as f32;
         }
-        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * c)))
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
 
-/// Training-mode batch norm of a contiguous f32 NCHW tensor on the CPU.
+/// Training-mode batch norm of a contiguous f32 NCHW tensor on the CPU, optionally followed
+/// by `+ residual` and a ReLU in the same pass.
 ///
 /// Returns the output and the batch mean and biased variance per channel (for the running
 /// estimates).
@@ -234,6 +409,8 @@ pub fn batch_norm_train_cpu(
     xs: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
+    residual: Option<&Tensor>,
+    relu: bool,
     eps: f64,
 ) -> candle_core::Result<(Tensor, Vec<f32>, Vec<f32>)> {
     let xs = xs.contiguous()?;
@@ -242,7 +419,125 @@ pub fn batch_norm_train_cpu(
     let invstd = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
     let to_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     let (mean32, var32) = (to_f32(&mean), to_f32(&var));
-    let op = BatchNormTrain { mean, invstd };
-    let ys = xs.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
+    let op = BatchNormTrain { mean, invstd, relu };
+    let ys = match residual {
+        None => xs.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?,
+        Some(r) => {
+            let wb = Tensor::stack(&[weight, bias], 0)?;
+            xs.apply_op3(&wb, &r.contiguous()?, BatchNormAddTrain(op))?
+        }
+    };
     Ok((ys, mean32, var32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var, D};
+
+    /// `relu?(bn(x) + r?)` from candle's primitive ops in f64 (batch statistics, biased
+    /// variance), the reference for the fused kernel.
+    fn composed(
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        r: Option<&Tensor>,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (n, c, h, wd) = x.dims4()?;
+        let flat = x.transpose(0, 1)?.reshape((c, n * h * wd))?;
+        let mean = flat.mean_keepdim(D::Minus1)?;
+        let centred = flat.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = centred
+            .broadcast_div(&(var + 1e-5)?.sqrt()?)?
+            .broadcast_mul(&w.reshape((c, 1))?)?
+            .broadcast_add(&b.reshape((c, 1))?)?
+            .reshape((c, n, h, wd))?
+            .transpose(0, 1)?;
+        let y = match r {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
+
+    fn rel_err(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
+        let a = a.to_dtype(DType::F64)?.flatten_all()?;
+        let b = b.to_dtype(DType::F64)?.flatten_all()?;
+        let num = (&a - &b)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+        let den = b.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+        Ok(num / den.max(1e-30))
+    }
+
+    /// Every combination of residual and ReLU: outputs and the gradients of x, weight, bias
+    /// and the residual equal the f64 composition.
+    #[test]
+    fn fused_bn_add_relu_matches_the_composition_and_its_gradients() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (n, c, h, w) = (3, 5, 6, 7);
+        for (with_residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+            // A channel with a large mean against its spread checks the centring.
+            let x64 = (Tensor::randn(0f64, 1.0, (n, c, h, w), &dev)?
+                + Tensor::new(&[0f64, 50.0, 0.0, -3.0, 1.0], &dev)?
+                    .reshape((1, c, 1, 1))?
+                    .broadcast_as((n, c, h, w))?)?;
+            let w64 = Tensor::randn(1f64, 0.3, c, &dev)?;
+            let b64 = Tensor::randn(0f64, 0.3, c, &dev)?;
+            let r64 = Tensor::randn(0f64, 1.0, (n, c, h, w), &dev)?;
+            let g64 = Tensor::randn(0f64, 1.0, (n, c, h, w), &dev)?;
+            let vars64: Vec<Var> = [&x64, &w64, &b64, &r64]
+                .iter()
+                .map(|t| Var::from_tensor(t))
+                .collect::<candle_core::Result<_>>()?;
+            let vars32: Vec<Var> = [&x64, &w64, &b64, &r64]
+                .iter()
+                .map(|t| Var::from_tensor(&t.to_dtype(DType::F32)?))
+                .collect::<candle_core::Result<_>>()?;
+            let r64_arg = with_residual.then(|| vars64[3].as_tensor());
+            let reference = composed(
+                vars64[0].as_tensor(),
+                vars64[1].as_tensor(),
+                vars64[2].as_tensor(),
+                r64_arg,
+                relu,
+            )?;
+            let (fused, mean, var) = batch_norm_train_cpu(
+                vars32[0].as_tensor(),
+                vars32[1].as_tensor(),
+                vars32[2].as_tensor(),
+                with_residual.then(|| vars32[3].as_tensor()),
+                relu,
+                1e-5,
+            )?;
+            let case = format!("residual {with_residual} relu {relu}");
+            let err = rel_err(&fused, &reference)?;
+            // f32 input near 50 carries ~4e-6 absolute rounding against a unit spread.
+            assert!(err < 2e-5, "{case}: output {err}");
+            assert!((mean[1] - 50.0).abs() < 1.0 && var.iter().all(|v| *v > 0.0));
+            let g_ref = reference.mul(&g64)?.sum_all()?.backward()?;
+            let g_fused = fused
+                .mul(&g64.to_dtype(DType::F32)?)?
+                .sum_all()?
+                .backward()?;
+            let count = if with_residual { 4 } else { 3 };
+            for (i, name) in ["x", "weight", "bias", "residual"]
+                .iter()
+                .take(count)
+                .enumerate()
+            {
+                let a = g_fused.get(vars32[i].as_tensor()).expect("fused gradient");
+                let b = g_ref
+                    .get(vars64[i].as_tensor())
+                    .expect("reference gradient");
+                let err = rel_err(a, b)?;
+                assert!(err < 1e-5, "{case}: d{name} relative error {err}");
+            }
+        }
+        Ok(())
+    }
 }

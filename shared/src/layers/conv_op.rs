@@ -15,8 +15,14 @@ use rayon::prelude::*;
 
 use super::contiguous_slice;
 
-/// Upper bound on the elements of one im2col buffer; larger batches are processed in chunks.
+/// Upper bound on the elements of the im2col buffer when one sample-group spans the whole
+/// pool (batches smaller than the thread count); larger batches are processed in chunks.
 const COL_BUDGET: usize = 1 << 23;
+/// The same bound for each of the per-thread groups of a batch processed sample-parallel.
+const GROUP_COL_BUDGET: usize = 1 << 21;
+/// Columns one product should have (several samples of a small map at once) so that gemm's
+/// packing of the kernel is amortised.
+const MIN_WIDTH: usize = 1024;
 
 /// Convolution geometry (square kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +79,6 @@ impl Dims {
     fn is_pointwise(&self, g: ConvGeom) -> bool {
         self.k == 1 && g.stride == 1 && g.padding == 0
     }
-
-    /// Samples per chunk so that one im2col buffer stays under [`COL_BUDGET`].
-    fn chunk(&self) -> usize {
-        (COL_BUDGET / (self.rows() * self.out_len()).max(1)).clamp(1, self.n.max(1))
-    }
 }
 
 fn parallelism() -> gemm::Parallelism {
@@ -109,6 +110,7 @@ fn matmul<T: WithDType>(
     accumulate: bool,
     lhs: Mat<*const T>,
     rhs: Mat<*const T>,
+    parallelism: gemm::Parallelism,
 ) {
     // SAFETY: callers pass pointers into live buffers whose extents cover every (row, col)
     // reached with the given strides; dst does not alias lhs or rhs.
@@ -132,7 +134,7 @@ fn matmul<T: WithDType>(
             false,
             false,
             false,
-            parallelism(),
+            parallelism,
         )
     }
 }
@@ -154,90 +156,100 @@ fn valid_outputs(o_len: usize, stride: usize, k: usize, pad: usize, n: usize) ->
     (lo.min(o_len), hi.min(o_len).max(lo.min(o_len)))
 }
 
-/// Unfold samples `x[n0..n0+nc]` into `col` [rows, nc·L] (row = (ci·k + ky)·k + kx).
-fn im2col<T: WithDType>(x: &[T], d: &Dims, g: ConvGeom, n0: usize, nc: usize, col: &mut [T]) {
+/// Unfold `nc` samples of `x` (which starts at the first of them) into `col` [rows, nc·L]
+/// (row = (ci·k + ky)·k + kx); rows in parallel when `parallel`.
+fn im2col<T: WithDType>(x: &[T], d: &Dims, g: ConvGeom, nc: usize, col: &mut [T], parallel: bool) {
     let l = d.out_len();
     let width = nc * l;
-    col.par_chunks_mut(width)
-        .enumerate()
-        .for_each(|(row, dst)| {
-            let ci = row / (d.k * d.k);
-            let ky = (row / d.k) % d.k;
-            let kx = row % d.k;
-            let (x_lo, x_hi) = valid_outputs(d.ow, g.stride, kx, g.padding, d.w);
-            let (y_lo, y_hi) = valid_outputs(d.oh, g.stride, ky, g.padding, d.h);
-            for s in 0..nc {
-                let plane = &x[((n0 + s) * d.c_in + ci) * d.h * d.w..][..d.h * d.w];
-                let out = &mut dst[s * l..(s + 1) * l];
-                out[..y_lo * d.ow].fill(T::zero());
-                out[y_hi * d.ow..].fill(T::zero());
-                for oy in y_lo..y_hi {
-                    let y = oy * g.stride + ky - g.padding;
-                    let row_out = &mut out[oy * d.ow..(oy + 1) * d.ow];
-                    let src = &plane[y * d.w..(y + 1) * d.w];
-                    row_out[..x_lo].fill(T::zero());
-                    row_out[x_hi..].fill(T::zero());
-                    if x_lo == x_hi {
-                        continue;
-                    }
-                    let first = x_lo * g.stride + kx - g.padding;
-                    if g.stride == 1 {
-                        row_out[x_lo..x_hi].copy_from_slice(&src[first..first + (x_hi - x_lo)]);
-                    } else {
-                        for (o, xx) in row_out[x_lo..x_hi]
-                            .iter_mut()
-                            .zip((first..).step_by(g.stride))
-                        {
-                            *o = src[xx];
-                        }
+    let fill_row = |(row, dst): (usize, &mut [T])| {
+        let ci = row / (d.k * d.k);
+        let ky = (row / d.k) % d.k;
+        let kx = row % d.k;
+        let (x_lo, x_hi) = valid_outputs(d.ow, g.stride, kx, g.padding, d.w);
+        let (y_lo, y_hi) = valid_outputs(d.oh, g.stride, ky, g.padding, d.h);
+        for s in 0..nc {
+            let plane = &x[(s * d.c_in + ci) * d.h * d.w..][..d.h * d.w];
+            let out = &mut dst[s * l..(s + 1) * l];
+            out[..y_lo * d.ow].fill(T::zero());
+            out[y_hi * d.ow..].fill(T::zero());
+            for oy in y_lo..y_hi {
+                let y = oy * g.stride + ky - g.padding;
+                let row_out = &mut out[oy * d.ow..(oy + 1) * d.ow];
+                let src = &plane[y * d.w..(y + 1) * d.w];
+                row_out[..x_lo].fill(T::zero());
+                row_out[x_hi..].fill(T::zero());
+                if x_lo == x_hi {
+                    continue;
+                }
+                let first = x_lo * g.stride + kx - g.padding;
+                if g.stride == 1 {
+                    row_out[x_lo..x_hi].copy_from_slice(&src[first..first + (x_hi - x_lo)]);
+                } else {
+                    for (o, xx) in row_out[x_lo..x_hi]
+                        .iter_mut()
+                        .zip((first..).step_by(g.stride))
+                    {
+                        *o = src[xx];
                     }
                 }
             }
-        });
+        }
+    };
+    if parallel {
+        col.par_chunks_mut(width).enumerate().for_each(fill_row);
+    } else {
+        col.chunks_mut(width).enumerate().for_each(fill_row);
+    }
 }
 
-/// Fold `col` [rows, nc·L] back, adding into `dx[n0..n0+nc]` (the adjoint of [`im2col`]).
-fn col2im<T: WithDType>(col: &[T], d: &Dims, g: ConvGeom, n0: usize, nc: usize, dx: &mut [T]) {
+/// Fold `col` [rows, nc·L] back into `dx` (the `nc` samples' input gradient, overwritten): the
+/// adjoint of [`im2col`]; planes in parallel when `parallel`.
+fn col2im<T: WithDType>(col: &[T], d: &Dims, g: ConvGeom, nc: usize, dx: &mut [T], parallel: bool) {
     let l = d.out_len();
     let plane_len = d.h * d.w;
     let kk = d.k * d.k;
     let width = nc * l;
-    dx[n0 * d.c_in * plane_len..(n0 + nc) * d.c_in * plane_len]
-        .par_chunks_mut(plane_len)
-        .enumerate()
-        .for_each(|(p, plane)| {
-            let s = p / d.c_in;
-            let ci = p % d.c_in;
-            for kidx in 0..kk {
-                let (ky, kx) = (kidx / d.k, kidx % d.k);
-                let src = &col[(ci * kk + kidx) * width + s * l..][..l];
-                let (x_lo, x_hi) = valid_outputs(d.ow, g.stride, kx, g.padding, d.w);
-                let (y_lo, y_hi) = valid_outputs(d.oh, g.stride, ky, g.padding, d.h);
-                if x_lo == x_hi {
-                    continue;
-                }
-                let first = x_lo * g.stride + kx;
-                for oy in y_lo..y_hi {
-                    let y = oy * g.stride + ky - g.padding;
-                    let dst_row = &mut plane[y * d.w..(y + 1) * d.w];
-                    let src_row = &src[oy * d.ow + x_lo..oy * d.ow + x_hi];
-                    if g.stride == 1 {
-                        let dst =
-                            &mut dst_row[first - g.padding..first - g.padding + src_row.len()];
-                        for (a, b) in dst.iter_mut().zip(src_row) {
-                            *a += *b;
-                        }
-                    } else {
-                        for (xx, b) in (first - g.padding..).step_by(g.stride).zip(src_row) {
-                            dst_row[xx] += *b;
-                        }
+    let fold_plane = |(p, plane): (usize, &mut [T])| {
+        let s = p / d.c_in;
+        let ci = p % d.c_in;
+        plane.fill(T::zero());
+        for kidx in 0..kk {
+            let (ky, kx) = (kidx / d.k, kidx % d.k);
+            let src = &col[(ci * kk + kidx) * width + s * l..][..l];
+            let (x_lo, x_hi) = valid_outputs(d.ow, g.stride, kx, g.padding, d.w);
+            let (y_lo, y_hi) = valid_outputs(d.oh, g.stride, ky, g.padding, d.h);
+            if x_lo == x_hi {
+                continue;
+            }
+            let first = x_lo * g.stride + kx;
+            for oy in y_lo..y_hi {
+                let y = oy * g.stride + ky - g.padding;
+                let dst_row = &mut plane[y * d.w..(y + 1) * d.w];
+                let src_row = &src[oy * d.ow + x_lo..oy * d.ow + x_hi];
+                if g.stride == 1 {
+                    let dst = &mut dst_row[first - g.padding..first - g.padding + src_row.len()];
+                    for (a, b) in dst.iter_mut().zip(src_row) {
+                        *a += *b;
+                    }
+                } else {
+                    for (xx, b) in (first - g.padding..).step_by(g.stride).zip(src_row) {
+                        dst_row[xx] += *b;
                     }
                 }
             }
-        });
+        }
+    };
+    let dx = &mut dx[..nc * d.c_in * plane_len];
+    if parallel {
+        dx.par_chunks_mut(plane_len)
+            .enumerate()
+            .for_each(fold_plane);
+    } else {
+        dx.chunks_mut(plane_len).enumerate().for_each(fold_plane);
+    }
 }
 
-/// Copy `t[n0..n0+nc]` ([N, C, L]) into channel-major `[C, nc·L]`, or back with `to_nchw`.
+/// Copy `nc` samples `[nc, C, L]` into channel-major `[C, nc·L]`, or back with `to_nchw`.
 fn transpose_chunk<T: WithDType>(
     src: &[T],
     dst: &mut [T],
@@ -259,193 +271,348 @@ fn transpose_chunk<T: WithDType>(
     }
 }
 
-fn conv_forward<T: WithDType>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
-    let l = d.out_len();
-    let mut y = vec![T::zero(); d.n * d.c_out * l];
-    let rows = d.rows();
-    let w_mat = Mat {
-        ptr: w.as_ptr(),
-        rs: rows as isize,
-        cs: 1,
-    };
-    if d.is_pointwise(g) {
-        for s in 0..d.n {
-            let xs = &x[s * d.c_in * l..];
-            let ys = &mut y[s * d.c_out * l..];
-            matmul(
-                d.c_out,
-                l,
-                rows,
-                Mat {
-                    ptr: ys.as_mut_ptr(),
-                    rs: l as isize,
-                    cs: 1,
-                },
-                false,
-                w_mat,
-                Mat {
-                    ptr: xs.as_ptr(),
-                    rs: l as isize,
-                    cs: 1,
-                },
-            );
+/// Per-thread scratch memory for the column and transposed buffers, kept between calls so
+/// that every convolution does not fault in fresh pages (a training step makes hundreds).
+pub(crate) trait Scratch: WithDType {
+    /// Run `f` on a buffer of at least `len` elements (contents unspecified).
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+macro_rules! scratch_impl {
+    ($t:ty, $key:ident) => {
+        thread_local! {
+            static $key: std::cell::RefCell<Vec<$t>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        return y;
+        impl Scratch for $t {
+            fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                $key.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut buf) => {
+                        if buf.len() < len {
+                            *buf = vec![0 as $t; len];
+                        }
+                        f(&mut buf[..len])
+                    }
+                    // Re-entered on this thread (a nested rayon job): a one-off buffer.
+                    Err(_) => f(&mut vec![0 as $t; len]),
+                })
+            }
+        }
+    };
+}
+scratch_impl!(f32, SCRATCH_F32);
+scratch_impl!(f64, SCRATCH_F64);
+
+/// How one call spreads over the threads.
+struct Split {
+    /// Contiguous sample ranges run side by side, each with a single-threaded gemm; one
+    /// range (the whole batch) when the batch is smaller than the thread count, and then
+    /// gemm and the unfolding run multi-threaded instead.
+    groups: Vec<std::ops::Range<usize>>,
+    /// Samples unfolded and multiplied at once within a group.
+    per: usize,
+    /// Whether the kernels inside a group use the thread pool.
+    inner_parallel: bool,
+}
+
+impl Split {
+    fn new(d: &Dims) -> Self {
+        let threads = threads().max(1);
+        let l = d.out_len().max(1);
+        // One group per thread when every thread gets a sample (or there is one thread);
+        // otherwise a single group and the parallelism goes inside the kernels.
+        let sample_parallel = d.n >= threads;
+        let (count, budget) = if sample_parallel {
+            (threads, GROUP_COL_BUDGET)
+        } else {
+            (1, COL_BUDGET)
+        };
+        let (base, extra) = (d.n / count, d.n % count);
+        let mut start = 0;
+        let groups = (0..count)
+            .map(|i| {
+                let len = base + usize::from(i < extra);
+                start += len;
+                start - len..start
+            })
+            .collect();
+        // Enough columns to amortise gemm's packing of the kernel, within the budget.
+        let per = MIN_WIDTH
+            .div_ceil(l)
+            .min(budget / (d.rows().max(d.c_out) * l).max(1))
+            .max(1);
+        Self {
+            groups,
+            per,
+            inner_parallel: !sample_parallel,
+        }
     }
-    let chunk = d.chunk();
-    let mut col = vec![T::zero(); rows * chunk * l];
-    let mut out = vec![T::zero(); d.c_out * chunk * l];
-    for n0 in (0..d.n).step_by(chunk) {
-        let nc = chunk.min(d.n - n0);
-        let width = nc * l;
-        im2col(x, d, g, n0, nc, &mut col[..rows * width]);
-        matmul(
-            d.c_out,
-            width,
-            rows,
-            Mat {
-                ptr: out.as_mut_ptr(),
-                rs: width as isize,
-                cs: 1,
-            },
-            false,
-            w_mat,
-            Mat {
-                ptr: col.as_ptr(),
-                rs: width as isize,
-                cs: 1,
-            },
-        );
-        transpose_chunk(
-            &out[..d.c_out * width],
-            &mut y[n0 * d.c_out * l..],
-            d.c_out,
-            l,
-            nc,
-            true,
-        );
+
+    fn parallelism(&self) -> gemm::Parallelism {
+        if self.inner_parallel {
+            parallelism()
+        } else {
+            gemm::Parallelism::None
+        }
     }
+
+    /// Scratch elements one chunk needs, given the elements per sample of its buffers.
+    fn scratch_len(&self, per_sample: usize) -> usize {
+        self.per
+            .min(self.groups.iter().map(|g| g.len()).max().unwrap_or(0))
+            * per_sample
+    }
+}
+
+fn threads() -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        candle_core::utils::get_num_threads()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        1
+    }
+}
+
+/// `buf` cut into consecutive mutable pieces of `sizes[i]` elements.
+fn split_mut<T>(mut buf: &mut [T], sizes: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
+    let mut parts = Vec::new();
+    for len in sizes {
+        let (head, tail) = buf.split_at_mut(len);
+        parts.push(head);
+        buf = tail;
+    }
+    parts
+}
+
+/// Run `f(group, out_part)` for every group of `split`, the output cut per group with
+/// `per_sample` elements a sample; groups in parallel when there are several.
+fn for_groups<T: WithDType>(
+    split: &Split,
+    out: &mut [T],
+    per_sample: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [T]) + Sync + Send,
+) {
+    let parts = split_mut(out, split.groups.iter().map(|g| g.len() * per_sample));
+    if split.groups.len() > 1 {
+        split
+            .groups
+            .par_iter()
+            .cloned()
+            .zip(parts)
+            .for_each(|(g, part)| f(g, part));
+    } else {
+        for (g, part) in split.groups.iter().cloned().zip(parts) {
+            f(g, part);
+        }
+    }
+}
+
+/// The `[rows, nc·L]` right-hand matrix of samples `x` (`nc` of them): the input itself for a
+/// single sample of a pointwise convolution, else unfolded or transposed into `buf`.
+fn columns<'a, T: WithDType>(
+    x: &'a [T],
+    d: &Dims,
+    g: ConvGeom,
+    nc: usize,
+    buf: &'a mut [T],
+    parallel: bool,
+) -> &'a [T] {
+    let width = nc * d.out_len();
+    if d.is_pointwise(g) {
+        if nc == 1 {
+            return &x[..d.c_in * width];
+        }
+        transpose_chunk(x, buf, d.c_in, d.out_len(), nc, false);
+    } else {
+        im2col(x, d, g, nc, &mut buf[..d.rows() * width], parallel);
+    }
+    &buf[..d.rows() * width]
+}
+
+/// `nc` samples of an NCHW tensor `t` with `c` channels as a channel-major `[c, nc·L]`
+/// matrix: itself for one sample, else transposed into `buf`.
+fn channel_major<'a, T: WithDType>(
+    t: &'a [T],
+    c: usize,
+    l: usize,
+    nc: usize,
+    buf: &'a mut [T],
+) -> &'a [T] {
+    if nc == 1 {
+        return &t[..c * l];
+    }
+    transpose_chunk(t, buf, c, l, nc, false);
+    &buf[..c * nc * l]
+}
+
+fn row_major<T>(ptr: *const T, cols: usize) -> Mat<*const T> {
+    Mat {
+        ptr,
+        rs: cols as isize,
+        cs: 1,
+    }
+}
+
+fn row_major_mut<T>(ptr: *mut T, cols: usize) -> Mat<*mut T> {
+    Mat {
+        ptr,
+        rs: cols as isize,
+        cs: 1,
+    }
+}
+
+fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+    let l = d.out_len();
+    let rows = d.rows();
+    let split = Split::new(d);
+    let par = split.parallelism();
+    let mut y = vec![T::zero(); d.n * d.c_out * l];
+    let col_len = split.scratch_len(rows * l);
+    let out_len = split.scratch_len(d.c_out * l);
+    for_groups(&split, &mut y, d.c_out * l, |group, y_part| {
+        T::with_scratch(col_len + out_len, |scratch| {
+            let (col_buf, out_buf) = scratch.split_at_mut(col_len);
+            for n0 in group.clone().step_by(split.per) {
+                let nc = split.per.min(group.end - n0);
+                let width = nc * l;
+                let xs = &x[n0 * d.c_in * d.h * d.w..];
+                let col = columns(xs, d, g, nc, col_buf, split.inner_parallel);
+                let ys = &mut y_part[(n0 - group.start) * d.c_out * l..][..nc * d.c_out * l];
+                let dst = if nc == 1 {
+                    &mut ys[..]
+                } else {
+                    &mut out_buf[..d.c_out * width]
+                };
+                // SAFETY: W is c_out×rows, col rows×width, dst c_out×width, all row-major.
+                matmul(
+                    d.c_out,
+                    width,
+                    rows,
+                    row_major_mut(dst.as_mut_ptr(), width),
+                    false,
+                    row_major(w.as_ptr(), rows),
+                    row_major(col.as_ptr(), width),
+                    par,
+                );
+                if nc > 1 {
+                    transpose_chunk(&out_buf[..d.c_out * width], ys, d.c_out, l, nc, true);
+                }
+            }
+        })
+    });
     y
 }
 
-fn conv_input_grad<T: WithDType>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
     let l = d.out_len();
     let rows = d.rows();
-    let mut dx = vec![T::zero(); d.n * d.c_in * d.h * d.w];
-    // Wᵀ as a (rows × c_out) view of the row-major (c_out × rows) kernel.
-    let wt = Mat {
-        ptr: w.as_ptr(),
-        rs: 1,
-        cs: rows as isize,
-    };
-    if d.is_pointwise(g) {
-        for s in 0..d.n {
-            matmul(
-                rows,
-                l,
-                d.c_out,
-                Mat {
-                    ptr: dx[s * d.c_in * l..].as_mut_ptr(),
-                    rs: l as isize,
-                    cs: 1,
-                },
-                false,
-                wt,
-                Mat {
-                    ptr: dy[s * d.c_out * l..].as_ptr(),
-                    rs: l as isize,
-                    cs: 1,
-                },
-            );
-        }
-        return dx;
-    }
-    let chunk = d.chunk();
-    let mut dy_cm = vec![T::zero(); d.c_out * chunk * l];
-    let mut col = vec![T::zero(); rows * chunk * l];
-    for n0 in (0..d.n).step_by(chunk) {
-        let nc = chunk.min(d.n - n0);
-        let width = nc * l;
-        transpose_chunk(&dy[n0 * d.c_out * l..], &mut dy_cm, d.c_out, l, nc, false);
-        matmul(
-            rows,
-            width,
-            d.c_out,
-            Mat {
-                ptr: col.as_mut_ptr(),
-                rs: width as isize,
-                cs: 1,
-            },
-            false,
-            wt,
-            Mat {
-                ptr: dy_cm.as_ptr(),
-                rs: width as isize,
-                cs: 1,
-            },
-        );
-        col2im(&col[..rows * width], d, g, n0, nc, &mut dx);
-    }
+    let plane = d.h * d.w;
+    let split = Split::new(d);
+    let par = split.parallelism();
+    let mut dx = vec![T::zero(); d.n * d.c_in * plane];
+    let dy_len = split.scratch_len(d.c_out * l);
+    let col_len = split.scratch_len(rows * l);
+    for_groups(&split, &mut dx, d.c_in * plane, |group, dx_part| {
+        // Wᵀ as a (rows × c_out) view of the row-major (c_out × rows) kernel.
+        let wt = Mat {
+            ptr: w.as_ptr(),
+            rs: 1,
+            cs: rows as isize,
+        };
+        T::with_scratch(dy_len + col_len, |scratch| {
+            let (dy_buf, col_buf) = scratch.split_at_mut(dy_len);
+            for n0 in group.clone().step_by(split.per) {
+                let nc = split.per.min(group.end - n0);
+                let width = nc * l;
+                let dy_cm = channel_major(&dy[n0 * d.c_out * l..], d.c_out, l, nc, dy_buf);
+                let dxs =
+                    &mut dx_part[(n0 - group.start) * d.c_in * plane..][..nc * d.c_in * plane];
+                let direct = d.is_pointwise(g) && nc == 1;
+                let col = if direct {
+                    &mut dxs[..]
+                } else {
+                    &mut col_buf[..rows * width]
+                };
+                matmul(
+                    rows,
+                    width,
+                    d.c_out,
+                    row_major_mut(col.as_mut_ptr(), width),
+                    false,
+                    wt,
+                    row_major(dy_cm.as_ptr(), width),
+                    par,
+                );
+                if d.is_pointwise(g) {
+                    if !direct {
+                        transpose_chunk(&col_buf[..rows * width], dxs, d.c_in, l, nc, true);
+                    }
+                } else {
+                    col2im(
+                        &col_buf[..rows * width],
+                        d,
+                        g,
+                        nc,
+                        dxs,
+                        split.inner_parallel,
+                    );
+                }
+            }
+        })
+    });
     dx
 }
 
-fn conv_weight_grad<T: WithDType>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+fn conv_weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
     let l = d.out_len();
     let rows = d.rows();
-    let mut dw = vec![T::zero(); d.c_out * rows];
-    let dw_mat = Mat {
-        ptr: dw.as_mut_ptr(),
-        rs: rows as isize,
-        cs: 1,
+    let split = Split::new(d);
+    let par = split.parallelism();
+    let dy_len = split.scratch_len(d.c_out * l);
+    let col_len = split.scratch_len(rows * l);
+    let partial = |group: std::ops::Range<usize>| -> Vec<T> {
+        let mut dw = vec![T::zero(); d.c_out * rows];
+        T::with_scratch(dy_len + col_len, |scratch| {
+            let (dy_buf, col_buf) = scratch.split_at_mut(dy_len);
+            for (i, n0) in group.clone().step_by(split.per).enumerate() {
+                let nc = split.per.min(group.end - n0);
+                let width = nc * l;
+                let dy_cm = channel_major(&dy[n0 * d.c_out * l..], d.c_out, l, nc, dy_buf);
+                let xs = &x[n0 * d.c_in * d.h * d.w..];
+                let col = columns(xs, d, g, nc, col_buf, split.inner_parallel);
+                // dW (+)= dY (c_out × width) · colᵀ (width × rows)
+                matmul(
+                    d.c_out,
+                    rows,
+                    width,
+                    row_major_mut(dw.as_mut_ptr(), rows),
+                    i > 0,
+                    row_major(dy_cm.as_ptr(), width),
+                    Mat {
+                        ptr: col.as_ptr(),
+                        rs: 1,
+                        cs: width as isize,
+                    },
+                    par,
+                );
+            }
+        });
+        dw
     };
-    if d.is_pointwise(g) {
-        for s in 0..d.n {
-            // dW += dY_s (c_out × L) · X_sᵀ (L × c_in)
-            matmul(
-                d.c_out,
-                rows,
-                l,
-                dw_mat,
-                s > 0,
-                Mat {
-                    ptr: dy[s * d.c_out * l..].as_ptr(),
-                    rs: l as isize,
-                    cs: 1,
-                },
-                Mat {
-                    ptr: x[s * d.c_in * l..].as_ptr(),
-                    rs: 1,
-                    cs: l as isize,
-                },
-            );
-        }
-        return dw;
+    if split.groups.len() == 1 {
+        return partial(split.groups[0].clone());
     }
-    let chunk = d.chunk();
-    let mut dy_cm = vec![T::zero(); d.c_out * chunk * l];
-    let mut col = vec![T::zero(); rows * chunk * l];
-    for (i, n0) in (0..d.n).step_by(chunk).enumerate() {
-        let nc = chunk.min(d.n - n0);
-        let width = nc * l;
-        transpose_chunk(&dy[n0 * d.c_out * l..], &mut dy_cm, d.c_out, l, nc, false);
-        im2col(x, d, g, n0, nc, &mut col[..rows * width]);
-        matmul(
-            d.c_out,
-            rows,
-            width,
-            dw_mat,
-            i > 0,
-            Mat {
-                ptr: dy_cm.as_ptr(),
-                rs: width as isize,
-                cs: 1,
-            },
-            Mat {
-                ptr: col.as_ptr(),
-                rs: 1,
-                cs: width as isize,
-            },
-        );
+    // One partial gradient per group, summed in group order (the same result every run).
+    let partials: Vec<Vec<T>> = split.groups.par_iter().cloned().map(partial).collect();
+    let mut parts = partials.into_iter();
+    let mut dw = parts
+        .next()
+        .unwrap_or_else(|| vec![T::zero(); d.c_out * rows]);
+    for p in parts {
+        for (a, b) in dw.iter_mut().zip(&p) {
+            *a += *b;
+        }
     }
     dw
 }
@@ -765,7 +932,11 @@ mod tests {
                 padding: 3,
             },
         )?;
-        assert!(d.chunk() < 70, "test must exercise chunking");
+        let split = Split::new(&d);
+        assert!(
+            split.per < split.groups[0].len(),
+            "test must exercise chunking"
+        );
         let ours = conv2d(
             &x,
             &w,

@@ -5,7 +5,7 @@
 //! both ResNet and DenseNet start with `MaxPool2d(3, stride=2, padding=1)`.
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D,
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, D,
 };
 use rayon::prelude::*;
 
@@ -45,40 +45,85 @@ impl MaxPool2d {
         Ok(())
     }
 
-    /// For each output cell, the flat index (within its H×W plane) of the first maximum, the
-    /// element PyTorch routes the gradient to. NaN wins, as in PyTorch.
-    fn argmax_plane<T: Copy + PartialOrd>(&self, plane: &[T], h: usize, w: usize) -> Vec<usize> {
-        let (oh, ow) = (self.out_size(h), self.out_size(w));
-        // The window's rows/columns clipped to the input (`check` makes them non-empty).
-        let clip = |o: usize, n: usize| {
-            let start = (o * self.stride).saturating_sub(self.padding);
-            let end = (o * self.stride + self.kernel)
-                .saturating_sub(self.padding)
-                .min(n);
-            (start, end)
-        };
-        let cols: Vec<(usize, usize)> = (0..ow).map(|ox| clip(ox, w)).collect();
-        let mut out = Vec::with_capacity(oh * ow);
-        for oy in 0..oh {
-            let (y0, y1) = clip(oy, h);
-            for &(x0, x1) in &cols {
-                let mut best = y0 * w + x0;
-                let mut best_v = plane[best];
-                for y in y0..y1 {
-                    let row = &plane[y * w..y * w + x1];
-                    for (x, &v) in row.iter().enumerate().skip(x0) {
-                        // PyTorch's rule: a larger value or a NaN takes over.
-                        #[allow(clippy::eq_op)]
-                        if v > best_v || v != v {
-                            best = y * w + x;
-                            best_v = v;
-                        }
-                    }
+    /// The window's rows (or columns) for output position `o` along an axis of length `n`,
+    /// clipped to the input (`check` makes them non-empty).
+    fn clip(&self, o: usize, n: usize) -> (usize, usize) {
+        let start = (o * self.stride).saturating_sub(self.padding);
+        let end = (o * self.stride + self.kernel)
+            .saturating_sub(self.padding)
+            .min(n);
+        (start, end)
+    }
+
+    /// Window maxima of one H×W plane into `out` (OH×OW): a column maximum over the window's
+    /// rows (contiguous, so it vectorises), then the maximum across each window's columns.
+    /// NaN propagates, as in PyTorch. `rowmax` is scratch of `w` elements.
+    fn max_plane<T: Copy + PartialOrd>(
+        &self,
+        plane: &[T],
+        h: usize,
+        w: usize,
+        out: &mut [T],
+        rowmax: &mut [T],
+    ) {
+        let ow = self.out_size(w);
+        let cols: Vec<(usize, usize)> = (0..ow).map(|ox| self.clip(ox, w)).collect();
+        for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+            let (y0, y1) = self.clip(oy, h);
+            rowmax.copy_from_slice(&plane[y0 * w..(y0 + 1) * w]);
+            for y in y0 + 1..y1 {
+                for (m, &v) in rowmax.iter_mut().zip(&plane[y * w..(y + 1) * w]) {
+                    *m = nan_max(*m, v);
                 }
-                out.push(best);
+            }
+            for (o, &(x0, x1)) in out_row.iter_mut().zip(&cols) {
+                *o = rowmax[x0 + 1..x1]
+                    .iter()
+                    .fold(rowmax[x0], |m, &v| nan_max(m, v));
             }
         }
-        out
+    }
+
+    /// The flat index (within the plane) of the element PyTorch routes output cell
+    /// `(oy, ox)`'s gradient to, given that cell's value `best`: the first element equal to it
+    /// in row-major window order, or for a NaN maximum the last NaN (PyTorch's scan replaces
+    /// its running maximum on every NaN).
+    fn winner<T: Copy + PartialOrd>(
+        &self,
+        plane: &[T],
+        w: usize,
+        y: (usize, usize),
+        x: (usize, usize),
+        best: T,
+    ) -> usize {
+        #[allow(clippy::eq_op)]
+        let best_is_nan = best != best;
+        let mut found = y.0 * w + x.0;
+        for yy in y.0..y.1 {
+            for xx in x.0..x.1 {
+                let v = plane[yy * w + xx];
+                #[allow(clippy::eq_op)]
+                if best_is_nan {
+                    if v != v {
+                        found = yy * w + xx;
+                    }
+                } else if v == best {
+                    return yy * w + xx;
+                }
+            }
+        }
+        found
+    }
+}
+
+/// `max(a, b)` where a NaN in either wins (PyTorch's max-pool rule).
+#[inline(always)]
+fn nan_max<T: Copy + PartialOrd>(a: T, b: T) -> T {
+    #[allow(clippy::eq_op)]
+    if b > a || b != b {
+        b
+    } else {
+        a
     }
 }
 
@@ -94,11 +139,10 @@ fn forward_typed<T: candle_core::WithDType>(
     let mut out = vec![T::zero(); n * c * oh * ow];
     out.par_chunks_mut(oh * ow)
         .zip(src.par_chunks_exact(h * w))
-        .for_each(|(dst, plane)| {
-            for (o, i) in dst.iter_mut().zip(op.argmax_plane(plane, h, w)) {
-                *o = plane[i];
-            }
-        });
+        .for_each_init(
+            || vec![T::zero(); w],
+            |rowmax, (dst, plane)| op.max_plane(plane, h, w, dst, rowmax),
+        );
     Ok((out, Shape::from((n, c, oh, ow))))
 }
 
@@ -124,53 +168,63 @@ impl CustomOp1 for MaxPool2d {
     fn bwd(
         &self,
         arg: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let grad_res = grad_res.contiguous()?;
-        Ok(Some(
-            arg.apply_op2_no_bwd(&grad_res, &MaxPool2dBackward(*self))?,
-        ))
+        Ok(Some(arg.apply_op3_no_bwd(
+            &res.contiguous()?,
+            &grad_res,
+            &MaxPool2dBackward(*self),
+        )?))
     }
 }
 
-/// Gradient of [`MaxPool2d`] with respect to its input: each output gradient goes to the
-/// window's first maximum.
+/// Gradient of [`MaxPool2d`] with respect to its input, from `(input, output, output
+/// gradient)`: each output gradient goes to the window element PyTorch picks (the first
+/// maximum), found by matching the saved output.
 struct MaxPool2dBackward(MaxPool2d);
 
 fn backward_typed<T: candle_core::WithDType + std::ops::AddAssign>(
     op: &MaxPool2d,
-    s: &CpuStorage,
-    l: &Layout,
-    gs: &CpuStorage,
-    gl: &Layout,
+    (s, l): (&CpuStorage, &Layout),
+    (ys, yl): (&CpuStorage, &Layout),
+    (gs, gl): (&CpuStorage, &Layout),
 ) -> candle_core::Result<(Vec<T>, Shape)> {
     let (n, c, h, w) = l.shape().dims4()?;
     op.check(h, w)?;
     let src = contiguous_slice::<T>(s, l, "max-pool: input")?;
-    let grad = contiguous_slice::<T>(gs, gl, "max-pool: input")?;
-    let plane_out = op.out_size(h) * op.out_size(w);
-    if grad.len() != n * c * plane_out {
+    let out = contiguous_slice::<T>(ys, yl, "max-pool: output")?;
+    let grad = contiguous_slice::<T>(gs, gl, "max-pool: gradient")?;
+    let (oh, ow) = (op.out_size(h), op.out_size(w));
+    let plane_out = oh * ow;
+    if grad.len() != n * c * plane_out || out.len() != grad.len() {
         candle_core::bail!(
             "max-pool backward: gradient shape {:?} does not match",
             gl.dims()
         );
     }
-    let mut out = vec![T::zero(); n * c * h * w];
-    out.par_chunks_exact_mut(h * w)
+    let cols: Vec<(usize, usize)> = (0..ow).map(|ox| op.clip(ox, w)).collect();
+    let mut dx = vec![T::zero(); n * c * h * w];
+    dx.par_chunks_exact_mut(h * w)
+        .zip(src.par_chunks_exact(h * w))
         .zip(
-            src.par_chunks_exact(h * w)
+            out.par_chunks_exact(plane_out)
                 .zip(grad.par_chunks_exact(plane_out)),
         )
-        .for_each(|(dst, (plane, g))| {
-            for (idx, &gv) in op.argmax_plane(plane, h, w).into_iter().zip(g) {
-                dst[idx] += gv;
+        .for_each(|((dst, plane), (o, g))| {
+            for oy in 0..oh {
+                let rows = op.clip(oy, h);
+                for (ox, &xs) in cols.iter().enumerate() {
+                    let cell = oy * ow + ox;
+                    dst[op.winner(plane, w, rows, xs, o[cell])] += g[cell];
+                }
             }
         });
-    Ok((out, l.shape().clone()))
+    Ok((dx, l.shape().clone()))
 }
 
-impl CustomOp2 for MaxPool2dBackward {
+impl CustomOp3 for MaxPool2dBackward {
     fn name(&self) -> &'static str {
         "mtpath-max-pool2d-backward"
     }
@@ -181,14 +235,17 @@ impl CustomOp2 for MaxPool2dBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let (v, sh) = backward_typed::<f32>(&self.0, s1, l1, s2, l2)?;
+        let args = ((s1, l1), (s2, l2), (s3, l3));
+        match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (v, sh) = backward_typed::<f32>(&self.0, args.0, args.1, args.2)?;
                 Ok((CpuStorage::F32(v), sh))
             }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let (v, sh) = backward_typed::<f64>(&self.0, s1, l1, s2, l2)?;
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (v, sh) = backward_typed::<f64>(&self.0, args.0, args.1, args.2)?;
                 Ok((CpuStorage::F64(v), sh))
             }
             _ => candle_core::bail!("max-pool backward supports f32 and f64 only"),
@@ -448,6 +505,33 @@ mod tests {
                 g[i]
             );
         }
+        Ok(())
+    }
+
+    /// PyTorch propagates NaN through the maximum and, scanning each window in row-major
+    /// order with `val > max || isnan(val)`, routes the gradient to the window's last NaN.
+    #[test]
+    fn nan_propagates_and_takes_the_gradient_at_the_last_nan() -> candle_core::Result<()> {
+        let mut v = vec![0f32; 16];
+        v[0] = f32::NAN; // (0,0): in window (0,0) only
+        v[5] = f32::NAN; // (1,1): in all four windows, after (0,0) in window (0,0)
+        v[15] = 7.0; // (3,3): window (1,1)'s maximum, but the NaN at (1,1) wins there
+        let x = Var::from_tensor(&Tensor::from_vec(v, (1, 1, 4, 4), &Device::Cpu)?)?;
+        let y = max_pool2d(x.as_tensor(), STEM)?;
+        assert!(y
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| v.is_nan()));
+        let grads = y.sum_all()?.backward()?;
+        let g = grads
+            .get(x.as_tensor())
+            .expect("gradient")
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut expect = vec![0f32; 16];
+        expect[5] = 4.0;
+        assert_eq!(g, expect);
         Ok(())
     }
 
