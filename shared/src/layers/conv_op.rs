@@ -11,6 +11,8 @@
 //! BatchNorm-bias gradients of early layers. 1×1 stride-1 convolutions skip im2col entirely.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::contiguous_slice;
@@ -23,6 +25,8 @@ const GROUP_COL_BUDGET: usize = 1 << 21;
 /// Columns one product should have (several samples of a small map at once) so that gemm's
 /// packing of the kernel is amortised.
 const MIN_WIDTH: usize = 1024;
+/// Elements of one panel's column buffer for a single large map (half of a 1 MB L2 in f32).
+const PANEL_BUDGET: usize = 1 << 17;
 
 /// Convolution geometry (square kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,11 +160,18 @@ fn valid_outputs(o_len: usize, stride: usize, k: usize, pad: usize, n: usize) ->
     (lo.min(o_len), hi.min(o_len).max(lo.min(o_len)))
 }
 
-/// Unfold `nc` samples of `x` (which starts at the first of them) into `col` [rows, nc·L]
-/// (row = (ci·k + ky)·k + kx); rows in parallel when `parallel`.
-fn im2col<T: WithDType>(x: &[T], d: &Dims, g: ConvGeom, nc: usize, col: &mut [T], parallel: bool) {
-    let l = d.out_len();
-    let width = nc * l;
+/// Unfold output rows `oy` of `nc` samples of `x` (which starts at the first of them) into
+/// `col` [rows, nc·|oy|·OW] (row = (ci·k + ky)·k + kx); rows in parallel when `parallel`.
+fn im2col<T: WithDType>(
+    x: &[T],
+    d: &Dims,
+    g: ConvGeom,
+    (nc, oy): (usize, Range<usize>),
+    col: &mut [T],
+    parallel: bool,
+) {
+    let seg = oy.len() * d.ow;
+    let width = nc * seg;
     let fill_row = |(row, dst): (usize, &mut [T])| {
         let ci = row / (d.k * d.k);
         let ky = (row / d.k) % d.k;
@@ -169,18 +180,16 @@ fn im2col<T: WithDType>(x: &[T], d: &Dims, g: ConvGeom, nc: usize, col: &mut [T]
         let (y_lo, y_hi) = valid_outputs(d.oh, g.stride, ky, g.padding, d.h);
         for s in 0..nc {
             let plane = &x[(s * d.c_in + ci) * d.h * d.w..][..d.h * d.w];
-            let out = &mut dst[s * l..(s + 1) * l];
-            out[..y_lo * d.ow].fill(T::zero());
-            out[y_hi * d.ow..].fill(T::zero());
-            for oy in y_lo..y_hi {
+            let out = &mut dst[s * seg..(s + 1) * seg];
+            for (row_out, oy) in out.chunks_exact_mut(d.ow).zip(oy.clone()) {
+                if oy < y_lo || oy >= y_hi || x_lo == x_hi {
+                    row_out.fill(T::zero());
+                    continue;
+                }
                 let y = oy * g.stride + ky - g.padding;
-                let row_out = &mut out[oy * d.ow..(oy + 1) * d.ow];
                 let src = &plane[y * d.w..(y + 1) * d.w];
                 row_out[..x_lo].fill(T::zero());
                 row_out[x_hi..].fill(T::zero());
-                if x_lo == x_hi {
-                    continue;
-                }
                 let first = x_lo * g.stride + kx - g.padding;
                 if g.stride == 1 {
                     row_out[x_lo..x_hi].copy_from_slice(&src[first..first + (x_hi - x_lo)]);
@@ -195,6 +204,7 @@ fn im2col<T: WithDType>(x: &[T], d: &Dims, g: ConvGeom, nc: usize, col: &mut [T]
             }
         }
     };
+    let col = &mut col[..d.rows() * width];
     if parallel {
         col.par_chunks_mut(width).enumerate().for_each(fill_row);
     } else {
@@ -202,30 +212,37 @@ fn im2col<T: WithDType>(x: &[T], d: &Dims, g: ConvGeom, nc: usize, col: &mut [T]
     }
 }
 
-/// Fold `col` [rows, nc·L] back into `dx` (the `nc` samples' input gradient, overwritten): the
-/// adjoint of [`im2col`]; planes in parallel when `parallel`.
-fn col2im<T: WithDType>(col: &[T], d: &Dims, g: ConvGeom, nc: usize, dx: &mut [T], parallel: bool) {
-    let l = d.out_len();
+/// Add `col` [rows, nc·|oy|·OW] (output rows `oy` of `nc` samples) into their input gradient
+/// `dx`: the adjoint of [`im2col`]; planes in parallel when `parallel`.
+fn col2im<T: WithDType>(
+    col: &[T],
+    d: &Dims,
+    g: ConvGeom,
+    (nc, oy): (usize, Range<usize>),
+    dx: &mut [T],
+    parallel: bool,
+) {
+    let seg = oy.len() * d.ow;
     let plane_len = d.h * d.w;
     let kk = d.k * d.k;
-    let width = nc * l;
+    let width = nc * seg;
     let fold_plane = |(p, plane): (usize, &mut [T])| {
         let s = p / d.c_in;
         let ci = p % d.c_in;
-        plane.fill(T::zero());
         for kidx in 0..kk {
             let (ky, kx) = (kidx / d.k, kidx % d.k);
-            let src = &col[(ci * kk + kidx) * width + s * l..][..l];
+            let src = &col[(ci * kk + kidx) * width + s * seg..][..seg];
             let (x_lo, x_hi) = valid_outputs(d.ow, g.stride, kx, g.padding, d.w);
             let (y_lo, y_hi) = valid_outputs(d.oh, g.stride, ky, g.padding, d.h);
             if x_lo == x_hi {
                 continue;
             }
             let first = x_lo * g.stride + kx;
-            for oy in y_lo..y_hi {
-                let y = oy * g.stride + ky - g.padding;
+            for o in y_lo.max(oy.start)..y_hi.min(oy.end) {
+                let y = o * g.stride + ky - g.padding;
                 let dst_row = &mut plane[y * d.w..(y + 1) * d.w];
-                let src_row = &src[oy * d.ow + x_lo..oy * d.ow + x_hi];
+                let r = (o - oy.start) * d.ow;
+                let src_row = &src[r + x_lo..r + x_hi];
                 if g.stride == 1 {
                     let dst = &mut dst_row[first - g.padding..first - g.padding + src_row.len()];
                     for (a, b) in dst.iter_mut().zip(src_row) {
@@ -408,24 +425,25 @@ fn for_groups<T: WithDType>(
     }
 }
 
-/// The `[rows, nc·L]` right-hand matrix of samples `x` (`nc` of them): the input itself for a
-/// single sample of a pointwise convolution, else unfolded or transposed into `buf`.
+/// The `[rows, nc·|oy|·OW]` right-hand matrix of output rows `oy` of samples `x` (`nc` of
+/// them): the input itself for a single sample of a pointwise convolution, else unfolded or
+/// transposed into `buf`. Pointwise convolutions always take every output row.
 fn columns<'a, T: WithDType>(
     x: &'a [T],
     d: &Dims,
     g: ConvGeom,
-    nc: usize,
+    (nc, oy): (usize, Range<usize>),
     buf: &'a mut [T],
     parallel: bool,
 ) -> &'a [T] {
-    let width = nc * d.out_len();
+    let width = nc * oy.len() * d.ow;
     if d.is_pointwise(g) {
         if nc == 1 {
             return &x[..d.c_in * width];
         }
         transpose_chunk(x, buf, d.c_in, d.out_len(), nc, false);
     } else {
-        im2col(x, d, g, nc, &mut buf[..d.rows() * width], parallel);
+        im2col(x, d, g, (nc, oy), buf, parallel);
     }
     &buf[..d.rows() * width]
 }
@@ -446,19 +464,36 @@ fn channel_major<'a, T: WithDType>(
     &buf[..c * nc * l]
 }
 
-fn row_major<T>(ptr: *const T, cols: usize) -> Mat<*const T> {
+fn row_major<T>(ptr: *const T, row_stride: usize) -> Mat<*const T> {
     Mat {
         ptr,
-        rs: cols as isize,
+        rs: row_stride as isize,
         cs: 1,
     }
 }
 
-fn row_major_mut<T>(ptr: *mut T, cols: usize) -> Mat<*mut T> {
+fn row_major_mut<T>(ptr: *mut T, row_stride: usize) -> Mat<*mut T> {
     Mat {
         ptr,
-        rs: cols as isize,
+        rs: row_stride as isize,
         cs: 1,
+    }
+}
+
+impl Split {
+    /// The output-row ranges a chunk of `nc` samples is unfolded in. A single sample of a
+    /// spatial convolution on a large map goes in panels whose column buffer stays in L2, so
+    /// the unfolding's writes are still cached when gemm reads them; everything else (several
+    /// small maps, pointwise convolutions, the multi-threaded kernels) in one piece.
+    fn panels(&self, d: &Dims, g: ConvGeom, nc: usize) -> Vec<Range<usize>> {
+        if nc > 1 || d.is_pointwise(g) || self.inner_parallel {
+            return std::iter::once(0..d.oh).collect();
+        }
+        let step = (PANEL_BUDGET / (d.rows() * d.ow).max(1)).clamp(1, d.oh.max(1));
+        (0..d.oh)
+            .step_by(step)
+            .map(|o| o..(o + step).min(d.oh))
+            .collect()
     }
 }
 
@@ -475,28 +510,39 @@ fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
             let (col_buf, out_buf) = scratch.split_at_mut(col_len);
             for n0 in group.clone().step_by(split.per) {
                 let nc = split.per.min(group.end - n0);
-                let width = nc * l;
                 let xs = &x[n0 * d.c_in * d.h * d.w..];
-                let col = columns(xs, d, g, nc, col_buf, split.inner_parallel);
                 let ys = &mut y_part[(n0 - group.start) * d.c_out * l..][..nc * d.c_out * l];
-                let dst = if nc == 1 {
-                    &mut ys[..]
-                } else {
-                    &mut out_buf[..d.c_out * width]
-                };
-                // SAFETY: W is c_out×rows, col rows×width, dst c_out×width, all row-major.
-                matmul(
-                    d.c_out,
-                    width,
-                    rows,
-                    row_major_mut(dst.as_mut_ptr(), width),
-                    false,
-                    row_major(w.as_ptr(), rows),
-                    row_major(col.as_ptr(), width),
-                    par,
-                );
                 if nc > 1 {
+                    // Several samples side by side, then back to NCHW.
+                    let width = nc * l;
+                    let col = columns(xs, d, g, (nc, 0..d.oh), col_buf, split.inner_parallel);
+                    matmul(
+                        d.c_out,
+                        width,
+                        rows,
+                        row_major_mut(out_buf.as_mut_ptr(), width),
+                        false,
+                        row_major(w.as_ptr(), rows),
+                        row_major(col.as_ptr(), width),
+                        par,
+                    );
                     transpose_chunk(&out_buf[..d.c_out * width], ys, d.c_out, l, nc, true);
+                    continue;
+                }
+                // One sample: each panel's product lands in its columns of Y [c_out, L].
+                for oy in split.panels(d, g, 1) {
+                    let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
+                    let col = columns(xs, d, g, (1, oy), col_buf, split.inner_parallel);
+                    matmul(
+                        d.c_out,
+                        pw,
+                        rows,
+                        row_major_mut(ys[at..].as_mut_ptr(), l),
+                        false,
+                        row_major(w.as_ptr(), rows),
+                        row_major(col.as_ptr(), pw),
+                        par,
+                    );
                 }
             }
         })
@@ -528,32 +574,47 @@ fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<
                 let dy_cm = channel_major(&dy[n0 * d.c_out * l..], d.c_out, l, nc, dy_buf);
                 let dxs =
                     &mut dx_part[(n0 - group.start) * d.c_in * plane..][..nc * d.c_in * plane];
-                let direct = d.is_pointwise(g) && nc == 1;
-                let col = if direct {
-                    &mut dxs[..]
-                } else {
-                    &mut col_buf[..rows * width]
-                };
-                matmul(
-                    rows,
-                    width,
-                    d.c_out,
-                    row_major_mut(col.as_mut_ptr(), width),
-                    false,
-                    wt,
-                    row_major(dy_cm.as_ptr(), width),
-                    par,
-                );
                 if d.is_pointwise(g) {
+                    // dX itself is Wᵀ·dY (channel-major for several samples).
+                    let direct = nc == 1;
+                    let dst = if direct {
+                        &mut dxs[..]
+                    } else {
+                        &mut col_buf[..rows * width]
+                    };
+                    matmul(
+                        rows,
+                        width,
+                        d.c_out,
+                        row_major_mut(dst.as_mut_ptr(), width),
+                        false,
+                        wt,
+                        row_major(dy_cm.as_ptr(), width),
+                        par,
+                    );
                     if !direct {
                         transpose_chunk(&col_buf[..rows * width], dxs, d.c_in, l, nc, true);
                     }
-                } else {
+                    continue;
+                }
+                // dX = col2im(Wᵀ·dY), panel by panel of output rows (dx starts at zero).
+                for oy in split.panels(d, g, nc) {
+                    let (at, pw) = (oy.start * d.ow, nc * oy.len() * d.ow);
+                    matmul(
+                        rows,
+                        pw,
+                        d.c_out,
+                        row_major_mut(col_buf.as_mut_ptr(), pw),
+                        false,
+                        wt,
+                        row_major(dy_cm[at..].as_ptr(), width),
+                        par,
+                    );
                     col2im(
-                        &col_buf[..rows * width],
+                        &col_buf[..rows * pw],
                         d,
                         g,
-                        nc,
+                        (nc, oy),
                         dxs,
                         split.inner_parallel,
                     );
@@ -571,31 +632,36 @@ fn conv_weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> Vec
     let par = split.parallelism();
     let dy_len = split.scratch_len(d.c_out * l);
     let col_len = split.scratch_len(rows * l);
-    let partial = |group: std::ops::Range<usize>| -> Vec<T> {
+    let partial = |group: Range<usize>| -> Vec<T> {
         let mut dw = vec![T::zero(); d.c_out * rows];
+        let mut first = true;
         T::with_scratch(dy_len + col_len, |scratch| {
             let (dy_buf, col_buf) = scratch.split_at_mut(dy_len);
-            for (i, n0) in group.clone().step_by(split.per).enumerate() {
+            for n0 in group.clone().step_by(split.per) {
                 let nc = split.per.min(group.end - n0);
                 let width = nc * l;
                 let dy_cm = channel_major(&dy[n0 * d.c_out * l..], d.c_out, l, nc, dy_buf);
                 let xs = &x[n0 * d.c_in * d.h * d.w..];
-                let col = columns(xs, d, g, nc, col_buf, split.inner_parallel);
-                // dW (+)= dY (c_out × width) · colᵀ (width × rows)
-                matmul(
-                    d.c_out,
-                    rows,
-                    width,
-                    row_major_mut(dw.as_mut_ptr(), rows),
-                    i > 0,
-                    row_major(dy_cm.as_ptr(), width),
-                    Mat {
-                        ptr: col.as_ptr(),
-                        rs: 1,
-                        cs: width as isize,
-                    },
-                    par,
-                );
+                for oy in split.panels(d, g, nc) {
+                    let (at, pw) = (oy.start * d.ow, nc * oy.len() * d.ow);
+                    let col = columns(xs, d, g, (nc, oy), col_buf, split.inner_parallel);
+                    // dW (+)= dY[:, panel] (c_out × pw) · colᵀ (pw × rows)
+                    matmul(
+                        d.c_out,
+                        rows,
+                        pw,
+                        row_major_mut(dw.as_mut_ptr(), rows),
+                        !first,
+                        row_major(dy_cm[at..].as_ptr(), width),
+                        Mat {
+                            ptr: col.as_ptr(),
+                            rs: 1,
+                            cs: pw as isize,
+                        },
+                        par,
+                    );
+                    first = false;
+                }
             }
         });
         dw
@@ -681,21 +747,31 @@ impl CustomOp2 for Conv2dOp {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(
-            w,
-            &ConvInputGrad {
-                geom: self.0,
-                x_dims: x.dims().to_vec(),
-            },
-        )?;
-        let dw = x.apply_op2_no_bwd(
-            &dy,
-            &ConvWeightGrad {
-                geom: self.0,
-                w_dims: w.dims().to_vec(),
-            },
-        )?;
-        Ok((Some(dx), Some(dw)))
+        // Only the gradients someone can receive: not the input image's (the stem's input
+        // gradient is the costliest pass of a ResNet step), nor a frozen kernel's.
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(
+                w,
+                &ConvInputGrad {
+                    geom: self.0,
+                    x_dims: x.dims().to_vec(),
+                },
+            )?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(
+                &dy,
+                &ConvWeightGrad {
+                    geom: self.0,
+                    w_dims: w.dims().to_vec(),
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
     }
 }
 
@@ -913,6 +989,44 @@ mod tests {
                         g[i]
                     );
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Large maps are unfolded in panels of output rows; forward and both gradients must
+    /// equal candle's own convolution (f64) with several panels per sample.
+    #[test]
+    fn panelled_unfolding_matches_candle_conv2d_and_its_gradients() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let n = threads().max(2);
+        for stride in [1, 2] {
+            let geom = ConvGeom { stride, padding: 1 };
+            let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, 32, 48, 48), &dev)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f64, 0.1, (8, 32, 3, 3), &dev)?)?;
+            let d = Dims::new(x.dims(), w.dims(), geom)?;
+            let split = Split::new(&d);
+            assert!(
+                split.panels(&d, geom, 1).len() > 1,
+                "test must exercise panels"
+            );
+            let ours = conv2d(x.as_tensor(), w.as_tensor(), geom)?;
+            let theirs = x.as_tensor().conv2d(w.as_tensor(), 1, stride, 1, 1)?;
+            let r = Tensor::randn(0f64, 1.0, ours.dims(), &dev)?;
+            let g_ours = ours.mul(&r)?.sum_all()?.backward()?;
+            let g_theirs = theirs.mul(&r)?.sum_all()?.backward()?;
+            let max_diff = |a: &Tensor, b: &Tensor| -> candle_core::Result<f64> {
+                (a - b)?.abs()?.max_all()?.to_scalar::<f64>()
+            };
+            assert!(
+                max_diff(&ours, &theirs)? < 1e-10,
+                "stride {stride}: forward"
+            );
+            for (var, name) in [(&x, "dx"), (&w, "dw")] {
+                let a = g_ours.get(var.as_tensor()).expect("gradient");
+                let b = g_theirs.get(var.as_tensor()).expect("gradient");
+                let diff = max_diff(a, b)?;
+                assert!(diff < 1e-9, "stride {stride}: {name} differs by {diff}");
             }
         }
         Ok(())
