@@ -3,47 +3,75 @@
 # other in one run; prints images/s and the ratio mtpath / PyTorch. Not part of CI.
 #
 # PyTorch comes from a throwaway venv (default /tmp/mtpath-bench-venv; BENCH_VENV overrides),
-# created from PyPI on first use (with onnx + onnxruntime installed there, inference cases also
-# report onnxruntime's CPU session: `pip install onnx onnxscript onnxruntime`). THREADS (default 2), ITERS (default 5); CASES overrides the
-# case list ("arch mode batch size" per line), e.g. CASES="resnet18 infer 1 224".
+# created from PyPI on first use together with onnx + onnxruntime, so inference cases also
+# report onnxruntime's CPU session. THREADS (default 2), ITERS (timed steps per run, default 5),
+# ROUNDS (default 3): each case runs mtpath and PyTorch alternately ROUNDS times and reports
+# the median of each, which keeps a noisy machine's bursts out of the ratio. CASES overrides
+# the case list ("arch mode batch size" per line), e.g. CASES="resnet18 infer 1 224".
+# Training cases also report each process's peak resident memory (MB; PyTorch's includes
+# its interpreter and libraries, about 0.3 GB here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
 iters=${ITERS:-5}
+rounds=${ROUNDS:-3}
 venv=${BENCH_VENV:-/tmp/mtpath-bench-venv}
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q torch torchvision
+  "$venv/bin/pip" install -q torch torchvision onnx onnxscript onnxruntime
 fi
 cargo build -q --release -p mtpath
 export RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads
+py=$venv/bin/python
 rate() { awk -v m="$1" '$1 == m":" {print $2}'; }
-printf '%-12s %-6s %-5s %-5s %10s %10s %7s %10s %9s\n' arch mode batch size mtpath torch ratio onnxrt "vs ort"
+# Run a command, print its output, then "peak-rss: MB" of the process.
+with_rss() {
+  "$py" -c 'import resource, subprocess, sys
+r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+print(r.stdout)
+print("peak-rss:", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
+sys.exit(r.returncode)' "$@"
+}
+median() { sort -g | awk '{v[NR] = $1} END {if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
+printf '%-12s %-6s %-5s %-5s %9s %9s %6s %9s %7s %9s %9s\n' \
+  arch mode batch size mtpath torch ratio onnxrt "vs ort" "RSS ours" "RSS torch"
 default_cases='resnet18 infer 1 224
 resnet50 infer 1 224
+densenet121 infer 1 224
+resnet18 infer 32 224
+resnet50 infer 32 224
+densenet121 infer 32 224
 resnet18 train 32 112
 resnet18 train 32 224
 resnet50 train 32 112
 resnet50 train 16 224
-densenet121 train 16 224
-densenet121 infer 1 224
-resnet18 infer 32 224'
-# arch mode batch size
+densenet121 train 16 224'
 while read -r arch mode batch size; do
-  ours=$(target/release/mtpath bench --arch "$arch" --mode "$mode" --batch "$batch" --size "$size" \
-    --iters "$iters" --threads "$threads" | rate "$mode")
   ort_flag=""
-  if [ "$mode" = infer ] && "$venv/bin/python" -c "import onnxruntime, onnx" 2>/dev/null; then ort_flag=--ort; fi
-  torch_out=$("$venv/bin/python" scripts/bench_torch.py --arch "$arch" --mode "$mode" --batch "$batch" \
-    --size "$size" --iters "$iters" --threads "$threads" $ort_flag 2>/dev/null)
-  theirs=$(rate "$mode" <<<"$torch_out")
-  onnxrt=$(rate ort-infer <<<"$torch_out")
-  ratio=$(awk -v a="$ours" -v b="$theirs" 'BEGIN {printf "%.2f", a / b}')
-  vs_ort=$([ -n "$onnxrt" ] && awk -v a="$ours" -v b="$onnxrt" 'BEGIN {printf "%.2f", a / b}' || echo -)
-  printf '%-12s %-6s %-5s %-5s %10s %10s %7s %10s %9s\n' "$arch" "$mode" "$batch" "$size" "$ours" "$theirs" "$ratio" "${onnxrt:--}" "$vs_ort"
+  if [ "$mode" = infer ] && "$py" -c "import onnxruntime, onnx" 2>/dev/null; then ort_flag=--ort; fi
+  ours=() theirs=() onnxrt=() rss_ours=0 rss_theirs=0
+  for _ in $(seq "$rounds"); do
+    out=$(with_rss target/release/mtpath bench --arch "$arch" --mode "$mode" --batch "$batch" \
+      --size "$size" --iters "$iters" --threads "$threads")
+    ours+=("$(rate "$mode" <<<"$out")")
+    rss_ours=$(awk -v m="$rss_ours" '$1 == "peak-rss:" {print ($2 > m ? $2 : m)}' <<<"$out")
+    out=$(with_rss "$py" scripts/bench_torch.py --arch "$arch" --mode "$mode" --batch "$batch" \
+      --size "$size" --iters "$iters" --threads "$threads" $ort_flag)
+    theirs+=("$(rate "$mode" <<<"$out")")
+    onnxrt+=("$(rate ort-infer <<<"$out")")
+    rss_theirs=$(awk -v m="$rss_theirs" '$1 == "peak-rss:" {print ($2 > m ? $2 : m)}' <<<"$out")
+  done
+  a=$(printf '%s\n' "${ours[@]}" | median)
+  b=$(printf '%s\n' "${theirs[@]}" | median)
+  o=$(printf '%s\n' "${onnxrt[@]}" | grep . | median || true)
+  ratio=$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}')
+  vs_ort=$([ -n "$o" ] && awk -v a="$a" -v b="$o" 'BEGIN {printf "%.2f", a / b}' || echo -)
+  if [ "$mode" = train ]; then ro=$rss_ours rt=$rss_theirs; else ro=- rt=-; fi
+  printf '%-12s %-6s %-5s %-5s %9s %9s %6s %9s %7s %9s %9s\n' "$arch" "$mode" "$batch" "$size" \
+    "$a" "$b" "$ratio" "${o:--}" "$vs_ort" "$ro" "$rt"
 done <<<"${CASES:-$default_cases}"
 # The training data pipeline alone (decode + augment on 2 worker threads, real tasks).
 for size in 112 224; do
   target/release/mtpath bench --mode pipeline --batch 32 --size "$size" --iters 20 --workers 2 \
-    | awk -v s="$size" '/^pipeline:/ {printf "pipeline     %-6s %-5s %-5s %10s\n", "-", 32, s, $2}'
+    | awk -v s="$size" '/^pipeline:/ {printf "pipeline     %-6s %-5s %-5s %9s\n", "-", 32, s, $2}'
 done

@@ -4,7 +4,7 @@ use candle_core::{Module, Tensor};
 
 use crate::backbone::resnet::STEM_POOL;
 
-use crate::layers::{avg_pool2x2, max_pool2d, BatchNorm2d, Conv2d, ConvInit};
+use crate::layers::{avg_pool2x2, concat_channels, max_pool2d, BatchNorm2d, Conv2d, ConvInit};
 use crate::varstore::Builder;
 use crate::Result;
 
@@ -111,16 +111,12 @@ impl DenseNet {
             .forward_act_t(&self.conv0.forward(xs)?, None, true, train)?;
         let mut h = max_pool2d(&h, STEM_POOL)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            let mut features = vec![h];
+            // Each layer's input is the previous input plus that layer's new channels
+            // (torchvision's `cat` of all earlier features, grown one piece at a time).
             for layer in block {
-                let input = if features.len() == 1 {
-                    features[0].clone()
-                } else {
-                    Tensor::cat(&features, 1)?
-                };
-                features.push(layer.forward_t(&input, train)?);
+                let new = layer.forward_t(&h, train)?;
+                h = concat_channels(&h, &new)?;
             }
-            h = Tensor::cat(&features, 1)?;
             if let Some(t) = self.transitions.get(i) {
                 let x = t.norm.forward_act_t(&h, None, true, train)?;
                 h = avg_pool2x2(&t.conv.forward(&x)?)?;

@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::contiguous_slice;
+use super::reduce::{sum_dev, sums_grad};
 
 /// Per-channel sums over the N planes of channel `c` of an NCHW buffer.
 fn channel_planes(
@@ -20,113 +21,6 @@ fn channel_planes(
     ch: usize,
 ) -> impl Iterator<Item = &[f32]> {
     (0..n).map(move |i| &data[(i * c + ch) * hw..(i * c + ch + 1) * hw])
-}
-
-/// Defines `$name`, which runs the `#[inline(always)]` body `$body` compiled for AVX2 when
-/// the CPU has it. The crate builds for baseline x86-64, whose SSE2 leaves these f32 → f64
-/// reductions (a tenth of a training step) scalar; with AVX2 they vectorise. Same results
-/// either way: no FMA contraction, and the accumulator layout is fixed.
-macro_rules! with_avx2 {
-    ($(#[$doc:meta])* fn $name:ident = $body:ident ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-        $(#[$doc])*
-        fn $name($($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2($($arg: $ty),*) -> $ret {
-                    $body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2, checked just above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
-}
-
-/// Lanes of independent accumulators: no long dependency chain, so the sums pipeline and
-/// vectorise instead of waiting on each add.
-const LANES: usize = 8;
-
-#[inline(always)]
-fn sum_body(p: &[f32], centre: f64, square: bool) -> f64 {
-    let mut acc = [0f64; LANES];
-    let chunks = p.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    let term = |v: f32| {
-        let d = f64::from(v) - centre;
-        if square {
-            d * d
-        } else {
-            d
-        }
-    };
-    for c in chunks {
-        for j in 0..LANES {
-            acc[j] += term(c[j]);
-        }
-    }
-    let mut total = acc.iter().sum::<f64>();
-    for &v in tail {
-        total += term(v);
-    }
-    total
-}
-
-with_avx2! {
-    /// `Σ (v − centre)` (or `Σ (v − centre)²` with `square`) over `p`, in f64.
-    fn sum_f64 = sum_body(p: &[f32], centre: f64, square: bool) -> f64
-}
-
-/// `Σ g` and `Σ g·(x − m)` over paired slices (`MASKED`: of `g·[y > 0]`, the gradient
-/// through a ReLU whose output is `y`), in f64.
-#[inline(always)]
-fn sums_dy_body<const MASKED: bool>(x: &[f32], g: &[f32], y: &[f32], m: f64) -> (f64, f64) {
-    // Select in f32 before widening, so that the mask stays a vector blend.
-    let gate = |gv: f32, yv: f32| -> f64 { f64::from(if !MASKED || yv > 0.0 { gv } else { 0.0 }) };
-    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
-    let (xc, gc, yc) = (
-        x.chunks_exact(LANES),
-        g.chunks_exact(LANES),
-        y.chunks_exact(LANES),
-    );
-    let (xt, gt, yt) = (xc.remainder(), gc.remainder(), yc.remainder());
-    for ((xs, gs), ys) in xc.zip(gc).zip(yc) {
-        for j in 0..LANES {
-            let gv = gate(gs[j], ys[j]);
-            a[j] += gv;
-            b[j] += gv * (f64::from(xs[j]) - m);
-        }
-    }
-    let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
-    for ((&xv, &gv), &yv) in xt.iter().zip(gt).zip(yt) {
-        let gv = gate(gv, yv);
-        sa += gv;
-        sb += gv * (f64::from(xv) - m);
-    }
-    (sa, sb)
-}
-
-#[inline(always)]
-fn sums_dy_plain(x: &[f32], g: &[f32], m: f64) -> (f64, f64) {
-    sums_dy_body::<false>(x, g, g, m)
-}
-
-#[inline(always)]
-fn sums_dy_gated(x: &[f32], g: &[f32], y: &[f32], m: f64) -> (f64, f64) {
-    sums_dy_body::<true>(x, g, y, m)
-}
-
-with_avx2! {
-    /// `Σ g` and `Σ g·(x − m)`.
-    fn sums_dy = sums_dy_plain(x: &[f32], g: &[f32], m: f64) -> (f64, f64)
-}
-
-with_avx2! {
-    /// `Σ g·[y > 0]` and `Σ g·[y > 0]·(x − m)`.
-    fn sums_dy_masked = sums_dy_gated(x: &[f32], g: &[f32], y: &[f32], m: f64) -> (f64, f64)
 }
 
 /// Mean and biased variance per channel, as a [2, C] f64 tensor (row 0 mean, row 1 variance).
@@ -146,11 +40,11 @@ impl CustomOp1 for ChannelStats {
             .into_par_iter()
             .map(|ch| {
                 let sum: f64 = channel_planes(x, n, c, hw, ch)
-                    .map(|p| sum_f64(p, 0.0, false))
+                    .map(|p| sum_dev(p, 0.0, false))
                     .sum();
                 let mean = sum / count;
                 let ss: f64 = channel_planes(x, n, c, hw, ch)
-                    .map(|p| sum_f64(p, mean, true))
+                    .map(|p| sum_dev(p, mean, true))
                     .sum();
                 (mean, ss / count)
             })
@@ -405,11 +299,7 @@ impl CustomOp3 for BatchNormBackward {
                     .zip(channel_planes(dz, n, c, hw, ch))
                     .zip(channel_planes(y, n, c, hw, ch))
                     .fold((0.0, 0.0), |(sd, sdx), ((xp, gp), yp)| {
-                        let (a, b) = if masked {
-                            sums_dy_masked(xp, gp, yp, m)
-                        } else {
-                            sums_dy(xp, gp, m)
-                        };
+                        let (a, b) = sums_grad(xp, gp, masked.then_some(yp), m);
                         (sd + a, sdx + b)
                     });
                 (sd, sdxm * is)

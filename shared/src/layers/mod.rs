@@ -3,10 +3,12 @@
 mod batchnorm;
 mod batchnorm_op;
 pub mod channel_affine;
+mod concat;
 mod conv;
 pub mod conv_op;
 mod linear;
 pub mod pool;
+mod reduce;
 
 use candle_core::{CpuStorage, Layout, WithDType};
 
@@ -24,6 +26,7 @@ pub(crate) fn contiguous_slice<'a, T: WithDType>(
 }
 
 pub use batchnorm::BatchNorm2d;
+pub use concat::concat_channels;
 pub use conv::{Conv2d, ConvInit};
 pub use linear::Linear;
 pub use pool::{avg_pool2x2, global_avg_pool, max_pool2d, MaxPool2d};
