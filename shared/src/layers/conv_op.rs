@@ -25,6 +25,9 @@ const GROUP_COL_BUDGET: usize = 1 << 21;
 /// Columns one product should have (several samples of a small map at once) so that gemm's
 /// packing of the kernel is amortised.
 const MIN_WIDTH: usize = 1024;
+/// Columns (samples × output positions) a thread's share of the batch needs for the batch
+/// to be split across threads rather than inside gemm.
+const MIN_GROUP_WIDTH: usize = 256;
 /// Elements of one panel's column buffer for a single large map (half of a 1 MB L2 in f32).
 const PANEL_BUDGET: usize = 1 << 17;
 
@@ -194,11 +197,12 @@ fn im2col<T: WithDType>(
                 if g.stride == 1 {
                     row_out[x_lo..x_hi].copy_from_slice(&src[first..first + (x_hi - x_lo)]);
                 } else {
-                    for (o, xx) in row_out[x_lo..x_hi]
+                    // Every stride-th element: chunk heads, without per-element bounds checks.
+                    for (o, c) in row_out[x_lo..x_hi]
                         .iter_mut()
-                        .zip((first..).step_by(g.stride))
+                        .zip(src[first..].chunks(g.stride))
                     {
-                        *o = src[xx];
+                        *o = c[0];
                     }
                 }
             }
@@ -249,8 +253,11 @@ fn col2im<T: WithDType>(
                         *a += *b;
                     }
                 } else {
-                    for (xx, b) in (first - g.padding..).step_by(g.stride).zip(src_row) {
-                        dst_row[xx] += *b;
+                    for (c, b) in dst_row[first - g.padding..]
+                        .chunks_mut(g.stride)
+                        .zip(src_row)
+                    {
+                        c[0] += *b;
                     }
                 }
             }
@@ -337,7 +344,9 @@ impl Split {
         let l = d.out_len().max(1);
         // One group per thread when every thread gets a sample (or there is one thread);
         // otherwise a single group and the parallelism goes inside the kernels.
-        let sample_parallel = d.n >= threads;
+        // Small maps give each group too few columns: every thread would pack the whole
+        // kernel (and write a whole partial weight gradient) for a sliver of work.
+        let sample_parallel = d.n >= threads && (d.n / threads) * l >= MIN_GROUP_WIDTH;
         let (count, budget) = if sample_parallel {
             (threads, GROUP_COL_BUDGET)
         } else {
@@ -875,6 +884,40 @@ impl CustomOp2 for ConvWeightGrad {
         )?;
         Ok((out, Shape::from(self.w_dims.clone())))
     }
+}
+
+/// The input gradient of [`conv2d`] for an input of shape `x_dims`, given the output
+/// gradient `dy` (CPU, f32 or f64, no autograd).
+pub fn conv2d_input_grad(
+    dy: &Tensor,
+    w: &Tensor,
+    x_dims: &[usize],
+    geom: ConvGeom,
+) -> candle_core::Result<Tensor> {
+    dy.contiguous()?.apply_op2_no_bwd(
+        &w.contiguous()?,
+        &ConvInputGrad {
+            geom,
+            x_dims: x_dims.to_vec(),
+        },
+    )
+}
+
+/// The kernel gradient of [`conv2d`] for a kernel of shape `w_dims`, given the input `x` and
+/// the output gradient `dy` (CPU, f32 or f64, no autograd).
+pub fn conv2d_weight_grad(
+    x: &Tensor,
+    dy: &Tensor,
+    w_dims: &[usize],
+    geom: ConvGeom,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(
+        &dy.contiguous()?,
+        &ConvWeightGrad {
+            geom,
+            w_dims: w_dims.to_vec(),
+        },
+    )
 }
 
 /// Convolution of NCHW `xs` with kernel `w` [out, in, k, k] on the CPU (f32 or f64), with
