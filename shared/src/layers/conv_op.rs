@@ -559,7 +559,45 @@ fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
     y
 }
 
+/// `W'[ci, co, ky, kx] = W[co, ci, k−1−ky, k−1−kx]`: the kernel that turns a stride-1
+/// convolution's input gradient into a forward convolution of the output gradient.
+fn flipped_transpose<T: WithDType>(w: &[T], d: &Dims) -> Vec<T> {
+    let kk = d.k * d.k;
+    let mut out = vec![T::zero(); w.len()];
+    out.par_chunks_mut(d.c_out * kk)
+        .enumerate()
+        .for_each(|(ci, block)| {
+            for (co, dst) in block.chunks_exact_mut(kk).enumerate() {
+                let src = &w[(co * d.c_in + ci) * kk..][..kk];
+                for (o, v) in dst.iter_mut().zip(src.iter().rev()) {
+                    *o = *v;
+                }
+            }
+        });
+    out
+}
+
 fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+    if g.stride == 1 && d.k > 1 && g.padding < d.k {
+        // dX = conv(dY, W', padding k−1−p): the forward kernels (panels, no col2im) instead
+        // of Wᵀ·dY and a fold, which packs the whole kernel per thread and writes a column
+        // buffer k² times dX's size (twice as slow on ResNet's small late maps).
+        let dims = Dims {
+            n: d.n,
+            c_in: d.c_out,
+            h: d.oh,
+            w: d.ow,
+            c_out: d.c_in,
+            k: d.k,
+            oh: d.h,
+            ow: d.w,
+        };
+        let geom = ConvGeom {
+            stride: 1,
+            padding: d.k - 1 - g.padding,
+        };
+        return conv_forward(dy, &flipped_transpose(w, d), &dims, geom);
+    }
     let l = d.out_len();
     let rows = d.rows();
     let plane = d.h * d.w;
