@@ -33,9 +33,9 @@ impl DenseLayer {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = self.norm1.forward_act_t(xs, None, true, train)?;
+        let h = self.norm1.forward_relu_t(xs, None, train)?;
         let h = self.conv1.forward(&h)?;
-        let h = self.norm2.forward_act_t(&h, None, true, train)?;
+        let h = self.norm2.forward_relu_t(&h, None, train)?;
         self.conv2.forward(&h)
     }
 }
@@ -108,7 +108,7 @@ impl DenseNet {
     pub fn feature_map_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let h = self
             .norm0
-            .forward_act_t(&self.conv0.forward(xs)?, None, true, train)?;
+            .forward_relu_t(&self.conv0.forward(xs)?, None, train)?;
         let mut h = max_pool2d(&h, STEM_POOL)?;
         for (i, block) in self.blocks.iter().enumerate() {
             // Each layer's input is the previous input plus that layer's new channels
@@ -118,10 +118,10 @@ impl DenseNet {
                 h = concat_channels(&h, &new)?;
             }
             if let Some(t) = self.transitions.get(i) {
-                let x = t.norm.forward_act_t(&h, None, true, train)?;
+                let x = t.norm.forward_relu_t(&h, None, train)?;
                 h = avg_pool2x2(&t.conv.forward(&x)?)?;
             }
         }
-        self.norm5.forward_act_t(&h, None, true, train)
+        self.norm5.forward_relu_t(&h, None, train)
     }
 }

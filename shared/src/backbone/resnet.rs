@@ -41,7 +41,7 @@ impl ConvBn {
         train: bool,
     ) -> candle_core::Result<Tensor> {
         self.bn
-            .forward_act_t(&self.conv.forward(xs)?, residual, true, train)
+            .forward_relu_t(&self.conv.forward(xs)?, residual, train)
     }
 }
 

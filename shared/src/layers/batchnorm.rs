@@ -73,18 +73,17 @@ impl BatchNorm2d {
             .broadcast_add(&shift.reshape((1, c, 1, 1))?)
     }
 
-    /// `bn(xs) [+ residual]`, then a ReLU when `relu`: the common epilogue of a convolution
-    /// in ResNet (`relu(bn(conv) + identity)`) and DenseNet (`relu(norm(x))`). In training mode
-    /// on the CPU the three run as one fused op with one backward; elsewhere they compose.
-    pub fn forward_act_t(
+    /// `relu(bn(xs) [+ residual])`: the common epilogue of a convolution in ResNet
+    /// (`relu(bn(conv) + identity)`) and DenseNet (`relu(norm(x))`). In training mode on the
+    /// CPU the three run as one fused op with one backward; elsewhere they compose.
+    pub fn forward_relu_t(
         &self,
         xs: &Tensor,
         residual: Option<&Tensor>,
-        relu: bool,
         train: bool,
     ) -> candle_core::Result<Tensor> {
         if train {
-            if let Some(ys) = self.forward_train_fused(xs, residual, relu)? {
+            if let Some(ys) = self.forward_train_fused(xs, residual, true)? {
                 return Ok(ys);
             }
         }
@@ -92,10 +91,7 @@ impl BatchNorm2d {
         if let Some(r) = residual {
             ys = (ys + r)?;
         }
-        if relu {
-            ys = ys.relu()?;
-        }
-        Ok(ys)
+        ys.relu()
     }
 
     /// The fused CPU kernel, when it serves `xs` (contiguous-able f32 on the CPU with more

@@ -229,8 +229,12 @@ impl CustomOp3 for BatchNormAddTrain {
             &grad.contiguous()?,
             &self.0.backward_op(&wb.get(0)?, true)?,
         )?;
-        let (dx, dr, dweight, dbias) = unpack_grads(&packed, x.dims4()?, true)?;
-        let dwb = Tensor::stack(&[dweight, dbias], 0)?;
+        let (dx, dr, _, _) = unpack_grads(&packed, x.dims4()?, true)?;
+        // The packed buffer ends with [dweight; dbias]: already the [2, C] gradient of `wb`.
+        let c = wb.dim(1)?;
+        let dwb = packed
+            .narrow(0, packed.dim(0)? - 2 * c, 2 * c)?
+            .reshape((2, c))?;
         Ok((Some(dx), Some(dwb), dr))
     }
 }

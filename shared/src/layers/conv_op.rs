@@ -91,7 +91,7 @@ impl Dims {
 fn parallelism() -> gemm::Parallelism {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        let threads = candle_core::utils::get_num_threads();
+        let threads = threads();
         if threads > 1 {
             return gemm::Parallelism::Rayon(threads);
         }
@@ -797,24 +797,12 @@ impl CustomOp2 for Conv2dOp {
         // Only the gradients someone can receive: not the input image's (the stem's input
         // gradient is the costliest pass of a ResNet step), nor a frozen kernel's.
         let dx = if x.track_op() {
-            Some(dy.apply_op2_no_bwd(
-                w,
-                &ConvInputGrad {
-                    geom: self.0,
-                    x_dims: x.dims().to_vec(),
-                },
-            )?)
+            Some(conv2d_input_grad(&dy, w, x.dims(), self.0)?)
         } else {
             None
         };
         let dw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(
-                &dy,
-                &ConvWeightGrad {
-                    geom: self.0,
-                    w_dims: w.dims().to_vec(),
-                },
-            )?)
+            Some(conv2d_weight_grad(x, &dy, w.dims(), self.0)?)
         } else {
             None
         };

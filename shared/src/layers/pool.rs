@@ -55,20 +55,24 @@ impl MaxPool2d {
         (start, end)
     }
 
+    /// The clipped column range of every output column's window, for a width `w`.
+    fn column_windows(&self, w: usize) -> Vec<(usize, usize)> {
+        (0..self.out_size(w)).map(|ox| self.clip(ox, w)).collect()
+    }
+
     /// Window maxima of one H×W plane into `out` (OH×OW): a column maximum over the window's
-    /// rows (contiguous, so it vectorises), then the maximum across each window's columns.
-    /// NaN propagates, as in PyTorch. `rowmax` is scratch of `w` elements.
+    /// rows (contiguous, so it vectorises), then the maximum across each window's columns
+    /// (`cols`, from [`Self::column_windows`]). NaN propagates, as in PyTorch. `rowmax` is
+    /// scratch of `w` elements.
     fn max_plane<T: Copy + PartialOrd>(
         &self,
         plane: &[T],
-        h: usize,
-        w: usize,
+        (h, w): (usize, usize),
+        cols: &[(usize, usize)],
         out: &mut [T],
         rowmax: &mut [T],
     ) {
-        let ow = self.out_size(w);
-        let cols: Vec<(usize, usize)> = (0..ow).map(|ox| self.clip(ox, w)).collect();
-        for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+        for (oy, out_row) in out.chunks_exact_mut(cols.len()).enumerate() {
             let (y0, y1) = self.clip(oy, h);
             rowmax.copy_from_slice(&plane[y0 * w..(y0 + 1) * w]);
             for y in y0 + 1..y1 {
@@ -76,7 +80,7 @@ impl MaxPool2d {
                     *m = nan_max(*m, v);
                 }
             }
-            for (o, &(x0, x1)) in out_row.iter_mut().zip(&cols) {
+            for (o, &(x0, x1)) in out_row.iter_mut().zip(cols) {
                 *o = rowmax[x0 + 1..x1]
                     .iter()
                     .fold(rowmax[x0], |m, &v| nan_max(m, v));
@@ -136,12 +140,13 @@ fn forward_typed<T: candle_core::WithDType>(
     op.check(h, w)?;
     let src = contiguous_slice::<T>(s, l, "max-pool: input")?;
     let (oh, ow) = (op.out_size(h), op.out_size(w));
+    let cols = op.column_windows(w);
     let mut out = vec![T::zero(); n * c * oh * ow];
     out.par_chunks_mut(oh * ow)
         .zip(src.par_chunks_exact(h * w))
         .for_each_init(
             || vec![T::zero(); w],
-            |rowmax, (dst, plane)| op.max_plane(plane, h, w, dst, rowmax),
+            |rowmax, (dst, plane)| op.max_plane(plane, (h, w), &cols, dst, rowmax),
         );
     Ok((out, Shape::from((n, c, oh, ow))))
 }
@@ -204,7 +209,7 @@ fn backward_typed<T: candle_core::WithDType + std::ops::AddAssign>(
             gl.dims()
         );
     }
-    let cols: Vec<(usize, usize)> = (0..ow).map(|ox| op.clip(ox, w)).collect();
+    let cols = op.column_windows(w);
     let mut dx = vec![T::zero(); n * c * h * w];
     dx.par_chunks_exact_mut(h * w)
         .zip(src.par_chunks_exact(h * w))
