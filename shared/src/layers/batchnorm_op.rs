@@ -122,7 +122,9 @@ impl BatchNormTrain {
     }
 }
 
-/// Unpack [`BatchNormBackward`]'s `[dx, (dresidual), dweight, dbias]`.
+/// Unpack [`BatchNormBackward`]'s `[dx, (dresidual), dweight, dbias]`. The parameter
+/// gradients are copied out: candle keeps them until the optimizer step, and as views they
+/// would keep the whole activation-sized buffer alive for that long.
 fn unpack_grads(
     packed: &Tensor,
     dims: (usize, usize, usize, usize),
@@ -141,8 +143,8 @@ fn unpack_grads(
     Ok((
         dx,
         dr,
-        packed.narrow(0, at, c)?,
-        packed.narrow(0, at + c, c)?,
+        packed.narrow(0, at, c)?.force_contiguous()?,
+        packed.narrow(0, at + c, c)?.force_contiguous()?,
     ))
 }
 
@@ -230,11 +232,13 @@ impl CustomOp3 for BatchNormAddTrain {
             &self.0.backward_op(&wb.get(0)?, true)?,
         )?;
         let (dx, dr, _, _) = unpack_grads(&packed, x.dims4()?, true)?;
-        // The packed buffer ends with [dweight; dbias]: already the [2, C] gradient of `wb`.
+        // The packed buffer ends with [dweight; dbias]: already the [2, C] gradient of `wb`
+        // (copied out for the reason given at `unpack_grads`).
         let c = wb.dim(1)?;
         let dwb = packed
             .narrow(0, packed.dim(0)? - 2 * c, 2 * c)?
-            .reshape((2, c))?;
+            .reshape((2, c))?
+            .force_contiguous()?;
         Ok((Some(dx), Some(dwb), dr))
     }
 }
@@ -408,6 +412,15 @@ mod tests {
         }
     }
 
+    /// Elements in the buffer behind `t` (a view keeps its whole buffer alive).
+    fn buffer_len(t: &Tensor) -> usize {
+        let (storage, _) = t.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v.len(),
+            _ => usize::MAX,
+        }
+    }
+
     fn rel_err(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
         let a = a.to_dtype(DType::F64)?.flatten_all()?;
         let b = b.to_dtype(DType::F64)?.flatten_all()?;
@@ -478,6 +491,16 @@ mod tests {
                     .expect("reference gradient");
                 let err = rel_err(a, b)?;
                 assert!(err < 1e-5, "{case}: d{name} relative error {err}");
+            }
+            // The parameters' gradients, kept until the optimizer step, hold no reference to
+            // the activation-sized buffer they were computed in.
+            for (i, name) in [(1, "weight"), (2, "bias")] {
+                let g = g_fused.get(vars32[i].as_tensor()).expect("fused gradient");
+                let len = buffer_len(g);
+                assert!(
+                    len <= 2 * c,
+                    "{case}: d{name} holds a buffer of {len} floats"
+                );
             }
         }
         Ok(())
