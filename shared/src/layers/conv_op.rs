@@ -9,6 +9,8 @@
 //! loop and the weight gradient as one convolution whose "kernel" is the whole output
 //! gradient; both are slow, and their long sequential f32 sums cost about three digits on
 //! BatchNorm-bias gradients of early layers. 1×1 stride-1 convolutions skip im2col entirely.
+//! Stride-1 input gradients are forward convolutions of `dY` with the flipped kernel, and
+//! stride-1 "same" convolutions on batches of larger maps skip it too ([`shifted`]).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use std::ops::Range;
@@ -16,6 +18,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::contiguous_slice;
+
+mod shifted;
 
 /// Upper bound on the elements of the im2col buffer when one sample-group spans the whole
 /// pool (batches smaller than the thread count); larger batches are processed in chunks.
@@ -507,6 +511,9 @@ impl Split {
 }
 
 fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+    if shifted::applies(d, g) {
+        return shifted::forward(x, w, d, g);
+    }
     let l = d.out_len();
     let rows = d.rows();
     let split = Split::new(d);
@@ -673,6 +680,9 @@ fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<
 }
 
 fn conv_weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+    if shifted::applies(d, g) {
+        return shifted::weight_grad(x, dy, d, g);
+    }
     let l = d.out_len();
     let rows = d.rows();
     let split = Split::new(d);

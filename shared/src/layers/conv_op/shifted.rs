@@ -1,0 +1,377 @@
+//! Stride-1 "same" convolutions (`k = 2·pad + 1`, ResNet's and DenseNet's 3×3) without
+//! unfolding. The input's planes are copied once, zero-padded, into a flat layout where each
+//! kernel tap `(ky, kx)` reads the plane at a constant shift of the output position. The
+//! convolution is then `k²` accumulating products of the tap's `[c_out, c_in]` kernel slice
+//! with the shifted plane matrix. gemm reads the planes directly, so the `k²`-times-larger
+//! column buffer is never written.
+//!
+//! The price is padding columns: outputs are computed on the padded grid and the padding
+//! positions are dropped. On an `h×w` map that wastes `1 − h·w / ((h+p)(w+p))` of the
+//! products, so [`applies`] keeps small maps on the unfolding path.
+
+use super::{matmul, row_major, row_major_mut, Dims, Mat, Scratch, Split};
+use crate::layers::conv_op::{for_groups, ConvGeom};
+use candle_core::WithDType;
+use rayon::prelude::*;
+
+/// Maps must keep at least this share of the padded grid's positions (a 14×14 map keeps
+/// 87%, 7×7 keeps 77%): below it the wasted products cost more than unfolding.
+const MIN_USEFUL_SHARE: f64 = 0.85;
+/// Elements of the padded input and output buffers of one chunk of samples: 2 MB in f32,
+/// so each of the `k²` products reads the planes from cache (4× this was slower on ResNet-18
+/// at 224 px than unfolding; this and half of it measured the same).
+#[cfg(not(test))]
+const CHUNK_BUDGET: usize = 1 << 19;
+/// Small in unit tests, so that their batches span several chunks.
+#[cfg(test)]
+const CHUNK_BUDGET: usize = 1 << 13;
+
+/// Channels a tap's product needs on both sides: each of the `k²` products has depth
+/// `c_in` and rewrites the `c_out`-row output, which thinner convolutions do not amortise.
+const MIN_CHANNELS: usize = 64;
+
+/// Whether a convolution takes this path: a stride-1 "same" convolution on a map that is not
+/// too small, with enough channels, and a batch split across threads (a single sample runs
+/// each of its `k²` products multi-threaded, whose synchronisation costs more than the
+/// unfolding it saves).
+pub(super) fn applies(d: &Dims, g: ConvGeom) -> bool {
+    geometry_fits(d, g) && d.c_in.min(d.c_out) >= MIN_CHANNELS && !Split::new(d).inner_parallel
+}
+
+/// A stride-1 "same" convolution on a map that keeps [`MIN_USEFUL_SHARE`] of its padded grid.
+fn geometry_fits(d: &Dims, g: ConvGeom) -> bool {
+    let p = g.padding;
+    g.stride == 1
+        && d.k > 1
+        && d.k == 2 * p + 1
+        && (d.h * d.w) as f64 >= MIN_USEFUL_SHARE * ((d.h + p) * (d.w + p)) as f64
+}
+
+/// Where `nc` samples of an `h×w` map sit in a channel's flat padded plane.
+///
+/// Rows are `w + p` long: `w` values then `p` zeros, which are also the left padding of
+/// the next row. Samples follow each other with `p` zero rows in between; `p + 1` zero rows
+/// lead (the extra one covers the left padding of the first row) and one trails.
+struct Planes {
+    pad: usize,
+    h: usize,
+    w: usize,
+    /// Row length `w + p`.
+    wp: usize,
+    /// Rows from one sample's first row to the next's, `h + p`.
+    sample_rows: usize,
+    /// Elements of one channel's plane.
+    len: usize,
+    /// Flat index of the first sample's first value.
+    first: usize,
+    /// Output positions computed: from `first` to the last sample's last row end.
+    span: usize,
+}
+
+impl Planes {
+    fn new(h: usize, w: usize, pad: usize, nc: usize) -> Self {
+        let wp = w + pad;
+        let sample_rows = h + pad;
+        let lead = pad + 1;
+        Self {
+            pad,
+            h,
+            w,
+            wp,
+            sample_rows,
+            len: (lead + nc * sample_rows + 1) * wp,
+            first: lead * wp,
+            span: ((nc - 1) * sample_rows + h) * wp,
+        }
+    }
+
+    /// Flat offset from an output position to the input value tap `(ky, kx)` reads.
+    fn tap_offset(&self, ky: usize, kx: usize) -> isize {
+        (ky as isize - self.pad as isize) * self.wp as isize + kx as isize - self.pad as isize
+    }
+
+    /// Copy `nc` samples `[nc, c, h, w]` into `buf` `[c, len]`, zeros everywhere else;
+    /// channels in parallel when `parallel`.
+    fn pad<T: WithDType>(&self, src: &[T], c: usize, nc: usize, buf: &mut [T], parallel: bool) {
+        let (h, w, wp) = (self.h, self.w, self.wp);
+        let fill = |(ch, plane): (usize, &mut [T])| {
+            plane[..self.first].fill(T::zero());
+            let mut at = self.first;
+            for s in 0..nc {
+                let sample = &src[(s * c + ch) * h * w..][..h * w];
+                for row in sample.chunks_exact(w) {
+                    plane[at..at + w].copy_from_slice(row);
+                    plane[at + w..at + wp].fill(T::zero());
+                    at += wp;
+                }
+                let gap = (self.sample_rows - h) * wp;
+                plane[at..at + gap].fill(T::zero());
+                at += gap;
+            }
+            plane[at..].fill(T::zero());
+        };
+        let planes = &mut buf[..c * self.len];
+        if parallel {
+            planes
+                .par_chunks_exact_mut(self.len)
+                .enumerate()
+                .for_each(fill);
+        } else {
+            planes.chunks_exact_mut(self.len).enumerate().for_each(fill);
+        }
+    }
+
+    /// Copy the real positions of `grid` `[c, span]` (outputs on the padded grid) to
+    /// `dst` `[nc, c, h, w]`; planes in parallel when `parallel`.
+    fn unpad<T: WithDType>(&self, grid: &[T], c: usize, nc: usize, dst: &mut [T], parallel: bool) {
+        let (h, w, wp) = (self.h, self.w, self.wp);
+        let copy = |(i, out): (usize, &mut [T])| {
+            let (s, ch) = (i / c, i % c);
+            let rows = &grid[ch * self.span + s * self.sample_rows * wp..];
+            for (y, row) in out.chunks_exact_mut(w).enumerate() {
+                row.copy_from_slice(&rows[y * wp..y * wp + w]);
+            }
+        };
+        let planes = &mut dst[..nc * c * h * w];
+        if parallel {
+            planes
+                .par_chunks_exact_mut(h * w)
+                .enumerate()
+                .for_each(copy);
+        } else {
+            planes.chunks_exact_mut(h * w).enumerate().for_each(copy);
+        }
+    }
+}
+
+/// Samples per chunk: padded input and output planes within [`CHUNK_BUDGET`].
+fn chunk_samples(d: &Dims, pad: usize, c_in: usize, c_out: usize) -> usize {
+    let per_sample = (c_in + c_out) * (d.h + pad) * (d.w + pad);
+    (CHUNK_BUDGET / per_sample.max(1)).max(1)
+}
+
+/// `w [c_out, c_in, k, k]` as `k²` row-major `[c_out, c_in]` tap slices.
+fn taps_major<T: WithDType>(w: &[T], d: &Dims) -> Vec<T> {
+    let kk = d.k * d.k;
+    let mut out = vec![T::zero(); w.len()];
+    for (tap, slice) in out.chunks_exact_mut(d.c_out * d.c_in).enumerate() {
+        for (o, v) in slice.iter_mut().zip(w.iter().skip(tap).step_by(kk)) {
+            *o = *v;
+        }
+    }
+    out
+}
+
+/// The forward convolution of `x` `[n, c_in, h, w]` with `w` `[c_out, c_in, k, k]`.
+pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+    let (pad, kk, l) = (g.padding, d.k * d.k, d.h * d.w);
+    let split = Split::new(d);
+    let par = split.parallelism();
+    let taps = taps_major(w, d);
+    let per = chunk_samples(d, pad, d.c_in, d.c_out);
+    let most = per.min(split.groups.iter().map(|g| g.len()).max().unwrap_or(1));
+    let full = Planes::new(d.h, d.w, pad, most);
+    let mut y = vec![T::zero(); d.n * d.c_out * l];
+    for_groups(&split, &mut y, d.c_out * l, |group, y_part| {
+        T::with_scratch(d.c_in * full.len + d.c_out * full.span, |scratch| {
+            let (planes_buf, grid_buf) = scratch.split_at_mut(d.c_in * full.len);
+            for n0 in group.clone().step_by(per) {
+                let nc = per.min(group.end - n0);
+                let pl = Planes::new(d.h, d.w, pad, nc);
+                pl.pad(
+                    &x[n0 * d.c_in * l..],
+                    d.c_in,
+                    nc,
+                    planes_buf,
+                    split.inner_parallel,
+                );
+                for tap in 0..kk {
+                    let shift = pl.first as isize + pl.tap_offset(tap / d.k, tap % d.k);
+                    // grid (+)= W_tap (c_out × c_in) · shifted planes (c_in × span)
+                    matmul(
+                        d.c_out,
+                        pl.span,
+                        d.c_in,
+                        row_major_mut(grid_buf.as_mut_ptr(), pl.span),
+                        tap > 0,
+                        row_major(taps[tap * d.c_out * d.c_in..].as_ptr(), d.c_in),
+                        // SAFETY (of the offset): `shift` ≥ 0 and shift + span ≤ len by
+                        // the plane's leading and trailing zero rows.
+                        row_major(planes_buf[shift as usize..].as_ptr(), pl.len),
+                        par,
+                    );
+                }
+                let ys = &mut y_part[(n0 - group.start) * d.c_out * l..][..nc * d.c_out * l];
+                pl.unpad(grid_buf, d.c_out, nc, ys, split.inner_parallel);
+            }
+        })
+    });
+    y
+}
+
+/// The kernel gradient of the convolution of `x` `[n, c_in, h, w]` given the output
+/// gradient `dy` `[n, c_out, h, w]`.
+pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+    let (pad, kk, l) = (g.padding, d.k * d.k, d.h * d.w);
+    let split = Split::new(d);
+    let par = split.parallelism();
+    let per = chunk_samples(d, pad, d.c_in, d.c_out);
+    let most = per.min(split.groups.iter().map(|g| g.len()).max().unwrap_or(1));
+    let full = Planes::new(d.h, d.w, pad, most);
+    let slice = d.c_out * d.c_in;
+    // Per group: k² tap slices [c_out, c_in], summed over the group's chunks.
+    let partial = |group: std::ops::Range<usize>| -> Vec<T> {
+        let mut dw = vec![T::zero(); kk * slice];
+        let mut first_chunk = true;
+        T::with_scratch((d.c_in + d.c_out) * full.len, |scratch| {
+            let (x_buf, dy_buf) = scratch.split_at_mut(d.c_in * full.len);
+            for n0 in group.clone().step_by(per) {
+                let nc = per.min(group.end - n0);
+                let pl = Planes::new(d.h, d.w, pad, nc);
+                pl.pad(
+                    &x[n0 * d.c_in * l..],
+                    d.c_in,
+                    nc,
+                    x_buf,
+                    split.inner_parallel,
+                );
+                // The output gradient on the same grid, zero at the padding positions, so
+                // the products there add nothing.
+                pl.pad(
+                    &dy[n0 * d.c_out * l..],
+                    d.c_out,
+                    nc,
+                    dy_buf,
+                    split.inner_parallel,
+                );
+                for tap in 0..kk {
+                    let shift = pl.first as isize + pl.tap_offset(tap / d.k, tap % d.k);
+                    // dW_tap (+)= dY (c_out × span) · shifted planesᵀ (span × c_in)
+                    matmul(
+                        d.c_out,
+                        d.c_in,
+                        pl.span,
+                        row_major_mut(dw[tap * slice..].as_mut_ptr(), d.c_in),
+                        !first_chunk,
+                        row_major(dy_buf[pl.first..].as_ptr(), pl.len),
+                        Mat {
+                            ptr: x_buf[shift as usize..].as_ptr(),
+                            rs: 1,
+                            cs: pl.len as isize,
+                        },
+                        par,
+                    );
+                }
+                first_chunk = false;
+            }
+        });
+        dw
+    };
+    let partials: Vec<Vec<T>> = if split.groups.len() == 1 {
+        vec![partial(split.groups[0].clone())]
+    } else {
+        split.groups.par_iter().cloned().map(partial).collect()
+    };
+    // Sum the groups in order (the same result every run) and go back to [c_out, c_in, k, k].
+    let mut parts = partials.into_iter();
+    let mut sum = parts.next().unwrap_or_else(|| vec![T::zero(); kk * slice]);
+    for p in parts {
+        for (a, b) in sum.iter_mut().zip(&p) {
+            *a += *b;
+        }
+    }
+    let mut dw = vec![T::zero(); kk * slice];
+    for (i, v) in dw.iter_mut().enumerate() {
+        let (pair, tap) = (i / kk, i % kk);
+        *v = sum[tap * slice + pair];
+    }
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::conv_op::flipped_transpose;
+    use candle_core::{Device, Tensor, Var};
+
+    fn values(t: &Tensor) -> candle_core::Result<Vec<f64>> {
+        t.flatten_all()?.to_vec1::<f64>()
+    }
+
+    /// Forward, input and kernel gradients against candle's own convolution and its
+    /// autograd (f64), with batches spanning several chunks and groups.
+    #[test]
+    fn shifted_convolution_and_gradients_match_candle() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for (n, cin, cout, k, h, w) in [
+            (7, 5, 8, 3, 14, 15),
+            (3, 4, 3, 5, 24, 25),
+            (1, 6, 4, 3, 20, 16),
+        ] {
+            let pad = (k - 1) / 2;
+            let geom = ConvGeom {
+                stride: 1,
+                padding: pad,
+            };
+            let d = Dims::new(&[n, cin, h, w], &[cout, cin, k, k], geom)?;
+            assert!(geometry_fits(&d, geom));
+            let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, cin, h, w), &dev)?)?;
+            let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev)?)?;
+            let reference = x.as_tensor().conv2d(wt.as_tensor(), pad, 1, 1, 1)?;
+            let dy = Tensor::randn(0f64, 1.0, reference.shape(), &dev)?;
+            let grads = reference.mul(&dy)?.sum_all()?.backward()?;
+            let (xs, ws, dys) = (values(&x)?, values(&wt)?, values(&dy)?);
+            let y = forward(&xs, &ws, &d, geom);
+            // The input gradient: the forward convolution of dY with the flipped kernel.
+            let d_t = Dims::new(&[n, cout, h, w], &[cin, cout, k, k], geom)?;
+            let dx = forward(&dys, &flipped_transpose(&ws, &d), &d_t, geom);
+            let dw = weight_grad(&xs, &dys, &d, geom);
+            let expected = [
+                ("y", values(&reference)?),
+                ("dx", values(grads.get(x.as_tensor()).expect("dx"))?),
+                ("dw", values(grads.get(wt.as_tensor()).expect("dw"))?),
+            ];
+            for ((name, want), got) in expected.into_iter().zip([y, dx, dw]) {
+                assert_eq!(got.len(), want.len());
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    diff < 1e-9,
+                    "{n}x{cin}x{h}x{w} k{k}: {name} differs by {diff}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn small_maps_and_other_geometries_keep_the_unfolding_path() -> candle_core::Result<()> {
+        let cases = [
+            (7, 3, 1, 1, false),  // 7×7 map keeps 77% of the padded grid
+            (14, 3, 1, 1, true),  // 87%
+            (14, 3, 2, 1, false), // stride 2
+            (14, 3, 1, 0, false), // not "same"
+            (14, 1, 1, 0, false), // pointwise: a plain product already
+        ];
+        for (h, k, stride, padding, expected) in cases {
+            let g = ConvGeom { stride, padding };
+            let d = Dims::new(&[2, 4, h, h], &[4, 4, k, k], g)?;
+            assert_eq!(
+                geometry_fits(&d, g),
+                expected,
+                "{h}x{h} k{k} s{stride} p{padding}"
+            );
+        }
+        // Thin convolutions (DenseNet's 128 → 32) keep it too.
+        let g = ConvGeom {
+            stride: 1,
+            padding: 1,
+        };
+        let thin = Dims::new(&[64, 128, 56, 56], &[32, 128, 3, 3], g)?;
+        assert!(geometry_fits(&thin, g) && !applies(&thin, g));
+        Ok(())
+    }
+}
