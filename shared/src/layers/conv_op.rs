@@ -179,6 +179,8 @@ fn im2col<T: WithDType>(
 ) {
     let seg = oy.len() * d.ow;
     let width = nc * seg;
+    // Stride 1 with the output as wide as the input: each row of taps is one shifted copy.
+    let same_size = g.stride == 1 && d.ow == d.w && d.oh == d.h;
     let fill_row = |(row, dst): (usize, &mut [T])| {
         let ci = row / (d.k * d.k);
         let ky = (row / d.k) % d.k;
@@ -188,6 +190,19 @@ fn im2col<T: WithDType>(
         for s in 0..nc {
             let plane = &x[(s * d.c_in + ci) * d.h * d.w..][..d.h * d.w];
             let out = &mut dst[s * seg..(s + 1) * seg];
+            if same_size {
+                shifted_rows(
+                    plane,
+                    out,
+                    d.w,
+                    oy.clone(),
+                    (y_lo, y_hi),
+                    (x_lo, x_hi),
+                    (ky, kx),
+                    g.padding,
+                );
+                continue;
+            }
             for (row_out, oy) in out.chunks_exact_mut(d.ow).zip(oy.clone()) {
                 if oy < y_lo || oy >= y_hi || x_lo == x_hi {
                     row_out.fill(T::zero());
@@ -217,6 +232,51 @@ fn im2col<T: WithDType>(
         col.par_chunks_mut(width).enumerate().for_each(fill_row);
     } else {
         col.chunks_mut(width).enumerate().for_each(fill_row);
+    }
+}
+
+/// One tap `(ky, kx)`'s unfolded rows `oy` of a stride-1 convolution whose output is as
+/// large as its `w`-wide input `plane`: the output row `o` reads input row `o + ky − pad`
+/// shifted by `kx − pad`, so the valid rows `y_lo..y_hi` are a single copy of the plane at
+/// that shift. Then the columns outside `x_lo..x_hi` (which took a neighbouring row's edge)
+/// and the rows outside `y_lo..y_hi` are zeroed. Short maps (7×7, 4×4) thus cost one copy
+/// and a few stores per row instead of three library calls per output row.
+#[allow(clippy::too_many_arguments)]
+fn shifted_rows<T: WithDType>(
+    plane: &[T],
+    out: &mut [T],
+    w: usize,
+    oy: Range<usize>,
+    (y_lo, y_hi): (usize, usize),
+    (x_lo, x_hi): (usize, usize),
+    (ky, kx): (usize, usize),
+    pad: usize,
+) {
+    let (a, b) = (y_lo.max(oy.start), y_hi.min(oy.end).max(y_lo.max(oy.start)));
+    let rel = |o: usize| (o - oy.start) * w;
+    out[..rel(a)].fill(T::zero());
+    out[rel(b)..].fill(T::zero());
+    if a == b {
+        return;
+    }
+    // Flat source index of output (a, 0): row a + ky − pad, column kx − pad (may be < 0
+    // at the plane's first value, or run past its last: those are zeroed edge columns).
+    let start = ((a + ky - pad) * w) as isize + kx as isize - pad as isize;
+    let len = ((b - a) * w) as isize;
+    let (src_lo, src_hi) = (start.max(0), (start + len).min(plane.len() as isize));
+    let block = &mut out[rel(a)..rel(b)];
+    if src_lo < src_hi {
+        let at = (src_lo - start) as usize;
+        block[at..at + (src_hi - src_lo) as usize]
+            .copy_from_slice(&plane[src_lo as usize..src_hi as usize]);
+    }
+    for row in block.chunks_exact_mut(w) {
+        for v in &mut row[..x_lo] {
+            *v = T::zero();
+        }
+        for v in &mut row[x_hi..] {
+            *v = T::zero();
+        }
     }
 }
 
