@@ -364,31 +364,47 @@ fn transpose_chunk<T: WithDType>(
 pub(crate) trait Scratch: WithDType {
     /// Run `f` on a buffer of at least `len` elements (contents unspecified).
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+    /// The same with a second buffer, for a kernel rearranged by the caller of a kernel
+    /// that takes [`Scratch::with_scratch`] itself.
+    fn with_kernel_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+/// Run `f` on the first `len` elements of the thread-local buffer `key`, grown as needed.
+fn with_buffer<T: WithDType, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                *buf = vec![T::zero(); len];
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (a nested rayon job): a one-off buffer.
+        Err(_) => f(&mut vec![T::zero(); len]),
+    })
 }
 
 macro_rules! scratch_impl {
-    ($t:ty, $key:ident) => {
+    ($t:ty, $key:ident, $kernel_key:ident) => {
         thread_local! {
             static $key: std::cell::RefCell<Vec<$t>> = const { std::cell::RefCell::new(Vec::new()) };
+            static $kernel_key: std::cell::RefCell<Vec<$t>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         impl Scratch for $t {
             fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
-                $key.with(|cell| match cell.try_borrow_mut() {
-                    Ok(mut buf) => {
-                        if buf.len() < len {
-                            *buf = vec![0 as $t; len];
-                        }
-                        f(&mut buf[..len])
-                    }
-                    // Re-entered on this thread (a nested rayon job): a one-off buffer.
-                    Err(_) => f(&mut vec![0 as $t; len]),
-                })
+                with_buffer(&$key, len, f)
+            }
+            fn with_kernel_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                with_buffer(&$kernel_key, len, f)
             }
         }
     };
 }
-scratch_impl!(f32, SCRATCH_F32);
-scratch_impl!(f64, SCRATCH_F64);
+scratch_impl!(f32, SCRATCH_F32, KERNEL_SCRATCH_F32);
+scratch_impl!(f64, SCRATCH_F64, KERNEL_SCRATCH_F64);
 
 /// How one call spreads over the threads.
 struct Split {
@@ -627,11 +643,11 @@ fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
 }
 
 /// `W'[ci, co, ky, kx] = W[co, ci, k−1−ky, k−1−kx]`: the kernel that turns a stride-1
-/// convolution's input gradient into a forward convolution of the output gradient.
-fn flipped_transpose<T: WithDType>(w: &[T], d: &Dims) -> Vec<T> {
+/// convolution's input gradient into a forward convolution of the output gradient, into `out`.
+fn flipped_transpose<T: WithDType>(w: &[T], d: &Dims, out: &mut [T]) {
     let kk = d.k * d.k;
-    let mut out = vec![T::zero(); w.len()];
-    out.par_chunks_mut(d.c_out * kk)
+    out[..w.len()]
+        .par_chunks_mut(d.c_out * kk)
         .enumerate()
         .for_each(|(ci, block)| {
             for (co, dst) in block.chunks_exact_mut(kk).enumerate() {
@@ -641,7 +657,6 @@ fn flipped_transpose<T: WithDType>(w: &[T], d: &Dims) -> Vec<T> {
                 }
             }
         });
-    out
 }
 
 fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
@@ -663,7 +678,12 @@ fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<
             stride: 1,
             padding: d.k - 1 - g.padding,
         };
-        return conv_forward(dy, &flipped_transpose(w, d), &dims, geom);
+        // The flipped kernel goes in a reused buffer: a fresh 9 MB one (ResNet's 512-channel
+        // kernels) cost 2 ms of page faults per call.
+        return T::with_kernel_scratch(w.len(), |flipped| {
+            flipped_transpose(w, d, flipped);
+            conv_forward(dy, flipped, &dims, geom)
+        });
     }
     let l = d.out_len();
     let rows = d.rows();

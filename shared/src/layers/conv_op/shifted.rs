@@ -324,7 +324,9 @@ mod tests {
             let y = forward(&xs, &ws, &d, geom);
             // The input gradient: the forward convolution of dY with the flipped kernel.
             let d_t = Dims::new(&[n, cout, h, w], &[cin, cout, k, k], geom)?;
-            let dx = forward(&dys, &flipped_transpose(&ws, &d), &d_t, geom);
+            let mut flipped = vec![0.0; ws.len()];
+            flipped_transpose(&ws, &d, &mut flipped);
+            let dx = forward(&dys, &flipped, &d_t, geom);
             let dw = weight_grad(&xs, &dys, &d, geom);
             let expected = [
                 ("y", values(&reference)?),
