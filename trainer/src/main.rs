@@ -1,5 +1,6 @@
 //! `mtpath`: multi-task pre-training of CNN trunks for digital pathology.
 
+mod block_cache;
 mod commands;
 mod data;
 mod device;
@@ -76,8 +77,14 @@ fn keep_freed_memory_in_the_heap() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory_in_the_heap() {}
 
+/// Blocks over glibc's 32 MiB mmap threshold (224 px activations) kept for reuse: +7% on a
+/// ResNet-18 b32 224 training step, +30 MB peak memory.
+#[global_allocator]
+static ALLOCATOR: block_cache::BlockCache = block_cache::BlockCache::new();
+
 fn main() {
     keep_freed_memory_in_the_heap();
+    ALLOCATOR.configure_from_env();
     // candle 0.11 runs elementwise ops on its own spinning thread pool beside rayon's (gemm,
     // our convolution kernels); on few cores the two pools compete and the main thread spins
     // waiting for a descheduled worker. Elementwise ops are memory-bound: one thread costs
