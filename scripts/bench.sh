@@ -4,7 +4,8 @@
 #
 # PyTorch comes from a throwaway venv (default /tmp/mtpath-bench-venv; BENCH_VENV overrides),
 # created from PyPI on first use together with onnx + onnxruntime, so inference cases also
-# report onnxruntime's CPU session. THREADS (default 2), ITERS (timed steps per run, default 5),
+# report onnxruntime's CPU session. THREADS (default 2), ITERS (timed steps per run, default 5;
+# inference at batch B runs ITERS·32/B batches),
 # ROUNDS (default 3): each case runs mtpath and PyTorch alternately ROUNDS times and reports
 # the median of each, which keeps a noisy machine's bursts out of the ratio. CASES overrides
 # the case list ("arch mode batch size" per line), e.g. CASES="resnet18 infer 1 224".
@@ -47,16 +48,20 @@ resnet50 train 32 112
 resnet50 train 16 224
 densenet121 train 16 224'
 while read -r arch mode batch size; do
+  # Inference at small batches times as many images as at batch 32: five 15 ms batch-1
+  # passes were dominated by noise.
+  n=$iters
+  if [ "$mode" = infer ]; then n=$((iters * 32 / batch)); fi
   ort_flag=""
   if [ "$mode" = infer ] && "$py" -c "import onnxruntime, onnx" 2>/dev/null; then ort_flag=--ort; fi
   ours=() theirs=() onnxrt=() rss_ours=0 rss_theirs=0
   for _ in $(seq "$rounds"); do
     out=$(with_rss target/release/mtpath bench --arch "$arch" --mode "$mode" --batch "$batch" \
-      --size "$size" --iters "$iters" --threads "$threads")
+      --size "$size" --iters "$n" --threads "$threads")
     ours+=("$(rate "$mode" <<<"$out")")
     rss_ours=$(awk -v m="$rss_ours" '$1 == "peak-rss:" {print ($2 > m ? $2 : m)}' <<<"$out")
     out=$(with_rss "$py" scripts/bench_torch.py --arch "$arch" --mode "$mode" --batch "$batch" \
-      --size "$size" --iters "$iters" --threads "$threads" $ort_flag)
+      --size "$size" --iters "$n" --threads "$threads" $ort_flag)
     theirs+=("$(rate "$mode" <<<"$out")")
     onnxrt+=("$(rate ort-infer <<<"$out")")
     rss_theirs=$(awk -v m="$rss_theirs" '$1 == "peak-rss:" {print ($2 > m ? $2 : m)}' <<<"$out")
