@@ -803,21 +803,28 @@ fn conv_weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> Vec
         });
         dw
     };
+    sum_over_groups(&split, d.c_out * rows, partial)
+}
+
+/// `partial(group)` for every group of `split` (in parallel when there are several), summed
+/// in group order so that the result is the same every run; `len` elements each.
+fn sum_over_groups<T: WithDType>(
+    split: &Split,
+    len: usize,
+    partial: impl Fn(Range<usize>) -> Vec<T> + Sync + Send,
+) -> Vec<T> {
     if split.groups.len() == 1 {
         return partial(split.groups[0].clone());
     }
-    // One partial gradient per group, summed in group order (the same result every run).
     let partials: Vec<Vec<T>> = split.groups.par_iter().cloned().map(partial).collect();
     let mut parts = partials.into_iter();
-    let mut dw = parts
-        .next()
-        .unwrap_or_else(|| vec![T::zero(); d.c_out * rows]);
+    let mut sum = parts.next().unwrap_or_else(|| vec![T::zero(); len]);
     for p in parts {
-        for (a, b) in dw.iter_mut().zip(&p) {
+        for (a, b) in sum.iter_mut().zip(&p) {
             *a += *b;
         }
     }
-    dw
+    sum
 }
 
 /// Dispatch a binary CPU kernel on f32 or f64 storage.

@@ -9,7 +9,7 @@
 //! positions are dropped. On an `h×w` map that wastes `1 − h·w / ((h+p)(w+p))` of the
 //! products, so [`applies`] keeps small maps on the unfolding path.
 
-use super::{matmul, row_major, row_major_mut, Dims, Mat, Scratch, Split};
+use super::{matmul, row_major, row_major_mut, sum_over_groups, Dims, Mat, Scratch, Split};
 use crate::layers::conv_op::{for_groups, ConvGeom};
 use candle_core::WithDType;
 use rayon::prelude::*;
@@ -85,9 +85,11 @@ impl Planes {
         }
     }
 
-    /// Flat offset from an output position to the input value tap `(ky, kx)` reads.
-    fn tap_offset(&self, ky: usize, kx: usize) -> isize {
-        (ky as isize - self.pad as isize) * self.wp as isize + kx as isize - self.pad as isize
+    /// Where tap `(ky, kx)`'s shifted matrix starts in a plane: the flat index the first
+    /// output position reads, never below 0 thanks to the extra leading zero row (and
+    /// `start + span` stays within `len` by the trailing one).
+    fn tap_start(&self, ky: usize, kx: usize) -> usize {
+        self.first + ky * self.wp + kx - self.pad * (self.wp + 1)
     }
 
     /// Copy `nc` samples `[nc, c, h, w]` into `buf` `[c, len]`, zeros everywhere else;
@@ -144,10 +146,13 @@ impl Planes {
     }
 }
 
-/// Samples per chunk: padded input and output planes within [`CHUNK_BUDGET`].
-fn chunk_samples(d: &Dims, pad: usize, c_in: usize, c_out: usize) -> usize {
-    let per_sample = (c_in + c_out) * (d.h + pad) * (d.w + pad);
-    (CHUNK_BUDGET / per_sample.max(1)).max(1)
+/// Samples per chunk (padded input and output planes within [`CHUNK_BUDGET`]), and the
+/// planes of the largest chunk any group of `split` takes, which size the scratch buffers.
+fn chunking(d: &Dims, pad: usize, split: &Split) -> (usize, Planes) {
+    let per_sample = (d.c_in + d.c_out) * (d.h + pad) * (d.w + pad);
+    let per = (CHUNK_BUDGET / per_sample.max(1)).max(1);
+    let most = per.min(split.groups.iter().map(|g| g.len()).max().unwrap_or(1));
+    (per, Planes::new(d.h, d.w, pad, most))
 }
 
 /// `w [c_out, c_in, k, k]` as `k²` row-major `[c_out, c_in]` tap slices.
@@ -168,9 +173,7 @@ pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Ve
     let split = Split::new(d);
     let par = split.parallelism();
     let taps = taps_major(w, d);
-    let per = chunk_samples(d, pad, d.c_in, d.c_out);
-    let most = per.min(split.groups.iter().map(|g| g.len()).max().unwrap_or(1));
-    let full = Planes::new(d.h, d.w, pad, most);
+    let (per, full) = chunking(d, pad, &split);
     let mut y = vec![T::zero(); d.n * d.c_out * l];
     for_groups(&split, &mut y, d.c_out * l, |group, y_part| {
         T::with_scratch(d.c_in * full.len + d.c_out * full.span, |scratch| {
@@ -186,7 +189,7 @@ pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Ve
                     split.inner_parallel,
                 );
                 for tap in 0..kk {
-                    let shift = pl.first as isize + pl.tap_offset(tap / d.k, tap % d.k);
+                    let start = pl.tap_start(tap / d.k, tap % d.k);
                     // grid (+)= W_tap (c_out × c_in) · shifted planes (c_in × span)
                     matmul(
                         d.c_out,
@@ -195,9 +198,7 @@ pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Ve
                         row_major_mut(grid_buf.as_mut_ptr(), pl.span),
                         tap > 0,
                         row_major(taps[tap * d.c_out * d.c_in..].as_ptr(), d.c_in),
-                        // SAFETY (of the offset): `shift` ≥ 0 and shift + span ≤ len by
-                        // the plane's leading and trailing zero rows.
-                        row_major(planes_buf[shift as usize..].as_ptr(), pl.len),
+                        row_major(planes_buf[start..].as_ptr(), pl.len),
                         par,
                     );
                 }
@@ -215,9 +216,7 @@ pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) 
     let (pad, kk, l) = (g.padding, d.k * d.k, d.h * d.w);
     let split = Split::new(d);
     let par = split.parallelism();
-    let per = chunk_samples(d, pad, d.c_in, d.c_out);
-    let most = per.min(split.groups.iter().map(|g| g.len()).max().unwrap_or(1));
-    let full = Planes::new(d.h, d.w, pad, most);
+    let (per, full) = chunking(d, pad, &split);
     let slice = d.c_out * d.c_in;
     // Per group: k² tap slices [c_out, c_in], summed over the group's chunks.
     let partial = |group: std::ops::Range<usize>| -> Vec<T> {
@@ -245,7 +244,7 @@ pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) 
                     split.inner_parallel,
                 );
                 for tap in 0..kk {
-                    let shift = pl.first as isize + pl.tap_offset(tap / d.k, tap % d.k);
+                    let start = pl.tap_start(tap / d.k, tap % d.k);
                     // dW_tap (+)= dY (c_out × span) · shifted planesᵀ (span × c_in)
                     matmul(
                         d.c_out,
@@ -255,7 +254,7 @@ pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) 
                         !first_chunk,
                         row_major(dy_buf[pl.first..].as_ptr(), pl.len),
                         Mat {
-                            ptr: x_buf[shift as usize..].as_ptr(),
+                            ptr: x_buf[start..].as_ptr(),
                             rs: 1,
                             cs: pl.len as isize,
                         },
@@ -267,19 +266,8 @@ pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) 
         });
         dw
     };
-    let partials: Vec<Vec<T>> = if split.groups.len() == 1 {
-        vec![partial(split.groups[0].clone())]
-    } else {
-        split.groups.par_iter().cloned().map(partial).collect()
-    };
-    // Sum the groups in order (the same result every run) and go back to [c_out, c_in, k, k].
-    let mut parts = partials.into_iter();
-    let mut sum = parts.next().unwrap_or_else(|| vec![T::zero(); kk * slice]);
-    for p in parts {
-        for (a, b) in sum.iter_mut().zip(&p) {
-            *a += *b;
-        }
-    }
+    // Back from k² tap slices to [c_out, c_in, k, k].
+    let sum = sum_over_groups(&split, kk * slice, partial);
     let mut dw = vec![T::zero(); kk * slice];
     for (i, v) in dw.iter_mut().enumerate() {
         let (pair, tap) = (i / kk, i % kk);
