@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::contiguous_slice;
+use super::fill::{par_chunks_zeroed, par_zeros};
 use super::reduce::{sum_dev, sums_grad};
 
 /// Per-channel sums over the N planes of channel `c` of an NCHW buffer.
@@ -76,36 +77,32 @@ impl BatchNormTrain {
         residual: Option<&[f32]>,
         (c, hw): (usize, usize),
     ) -> Vec<f32> {
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .enumerate()
-            .for_each(|(plane, (yp, xp))| {
-                let ch = plane % c;
-                // Centre first: `x·scale + shift` would cancel catastrophically for channels
-                // whose mean is large against their spread. Statistics are f64; the
-                // elementwise step is f32 (as PyTorch's), which vectorises.
-                let (m, scale, b) = (
-                    self.mean[ch] as f32,
-                    (self.invstd[ch] * weight[ch] as f64) as f32,
-                    bias[ch],
-                );
-                let act = |v: f32| if self.relu { v.max(0.0) } else { v };
-                match residual {
-                    Some(r) => {
-                        let rp = &r[plane * hw..(plane + 1) * hw];
-                        for ((o, &v), &rv) in yp.iter_mut().zip(xp).zip(rp) {
-                            *o = act((v - m) * scale + b + rv);
-                        }
-                    }
-                    None => {
-                        for (o, &v) in yp.iter_mut().zip(xp) {
-                            *o = act((v - m) * scale + b);
-                        }
+        par_chunks_zeroed(x.len(), hw, |plane, yp: &mut [f32]| {
+            let xp = &x[plane * hw..(plane + 1) * hw];
+            let ch = plane % c;
+            // Centre first: `x·scale + shift` would cancel catastrophically for channels
+            // whose mean is large against their spread. Statistics are f64; the
+            // elementwise step is f32 (as PyTorch's), which vectorises.
+            let (m, scale, b) = (
+                self.mean[ch] as f32,
+                (self.invstd[ch] * weight[ch] as f64) as f32,
+                bias[ch],
+            );
+            let act = |v: f32| if self.relu { v.max(0.0) } else { v };
+            match residual {
+                Some(r) => {
+                    let rp = &r[plane * hw..(plane + 1) * hw];
+                    for ((o, &v), &rv) in yp.iter_mut().zip(xp).zip(rp) {
+                        *o = act((v - m) * scale + b + rv);
                     }
                 }
-            });
-        y
+                None => {
+                    for (o, &v) in yp.iter_mut().zip(xp) {
+                        *o = act((v - m) * scale + b);
+                    }
+                }
+            }
+        })
     }
 
     /// The backward op for this forward, `weight` being the BatchNorm scale it used.
@@ -282,7 +279,7 @@ impl CustomOp3 for BatchNormBackward {
         let count = (n * hw) as f64;
         let (mean, invstd) = (&self.fwd.mean, &self.fwd.invstd);
         let relu = self.fwd.relu;
-        let mut out = vec![0f32; x.len() * (1 + usize::from(self.residual)) + 2 * c];
+        let mut out: Vec<f32> = par_zeros(x.len() * (1 + usize::from(self.residual)) + 2 * c);
         let (dx, rest) = out.split_at_mut(x.len());
         let (dr, rest) = rest.split_at_mut(if self.residual { x.len() } else { 0 });
         // dz: the gradient reaching the normalisation; materialised (as the residual's

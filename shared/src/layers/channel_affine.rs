@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use super::contiguous_slice;
+use super::fill::par_zeros;
 
 /// `y = x · scale[c] + shift[c] (+ residual) (then max(0, ·))` over NCHW `x`.
 #[derive(Debug, Clone)]
@@ -44,7 +45,7 @@ impl ChannelAffine {
     }
 
     fn run(&self, x: &[f32], residual: Option<&[f32]>, n: usize, c: usize, hw: usize) -> Vec<f32> {
-        let mut out = vec![0f32; n * c * hw];
+        let mut out: Vec<f32> = par_zeros(n * c * hw);
         let work = |(p, dst): (usize, &mut [f32])| {
             let ch = p % c;
             let (a, b) = (self.scale.as_ref().map_or(1.0, |s| s[ch]), self.shift[ch]);

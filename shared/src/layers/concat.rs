@@ -4,11 +4,12 @@
 //! directions are parallel per-sample block copies and the gradients come out contiguous.
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor,
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
 
 use super::contiguous_slice;
+use super::fill::par_zeros;
 
 /// `cat([a, b], 1)` for NCHW `a` [N, Ca, H, W] and `b` [N, Cb, H, W], differentiable.
 pub fn concat_channels(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
@@ -65,7 +66,7 @@ impl CustomOp2 for ConcatChannels {
         dims[1] += l2.dims()[1];
         let out = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let mut out = vec![0f32; n * (sa + sb)];
+                let mut out: Vec<f32> = par_zeros(n * (sa + sb));
                 concat(
                     contiguous_slice::<f32>(s1, l1, "channel concat: input")?,
                     contiguous_slice::<f32>(s2, l2, "channel concat: input")?,
@@ -75,7 +76,7 @@ impl CustomOp2 for ConcatChannels {
                 CpuStorage::F32(out)
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let mut out = vec![0f64; n * (sa + sb)];
+                let mut out: Vec<f64> = par_zeros(n * (sa + sb));
                 concat(
                     contiguous_slice::<f64>(s1, l1, "channel concat: input")?,
                     contiguous_slice::<f64>(s2, l2, "channel concat: input")?,
@@ -115,8 +116,8 @@ struct SplitChannels {
     first: usize,
 }
 
-fn split<T: Copy + Send + Sync + Default>(g: &[T], n: usize, (sa, sb): (usize, usize)) -> Vec<T> {
-    let mut out = vec![T::default(); g.len()];
+fn split<T: WithDType>(g: &[T], n: usize, (sa, sb): (usize, usize)) -> Vec<T> {
+    let mut out: Vec<T> = par_zeros(g.len());
     let (oa, ob) = out.split_at_mut(n * sa);
     oa.par_chunks_mut(sa.max(1))
         .zip(ob.par_chunks_mut(sb.max(1)))

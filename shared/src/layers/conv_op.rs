@@ -18,6 +18,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::contiguous_slice;
+use super::fill::par_zeros;
 
 mod shifted;
 
@@ -594,7 +595,7 @@ fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
     let rows = d.rows();
     let split = Split::new(d);
     let par = split.parallelism();
-    let mut y = vec![T::zero(); d.n * d.c_out * l];
+    let mut y: Vec<T> = par_zeros(d.n * d.c_out * l);
     let col_len = split.scratch_len(rows * l);
     let out_len = split.scratch_len(d.c_out * l);
     for_groups(&split, &mut y, d.c_out * l, |group, y_part| {
@@ -690,7 +691,7 @@ fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<
     let plane = d.h * d.w;
     let split = Split::new(d);
     let par = split.parallelism();
-    let mut dx = vec![T::zero(); d.n * d.c_in * plane];
+    let mut dx: Vec<T> = par_zeros(d.n * d.c_in * plane);
     let dy_len = split.scratch_len(d.c_out * l);
     let col_len = split.scratch_len(rows * l);
     for_groups(&split, &mut dx, d.c_in * plane, |group, dx_part| {

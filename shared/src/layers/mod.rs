@@ -6,6 +6,7 @@ pub mod channel_affine;
 mod concat;
 mod conv;
 pub mod conv_op;
+mod fill;
 mod linear;
 pub mod pool;
 mod reduce;

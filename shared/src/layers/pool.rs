@@ -10,6 +10,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use super::contiguous_slice;
+use super::fill::{par_chunks_zeroed, par_zeros};
 
 /// Geometry of a square max-pool window (PyTorch's `MaxPool2d` with `ceil_mode=False`,
 /// `dilation=1`; padding counts as −∞).
@@ -141,7 +142,7 @@ fn forward_typed<T: candle_core::WithDType>(
     let src = contiguous_slice::<T>(s, l, "max-pool: input")?;
     let (oh, ow) = (op.out_size(h), op.out_size(w));
     let cols = op.column_windows(w);
-    let mut out = vec![T::zero(); n * c * oh * ow];
+    let mut out: Vec<T> = par_zeros(n * c * oh * ow);
     out.par_chunks_mut(oh * ow)
         .zip(src.par_chunks_exact(h * w))
         .for_each_init(
@@ -210,22 +211,21 @@ fn backward_typed<T: candle_core::WithDType + std::ops::AddAssign>(
         );
     }
     let cols = op.column_windows(w);
-    let mut dx = vec![T::zero(); n * c * h * w];
-    dx.par_chunks_exact_mut(h * w)
-        .zip(src.par_chunks_exact(h * w))
-        .zip(
-            out.par_chunks_exact(plane_out)
-                .zip(grad.par_chunks_exact(plane_out)),
-        )
-        .for_each(|((dst, plane), (o, g))| {
-            for oy in 0..oh {
-                let rows = op.clip(oy, h);
-                for (ox, &xs) in cols.iter().enumerate() {
-                    let cell = oy * ow + ox;
-                    dst[op.winner(plane, w, rows, xs, o[cell])] += g[cell];
-                }
+    // Each plane is zeroed by the thread that scatters into it, while it is in cache.
+    let dx = par_chunks_zeroed(n * c * h * w, h * w, |p, dst: &mut [T]| {
+        let plane = &src[p * h * w..][..h * w];
+        let (o, g) = (
+            &out[p * plane_out..][..plane_out],
+            &grad[p * plane_out..][..plane_out],
+        );
+        for oy in 0..oh {
+            let rows = op.clip(oy, h);
+            for (ox, &xs) in cols.iter().enumerate() {
+                let cell = oy * ow + ox;
+                dst[op.winner(plane, w, rows, xs, o[cell])] += g[cell];
             }
-        });
+        }
+    });
     Ok((dx, l.shape().clone()))
 }
 

@@ -11,6 +11,7 @@
 
 use super::{matmul, row_major, row_major_mut, sum_over_groups, Dims, Mat, Scratch, Split};
 use crate::layers::conv_op::{for_groups, ConvGeom};
+use crate::layers::fill::par_zeros;
 use candle_core::WithDType;
 use rayon::prelude::*;
 
@@ -174,7 +175,7 @@ pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Ve
     let par = split.parallelism();
     let taps = taps_major(w, d);
     let (per, full) = chunking(d, pad, &split);
-    let mut y = vec![T::zero(); d.n * d.c_out * l];
+    let mut y: Vec<T> = par_zeros(d.n * d.c_out * l);
     for_groups(&split, &mut y, d.c_out * l, |group, y_part| {
         T::with_scratch(d.c_in * full.len + d.c_out * full.span, |scratch| {
             let (planes_buf, grid_buf) = scratch.split_at_mut(d.c_in * full.len);
