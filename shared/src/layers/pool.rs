@@ -102,19 +102,27 @@ impl MaxPool2d {
         best: T,
     ) -> usize {
         #[allow(clippy::eq_op)]
-        let best_is_nan = best != best;
-        let mut found = y.0 * w + x.0;
-        for yy in y.0..y.1 {
-            for xx in x.0..x.1 {
-                let v = plane[yy * w + xx];
-                #[allow(clippy::eq_op)]
-                if best_is_nan {
+        if best != best {
+            let mut found = y.0 * w + x.0;
+            for yy in y.0..y.1 {
+                for xx in x.0..x.1 {
+                    let v = plane[yy * w + xx];
+                    #[allow(clippy::eq_op)]
                     if v != v {
                         found = yy * w + xx;
                     }
-                } else if v == best {
-                    return yy * w + xx;
                 }
+            }
+            return found;
+        }
+        // The first match in row-major order, as a branch-free scan from the back: which
+        // element of a window holds the maximum is data-dependent, and the early-exit scan
+        // mispredicted on most cells.
+        let mut found = y.0 * w + x.0;
+        for yy in (y.0..y.1).rev() {
+            let row = &plane[yy * w + x.0..yy * w + x.1];
+            for (i, &v) in row.iter().enumerate().rev() {
+                found = if v == best { yy * w + x.0 + i } else { found };
             }
         }
         found
