@@ -33,6 +33,8 @@ const MIN_WIDTH: usize = 1024;
 /// Columns (samples × output positions) a thread's share of the batch needs for the batch
 /// to be split across threads rather than inside gemm.
 const MIN_GROUP_WIDTH: usize = 256;
+/// Elements each task of the partial weight-gradient sum adds.
+const SUM_CHUNK: usize = 1 << 14;
 /// Elements of one panel's column buffer for a single large map (half of a 1 MB L2 in f32).
 const PANEL_BUDGET: usize = 1 << 17;
 
@@ -821,9 +823,13 @@ fn sum_over_groups<T: WithDType>(
     let mut parts = partials.into_iter();
     let mut sum = parts.next().unwrap_or_else(|| vec![T::zero(); len]);
     for p in parts {
-        for (a, b) in sum.iter_mut().zip(&p) {
-            *a += *b;
-        }
+        sum.par_chunks_mut(SUM_CHUNK)
+            .zip(p.par_chunks(SUM_CHUNK))
+            .for_each(|(a, b)| {
+                for (a, b) in a.iter_mut().zip(b) {
+                    *a += *b;
+                }
+            });
     }
     sum
 }

@@ -160,11 +160,13 @@ fn chunking(d: &Dims, pad: usize, split: &Split) -> (usize, Planes) {
 fn taps_major<T: WithDType>(w: &[T], d: &Dims) -> Vec<T> {
     let kk = d.k * d.k;
     let mut out = vec![T::zero(); w.len()];
-    for (tap, slice) in out.chunks_exact_mut(d.c_out * d.c_in).enumerate() {
-        for (o, v) in slice.iter_mut().zip(w.iter().skip(tap).step_by(kk)) {
-            *o = *v;
-        }
-    }
+    out.par_chunks_exact_mut(d.c_out * d.c_in)
+        .enumerate()
+        .for_each(|(tap, slice)| {
+            for (o, v) in slice.iter_mut().zip(w.iter().skip(tap).step_by(kk)) {
+                *o = *v;
+            }
+        });
     out
 }
 
