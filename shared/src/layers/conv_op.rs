@@ -218,6 +218,18 @@ fn im2col<T: WithDType>(
                 let first = x_lo * g.stride + kx - g.padding;
                 if g.stride == 1 {
                     row_out[x_lo..x_hi].copy_from_slice(&src[first..first + (x_hi - x_lo)]);
+                } else if g.stride == 2 {
+                    // Pairs of a constant width, without bounds checks, vectorise as
+                    // even-lane shuffles; the last value may have no partner in the row.
+                    let out = &mut row_out[x_lo..x_hi];
+                    let pairs = ((src.len() - first) / 2).min(out.len());
+                    let (head, tail) = out.split_at_mut(pairs);
+                    for (o, c) in head.iter_mut().zip(src[first..].chunks_exact(2)) {
+                        *o = c[0];
+                    }
+                    if let Some(o) = tail.first_mut() {
+                        *o = src[first + 2 * pairs];
+                    }
                 } else {
                     // Every stride-th element: chunk heads, without per-element bounds checks.
                     for (o, c) in row_out[x_lo..x_hi]
@@ -318,6 +330,16 @@ fn col2im<T: WithDType>(
                     let dst = &mut dst_row[first - g.padding..first - g.padding + src_row.len()];
                     for (a, b) in dst.iter_mut().zip(src_row) {
                         *a += *b;
+                    }
+                } else if g.stride == 2 {
+                    // As im2col's stride-2 gather: pairs of constant width, then the last.
+                    let dst = &mut dst_row[first - g.padding..];
+                    let pairs = (dst.len() / 2).min(src_row.len());
+                    for (c, b) in dst.chunks_exact_mut(2).zip(&src_row[..pairs]) {
+                        c[0] += *b;
+                    }
+                    if let Some(b) = src_row.get(pairs) {
+                        dst[2 * pairs] += *b;
                     }
                 } else {
                     for (c, b) in dst_row[first - g.padding..]
@@ -1203,6 +1225,85 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    /// Stride-2 unfolding and folding take whole pairs of a row and then its odd last
+    /// value. Every kernel ResNet/DenseNet strides by 2, on odd and even widths, must still
+    /// give candle's forward and the gradients of a direct loop (candle's own conv backward
+    /// does not handle odd sizes at stride 2).
+    #[test]
+    fn stride_two_on_odd_and_even_widths_matches_direct_loops() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for (k, pad) in [(7, 3), (3, 1), (1, 0)] {
+            for width in [17, 18, 20] {
+                let geom = ConvGeom {
+                    stride: 2,
+                    padding: pad,
+                };
+                let (n, ci, co, h) = (2, 3, 4, 15);
+                let x = Tensor::randn(0f64, 1.0, (n, ci, h, width), &dev)?;
+                let w = Tensor::randn(0f64, 0.1, (co, ci, k, k), &dev)?;
+                let y = conv2d(&x, &w, geom)?;
+                let case = format!("k{k} pad {pad} width {width}");
+                let theirs = x.conv2d(&w, pad, 2, 1, 1)?;
+                let fwd = (&y - &theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                assert!(fwd < 1e-10, "{case}: forward differs by {fwd}");
+                let (oh, ow) = (y.dim(2)?, y.dim(3)?);
+                let dy = Tensor::randn(0f64, 1.0, y.dims(), &dev)?;
+                let dx = conv2d_input_grad(&dy, &w, x.dims(), geom)?.flatten_all()?;
+                let dw = conv2d_weight_grad(&x, &dy, w.dims(), geom)?.flatten_all()?;
+                let (xv, wv, gv) = (
+                    x.flatten_all()?.to_vec1::<f64>()?,
+                    w.flatten_all()?.to_vec1::<f64>()?,
+                    dy.flatten_all()?.to_vec1::<f64>()?,
+                );
+                let mut dx_ref = vec![0f64; xv.len()];
+                let mut dw_ref = vec![0f64; wv.len()];
+                for (s, o, oy, ox, c, ky, kx) in taps_of_every_output(n, co, oh, ow, ci, k) {
+                    let (yy, xx) = (
+                        (oy * 2 + ky) as isize - pad as isize,
+                        (ox * 2 + kx) as isize - pad as isize,
+                    );
+                    if yy < 0 || xx < 0 || yy >= h as isize || xx >= width as isize {
+                        continue;
+                    }
+                    let xi = ((s * ci + c) * h + yy as usize) * width + xx as usize;
+                    let wi = ((o * ci + c) * k + ky) * k + kx;
+                    let g = gv[((s * co + o) * oh + oy) * ow + ox];
+                    dx_ref[xi] += g * wv[wi];
+                    dw_ref[wi] += g * xv[xi];
+                }
+                for (ours, reference, name) in [(dx, dx_ref, "dx"), (dw, dw_ref, "dw")] {
+                    let diff = (ours - Tensor::new(reference, &dev)?)?.abs()?.max_all()?;
+                    let diff = diff.to_scalar::<f64>()?;
+                    assert!(diff < 1e-10, "{case}: {name} differs by {diff}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every (sample, out channel, oy, ox, in channel, ky, kx) of a convolution.
+    fn taps_of_every_output(
+        n: usize,
+        co: usize,
+        oh: usize,
+        ow: usize,
+        ci: usize,
+        k: usize,
+    ) -> impl Iterator<Item = (usize, usize, usize, usize, usize, usize, usize)> {
+        (0..n).flat_map(move |s| {
+            (0..co).flat_map(move |o| {
+                (0..oh).flat_map(move |oy| {
+                    (0..ow).flat_map(move |ox| {
+                        (0..ci).flat_map(move |c| {
+                            (0..k)
+                                .flat_map(move |ky| (0..k).map(move |kx| (s, o, oy, ox, c, ky, kx)))
+                        })
+                    })
+                })
+            })
+        })
     }
 
     #[test]
