@@ -33,6 +33,8 @@ const MIN_WIDTH: usize = 1024;
 /// Columns (samples × output positions) a thread's share of the batch needs for the batch
 /// to be split across threads rather than inside gemm.
 const MIN_GROUP_WIDTH: usize = 256;
+/// Input channels per task of [`flipped_transpose`].
+const FLIP_BLOCK: usize = 16;
 /// Elements each task of the partial weight-gradient sum adds.
 const SUM_CHUNK: usize = 1 << 14;
 /// Elements of one panel's column buffer for a single large map (half of a 1 MB L2 in f32).
@@ -671,14 +673,22 @@ fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
 /// convolution's input gradient into a forward convolution of the output gradient, into `out`.
 fn flipped_transpose<T: WithDType>(w: &[T], d: &Dims, out: &mut [T]) {
     let kk = d.k * d.k;
+    // Blocks of input channels: each output channel's taps for the whole block are one
+    // contiguous read of `w`, where one input channel at a time read 36 bytes per cache line
+    // fetched (14% of a 512-channel input gradient).
     out[..w.len()]
-        .par_chunks_mut(d.c_out * kk)
+        .par_chunks_mut(FLIP_BLOCK * d.c_out * kk)
         .enumerate()
-        .for_each(|(ci, block)| {
-            for (co, dst) in block.chunks_exact_mut(kk).enumerate() {
-                let src = &w[(co * d.c_in + ci) * kk..][..kk];
-                for (o, v) in dst.iter_mut().zip(src.iter().rev()) {
-                    *o = *v;
+        .for_each(|(b, block)| {
+            let ci0 = b * FLIP_BLOCK;
+            let cis = block.len() / (d.c_out * kk);
+            for co in 0..d.c_out {
+                let src = &w[(co * d.c_in + ci0) * kk..][..cis * kk];
+                for (j, taps) in src.chunks_exact(kk).enumerate() {
+                    let dst = &mut block[(j * d.c_out + co) * kk..][..kk];
+                    for (o, v) in dst.iter_mut().zip(taps.iter().rev()) {
+                        *o = *v;
+                    }
                 }
             }
         });
