@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::contiguous_slice;
 use super::fill::{par_chunks_zeroed, par_zeros};
-use super::reduce::{sum_dev, sums_grad};
+use super::reduce::{sum_dev, sums_grad, Gate};
 
 /// Per-channel sums over the N planes of channel `c` of an NCHW buffer.
 fn channel_planes(
@@ -105,15 +105,18 @@ impl BatchNormTrain {
         })
     }
 
-    /// The backward op for this forward, `weight` being the BatchNorm scale it used.
+    /// The backward op for this forward, `weight` and `bias` being the BatchNorm scale and
+    /// shift it used.
     fn backward_op(
         &self,
         weight: &Tensor,
+        bias: &Tensor,
         residual: bool,
     ) -> candle_core::Result<BatchNormBackward> {
         Ok(BatchNormBackward {
             fwd: self.clone(),
             weight: weight.to_vec1::<f32>()?,
+            bias: bias.to_vec1::<f32>()?,
             residual,
         })
     }
@@ -171,12 +174,12 @@ impl CustomOp3 for BatchNormTrain {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let packed =
-            x.apply_op3_no_bwd(res, &grad.contiguous()?, &self.backward_op(weight, false)?)?;
+        let op = self.backward_op(weight, bias, false)?;
+        let packed = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
         let (dx, _, dweight, dbias) = unpack_grads(&packed, x.dims4()?, false)?;
         Ok((Some(dx), Some(dweight), Some(dbias)))
     }
@@ -226,7 +229,7 @@ impl CustomOp3 for BatchNormAddTrain {
         let packed = x.apply_op3_no_bwd(
             res,
             &grad.contiguous()?,
-            &self.0.backward_op(&wb.get(0)?, true)?,
+            &self.0.backward_op(&wb.get(0)?, &wb.get(1)?, true)?,
         )?;
         let (dx, dr, _, _) = unpack_grads(&packed, x.dims4()?, true)?;
         // The packed buffer ends with [dweight; dbias]: already the [2, C] gradient of `wb`
@@ -247,6 +250,7 @@ impl CustomOp3 for BatchNormAddTrain {
 struct BatchNormBackward {
     fwd: BatchNormTrain,
     weight: Vec<f32>,
+    bias: Vec<f32>,
     residual: bool,
 }
 
@@ -282,50 +286,70 @@ impl CustomOp3 for BatchNormBackward {
         let mut out: Vec<f32> = par_zeros(x.len() * (1 + usize::from(self.residual)) + 2 * c);
         let (dx, rest) = out.split_at_mut(x.len());
         let (dr, rest) = rest.split_at_mut(if self.residual { x.len() } else { 0 });
-        // dz: the gradient reaching the normalisation; materialised (as the residual's
-        // gradient) only with a residual, else recomputed from (y, dy) in each pass.
-        if self.residual {
+        // The forward's f32 centre and scale of channel `ch`.
+        let centre = |ch: usize| mean[ch] as f32;
+        let scale = |ch: usize| (self.weight[ch] as f64 * invstd[ch]) as f32;
+        // dz: the gradient reaching the normalisation. With a residual it is materialised (as
+        // the residual's gradient) in the pass that sums it, plane by plane. Without one, the
+        // ReLU's gate is recomputed from x (the forward's own f32 arithmetic), so neither
+        // pass reads y.
+        let masked = relu && !self.residual;
+        let gate = |ch: usize| {
+            if masked {
+                Gate::Input {
+                    mean: centre(ch),
+                    scale: scale(ch),
+                    shift: self.bias[ch],
+                }
+            } else {
+                Gate::Open
+            }
+        };
+        // Σ dz and Σ dz·(x − mean) of every plane, then per channel in sample order.
+        let per_plane: Vec<(f64, f64)> = if self.residual {
             dr.par_chunks_mut(hw)
-                .zip(y.par_chunks(hw).zip(dy.par_chunks(hw)))
-                .for_each(|(d, (yp, gp))| {
+                .enumerate()
+                .map(|(p, d)| {
+                    let (yp, gp) = (&y[p * hw..][..hw], &dy[p * hw..][..hw]);
                     for ((o, &yv), &g) in d.iter_mut().zip(yp).zip(gp) {
                         *o = if relu && yv <= 0.0 { 0.0 } else { g };
                     }
-                });
-        }
-        let dz: &[f32] = if self.residual { dr } else { dy };
-        let masked = relu && !self.residual;
-        // Σ dz and Σ dz·x̂ per channel.
+                    sums_grad(&x[p * hw..][..hw], d, Gate::Open, mean[p % c])
+                })
+                .collect()
+        } else {
+            (0..n * c)
+                .into_par_iter()
+                .map(|p| {
+                    let (xp, gp) = (&x[p * hw..][..hw], &dy[p * hw..][..hw]);
+                    sums_grad(xp, gp, gate(p % c), mean[p % c])
+                })
+                .collect()
+        };
         let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
             .map(|ch| {
-                let (m, is) = (mean[ch], invstd[ch]);
-                let (sd, sdxm) = channel_planes(x, n, c, hw, ch)
-                    .zip(channel_planes(dz, n, c, hw, ch))
-                    .zip(channel_planes(y, n, c, hw, ch))
-                    .fold((0.0, 0.0), |(sd, sdx), ((xp, gp), yp)| {
-                        let (a, b) = sums_grad(xp, gp, masked.then_some(yp), m);
-                        (sd + a, sdx + b)
-                    });
-                (sd, sdxm * is)
+                let (sd, sdxm) = (0..n)
+                    .map(|s| per_plane[s * c + ch])
+                    .fold((0.0, 0.0), |(sd, sdx), (a, b)| (sd + a, sdx + b));
+                (sd, sdxm * invstd[ch])
             })
             .collect();
+        let dz: &[f32] = if self.residual { dr } else { dy };
         dx.par_chunks_mut(hw)
-            .zip(
-                x.par_chunks(hw)
-                    .zip(dz.par_chunks(hw).zip(y.par_chunks(hw))),
-            )
+            .zip(x.par_chunks(hw).zip(dz.par_chunks(hw)))
             .enumerate()
-            .for_each(|(plane, (dxp, (xp, (gp, yp))))| {
+            .for_each(|(plane, (dxp, (xp, gp)))| {
                 let ch = plane % c;
-                let (m, is) = (mean[ch] as f32, invstd[ch]);
-                let k = (self.weight[ch] as f64 * is) as f32;
+                let (m, is) = (centre(ch), invstd[ch]);
+                let k = scale(ch);
                 let mean_dy = (sums[ch].0 / count) as f32;
                 // x̂·mean(dz·x̂) = (x − m)·(is·mean(dz·x̂)).
                 let slope = (is * sums[ch].1 / count) as f32;
                 if masked {
-                    for (((o, &xv), &g), &yv) in dxp.iter_mut().zip(xp).zip(gp).zip(yp) {
-                        let g = if yv > 0.0 { g } else { 0.0 };
+                    let b = self.bias[ch];
+                    for ((o, &xv), &g) in dxp.iter_mut().zip(xp).zip(gp) {
+                        // The forward's pre-activation, bit for bit: the ReLU's gate.
+                        let g = if (xv - m) * k + b > 0.0 { g } else { 0.0 };
                         *o = k * (g - mean_dy - (xv - m) * slope);
                     }
                 } else {
