@@ -4,16 +4,17 @@
 # non-trivial running statistics), 224 px, batch 1. Not part of CI.
 #
 #   bash scripts/bench-web.sh
-#   N=20 WARMUP=3 ARCHS=resnet18,resnet50 SIMD=1 BENCH_VENV=/tmp/torchvenv bash scripts/bench-web.sh
+#   N=20 WARMUP=3 ARCHS=resnet18,resnet50 NOSIMD=1 BENCH_VENV=/tmp/torchvenv bash scripts/bench-web.sh
 #
 # Prints markdown tables of ms per image (median and min of N runs after WARMUP runs) for:
 #   mtpath wasm            scripts/build-web.sh's www/pkg (copied to target/bench-web/pkg at
-#                          once, as other work may rebuild www/pkg meanwhile), single thread;
-#   mtpath wasm +simd128   the same built with -C target-feature=+simd128 (SIMD=0 skips it;
-#                          CARGO_TARGET_DIR=target/wasm-simd, bindings in target/bench-web/pkg-simd).
-#                          NB: the default build already runs its matrix products in gemm's
-#                          simd128 kernels (gemm feature wasm-simd128-enable, #[target_feature]);
-#                          the flag adds LLVM's vectorisation of everything else;
+#                          once, as other work may rebuild www/pkg meanwhile), single thread,
+#                          compiled with -C target-feature=+simd128;
+#   mtpath wasm no-simd128 the same without that flag (NOSIMD=0 skips it;
+#                          CARGO_TARGET_DIR=target/wasm-nosimd, bindings in
+#                          target/bench-web/pkg-nosimd). NB: it still runs its matrix products
+#                          in gemm's simd128 kernels (gemm feature wasm-simd128-enable,
+#                          #[target_feature]); the flag adds LLVM's vectorisation of the rest;
 #   ort wasm 1 / 2 threads onnxruntime-web (ORT_WEB_VERSION, npm into .tools/), the page served
 #                          cross-origin isolated (COOP/COEP) so that its threads work;
 # with mtpath's `extract(bytes)` of a real 224x224 JPEG / PNG tile (decode + preprocess +
@@ -25,7 +26,7 @@
 # into target/bench-web/ (reused while up to date). The page is www/bench/, the server
 # scripts/bench_web_server.py, the WebDriver client scripts/bench_web_driver.py (standard
 # library; /usr/bin/chromium and /usr/bin/chromedriver). Raw results: target/bench-web/results.json.
-# SKIP_BUILD=1 reuses target/bench-web/pkg and pkg-simd as they are. ROUNDS (default 2): page
+# SKIP_BUILD=1 reuses target/bench-web/pkg and pkg-nosimd as they are. ROUNDS (default 2): page
 # loads per engine, the N timed runs split among them, engine order alternating (fairer when the
 # machine's load drifts). The browser part takes ~3 minutes on 2 cores; a rebuild of ours
 # (both variants; wasm-opt -O3 is most of it) up to ~10 more.
@@ -36,7 +37,9 @@ venv=${BENCH_VENV:-/tmp/mtpath-bench-venv}
 ort_version=${ORT_WEB_VERSION:-1.30.0}
 out=target/bench-web
 archs=${ARCHS:-resnet18,resnet50}
-simd=${SIMD:-1}
+nosimd=${NOSIMD:-1}
+# The flags scripts/build-web.sh builds with, so that the hash below is of its .wasm.
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="${CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS--C target-feature=+simd128}"
 
 # 1. The models, in the venv.
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, torchvision, onnx, onnxscript, safetensors" 2>/dev/null; then
@@ -52,7 +55,7 @@ if [ "$(node -p "try { require('./.tools/node_modules/onnxruntime-web/package.js
   (cd .tools && npm install --silent --no-audit --no-fund "onnxruntime-web@$ort_version" >/dev/null)
 fi
 
-# 3. Ours: the default build, and the +simd128 one beside it. wasm-bindgen + wasm-opt -O3 take
+# 3. Ours: the default build, and the one without +simd128 beside it. wasm-bindgen + wasm-opt -O3 take
 # minutes, so each is redone only when cargo's .wasm changed (its hash is kept in pkg*/.source).
 hash() { sha256sum "$1" | cut -d' ' -f1; }
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
@@ -67,20 +70,19 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     fi
     hash "$raw" > "$out/pkg/.source"
   fi
-  if [ "$simd" != 0 ]; then
-    CARGO_TARGET_DIR=target/wasm-simd \
-      CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+simd128" \
+  if [ "$nosimd" != 0 ]; then
+    CARGO_TARGET_DIR=target/wasm-nosimd CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="" \
       cargo build -q --release -p mtpath-web --target wasm32-unknown-unknown
-    raw=target/wasm-simd/wasm32-unknown-unknown/release/mtpath_web.wasm
-    if [ "$(cat "$out/pkg-simd/.source" 2>/dev/null)" != "$(hash "$raw")" ]; then
-      rm -rf "$out/pkg-simd.tmp"
-      wasm-bindgen --target web --no-typescript --out-dir "$out/pkg-simd.tmp" "$raw"
+    raw=target/wasm-nosimd/wasm32-unknown-unknown/release/mtpath_web.wasm
+    if [ "$(cat "$out/pkg-nosimd/.source" 2>/dev/null)" != "$(hash "$raw")" ]; then
+      rm -rf "$out/pkg-nosimd.tmp"
+      wasm-bindgen --target web --no-typescript --out-dir "$out/pkg-nosimd.tmp" "$raw"
       "$root/.tools/node_modules/.bin/wasm-opt" -O3 --enable-bulk-memory \
         --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-simd \
-        "$out/pkg-simd.tmp/mtpath_web_bg.wasm" -o "$out/pkg-simd.tmp/mtpath_web_bg.opt.wasm"
-      mv "$out/pkg-simd.tmp/mtpath_web_bg.opt.wasm" "$out/pkg-simd.tmp/mtpath_web_bg.wasm"
-      hash "$raw" > "$out/pkg-simd.tmp/.source"
-      rm -rf "$out/pkg-simd" && mv "$out/pkg-simd.tmp" "$out/pkg-simd"
+        "$out/pkg-nosimd.tmp/mtpath_web_bg.wasm" -o "$out/pkg-nosimd.tmp/mtpath_web_bg.opt.wasm"
+      mv "$out/pkg-nosimd.tmp/mtpath_web_bg.opt.wasm" "$out/pkg-nosimd.tmp/mtpath_web_bg.wasm"
+      hash "$raw" > "$out/pkg-nosimd.tmp/.source"
+      rm -rf "$out/pkg-nosimd" && mv "$out/pkg-nosimd.tmp" "$out/pkg-nosimd"
     fi
   fi
 fi
@@ -88,4 +90,4 @@ fi
 
 # 4. The browser runs.
 python3 scripts/bench_web_driver.py --archs "$archs" --n "${N:-20}" --warmup "${WARMUP:-3}" \
-  --rounds "${ROUNDS:-2}" --simd "$simd"
+  --rounds "${ROUNDS:-2}" --nosimd "$nosimd"

@@ -135,14 +135,14 @@ def main():
     p.add_argument("--chromium", default="/usr/bin/chromium")
     p.add_argument("--chromedriver", default="/usr/bin/chromedriver")
     p.add_argument("--rounds", type=int, default=2, help="page loads per engine, order alternating")
-    p.add_argument("--simd", type=int, default=1, help="0: leave out the +simd128 build")
+    p.add_argument("--nosimd", type=int, default=1, help="0: leave out the build without +simd128")
     p.add_argument("--page-limit", type=int, default=600, help="seconds per engine page")
     a = p.parse_args()
     archs = a.archs.split(",")
 
     engines = [("mtpath wasm", {"engine": "mtpath", "pkg": "/models/pkg/mtpath_web.js"})]
-    if a.simd and (OUT / "pkg-simd" / "mtpath_web.js").exists():
-        engines.append(("mtpath wasm +simd128", {"engine": "mtpath", "pkg": "/models/pkg-simd/mtpath_web.js"}))
+    if a.nosimd and (OUT / "pkg-nosimd" / "mtpath_web.js").exists():
+        engines.append(("mtpath wasm no-simd128", {"engine": "mtpath", "pkg": "/models/pkg-nosimd/mtpath_web.js"}))
     engines += [("ort wasm 1 thread", {"engine": "ort", "threads": 1}),
                 ("ort wasm 2 threads", {"engine": "ort", "threads": 2})]
     # Each engine runs in `rounds` page loads of about n / rounds timed runs, the engine order
@@ -210,13 +210,13 @@ def report(results, archs, a):
                   f"| {fmt(get(name, arch, 'jpeg', 'median'))} | {fmt(get(name, arch, 'png', 'median'))} "
                   f"| {fmt(get(name, arch, 'loadMs'), '.0f')} | {r['crossOriginIsolated']} |")
 
-    print("\n| arch | statistic | mtpath / ort 1t | mtpath+simd128 / ort 1t | mtpath / ort 2t | mtpath+simd128 / mtpath |")
+    print("\n| arch | statistic | mtpath / ort 1t | mtpath no-simd128 / ort 1t | mtpath / ort 2t | mtpath no-simd128 / mtpath |")
     print("|---|---|---:|---:|---:|---:|")
     ratio = lambda x, y: None if x is None or y is None else x / y
     for arch in archs:
         for st in ("median", "min"):
             ours = get("mtpath wasm", arch, "forward", st)
-            simd = get("mtpath wasm +simd128", arch, "forward", st)
+            simd = get("mtpath wasm no-simd128", arch, "forward", st)
             o1 = get("ort wasm 1 thread", arch, "forward", st)
             o2 = get("ort wasm 2 threads", arch, "forward", st)
             print(f"| {arch} | {st} | {fmt(ratio(ours, o1), '.2f')} | {fmt(ratio(simd, o1), '.2f')} "
@@ -227,21 +227,21 @@ def report(results, archs, a):
     print("|---|---:|")
     ours = OUT / "pkg" / "mtpath_web_bg.wasm"
     print(f"| mtpath (scripts/build-web.sh, wasm-opt -O3) | {ours.stat().st_size} |")
-    simd = OUT / "pkg-simd" / "mtpath_web_bg.wasm"
-    if "mtpath wasm +simd128" in results:
-        print(f"| mtpath +simd128 (wasm-opt -O3) | {simd.stat().st_size} |")
+    simd = OUT / "pkg-nosimd" / "mtpath_web_bg.wasm"
+    if "mtpath wasm no-simd128" in results:
+        print(f"| mtpath no-simd128 (wasm-opt -O3) | {simd.stat().st_size} |")
     ort_urls = sorted({w["url"] for r in results.values() if r["engine"] == "ort" for w in r["wasm"]})
     for u in ort_urls:
         f = ORT_DIST / u.removeprefix("/ort/")
         print(f"| onnxruntime-web {u.removeprefix('/ort/')} | {f.stat().st_size if f.exists() else '?'} |")
 
     print("\nAgreement, max|a-b| / max|b| over the features of input.bin:\n")
-    print("| arch | mtpath vs ort 1t | mtpath vs torch | ort 1t vs torch | ort 2t vs ort 1t | +simd128 vs mtpath | +simd128 vs torch | extract(jpeg) vs torch |")
+    print("| arch | mtpath vs ort 1t | mtpath vs torch | ort 1t vs torch | ort 2t vs ort 1t | no-simd128 vs mtpath | no-simd128 vs torch | extract(jpeg) vs torch |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for arch in archs:
         ref = read_f32(OUT / f"{arch}.ref.bin")
         ours = get("mtpath wasm", arch, "features")
-        simd = get("mtpath wasm +simd128", arch, "features")
+        simd = get("mtpath wasm no-simd128", arch, "features")
         o1 = get("ort wasm 1 thread", arch, "features")
         o2 = get("ort wasm 2 threads", arch, "features")
         jpeg = get("mtpath wasm", arch, "jpegFeatures")

@@ -3,7 +3,7 @@
 Serves, under fixed URL prefixes:
 
 * `/www/`    the repository's www/ (the page www/bench/, our bindings in www/pkg/);
-* `/models/` target/bench-web/ (models, inputs, the +simd128 bindings in pkg-simd/);
+* `/models/` target/bench-web/ (models, inputs, the bindings built without +simd128 in pkg-nosimd/);
 * `/ort/`    .tools/node_modules/onnxruntime-web/dist/.
 
 Every response carries `Cross-Origin-Opener-Policy: same-origin` and
