@@ -346,10 +346,9 @@ impl CustomOp3 for BatchNormBackward {
                 // x̂·mean(dz·x̂) = (x − m)·(is·mean(dz·x̂)).
                 let slope = (is * sums[ch].1 / count) as f32;
                 if masked {
-                    let b = self.bias[ch];
+                    let gate = gate(ch);
                     for ((o, &xv), &g) in dxp.iter_mut().zip(xp).zip(gp) {
-                        // The forward's pre-activation, bit for bit: the ReLU's gate.
-                        let g = if (xv - m) * k + b > 0.0 { g } else { 0.0 };
+                        let g = if gate.passes(xv) { g } else { 0.0 };
                         *o = k * (g - mean_dy - (xv - m) * slope);
                     }
                 } else {

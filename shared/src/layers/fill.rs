@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 /// Elements zeroed per parallel task by [`par_zeros`] (256 KiB of f32).
 const ZERO_CHUNK: usize = 1 << 16;
 
-/// A `len`-element vector of `T::zero()` (zero for the numeric types), filled in parallel.
+/// A `len`-element vector of zeros, zeroed in parallel.
 pub(crate) fn par_zeros<T: WithDType>(len: usize) -> Vec<T> {
     par_chunks_zeroed(len, ZERO_CHUNK, |_, _| {})
 }

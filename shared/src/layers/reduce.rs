@@ -36,9 +36,9 @@ pub(crate) enum Gate {
 }
 
 impl Gate {
-    /// Whether element `i` (with input value `x`) passes.
+    /// Whether the gradient of an element whose BatchNorm input is `x` passes.
     #[inline(always)]
-    fn passes(&self, x: f32) -> bool {
+    pub(crate) fn passes(&self, x: f32) -> bool {
         match *self {
             Gate::Open => true,
             Gate::Input { mean, scale, shift } => (x - mean) * scale + shift > 0.0,
