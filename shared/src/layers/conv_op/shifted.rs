@@ -12,8 +12,10 @@
 use super::{matmul, row_major, row_major_mut, sum_over_groups, Dims, Mat, Scratch, Split};
 use crate::layers::conv_op::{for_groups, ConvGeom};
 use crate::layers::fill::par_zeros;
-use candle_core::WithDType;
+use candle_core::{DType, WithDType};
 use rayon::prelude::*;
+
+mod direct;
 
 /// Maps must keep at least this share of the padded grid's positions (a 14×14 map keeps
 /// 87%, 7×7 keeps 77%): below it the wasted products cost more than unfolding.
@@ -124,6 +126,37 @@ impl Planes {
         }
     }
 
+    /// Copy `nc` samples `[nc, c, h, w]` into `buf` `[len, c]`: [`Planes::pad`]'s planes
+    /// laid out channels-last, for the direct weight gradient.
+    fn pad_channels_last<T: WithDType>(&self, src: &[T], c: usize, nc: usize, buf: &mut [T]) {
+        /// Channels copied together: one 64-byte write per position in f32.
+        const BLOCK: usize = 16;
+        let (h, w, wp) = (self.h, self.w, self.wp);
+        let buf = &mut buf[..self.len * c];
+        buf[..self.first * c].fill(T::zero());
+        let mut at = self.first;
+        for s in 0..nc {
+            let sample = &src[s * c * h * w..][..c * h * w];
+            for y in 0..h {
+                let row = &mut buf[at * c..(at + wp) * c];
+                for c0 in (0..c).step_by(BLOCK) {
+                    let cs = BLOCK.min(c - c0);
+                    for (x, dst) in row[..w * c].chunks_exact_mut(c).enumerate() {
+                        for (j, v) in dst[c0..c0 + cs].iter_mut().enumerate() {
+                            *v = sample[((c0 + j) * h + y) * w + x];
+                        }
+                    }
+                }
+                row[w * c..].fill(T::zero());
+                at += wp;
+            }
+            let gap = (self.sample_rows - h) * wp;
+            buf[at * c..(at + gap) * c].fill(T::zero());
+            at += gap;
+        }
+        buf[at * c..].fill(T::zero());
+    }
+
     /// Copy the real positions of `grid` `[c, span]` (outputs on the padded grid) to
     /// `dst` `[nc, c, h, w]`; planes in parallel when `parallel`.
     fn unpad<T: WithDType>(&self, grid: &[T], c: usize, nc: usize, dst: &mut [T], parallel: bool) {
@@ -156,6 +189,20 @@ fn chunking(d: &Dims, pad: usize, split: &Split) -> (usize, Planes) {
     (per, Planes::new(d.h, d.w, pad, most))
 }
 
+/// `s` itself when `T` is f32 (the element type the direct kernels take).
+fn as_f32<T: WithDType>(s: &[T]) -> Option<&[f32]> {
+    // SAFETY: T's DTYPE is F32 only for T = f32.
+    (T::DTYPE == DType::F32)
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) })
+}
+
+/// [`as_f32`] for a mutable slice.
+fn as_f32_mut<T: WithDType>(s: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: as in `as_f32`.
+    (T::DTYPE == DType::F32)
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) })
+}
+
 /// `w [c_out, c_in, k, k]` as `k²` row-major `[c_out, c_in]` tap slices.
 fn taps_major<T: WithDType>(w: &[T], d: &Dims) -> Vec<T> {
     let kk = d.k * d.k;
@@ -175,12 +222,20 @@ pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Ve
     let (pad, kk, l) = (g.padding, d.k * d.k, d.h * d.w);
     let split = Split::new(d);
     let par = split.parallelism();
-    let taps = taps_major(w, d);
+    let packed = as_f32(w)
+        .filter(|_| direct::available())
+        .map(|w| direct::Packed::new(w, d.c_out, d.c_in, kk));
+    let taps = if packed.is_some() {
+        Vec::new()
+    } else {
+        taps_major(w, d)
+    };
     let (per, full) = chunking(d, pad, &split);
+    let planes_len = d.c_in * full.len + direct::SLACK;
     let mut y: Vec<T> = par_zeros(d.n * d.c_out * l);
     for_groups(&split, &mut y, d.c_out * l, |group, y_part| {
-        T::with_scratch(d.c_in * full.len + d.c_out * full.span, |scratch| {
-            let (planes_buf, grid_buf) = scratch.split_at_mut(d.c_in * full.len);
+        T::with_scratch(planes_len + d.c_out * full.span, |scratch| {
+            let (planes_buf, grid_buf) = scratch.split_at_mut(planes_len);
             for n0 in group.clone().step_by(per) {
                 let nc = per.min(group.end - n0);
                 let pl = Planes::new(d.h, d.w, pad, nc);
@@ -191,7 +246,14 @@ pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Ve
                     planes_buf,
                     split.inner_parallel,
                 );
-                for tap in 0..kk {
+                let direct = match (&packed, as_f32(planes_buf), as_f32_mut(grid_buf)) {
+                    (Some(packed), Some(planes), Some(grid)) => {
+                        direct::forward(planes, &pl, d.k, packed, grid);
+                        true
+                    }
+                    _ => false,
+                };
+                for tap in (0..kk).filter(|_| !direct) {
                     let start = pl.tap_start(tap / d.k, tap % d.k);
                     // grid (+)= W_tap (c_out × c_in) · shifted planes (c_in × span)
                     matmul(
@@ -221,6 +283,7 @@ pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) 
     let par = split.parallelism();
     let (per, full) = chunking(d, pad, &split);
     let slice = d.c_out * d.c_in;
+    let direct = T::DTYPE == DType::F32 && direct::available();
     // Per group: k² tap slices [c_out, c_in], summed over the group's chunks.
     let partial = |group: std::ops::Range<usize>| -> Vec<T> {
         let mut dw = vec![T::zero(); kk * slice];
@@ -230,14 +293,7 @@ pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) 
             for n0 in group.clone().step_by(per) {
                 let nc = per.min(group.end - n0);
                 let pl = Planes::new(d.h, d.w, pad, nc);
-                pl.pad(
-                    &x[n0 * d.c_in * l..],
-                    d.c_in,
-                    nc,
-                    x_buf,
-                    split.inner_parallel,
-                );
-                // The output gradient on the same grid, zero at the padding positions, so
+                // The output gradient on the padded grid, zero at the padding positions, so
                 // the products there add nothing.
                 pl.pad(
                     &dy[n0 * d.c_out * l..],
@@ -246,6 +302,15 @@ pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) 
                     dy_buf,
                     split.inner_parallel,
                 );
+                let xs = &x[n0 * d.c_in * l..];
+                if let (true, Some(dys), Some(dw)) = (direct, as_f32(dy_buf), as_f32_mut(&mut dw)) {
+                    pl.pad_channels_last(xs, d.c_in, nc, x_buf);
+                    let x_cl = as_f32(x_buf).expect("x has the element type of dy");
+                    direct::weight_grad(x_cl, dys, &pl, d.k, d.c_in, d.c_out, dw, !first_chunk);
+                    first_chunk = false;
+                    continue;
+                }
+                pl.pad(xs, d.c_in, nc, x_buf, split.inner_parallel);
                 for tap in 0..kk {
                     let start = pl.tap_start(tap / d.k, tap % d.k);
                     // dW_tap (+)= dY (c_out × span) · shifted planesᵀ (span × c_in)
@@ -334,6 +399,67 @@ mod tests {
                 assert!(
                     diff < 1e-9,
                     "{n}x{cin}x{h}x{w} k{k}: {name} differs by {diff}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The direct AVX-512 kernels (f32) against candle's f64 convolution and autograd, on
+    /// channel counts that leave partial blocks (output channels not a multiple of 4, input
+    /// channels not a multiple of 32), a 5×5 kernel (a partial group of taps) and batches
+    /// spanning several chunks (accumulated weight gradients) and tiles.
+    #[test]
+    fn direct_kernels_match_candle() -> candle_core::Result<()> {
+        if !direct::available() {
+            eprintln!("no AVX-512F here: the direct kernels are not used, nothing to compare");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        for (n, cin, cout, k, h, w) in [
+            (5, 37, 6, 3, 14, 15),
+            (3, 20, 9, 5, 12, 13),
+            (2, 70, 66, 3, 16, 16),
+        ] {
+            let pad = (k - 1) / 2;
+            let geom = ConvGeom {
+                stride: 1,
+                padding: pad,
+            };
+            let d = Dims::new(&[n, cin, h, w], &[cout, cin, k, k], geom)?;
+            let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, cin, h, w), &dev)?)?;
+            let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev)?)?;
+            let reference = x.as_tensor().conv2d(wt.as_tensor(), pad, 1, 1, 1)?;
+            let dy = Tensor::randn(0f64, 1.0, reference.shape(), &dev)?;
+            let grads = reference.mul(&dy)?.sum_all()?.backward()?;
+            let f32s = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+                t.flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()
+            };
+            let (xs, ws, dys) = (f32s(&x)?, f32s(&wt)?, f32s(&dy)?);
+            let y = forward(&xs, &ws, &d, geom);
+            let d_t = Dims::new(&[n, cout, h, w], &[cin, cout, k, k], geom)?;
+            let mut flipped = vec![0.0; ws.len()];
+            flipped_transpose(&ws, &d, &mut flipped);
+            let dx = forward(&dys, &flipped, &d_t, geom);
+            let dw = weight_grad(&xs, &dys, &d, geom);
+            let expected = [
+                ("y", values(&reference)?),
+                ("dx", values(grads.get(x.as_tensor()).expect("dx"))?),
+                ("dw", values(grads.get(wt.as_tensor()).expect("dw"))?),
+            ];
+            for ((name, want), got) in expected.into_iter().zip([y, dx, dw]) {
+                assert_eq!(got.len(), want.len());
+                let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (f64::from(*a) - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    diff < 2e-6 * scale,
+                    "{n}x{cin}x{h}x{w} → {cout} k{k}: {name} differs by {diff} (scale {scale})"
                 );
             }
         }
