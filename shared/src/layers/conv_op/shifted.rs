@@ -9,7 +9,7 @@
 //! positions are dropped. On an `h×w` map that wastes `1 − h·w / ((h+p)(w+p))` of the
 //! products, so [`applies`] keeps small maps on the unfolding path.
 
-use super::{matmul, row_major, row_major_mut, sum_over_groups, Dims, Mat, Scratch, Split};
+use super::{matmul, row_major, row_major_mut, transpose_chunk, Dims, Mat, Scratch, Split};
 use crate::layers::conv_op::{for_groups, ConvGeom};
 use crate::layers::fill::par_zeros;
 use candle_core::{DType, WithDType};
@@ -29,6 +29,14 @@ const CHUNK_BUDGET: usize = 1 << 19;
 #[cfg(test)]
 const CHUNK_BUDGET: usize = 1 << 13;
 
+/// Positions a map needs for the channels-last direct kernels (6×6): on smaller maps
+/// (ResNet's last stage at 112 px, 4×4) gemm's unfolded products were as fast forward and
+/// faster for the weight gradient (512 channels: 7.4 against 8.5 ms).
+const MIN_DIRECT_POSITIONS: usize = 36;
+
+/// (output, input) channel pairs per task of the weight gradient's final sum.
+const TRANSPOSE_PAIRS: usize = 1 << 12;
+
 /// Channels a tap's product needs on both sides: each of the `k²` products has depth
 /// `c_in` and rewrites the `c_out`-row output, which thinner convolutions do not amortise.
 const MIN_CHANNELS: usize = 64;
@@ -37,17 +45,29 @@ const MIN_CHANNELS: usize = 64;
 /// too small, with enough channels, and a batch split across threads (a single sample runs
 /// each of its `k²` products multi-threaded, whose synchronisation costs more than the
 /// unfolding it saves).
-pub(super) fn applies(d: &Dims, g: ConvGeom) -> bool {
-    geometry_fits(d, g) && d.c_in.min(d.c_out) >= MIN_CHANNELS && !Split::new(d).inner_parallel
+/// Smaller maps (down to [`MIN_DIRECT_POSITIONS`]) take it too where the direct kernels run
+/// ([`direct_applies`]): they skip the padding positions.
+pub(super) fn applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
+    is_same(d, g)
+        && (geometry_fits(d, g) || (direct_applies::<T>() && d.h * d.w >= MIN_DIRECT_POSITIONS))
+        && d.c_in.min(d.c_out) >= MIN_CHANNELS
+        && !Split::new(d).inner_parallel
+}
+
+/// Whether the direct kernels run for element type `T` (f32 on a CPU with AVX-512F).
+fn direct_applies<T: WithDType>() -> bool {
+    T::DTYPE == DType::F32 && direct::available()
+}
+
+/// A stride-1 "same" convolution (`k = 2·pad + 1`).
+fn is_same(d: &Dims, g: ConvGeom) -> bool {
+    g.stride == 1 && d.k > 1 && d.k == 2 * g.padding + 1
 }
 
 /// A stride-1 "same" convolution on a map that keeps [`MIN_USEFUL_SHARE`] of its padded grid.
 fn geometry_fits(d: &Dims, g: ConvGeom) -> bool {
     let p = g.padding;
-    g.stride == 1
-        && d.k > 1
-        && d.k == 2 * p + 1
-        && (d.h * d.w) as f64 >= MIN_USEFUL_SHARE * ((d.h + p) * (d.w + p)) as f64
+    is_same(d, g) && (d.h * d.w) as f64 >= MIN_USEFUL_SHARE * ((d.h + p) * (d.w + p)) as f64
 }
 
 /// Where `nc` samples of an `h×w` map sit in a channel's flat padded plane.
@@ -126,35 +146,54 @@ impl Planes {
         }
     }
 
-    /// Copy `nc` samples `[nc, c, h, w]` into `buf` `[len, c]`: [`Planes::pad`]'s planes
-    /// laid out channels-last, for the direct weight gradient.
-    fn pad_channels_last<T: WithDType>(&self, src: &[T], c: usize, nc: usize, buf: &mut [T]) {
+    /// Copy `nc` samples `[nc, c, h, w]` into `buf` `[len, stride]`: [`Planes::pad`]'s
+    /// planes laid out channels-last, `stride ≥ c` elements from one position to the next.
+    fn pad_channels_last<T: WithDType>(
+        &self,
+        src: &[T],
+        (c, stride): (usize, usize),
+        nc: usize,
+        buf: &mut [T],
+    ) {
         /// Channels copied together: one 64-byte write per position in f32.
         const BLOCK: usize = 16;
         let (h, w, wp) = (self.h, self.w, self.wp);
-        let buf = &mut buf[..self.len * c];
-        buf[..self.first * c].fill(T::zero());
+        let buf = &mut buf[..self.len * stride];
+        buf[..self.first * stride].fill(T::zero());
         let mut at = self.first;
         for s in 0..nc {
             let sample = &src[s * c * h * w..][..c * h * w];
             for y in 0..h {
-                let row = &mut buf[at * c..(at + wp) * c];
+                let row = &mut buf[at * stride..(at + wp) * stride];
                 for c0 in (0..c).step_by(BLOCK) {
                     let cs = BLOCK.min(c - c0);
-                    for (x, dst) in row[..w * c].chunks_exact_mut(c).enumerate() {
+                    for (x, dst) in row[..w * stride].chunks_exact_mut(stride).enumerate() {
                         for (j, v) in dst[c0..c0 + cs].iter_mut().enumerate() {
                             *v = sample[((c0 + j) * h + y) * w + x];
                         }
                     }
                 }
-                row[w * c..].fill(T::zero());
+                row[w * stride..].fill(T::zero());
                 at += wp;
             }
             let gap = (self.sample_rows - h) * wp;
-            buf[at * c..(at + gap) * c].fill(T::zero());
+            buf[at * stride..(at + gap) * stride].fill(T::zero());
             at += gap;
         }
-        buf[at * c..].fill(T::zero());
+        buf[at * stride..].fill(T::zero());
+    }
+
+    /// The real positions of `nc` samples, as indices into the span (sample by sample, row
+    /// by row): output position `q` of the dense `[nc, h, w]` order sits at `positions[q]`.
+    fn real_positions(&self, nc: usize) -> Vec<u32> {
+        let mut out = Vec::with_capacity(nc * self.h * self.w);
+        for s in 0..nc {
+            for y in 0..self.h {
+                let row = (s * self.sample_rows + y) * self.wp;
+                out.extend((row..row + self.w).map(|p| p as u32));
+            }
+        }
+        out
     }
 
     /// Copy the real positions of `grid` `[c, span]` (outputs on the padded grid) to
@@ -219,6 +258,14 @@ fn taps_major<T: WithDType>(w: &[T], d: &Dims) -> Vec<T> {
 
 /// The forward convolution of `x` `[n, c_in, h, w]` with `w` `[c_out, c_in, k, k]`.
 pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+    if !geometry_fits(d, g) {
+        if let (Some(x), Some(w)) = (as_f32(x), as_f32(w)) {
+            let y = forward_channels_last(x, w, d, g);
+            // SAFETY: T is f32 (as_f32 returned Some); the Vec's parts are handed over whole.
+            let mut y = std::mem::ManuallyDrop::new(y);
+            return unsafe { Vec::from_raw_parts(y.as_mut_ptr().cast(), y.len(), y.capacity()) };
+        }
+    }
     let (pad, kk, l) = (g.padding, d.k * d.k, d.h * d.w);
     let split = Split::new(d);
     let par = split.parallelism();
@@ -275,6 +322,37 @@ pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Ve
     y
 }
 
+/// The forward convolution by the channels-last direct kernel: the input planes padded
+/// channels-last, the output computed at the real positions only, then turned back to NCHW.
+fn forward_channels_last(x: &[f32], w: &[f32], d: &Dims, g: ConvGeom) -> Vec<f32> {
+    let (pad, l) = (g.padding, d.h * d.w);
+    let split = Split::new(d);
+    let by_tap = direct::ByTap::new(w, d.c_out, d.c_in, d.k * d.k);
+    let (per, full) = chunking(d, pad, &split);
+    let most = per.min(split.groups.iter().map(|g| g.len()).max().unwrap_or(1));
+    let stride = direct::channels_last_stride(d.c_in);
+    let planes_len = stride * full.len;
+    let mut y: Vec<f32> = par_zeros(d.n * d.c_out * l);
+    for_groups(&split, &mut y, d.c_out * l, |group, y_part| {
+        f32::with_scratch(
+            planes_len + direct::channels_last_out_len(d.c_out, most * l),
+            |scratch| {
+                let (x_cl, y_cl) = scratch.split_at_mut(planes_len);
+                for n0 in group.clone().step_by(per) {
+                    let nc = per.min(group.end - n0);
+                    let pl = Planes::new(d.h, d.w, pad, nc);
+                    pl.pad_channels_last(&x[n0 * d.c_in * l..], (d.c_in, stride), nc, x_cl);
+                    let positions = pl.real_positions(nc);
+                    direct::forward_channels_last(x_cl, &pl, d.k, &positions, &by_tap, y_cl);
+                    let ys = &mut y_part[(n0 - group.start) * d.c_out * l..][..nc * d.c_out * l];
+                    direct::channels_last_to_nchw(y_cl, d.c_out, l, ys);
+                }
+            },
+        )
+    });
+    y
+}
+
 /// The kernel gradient of the convolution of `x` `[n, c_in, h, w]` given the output
 /// gradient `dy` `[n, c_out, h, w]`.
 pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
@@ -283,34 +361,47 @@ pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) 
     let par = split.parallelism();
     let (per, full) = chunking(d, pad, &split);
     let slice = d.c_out * d.c_in;
-    let direct = T::DTYPE == DType::F32 && direct::available();
+    let direct = direct_applies::<T>();
+    // Elements per position of the input planes: channels-last (padded) for the direct
+    // kernel, one per channel otherwise.
+    let cl_stride = direct::channels_last_stride(d.c_in);
+    let x_stride = if direct { cl_stride } else { d.c_in };
     // Per group: k² tap slices [c_out, c_in], summed over the group's chunks.
     let partial = |group: std::ops::Range<usize>| -> Vec<T> {
         let mut dw = vec![T::zero(); kk * slice];
         let mut first_chunk = true;
-        T::with_scratch((d.c_in + d.c_out) * full.len, |scratch| {
-            let (x_buf, dy_buf) = scratch.split_at_mut(d.c_in * full.len);
+        T::with_scratch((x_stride + d.c_out) * full.len, |scratch| {
+            let (x_buf, dy_buf) = scratch.split_at_mut(x_stride * full.len);
             for n0 in group.clone().step_by(per) {
                 let nc = per.min(group.end - n0);
                 let pl = Planes::new(d.h, d.w, pad, nc);
-                // The output gradient on the padded grid, zero at the padding positions, so
-                // the products there add nothing.
-                pl.pad(
-                    &dy[n0 * d.c_out * l..],
-                    d.c_out,
-                    nc,
-                    dy_buf,
-                    split.inner_parallel,
-                );
-                let xs = &x[n0 * d.c_in * l..];
-                if let (true, Some(dys), Some(dw)) = (direct, as_f32(dy_buf), as_f32_mut(&mut dw)) {
-                    pl.pad_channels_last(xs, d.c_in, nc, x_buf);
-                    let x_cl = as_f32(x_buf).expect("x has the element type of dy");
-                    direct::weight_grad(x_cl, dys, &pl, d.k, d.c_in, d.c_out, dw, !first_chunk);
+                let (xs, dys) = (&x[n0 * d.c_in * l..], &dy[n0 * d.c_out * l..]);
+                if direct {
+                    // The output gradient at the real positions only, channels as rows.
+                    transpose_chunk(dys, dy_buf, d.c_out, l, nc, false);
+                    pl.pad_channels_last(xs, (d.c_in, cl_stride), nc, x_buf);
+                    let bufs = (as_f32(x_buf), as_f32(dy_buf), as_f32_mut(&mut dw));
+                    if let (Some(x_cl), Some(dy_t), Some(dw)) = bufs {
+                        let positions = pl.real_positions(nc);
+                        let dims = (d.c_in, d.c_out);
+                        direct::weight_grad(
+                            x_cl,
+                            dy_t,
+                            &pl,
+                            d.k,
+                            &positions,
+                            dims,
+                            dw,
+                            !first_chunk,
+                        );
+                    }
                     first_chunk = false;
                     continue;
                 }
                 pl.pad(xs, d.c_in, nc, x_buf, split.inner_parallel);
+                // The output gradient on the padded grid, zero at the padding positions, so
+                // the products there add nothing.
+                pl.pad(dys, d.c_out, nc, dy_buf, split.inner_parallel);
                 for tap in 0..kk {
                     let start = pl.tap_start(tap / d.k, tap % d.k);
                     // dW_tap (+)= dY (c_out × span) · shifted planesᵀ (span × c_in)
@@ -334,13 +425,25 @@ pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) 
         });
         dw
     };
-    // Back from k² tap slices to [c_out, c_in, k, k].
-    let sum = sum_over_groups(&split, kk * slice, partial);
-    let mut dw = vec![T::zero(); kk * slice];
-    for (i, v) in dw.iter_mut().enumerate() {
-        let (pair, tap) = (i / kk, i % kk);
-        *v = sum[tap * slice + pair];
-    }
+    // The groups' k² tap slices summed (in group order, the same every run) and put back
+    // to [c_out, c_in, k, k] in one pass.
+    let partials: Vec<Vec<T>> = if split.groups.len() == 1 {
+        vec![partial(split.groups[0].clone())]
+    } else {
+        split.groups.par_iter().cloned().map(partial).collect()
+    };
+    let mut dw: Vec<T> = par_zeros(kk * slice);
+    dw.par_chunks_mut(kk * TRANSPOSE_PAIRS)
+        .enumerate()
+        .for_each(|(b, out)| {
+            let first = b * TRANSPOSE_PAIRS;
+            for (i, v) in out.iter_mut().enumerate() {
+                let at = (i % kk) * slice + first + i / kk;
+                *v = partials[1..]
+                    .iter()
+                    .fold(partials[0][at], |sum, p| sum + p[at]);
+            }
+        });
     dw
 }
 
@@ -406,9 +509,10 @@ mod tests {
     }
 
     /// The direct AVX-512 kernels (f32) against candle's f64 convolution and autograd, on
-    /// channel counts that leave partial blocks (output channels not a multiple of 4, input
-    /// channels not a multiple of 32), a 5×5 kernel (a partial group of taps) and batches
-    /// spanning several chunks (accumulated weight gradients) and tiles.
+    /// channel counts that leave partial blocks (output channels not a multiple of 4 or 64,
+    /// input channels not a multiple of 16 or 32), a 5×5 kernel (a partial group of taps),
+    /// large maps (planar tiles) and small ones (channels-last tiles), and batches spanning
+    /// several chunks (accumulated weight gradients) and tiles.
     #[test]
     fn direct_kernels_match_candle() -> candle_core::Result<()> {
         if !direct::available() {
@@ -420,6 +524,9 @@ mod tests {
             (5, 37, 6, 3, 14, 15),
             (3, 20, 9, 5, 12, 13),
             (2, 70, 66, 3, 16, 16),
+            (4, 70, 66, 3, 5, 6),
+            (3, 33, 130, 3, 4, 4),
+            (5, 3, 5, 3, 20, 21),
         ] {
             let pad = (k - 1) / 2;
             let geom = ConvGeom {
@@ -490,7 +597,11 @@ mod tests {
             padding: 1,
         };
         let thin = Dims::new(&[64, 128, 56, 56], &[32, 128, 3, 3], g)?;
-        assert!(geometry_fits(&thin, g) && !applies(&thin, g));
+        assert!(geometry_fits(&thin, g) && !applies::<f32>(&thin, g));
+        // Small maps take it only where the direct kernels run (f32 with AVX-512F).
+        let small = Dims::new(&[32, 256, 7, 7], &[256, 256, 3, 3], g)?;
+        assert!(!geometry_fits(&small, g) && !applies::<f64>(&small, g));
+        assert_eq!(applies::<f32>(&small, g), direct::available());
         Ok(())
     }
 }

@@ -9,12 +9,18 @@
 //!   [`ROWS`] output channels × [`TILE`] positions stays in 24 vector registers while every
 //!   input channel and tap is added in; each step loads 6 input vectors and broadcasts 4
 //!   weights for 24 fused multiply-adds;
-//! - weight gradient: over the input planes laid out channels-last, 4 output channels × 32
-//!   input channels × 3 taps of kernel gradient accumulate in 24 vector registers, position
-//!   by position (4 broadcast gradient values and 6 input vectors per 24 multiply-adds), with
-//!   no sums across lanes.
+//! - forward on small maps, where the padded grid would waste too many products: a tile of
+//!   6 real positions × 64 output channels, over the input laid out channels-last (6
+//!   broadcast input values and 4 weight vectors per 24 multiply-adds), written channels-last;
+//! - weight gradient: over the input laid out channels-last, 4 output channels × 32 input
+//!   channels × 3 taps of kernel gradient accumulate in 24 vector registers, real position
+//!   by real position (4 broadcast gradient values and 6 input vectors per 24 multiply-adds),
+//!   with no sums across lanes.
 //!
 //! `MTPATH_DIRECT_CONV=0` turns them off (for comparisons).
+
+// Elsewhere (wasm32, ARM) the kernels and their constants are compiled out.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use super::Planes;
 use rayon::prelude::*;
@@ -34,9 +40,17 @@ pub(super) const SLACK: usize = TILE;
 const GRAD_ROWS: usize = 4;
 const GRAD_COLS: usize = 2;
 const GRAD_TAPS: usize = 3;
-/// Positions per weight-gradient tile: its input rows (all channels) stay in L2 while every
-/// block of the kernel gradient passes over them.
-const GRAD_TILE: usize = 256;
+/// Positions per weight-gradient tile, and output channels per group: a group's gradient
+/// rows of the tile (256 KB in f32) and one block's input channels (128 KB) stay in L2
+/// while the group's blocks pass over them, and each block's sums are added to the kernel
+/// gradient once per tile.
+const GRAD_TILE: usize = 1024;
+const GRAD_GROUP: usize = 64;
+/// Channels-last forward tile: positions, vectors of output channels, and the input
+/// channels added per pass (their kernel rows stay in L2 while every tile reads them).
+const CL_ROWS: usize = 6;
+const CL_COLS: usize = 4;
+const CL_DEPTH: usize = 16;
 
 /// Whether the kernels run here: an x86-64 CPU with AVX-512F, not turned off by
 /// `MTPATH_DIRECT_CONV=0`.
@@ -114,36 +128,149 @@ pub(super) fn forward(planes: &[f32], pl: &Planes, k: usize, w: &Packed, grid: &
     unreachable!("direct kernels run only on x86-64 ({offsets:?}, {grid:p})");
 }
 
-/// `dw [k², c_out, c_in] (+)= Σ_positions dY · shifted planesᵀ`: the kernel gradient of the
-/// taps, given the input planes channels-last, `x_cl` `[len, c_in]` (from
-/// [`Planes::pad_channels_last`]), and the output gradient on the planes' grid `dy`
-/// `[c_out, len]` (zero at the padding positions); overwritten unless `accumulate`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn weight_grad(
+/// Elements between consecutive positions of planes laid out channels-last with `c`
+/// channels: `c` rounded up to a vector, plus one vector when that is a multiple of 1 KB, so
+/// that the rows one tile reads do not all fall into the same few L1 sets.
+pub(super) fn channels_last_stride(c: usize) -> usize {
+    let s = c.next_multiple_of(LANES);
+    if s.is_multiple_of(256) {
+        s + LANES
+    } else {
+        s
+    }
+}
+
+/// Output channels per channels-last forward tile.
+const CL_WIDTH: usize = CL_COLS * LANES;
+
+/// A kernel `[c_out, c_in, k, k]` for the channels-last forward tiles: per block of
+/// [`CL_WIDTH`] output channels, per tap and input channel, the block's weights side by side
+/// (zeros past `c_out`), so that a tile's weights are one contiguous run.
+pub(super) struct ByTap {
+    data: Vec<f32>,
+    c_out: usize,
+    c_in: usize,
+    kk: usize,
+}
+
+impl ByTap {
+    pub(super) fn new(w: &[f32], c_out: usize, c_in: usize, kk: usize) -> Self {
+        let per_block = kk * c_in * CL_WIDTH;
+        let mut data = vec![0.0; c_out.div_ceil(CL_WIDTH) * per_block];
+        data.par_chunks_exact_mut(per_block)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let co0 = b * CL_WIDTH;
+                // A few input channels at a time: each output channel's taps for them are one
+                // contiguous read of `w`, and the rows written stay in L1.
+                const CHANNELS: usize = 8;
+                for ci0 in (0..c_in).step_by(CHANNELS) {
+                    let cis = CHANNELS.min(c_in - ci0);
+                    for j in 0..CL_WIDTH.min(c_out - co0) {
+                        let src = &w[((co0 + j) * c_in + ci0) * kk..][..cis * kk];
+                        for (i, taps) in src.chunks_exact(kk).enumerate() {
+                            for (tap, v) in taps.iter().enumerate() {
+                                block[(tap * c_in + ci0 + i) * CL_WIDTH + j] = *v;
+                            }
+                        }
+                    }
+                }
+            });
+        Self {
+            data,
+            c_out,
+            c_in,
+            kk,
+        }
+    }
+}
+
+/// Elements of [`forward_channels_last`]'s output for `c_out` channels at `nq` positions.
+pub(super) fn channels_last_out_len(c_out: usize, nq: usize) -> usize {
+    c_out.next_multiple_of(CL_WIDTH) * nq
+}
+
+/// `y_cl [q, c_out] = Σ_tap x_cl[positions[q] + offset_tap] · W_tap` for the real positions
+/// `positions` (grid indices of `pl`) and the input planes channels-last, `x_cl`
+/// `[len, channels_last_stride(c_in)]` (from [`Planes::pad_channels_last`]). The output
+/// comes in blocks of [`CL_WIDTH`] channels: `y_cl [c_out / CL_WIDTH, q, CL_WIDTH]`, see
+/// [`channels_last_to_nchw`].
+pub(super) fn forward_channels_last(
     x_cl: &[f32],
-    dy: &[f32],
     pl: &Planes,
     k: usize,
-    c_in: usize,
-    c_out: usize,
-    dw: &mut [f32],
-    accumulate: bool,
+    positions: &[u32],
+    w: &ByTap,
+    y_cl: &mut [f32],
 ) {
-    assert!(x_cl.len() >= c_in * pl.len && dy.len() >= c_out * pl.len);
-    assert!(dw.len() >= k * k * c_out * c_in);
+    assert!(k * k == w.kk && x_cl.len() >= channels_last_stride(w.c_in) * pl.len);
+    assert!(y_cl.len() >= channels_last_out_len(w.c_out, positions.len()));
+    assert!(positions.iter().all(|&p| (p as usize) < pl.span));
     let offsets = tap_offsets(pl, k);
-    if !accumulate {
-        dw[..k * k * c_out * c_in].fill(0.0);
-    }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `available()` checked AVX-512F; every read is within the planes (a tap's
-    // offset plus the span stays within `len`; channels past `c_in` are masked) and every
-    // write within `dw`.
+    // SAFETY: `available()` checked AVX-512F; the asserts above bound every read (a real
+    // position plus any tap offset stays within the planes; channels past `c_out` are masked)
+    // and every write (rows below `positions.len()` of each block).
     unsafe {
-        avx512::weight_grad(x_cl, dy, pl, &offsets, (c_in, c_out), dw)
+        avx512::forward_channels_last(x_cl, positions, &offsets, w, y_cl)
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("direct kernels run only on x86-64 ({offsets:?})");
+}
+
+/// [`forward_channels_last`]'s output `src` (`nc·l` positions of `nc` samples) into `dst`
+/// `[nc, c, l]`.
+pub(super) fn channels_last_to_nchw(src: &[f32], c: usize, l: usize, dst: &mut [f32]) {
+    let nq = dst.len() / c;
+    for (s, sample) in dst.chunks_exact_mut(c * l).enumerate() {
+        for (ch, plane) in sample.chunks_exact_mut(l).enumerate() {
+            let (block, lane) = (ch / CL_WIDTH, ch % CL_WIDTH);
+            let rows = &src[(block * nq + s * l) * CL_WIDTH..][..l * CL_WIDTH];
+            for (v, row) in plane.iter_mut().zip(rows.chunks_exact(CL_WIDTH)) {
+                *v = row[lane];
+            }
+        }
+    }
+}
+
+/// `dw [k², c_out, c_in] (+)= Σ_q dy_t[·, q] · x_cl[positions[q] + offset_tap]`: the kernel
+/// gradient of the taps, given the input planes channels-last, `x_cl`
+/// `[len, channels_last_stride(c_in)]` (from
+/// [`Planes::pad_channels_last`]), and the output gradient at the real positions `positions`
+/// (grid indices of `pl`), `dy_t` `[c_out, positions.len()]`; overwritten unless `accumulate`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn weight_grad(
+    x_cl: &[f32],
+    dy_t: &[f32],
+    pl: &Planes,
+    k: usize,
+    positions: &[u32],
+    (c_in, c_out): (usize, usize),
+    dw: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(x_cl.len() >= channels_last_stride(c_in) * pl.len);
+    assert!(dy_t.len() >= c_out * positions.len());
+    assert!(dw.len() >= k * k * c_out * c_in);
+    assert!(positions.iter().all(|&p| (p as usize) < pl.span));
+    let offsets = tap_offsets(pl, k);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `available()` checked AVX-512F; every read is within the planes (a real
+    // position plus any tap offset stays within `len`; channels past `c_in` are masked) or
+    // `dy_t`, and every write within `dw`.
+    unsafe {
+        avx512::weight_grad(
+            x_cl,
+            dy_t,
+            positions,
+            &offsets,
+            (c_in, c_out),
+            dw,
+            accumulate,
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("direct kernels run only on x86-64 ({offsets:?}, {accumulate})");
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -240,39 +367,142 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn forward_channels_last(
+        x_cl: &[f32],
+        positions: &[u32],
+        offsets: &[usize],
+        w: &ByTap,
+        y_cl: &mut [f32],
+    ) {
+        let (c_in, c_out, nq) = (w.c_in, w.c_out, positions.len());
+        let stride = channels_last_stride(c_in);
+        let (x, y) = (x_cl.as_ptr(), y_cl.as_mut_ptr());
+        for co0 in (0..c_out).step_by(CL_WIDTH) {
+            let block = co0 / CL_WIDTH;
+            for ci0 in (0..c_in).step_by(CL_DEPTH) {
+                let cis = ci0..CL_DEPTH.min(c_in - ci0) + ci0;
+                for q0 in (0..nq).step_by(CL_ROWS) {
+                    let rows = CL_ROWS.min(nq - q0);
+                    // Rows past the last repeat it; they are not stored.
+                    let grid: [usize; CL_ROWS] =
+                        std::array::from_fn(|i| positions[q0 + i.min(rows - 1)] as usize);
+                    // SAFETY: see `super::forward_channels_last`.
+                    unsafe {
+                        cl_tile(
+                            x,
+                            grid,
+                            offsets,
+                            w.data.as_ptr().add(block * w.kk * c_in * CL_WIDTH),
+                            (stride, c_in, cis.clone()),
+                            y.add((block * nq + q0) * CL_WIDTH),
+                            rows,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// One channels-last tile: `rows` positions (grid indices `grid`, `stride` elements
+    /// apart in `x`) × [`CL_WIDTH`] output channels (`w` the block's weights, `out` its
+    /// first row, rows [`CL_WIDTH`] apart), adding input channels `cis` to what `out` holds
+    /// (or starting from zero when `cis` starts at 0).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn cl_tile(
+        x: *const f32,
+        grid: [usize; CL_ROWS],
+        offsets: &[usize],
+        w: *const f32,
+        (stride, c_in, cis): (usize, usize, std::ops::Range<usize>),
+        out: *mut f32,
+        rows: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); CL_COLS]; CL_ROWS];
+        if cis.start > 0 {
+            for (i, row) in acc.iter_mut().enumerate().take(rows) {
+                for (v, a) in row.iter_mut().enumerate() {
+                    // SAFETY: (all pointer arithmetic below) rows below `rows`, unmasked
+                    // channels, within the planes and the kernel: `super::forward_channels_last`.
+                    *a = unsafe { _mm512_loadu_ps(out.add(i * CL_WIDTH + v * LANES)) };
+                }
+            }
+        }
+        for (t, &off) in offsets.iter().enumerate() {
+            let src: [*const f32; CL_ROWS] =
+                std::array::from_fn(|i| unsafe { x.add((grid[i] + off) * stride) });
+            let wt = unsafe { w.add(t * c_in * CL_WIDTH) };
+            for ci in cis.clone() {
+                let wc = unsafe { wt.add(ci * CL_WIDTH) };
+                let mut wv = [_mm512_setzero_ps(); CL_COLS];
+                for (v, wv) in wv.iter_mut().enumerate() {
+                    // Zeros past `c_out`: no mask needed.
+                    *wv = unsafe { _mm512_loadu_ps(wc.add(v * LANES)) };
+                }
+                for (row, src) in acc.iter_mut().zip(&src) {
+                    let xb = _mm512_set1_ps(unsafe { *src.add(ci) });
+                    for (a, wv) in row.iter_mut().zip(&wv) {
+                        *a = _mm512_fmadd_ps(xb, *wv, *a);
+                    }
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate().take(rows) {
+            for (v, a) in row.iter().enumerate() {
+                unsafe { _mm512_storeu_ps(out.add(i * CL_WIDTH + v * LANES), *a) };
+            }
+        }
+    }
+
+    /// Masks of the `N` vectors of channels from `c0`, of `c` channels in all.
+    #[inline(always)]
+    fn channel_masks<const N: usize>(c0: usize, c: usize) -> [__mmask16; N] {
+        std::array::from_fn(|i| {
+            let left = c.saturating_sub(c0 + i * LANES);
+            if left >= LANES {
+                !0
+            } else {
+                lanes(left)
+            }
+        })
+    }
+
+    #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn weight_grad(
         x_cl: &[f32],
-        dy: &[f32],
-        pl: &Planes,
+        dy_t: &[f32],
+        positions: &[u32],
         offsets: &[usize],
         (c_in, c_out): (usize, usize),
         dw: &mut [f32],
+        accumulate: bool,
     ) {
-        let kk = offsets.len();
-        let slice = c_out * c_in;
+        let (kk, nq) = (offsets.len(), positions.len());
+        let (slice, stride) = (c_out * c_in, channels_last_stride(c_in));
         let dw = dw.as_mut_ptr();
-        for p0 in (0..pl.span).step_by(GRAD_TILE) {
-            let n = GRAD_TILE.min(pl.span - p0);
-            for co0 in (0..c_out).step_by(GRAD_ROWS) {
-                // Rows past `c_out` repeat the last; their sums are dropped.
-                let dys: [*const f32; GRAD_ROWS] = std::array::from_fn(|j| {
-                    dy[(co0 + j).min(c_out - 1) * pl.len + pl.first + p0..].as_ptr()
-                });
-                for ci0 in (0..c_in).step_by(GRAD_COLS * LANES) {
-                    let masks: [__mmask16; GRAD_COLS] = std::array::from_fn(|i| {
-                        let left = c_in.saturating_sub(ci0 + i * LANES);
-                        if left >= LANES {
-                            !0
-                        } else {
-                            lanes(left)
-                        }
+        for q0 in (0..nq).step_by(GRAD_TILE) {
+            let tile = &positions[q0..GRAD_TILE.min(nq - q0) + q0];
+            // The first tile's sums overwrite `dw` unless accumulating (every element of
+            // `dw` is written by each tile).
+            let add = accumulate || q0 > 0;
+            for (co_lo, ci0) in (0..c_out).step_by(GRAD_GROUP).flat_map(|co_lo| {
+                (0..c_in)
+                    .step_by(GRAD_COLS * LANES)
+                    .map(move |ci0| (co_lo, ci0))
+            }) {
+                let masks = channel_masks::<GRAD_COLS>(ci0, c_in);
+                for co0 in (co_lo..GRAD_GROUP.min(c_out - co_lo) + co_lo).step_by(GRAD_ROWS) {
+                    // Rows past `c_out` repeat the last; their sums are dropped.
+                    let dys: [*const f32; GRAD_ROWS] = std::array::from_fn(|j| {
+                        dy_t[(co0 + j).min(c_out - 1) * nq + q0..].as_ptr()
                     });
                     for t0 in (0..kk).step_by(GRAD_TAPS) {
                         // Taps past the last repeat it; their sums are dropped.
                         let offs: [usize; GRAD_TAPS] =
-                            std::array::from_fn(|t| offsets[(t0 + t).min(kk - 1)] + p0);
+                            std::array::from_fn(|t| offsets[(t0 + t).min(kk - 1)]);
                         // SAFETY: see `super::weight_grad`.
-                        let acc = unsafe { block(dys, x_cl[ci0..].as_ptr(), c_in, offs, masks, n) };
+                        let acc =
+                            unsafe { block(dys, x_cl[ci0..].as_ptr(), stride, offs, masks, tile) };
                         for (i, per_col) in acc.iter().enumerate() {
                             for (t, per_tap) in per_col.iter().enumerate().take(kk - t0) {
                                 for (j, a) in per_tap.iter().enumerate() {
@@ -285,8 +515,11 @@ mod avx512 {
                                         let at = dw.add(
                                             (t0 + t) * slice + (co0 + j) * c_in + ci0 + i * LANES,
                                         );
-                                        let sum =
-                                            _mm512_add_ps(_mm512_maskz_loadu_ps(masks[i], at), *a);
+                                        let sum = if add {
+                                            _mm512_add_ps(_mm512_maskz_loadu_ps(masks[i], at), *a)
+                                        } else {
+                                            *a
+                                        };
                                         _mm512_mask_storeu_ps(at, masks[i], sum);
                                     }
                                 }
@@ -298,31 +531,33 @@ mod avx512 {
         }
     }
 
-    /// `Σ_{p < n} dys[j][p] · x[(offs[t] + p)·c_in + 16·i + lane]` for every `(i, t, j)`:
+    /// `Σ_p dys[j][p] · x[(grid[p] + offs[t])·stride + 16·i + lane]` for every `(i, t, j)`:
     /// 2 × 16 input channels (lanes masked by `masks`) of 3 taps, for 4 output channels.
     #[target_feature(enable = "avx512f")]
     unsafe fn block(
         dys: [*const f32; GRAD_ROWS],
         x: *const f32,
-        c_in: usize,
+        stride: usize,
         offs: [usize; GRAD_TAPS],
         masks: [__mmask16; GRAD_COLS],
-        n: usize,
+        grid: &[u32],
     ) -> [[[__m512; GRAD_ROWS]; GRAD_TAPS]; GRAD_COLS] {
         let mut acc = [[[_mm512_setzero_ps(); GRAD_ROWS]; GRAD_TAPS]; GRAD_COLS];
         // No closures here: they would not inherit the target feature.
-        for p in 0..n {
+        // Tap offsets in elements of the channels-last planes.
+        let offs = offs.map(|o| o * stride);
+        for (p, &g) in grid.iter().enumerate() {
+            // SAFETY: within the planes (`super::weight_grad`).
+            let xg = unsafe { x.add(g as usize * stride) };
             let mut d = [_mm512_setzero_ps(); GRAD_ROWS];
             for (d, row) in d.iter_mut().zip(&dys) {
-                // SAFETY: positions below `n` lie within the rows (`super::weight_grad`).
+                // SAFETY: positions of the tile lie within the rows (`super::weight_grad`).
                 *d = _mm512_set1_ps(unsafe { *row.add(p) });
             }
             for (i, per_col) in acc.iter_mut().enumerate() {
                 for (per_tap, off) in per_col.iter_mut().zip(&offs) {
                     // SAFETY: within the planes; channels past `c_in` are masked off.
-                    let xv = unsafe {
-                        _mm512_maskz_loadu_ps(masks[i], x.add((off + p) * c_in + i * LANES))
-                    };
+                    let xv = unsafe { _mm512_maskz_loadu_ps(masks[i], xg.add(off + i * LANES)) };
                     for (a, d) in per_tap.iter_mut().zip(&d) {
                         *a = _mm512_fmadd_ps(*d, xv, *a);
                     }
