@@ -614,7 +614,7 @@ impl Split {
 }
 
 fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
-    if shifted::applies::<T>(d, g) {
+    if shifted::forward_applies::<T>(d, g) {
         return shifted::forward(x, w, d, g);
     }
     let l = d.out_len();
@@ -795,7 +795,7 @@ fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<
 }
 
 fn conv_weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
-    if shifted::applies::<T>(d, g) {
+    if shifted::weight_grad_applies::<T>(d, g) {
         return shifted::weight_grad(x, dy, d, g);
     }
     let l = d.out_len();

@@ -7,7 +7,11 @@
 //!
 //! The price is padding columns: outputs are computed on the padded grid and the padding
 //! positions are dropped. On an `h×w` map that wastes `1 − h·w / ((h+p)(w+p))` of the
-//! products, so [`applies`] keeps small maps on the unfolding path.
+//! products, so [`planar`] keeps small maps on the unfolding path.
+//!
+//! Where the direct AVX-512 kernels run ([`direct`]), the same planes laid out channels-last
+//! also serve smaller maps and stride-2 "same" convolutions (the 7×7 stem, ResNet's
+//! downsampling 3×3): outputs are computed at their own positions only.
 
 use super::{matmul, row_major, row_major_mut, transpose_chunk, Dims, Mat, Scratch, Split};
 use crate::layers::conv_op::{for_groups, ConvGeom};
@@ -41,17 +45,40 @@ const TRANSPOSE_PAIRS: usize = 1 << 12;
 /// `c_in` and rewrites the `c_out`-row output, which thinner convolutions do not amortise.
 const MIN_CHANNELS: usize = 64;
 
-/// Whether a convolution takes this path: a stride-1 "same" convolution on a map that is not
-/// too small, with enough channels, and a batch split across threads (a single sample runs
-/// each of its `k²` products multi-threaded, whose synchronisation costs more than the
-/// unfolding it saves).
-/// Smaller maps (down to [`MIN_DIRECT_POSITIONS`]) take it too where the direct kernels run
-/// ([`direct_applies`]): they skip the padding positions.
-pub(super) fn applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
-    is_same(d, g)
-        && (geometry_fits(d, g) || (direct_applies::<T>() && d.h * d.w >= MIN_DIRECT_POSITIONS))
-        && d.c_in.min(d.c_out) >= MIN_CHANNELS
-        && !Split::new(d).inner_parallel
+/// Whether a convolution's forward pass takes this module: a batch split across threads (a
+/// single sample runs each of its `k²` products multi-threaded, whose synchronisation costs
+/// more than the unfolding it saves) and either [`planar`] or, where the direct kernels run
+/// ([`direct_applies`]), [`channels_last_fits`] with a whole vector block of output channels
+/// (any input channels: ResNet's 7×7 stem on 3 channels qualifies).
+pub(super) fn forward_applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
+    !Split::new(d).inner_parallel
+        && (planar(d, g)
+            || (direct_applies::<T>() && channels_last_fits(d, g) && d.c_out >= MIN_CHANNELS))
+}
+
+/// Whether a convolution's weight gradient takes this module: as [`forward_applies`], with
+/// enough channels on both sides for the channels-last kernel.
+pub(super) fn weight_grad_applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
+    !Split::new(d).inner_parallel
+        && (planar(d, g)
+            || (direct_applies::<T>()
+                && channels_last_fits(d, g)
+                && d.c_in.min(d.c_out) >= MIN_CHANNELS))
+}
+
+/// The padded planes' path: a stride-1 "same" convolution on a map that is not too small
+/// ([`geometry_fits`]), with enough channels on both sides.
+fn planar(d: &Dims, g: ConvGeom) -> bool {
+    geometry_fits(d, g) && d.c_in.min(d.c_out) >= MIN_CHANNELS
+}
+
+/// The channels-last direct kernels' geometry: a "same"-padded convolution (`k = 2·pad + 1`,
+/// `k > 1`) of stride 1 or 2 with at least [`MIN_DIRECT_POSITIONS`] output positions.
+fn channels_last_fits(d: &Dims, g: ConvGeom) -> bool {
+    (g.stride == 1 || g.stride == 2)
+        && d.k > 1
+        && d.k == 2 * g.padding + 1
+        && d.oh * d.ow >= MIN_DIRECT_POSITIONS
 }
 
 /// Whether the direct kernels run for element type `T` (f32 on a CPU with AVX-512F).
@@ -183,14 +210,15 @@ impl Planes {
         buf[at * stride..].fill(T::zero());
     }
 
-    /// The real positions of `nc` samples, as indices into the span (sample by sample, row
-    /// by row): output position `q` of the dense `[nc, h, w]` order sits at `positions[q]`.
-    fn real_positions(&self, nc: usize) -> Vec<u32> {
-        let mut out = Vec::with_capacity(nc * self.h * self.w);
+    /// Where the outputs of a "same"-padded convolution of stride `stride` (`oh × ow` per
+    /// sample) read the planes of `nc` samples, as indices into the span (the position of
+    /// their first tap's centre), in the dense `[nc, oh, ow]` order.
+    fn output_positions(&self, nc: usize, stride: usize, (oh, ow): (usize, usize)) -> Vec<u32> {
+        let mut out = Vec::with_capacity(nc * oh * ow);
         for s in 0..nc {
-            for y in 0..self.h {
-                let row = (s * self.sample_rows + y) * self.wp;
-                out.extend((row..row + self.w).map(|p| p as u32));
+            for oy in 0..oh {
+                let row = (s * self.sample_rows + stride * oy) * self.wp;
+                out.extend((0..ow).map(|ox| (row + stride * ox) as u32));
             }
         }
         out
@@ -258,7 +286,7 @@ fn taps_major<T: WithDType>(w: &[T], d: &Dims) -> Vec<T> {
 
 /// The forward convolution of `x` `[n, c_in, h, w]` with `w` `[c_out, c_in, k, k]`.
 pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
-    if !geometry_fits(d, g) {
+    if !planar(d, g) {
         if let (Some(x), Some(w)) = (as_f32(x), as_f32(w)) {
             let y = forward_channels_last(x, w, d, g);
             // SAFETY: T is f32 (as_f32 returned Some); the Vec's parts are handed over whole.
@@ -325,7 +353,7 @@ pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Ve
 /// The forward convolution by the channels-last direct kernel: the input planes padded
 /// channels-last, the output computed at the real positions only, then turned back to NCHW.
 fn forward_channels_last(x: &[f32], w: &[f32], d: &Dims, g: ConvGeom) -> Vec<f32> {
-    let (pad, l) = (g.padding, d.h * d.w);
+    let (pad, l_in, l) = (g.padding, d.h * d.w, d.out_len());
     let split = Split::new(d);
     let by_tap = direct::ByTap::new(w, d.c_out, d.c_in, d.k * d.k);
     let (per, full) = chunking(d, pad, &split);
@@ -341,8 +369,9 @@ fn forward_channels_last(x: &[f32], w: &[f32], d: &Dims, g: ConvGeom) -> Vec<f32
                 for n0 in group.clone().step_by(per) {
                     let nc = per.min(group.end - n0);
                     let pl = Planes::new(d.h, d.w, pad, nc);
-                    pl.pad_channels_last(&x[n0 * d.c_in * l..], (d.c_in, stride), nc, x_cl);
-                    let positions = pl.real_positions(nc);
+                    let xs = &x[n0 * d.c_in * l_in..];
+                    pl.pad_channels_last(xs, (d.c_in, stride), nc, x_cl);
+                    let positions = pl.output_positions(nc, g.stride, (d.oh, d.ow));
                     direct::forward_channels_last(x_cl, &pl, d.k, &positions, &by_tap, y_cl);
                     let ys = &mut y_part[(n0 - group.start) * d.c_out * l..][..nc * d.c_out * l];
                     direct::channels_last_to_nchw(y_cl, d.c_out, l, ys);
@@ -356,11 +385,12 @@ fn forward_channels_last(x: &[f32], w: &[f32], d: &Dims, g: ConvGeom) -> Vec<f32
 /// The kernel gradient of the convolution of `x` `[n, c_in, h, w]` given the output
 /// gradient `dy` `[n, c_out, h, w]`.
 pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
-    let (pad, kk, l) = (g.padding, d.k * d.k, d.h * d.w);
+    let (pad, kk, l, l_out) = (g.padding, d.k * d.k, d.h * d.w, d.out_len());
     let split = Split::new(d);
     let par = split.parallelism();
     let (per, full) = chunking(d, pad, &split);
     let slice = d.c_out * d.c_in;
+    // The direct kernel wherever it runs; else gemm on the planes (`planar` holds).
     let direct = direct_applies::<T>();
     // Elements per position of the input planes: channels-last (padded) for the direct
     // kernel, one per channel otherwise.
@@ -375,14 +405,14 @@ pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) 
             for n0 in group.clone().step_by(per) {
                 let nc = per.min(group.end - n0);
                 let pl = Planes::new(d.h, d.w, pad, nc);
-                let (xs, dys) = (&x[n0 * d.c_in * l..], &dy[n0 * d.c_out * l..]);
+                let (xs, dys) = (&x[n0 * d.c_in * l..], &dy[n0 * d.c_out * l_out..]);
                 if direct {
-                    // The output gradient at the real positions only, channels as rows.
-                    transpose_chunk(dys, dy_buf, d.c_out, l, nc, false);
+                    // The output gradient, channels as rows.
+                    transpose_chunk(dys, dy_buf, d.c_out, l_out, nc, false);
                     pl.pad_channels_last(xs, (d.c_in, cl_stride), nc, x_buf);
                     let bufs = (as_f32(x_buf), as_f32(dy_buf), as_f32_mut(&mut dw));
                     if let (Some(x_cl), Some(dy_t), Some(dw)) = bufs {
-                        let positions = pl.real_positions(nc);
+                        let positions = pl.output_positions(nc, g.stride, (d.oh, d.ow));
                         let dims = (d.c_in, d.c_out);
                         direct::weight_grad(
                             x_cl,
@@ -511,8 +541,9 @@ mod tests {
     /// The direct AVX-512 kernels (f32) against candle's f64 convolution and autograd, on
     /// channel counts that leave partial blocks (output channels not a multiple of 4 or 64,
     /// input channels not a multiple of 16 or 32), a 5×5 kernel (a partial group of taps),
-    /// large maps (planar tiles) and small ones (channels-last tiles), and batches spanning
-    /// several chunks (accumulated weight gradients) and tiles.
+    /// large maps (planar tiles) and small ones (channels-last tiles), stride 2 on odd and
+    /// even sizes (3×3 and a 7×7 stem), and batches spanning several chunks (accumulated
+    /// weight gradients) and tiles.
     #[test]
     fn direct_kernels_match_candle() -> candle_core::Result<()> {
         if !direct::available() {
@@ -520,43 +551,54 @@ mod tests {
             return Ok(());
         }
         let dev = Device::Cpu;
-        for (n, cin, cout, k, h, w) in [
-            (5, 37, 6, 3, 14, 15),
-            (3, 20, 9, 5, 12, 13),
-            (2, 70, 66, 3, 16, 16),
-            (4, 70, 66, 3, 5, 6),
-            (3, 33, 130, 3, 4, 4),
-            (5, 3, 5, 3, 20, 21),
+        for (n, cin, cout, k, stride, h, w) in [
+            (5, 37, 6, 3, 1, 14, 15),
+            (3, 20, 9, 5, 1, 12, 13),
+            (2, 70, 66, 3, 1, 16, 16),
+            (3, 64, 65, 3, 1, 14, 14),
+            (4, 70, 66, 3, 1, 5, 6),
+            (3, 33, 130, 3, 1, 4, 4),
+            (5, 3, 5, 3, 1, 20, 21),
+            (3, 40, 70, 3, 2, 15, 14),
+            (4, 5, 64, 7, 2, 23, 22),
         ] {
             let pad = (k - 1) / 2;
             let geom = ConvGeom {
-                stride: 1,
+                stride,
                 padding: pad,
             };
             let d = Dims::new(&[n, cin, h, w], &[cout, cin, k, k], geom)?;
             let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, cin, h, w), &dev)?)?;
             let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev)?)?;
-            let reference = x.as_tensor().conv2d(wt.as_tensor(), pad, 1, 1, 1)?;
+            let reference = x.as_tensor().conv2d(wt.as_tensor(), pad, stride, 1, 1)?;
             let dy = Tensor::randn(0f64, 1.0, reference.shape(), &dev)?;
-            let grads = reference.mul(&dy)?.sum_all()?.backward()?;
+            // candle's own backward fails on odd sizes at stride 2: direct loops there.
+            let grads = (stride == 1)
+                .then(|| reference.mul(&dy)?.sum_all()?.backward())
+                .transpose()?;
             let f32s = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
                 t.flatten_all()?
                     .to_dtype(candle_core::DType::F32)?
                     .to_vec1::<f32>()
             };
             let (xs, ws, dys) = (f32s(&x)?, f32s(&wt)?, f32s(&dy)?);
-            let y = forward(&xs, &ws, &d, geom);
-            let d_t = Dims::new(&[n, cout, h, w], &[cin, cout, k, k], geom)?;
-            let mut flipped = vec![0.0; ws.len()];
-            flipped_transpose(&ws, &d, &mut flipped);
-            let dx = forward(&dys, &flipped, &d_t, geom);
-            let dw = weight_grad(&xs, &dys, &d, geom);
-            let expected = [
-                ("y", values(&reference)?),
-                ("dx", values(grads.get(x.as_tensor()).expect("dx"))?),
-                ("dw", values(grads.get(wt.as_tensor()).expect("dw"))?),
+            let want_dw = match &grads {
+                Some(grads) => values(grads.get(wt.as_tensor()).expect("dw"))?,
+                None => weight_grad_by_loops(&values(&x)?, &values(&dy)?, &d, geom),
+            };
+            let mut checks = vec![
+                ("y", values(&reference)?, forward(&xs, &ws, &d, geom)),
+                ("dw", want_dw, weight_grad(&xs, &dys, &d, geom)),
             ];
-            for ((name, want), got) in expected.into_iter().zip([y, dx, dw]) {
+            if let Some(grads) = grads {
+                // The input gradient: the forward pass of dY with the flipped kernel.
+                let d_t = Dims::new(&[n, cout, h, w], &[cin, cout, k, k], geom)?;
+                let mut flipped = vec![0.0; ws.len()];
+                flipped_transpose(&ws, &d, &mut flipped);
+                let dx = forward(&dys, &flipped, &d_t, geom);
+                checks.push(("dx", values(grads.get(x.as_tensor()).expect("dx"))?, dx));
+            }
+            for (name, want, got) in checks {
                 assert_eq!(got.len(), want.len());
                 let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
                 let diff = got
@@ -566,11 +608,35 @@ mod tests {
                     .fold(0.0, f64::max);
                 assert!(
                     diff < 2e-6 * scale,
-                    "{n}x{cin}x{h}x{w} → {cout} k{k}: {name} differs by {diff} (scale {scale})"
+                    "{n}x{cin}x{h}x{w} → {cout} k{k} s{stride}: {name} differs by {diff} (scale {scale})"
                 );
             }
         }
         Ok(())
+    }
+
+    /// `dW[co, ci, ky, kx] = Σ dY[s, co, oy, ox] · X[s, ci, oy·stride + ky − p, ox·stride + kx − p]`
+    /// by plain loops (inputs outside the map are zero).
+    fn weight_grad_by_loops(x: &[f64], dy: &[f64], d: &Dims, g: ConvGeom) -> Vec<f64> {
+        let (k, p, st) = (d.k, g.padding as isize, g.stride);
+        let mut dw = vec![0.0; d.c_out * d.c_in * k * k];
+        for (i, v) in dw.iter_mut().enumerate() {
+            let (co, ci, ky, kx) = (i / (d.c_in * k * k), i / (k * k) % d.c_in, i / k % k, i % k);
+            for s in 0..d.n {
+                for oy in 0..d.oh {
+                    for ox in 0..d.ow {
+                        let iy = (oy * st + ky) as isize - p;
+                        let ix = (ox * st + kx) as isize - p;
+                        if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize {
+                            continue;
+                        }
+                        let xv = x[((s * d.c_in + ci) * d.h + iy as usize) * d.w + ix as usize];
+                        *v += dy[((s * d.c_out + co) * d.oh + oy) * d.ow + ox] * xv;
+                    }
+                }
+            }
+        }
+        dw
     }
 
     #[test]
@@ -597,11 +663,34 @@ mod tests {
             padding: 1,
         };
         let thin = Dims::new(&[64, 128, 56, 56], &[32, 128, 3, 3], g)?;
-        assert!(geometry_fits(&thin, g) && !applies::<f32>(&thin, g));
-        // Small maps take it only where the direct kernels run (f32 with AVX-512F).
+        assert!(geometry_fits(&thin, g) && !forward_applies::<f64>(&thin, g));
+        assert!(!weight_grad_applies::<f32>(&thin, g));
+        // Small maps, stride 2 and the stem take it only where the direct kernels run (f32
+        // with AVX-512F); the stem's 3 input channels only forward.
+        let stem_geom = ConvGeom {
+            stride: 2,
+            padding: 3,
+        };
+        let stem = Dims::new(&[32, 3, 112, 112], &[64, 3, 7, 7], stem_geom)?;
+        let down = ConvGeom {
+            stride: 2,
+            padding: 1,
+        };
+        let to_7 = Dims::new(&[32, 128, 14, 14], &[256, 128, 3, 3], down)?;
         let small = Dims::new(&[32, 256, 7, 7], &[256, 256, 3, 3], g)?;
-        assert!(!geometry_fits(&small, g) && !applies::<f64>(&small, g));
-        assert_eq!(applies::<f32>(&small, g), direct::available());
+        for (d, g) in [(small, g), (to_7, down)] {
+            assert!(!geometry_fits(&d, g) && !forward_applies::<f64>(&d, g));
+            assert_eq!(forward_applies::<f32>(&d, g), direct::available());
+            assert_eq!(weight_grad_applies::<f32>(&d, g), direct::available());
+        }
+        assert_eq!(
+            forward_applies::<f32>(&stem, stem_geom),
+            direct::available()
+        );
+        assert!(!weight_grad_applies::<f32>(&stem, stem_geom));
+        // 4×4 outputs keep gemm.
+        let to_4 = Dims::new(&[32, 256, 7, 7], &[512, 256, 3, 3], down)?;
+        assert!(!forward_applies::<f32>(&to_4, down) && !weight_grad_applies::<f32>(&to_4, down));
         Ok(())
     }
 }

@@ -221,13 +221,24 @@ pub(super) fn forward_channels_last(
 /// [`forward_channels_last`]'s output `src` (`nc·l` positions of `nc` samples) into `dst`
 /// `[nc, c, l]`.
 pub(super) fn channels_last_to_nchw(src: &[f32], c: usize, l: usize, dst: &mut [f32]) {
+    /// Positions moved together: their rows (16 KB) stay in L1 while every channel of the
+    /// block is picked out of them.
+    const POSITIONS: usize = 64;
     let nq = dst.len() / c;
     for (s, sample) in dst.chunks_exact_mut(c * l).enumerate() {
-        for (ch, plane) in sample.chunks_exact_mut(l).enumerate() {
-            let (block, lane) = (ch / CL_WIDTH, ch % CL_WIDTH);
+        for (block, planes) in sample.chunks_mut(CL_WIDTH * l).enumerate() {
             let rows = &src[(block * nq + s * l) * CL_WIDTH..][..l * CL_WIDTH];
-            for (v, row) in plane.iter_mut().zip(rows.chunks_exact(CL_WIDTH)) {
-                *v = row[lane];
+            for p0 in (0..l).step_by(POSITIONS) {
+                let n = POSITIONS.min(l - p0);
+                let tile = &rows[p0 * CL_WIDTH..][..n * CL_WIDTH];
+                for (lane, plane) in planes.chunks_exact_mut(l).enumerate() {
+                    for (v, row) in plane[p0..p0 + n]
+                        .iter_mut()
+                        .zip(tile.chunks_exact(CL_WIDTH))
+                    {
+                        *v = row[lane];
+                    }
+                }
             }
         }
     }
@@ -381,6 +392,17 @@ mod avx512 {
             let block = co0 / CL_WIDTH;
             for ci0 in (0..c_in).step_by(CL_DEPTH) {
                 let cis = ci0..CL_DEPTH.min(c_in - ci0) + ci0;
+                // Every (tap, input channel) of the pass as (input offset from a position,
+                // weight offset in the block): one flat loop however few channels there are
+                // (the stem has 3).
+                let steps: Vec<(usize, usize)> = offsets
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(t, &off)| {
+                        cis.clone()
+                            .map(move |ci| (off * stride + ci, (t * c_in + ci) * CL_WIDTH))
+                    })
+                    .collect();
                 for q0 in (0..nq).step_by(CL_ROWS) {
                     let rows = CL_ROWS.min(nq - q0);
                     // Rows past the last repeat it; they are not stored.
@@ -389,11 +411,10 @@ mod avx512 {
                     // SAFETY: see `super::forward_channels_last`.
                     unsafe {
                         cl_tile(
-                            x,
-                            grid,
-                            offsets,
+                            grid.map(|g| x.add(g * stride)),
+                            &steps,
                             w.data.as_ptr().add(block * w.kk * c_in * CL_WIDTH),
-                            (stride, c_in, cis.clone()),
+                            (ci0 > 0).then_some(()),
                             y.add((block * nq + q0) * CL_WIDTH),
                             rows,
                         );
@@ -403,47 +424,40 @@ mod avx512 {
         }
     }
 
-    /// One channels-last tile: `rows` positions (grid indices `grid`, `stride` elements
-    /// apart in `x`) × [`CL_WIDTH`] output channels (`w` the block's weights, `out` its
-    /// first row, rows [`CL_WIDTH`] apart), adding input channels `cis` to what `out` holds
-    /// (or starting from zero when `cis` starts at 0).
-    #[allow(clippy::too_many_arguments)]
+    /// One channels-last tile: `rows` positions (their planes' rows `src`) × [`CL_WIDTH`]
+    /// output channels (`w` the block's weights, `out` its first row, rows [`CL_WIDTH`]
+    /// apart), adding the products of `steps` (input offset, weight offset) to what `out`
+    /// holds when `add`, else starting from zero.
     #[target_feature(enable = "avx512f")]
     unsafe fn cl_tile(
-        x: *const f32,
-        grid: [usize; CL_ROWS],
-        offsets: &[usize],
+        src: [*const f32; CL_ROWS],
+        steps: &[(usize, usize)],
         w: *const f32,
-        (stride, c_in, cis): (usize, usize, std::ops::Range<usize>),
+        add: Option<()>,
         out: *mut f32,
         rows: usize,
     ) {
         let mut acc = [[_mm512_setzero_ps(); CL_COLS]; CL_ROWS];
-        if cis.start > 0 {
+        if add.is_some() {
             for (i, row) in acc.iter_mut().enumerate().take(rows) {
                 for (v, a) in row.iter_mut().enumerate() {
-                    // SAFETY: (all pointer arithmetic below) rows below `rows`, unmasked
-                    // channels, within the planes and the kernel: `super::forward_channels_last`.
+                    // SAFETY: (all pointer arithmetic below) rows below `rows`, within the
+                    // planes and the kernel: `super::forward_channels_last`.
                     *a = unsafe { _mm512_loadu_ps(out.add(i * CL_WIDTH + v * LANES)) };
                 }
             }
         }
-        for (t, &off) in offsets.iter().enumerate() {
-            let src: [*const f32; CL_ROWS] =
-                std::array::from_fn(|i| unsafe { x.add((grid[i] + off) * stride) });
-            let wt = unsafe { w.add(t * c_in * CL_WIDTH) };
-            for ci in cis.clone() {
-                let wc = unsafe { wt.add(ci * CL_WIDTH) };
-                let mut wv = [_mm512_setzero_ps(); CL_COLS];
-                for (v, wv) in wv.iter_mut().enumerate() {
-                    // Zeros past `c_out`: no mask needed.
-                    *wv = unsafe { _mm512_loadu_ps(wc.add(v * LANES)) };
-                }
-                for (row, src) in acc.iter_mut().zip(&src) {
-                    let xb = _mm512_set1_ps(unsafe { *src.add(ci) });
-                    for (a, wv) in row.iter_mut().zip(&wv) {
-                        *a = _mm512_fmadd_ps(xb, *wv, *a);
-                    }
+        for &(xo, wo) in steps {
+            let wc = unsafe { w.add(wo) };
+            let mut wv = [_mm512_setzero_ps(); CL_COLS];
+            for (v, wv) in wv.iter_mut().enumerate() {
+                // Zeros past `c_out`: no mask needed.
+                *wv = unsafe { _mm512_loadu_ps(wc.add(v * LANES)) };
+            }
+            for (row, src) in acc.iter_mut().zip(&src) {
+                let xb = _mm512_set1_ps(unsafe { *src.add(xo) });
+                for (a, wv) in row.iter_mut().zip(&wv) {
+                    *a = _mm512_fmadd_ps(xb, *wv, *a);
                 }
             }
         }
