@@ -174,7 +174,8 @@ impl Planes {
     }
 
     /// Copy `nc` samples `[nc, c, h, w]` into `buf` `[len, stride]`: [`Planes::pad`]'s
-    /// planes laid out channels-last, `stride ≥ c` elements from one position to the next.
+    /// planes laid out channels-last, `stride ≥ c` elements from one position to the next
+    /// (at least `c` rounded up to 16 for f32, which the direct kernels' transpose takes).
     fn pad_channels_last<T: WithDType>(
         &self,
         src: &[T],
@@ -192,11 +193,19 @@ impl Planes {
             let sample = &src[s * c * h * w..][..c * h * w];
             for y in 0..h {
                 let row = &mut buf[at * stride..(at + wp) * stride];
-                for c0 in (0..c).step_by(BLOCK) {
-                    let cs = BLOCK.min(c - c0);
-                    for (x, dst) in row[..w * stride].chunks_exact_mut(stride).enumerate() {
-                        for (j, v) in dst[c0..c0 + cs].iter_mut().enumerate() {
-                            *v = sample[((c0 + j) * h + y) * w + x];
+                match (as_f32(sample), as_f32_mut(&mut row[..w * stride])) {
+                    (Some(sample), Some(dst)) if direct::available() => {
+                        direct::transpose_row(sample, (c, h, w), y, dst, stride);
+                    }
+                    _ => {
+                        for c0 in (0..c).step_by(BLOCK) {
+                            let cs = BLOCK.min(c - c0);
+                            let dsts = row[..w * stride].chunks_exact_mut(stride);
+                            for (x, dst) in dsts.enumerate() {
+                                for (j, v) in dst[c0..c0 + cs].iter_mut().enumerate() {
+                                    *v = sample[((c0 + j) * h + y) * w + x];
+                                }
+                            }
                         }
                     }
                 }

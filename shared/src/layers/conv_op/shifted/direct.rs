@@ -218,6 +218,28 @@ pub(super) fn forward_channels_last(
     unreachable!("direct kernels run only on x86-64 ({offsets:?})");
 }
 
+/// Row `y` of every channel of `sample` `[c, h, w]` into `row` `[w, stride]` (position by
+/// position, channels side by side; lanes from `c` up to the next multiple of 16 get zeros),
+/// in 16 × 16 blocks transposed in registers.
+pub(super) fn transpose_row(
+    sample: &[f32],
+    (c, h, w): (usize, usize, usize),
+    y: usize,
+    row: &mut [f32],
+    stride: usize,
+) {
+    assert!(sample.len() >= c * h * w && y < h);
+    assert!(stride >= c.next_multiple_of(LANES) && row.len() >= w * stride);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `available()` checked AVX-512F; reads stay in the channels' row `y` (masked
+    // past `w`), writes in the first `w` positions of `row` within the stride.
+    unsafe {
+        avx512::transpose_row(sample.as_ptr(), (c, h, w), y, row.as_mut_ptr(), stride)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("direct kernels run only on x86-64 ({y})");
+}
+
 /// [`forward_channels_last`]'s output `src` (`nc·l` positions of `nc` samples) into `dst`
 /// `[nc, c, l]`.
 pub(super) fn channels_last_to_nchw(src: &[f32], c: usize, l: usize, dst: &mut [f32]) {
@@ -466,6 +488,74 @@ mod avx512 {
                 unsafe { _mm512_storeu_ps(out.add(i * CL_WIDTH + v * LANES), *a) };
             }
         }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_row(
+        sample: *const f32,
+        (c, h, w): (usize, usize, usize),
+        y: usize,
+        row: *mut f32,
+        stride: usize,
+    ) {
+        for c0 in (0..c).step_by(LANES) {
+            let cs = LANES.min(c - c0);
+            for x0 in (0..w).step_by(LANES) {
+                let xs = LANES.min(w - x0);
+                let mask = if xs == LANES { !0 } else { lanes(xs) };
+                let mut r = [_mm512_setzero_ps(); LANES];
+                for (j, r) in r.iter_mut().enumerate().take(cs) {
+                    // SAFETY: see `super::transpose_row`.
+                    *r = unsafe {
+                        _mm512_maskz_loadu_ps(mask, sample.add(((c0 + j) * h + y) * w + x0))
+                    };
+                }
+                let t = transpose16(&r);
+                for (i, t) in t.iter().enumerate().take(xs) {
+                    unsafe { _mm512_storeu_ps(row.add((x0 + i) * stride + c0), *t) };
+                }
+            }
+        }
+    }
+
+    /// The 16 × 16 transpose of `r` (row `j` of the result holds element `j` of every row).
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: &[__m512; LANES]) -> [__m512; LANES] {
+        let pd = _mm512_castps_pd;
+        let ps = _mm512_castpd_ps;
+        // Pairs of rows interleaved, then pairs of pairs: u[4g + m] holds, in each 128-bit
+        // lane L, rows 4g..4g+4 of column 4L + m.
+        let mut t = [_mm512_setzero_ps(); LANES];
+        for k in 0..8 {
+            t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+            t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+        }
+        let mut u = [_mm512_setzero_ps(); LANES];
+        for g in 0..4 {
+            let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+            u[4 * g] = ps(_mm512_unpacklo_pd(pd(a), pd(c)));
+            u[4 * g + 1] = ps(_mm512_unpackhi_pd(pd(a), pd(c)));
+            u[4 * g + 2] = ps(_mm512_unpacklo_pd(pd(b), pd(d)));
+            u[4 * g + 3] = ps(_mm512_unpackhi_pd(pd(b), pd(d)));
+        }
+        // Then 128-bit lanes: v[m] = [group 0 col m, group 0 col m+8, group 1 col m, group 1
+        // col m+8], v[4+m] the same for columns m+4 and m+12, v[8+m] and v[12+m] for groups
+        // 2 and 3; and finally whole columns.
+        let mut v = [_mm512_setzero_ps(); LANES];
+        for m in 0..4 {
+            v[m] = _mm512_shuffle_f32x4::<0x88>(u[m], u[4 + m]);
+            v[4 + m] = _mm512_shuffle_f32x4::<0xdd>(u[m], u[4 + m]);
+            v[8 + m] = _mm512_shuffle_f32x4::<0x88>(u[8 + m], u[12 + m]);
+            v[12 + m] = _mm512_shuffle_f32x4::<0xdd>(u[8 + m], u[12 + m]);
+        }
+        let mut out = [_mm512_setzero_ps(); LANES];
+        for m in 0..4 {
+            out[m] = _mm512_shuffle_f32x4::<0x88>(v[m], v[8 + m]);
+            out[m + 8] = _mm512_shuffle_f32x4::<0xdd>(v[m], v[8 + m]);
+            out[m + 4] = _mm512_shuffle_f32x4::<0x88>(v[4 + m], v[12 + m]);
+            out[m + 12] = _mm512_shuffle_f32x4::<0xdd>(v[4 + m], v[12 + m]);
+        }
+        out
     }
 
     /// Masks of the `N` vectors of channels from `c0`, of `c` channels in all.
