@@ -713,6 +713,9 @@ fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<
             stride: 1,
             padding: d.k - 1 - g.padding,
         };
+        if shifted::forward_applies::<T>(&dims, geom) {
+            return shifted::forward_flipped(dy, w, &dims, geom);
+        }
         // The flipped kernel goes in a reused buffer: a fresh 9 MB one (ResNet's 512-channel
         // kernels) cost 2 ms of page faults per call.
         return T::with_kernel_scratch(w.len(), |flipped| {

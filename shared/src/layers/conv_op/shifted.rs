@@ -14,7 +14,7 @@
 //! downsampling 3×3): outputs are computed at their own positions only.
 
 use super::{matmul, row_major, row_major_mut, transpose_chunk, Dims, Mat, Scratch, Split};
-use crate::layers::conv_op::{for_groups, ConvGeom};
+use crate::layers::conv_op::{flipped_transpose, for_groups, ConvGeom};
 use crate::layers::fill::par_zeros;
 use candle_core::{DType, WithDType};
 use rayon::prelude::*;
@@ -295,8 +295,27 @@ fn taps_major<T: WithDType>(w: &[T], d: &Dims) -> Vec<T> {
 
 /// The forward convolution of `x` `[n, c_in, h, w]` with `w` `[c_out, c_in, k, k]`.
 pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+    forward_from(x, w, false, d, g)
+}
+
+/// The input gradient of a stride-1 convolution with kernel `w` `[c_in, c_out, k, k]`
+/// (the forward convolution's): the forward convolution `d` of the output gradient `dy` with
+/// `w`'s flipped transpose, which the direct kernels read from `w` as they pack it.
+pub(super) fn forward_flipped<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+    forward_from(dy, w, true, d, g)
+}
+
+/// [`forward`] with the kernel `w` itself or, when `flipped`, `w`'s flipped transpose.
+fn forward_from<T: Scratch>(x: &[T], w: &[T], flipped: bool, d: &Dims, g: ConvGeom) -> Vec<T> {
+    let source = as_f32(w).filter(|_| direct::available()).map(|w| {
+        if flipped {
+            direct::Source::Flipped(w)
+        } else {
+            direct::Source::Plain(w)
+        }
+    });
     if !planar(d, g) {
-        if let (Some(x), Some(w)) = (as_f32(x), as_f32(w)) {
+        if let (Some(x), Some(w)) = (as_f32(x), source) {
             let y = forward_channels_last(x, w, d, g);
             // SAFETY: T is f32 (as_f32 returned Some); the Vec's parts are handed over whole.
             let mut y = std::mem::ManuallyDrop::new(y);
@@ -306,13 +325,21 @@ pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Ve
     let (pad, kk, l) = (g.padding, d.k * d.k, d.h * d.w);
     let split = Split::new(d);
     let par = split.parallelism();
-    let packed = as_f32(w)
-        .filter(|_| direct::available())
-        .map(|w| direct::Packed::new(w, d.c_out, d.c_in, kk));
-    let taps = if packed.is_some() {
-        Vec::new()
-    } else {
-        taps_major(w, d)
+    let packed = source.map(|w| direct::Packed::new(w, d.c_out, d.c_in, kk));
+    let taps = match (&packed, flipped) {
+        (Some(_), _) => Vec::new(),
+        (None, false) => taps_major(w, d),
+        (None, true) => {
+            // gemm multiplies the flipped kernel itself.
+            let forward_dims = Dims {
+                c_in: d.c_out,
+                c_out: d.c_in,
+                ..*d
+            };
+            let mut kernel = vec![T::zero(); w.len()];
+            flipped_transpose(w, &forward_dims, &mut kernel);
+            taps_major(&kernel, d)
+        }
     };
     let (per, full) = chunking(d, pad, &split);
     let planes_len = d.c_in * full.len + direct::SLACK;
@@ -361,7 +388,7 @@ pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Ve
 
 /// The forward convolution by the channels-last direct kernel: the input planes padded
 /// channels-last, the output computed at the real positions only, then turned back to NCHW.
-fn forward_channels_last(x: &[f32], w: &[f32], d: &Dims, g: ConvGeom) -> Vec<f32> {
+fn forward_channels_last(x: &[f32], w: direct::Source, d: &Dims, g: ConvGeom) -> Vec<f32> {
     let (pad, l_in, l) = (g.padding, d.h * d.w, d.out_len());
     let split = Split::new(d);
     let by_tap = direct::ByTap::new(w, d.c_out, d.c_in, d.k * d.k);
@@ -525,13 +552,16 @@ mod tests {
             let mut flipped = vec![0.0; ws.len()];
             flipped_transpose(&ws, &d, &mut flipped);
             let dx = forward(&dys, &flipped, &d_t, geom);
+            let dx_read = forward_flipped(&dys, &ws, &d_t, geom);
             let dw = weight_grad(&xs, &dys, &d, geom);
+            let want_dx = values(grads.get(x.as_tensor()).expect("dx"))?;
             let expected = [
                 ("y", values(&reference)?),
-                ("dx", values(grads.get(x.as_tensor()).expect("dx"))?),
+                ("dx", want_dx.clone()),
+                ("dx (flipped as packed)", want_dx),
                 ("dw", values(grads.get(wt.as_tensor()).expect("dw"))?),
             ];
-            for ((name, want), got) in expected.into_iter().zip([y, dx, dw]) {
+            for ((name, want), got) in expected.into_iter().zip([y, dx, dx_read, dw]) {
                 assert_eq!(got.len(), want.len());
                 let diff = got
                     .iter()
@@ -605,7 +635,11 @@ mod tests {
                 let mut flipped = vec![0.0; ws.len()];
                 flipped_transpose(&ws, &d, &mut flipped);
                 let dx = forward(&dys, &flipped, &d_t, geom);
-                checks.push(("dx", values(grads.get(x.as_tensor()).expect("dx"))?, dx));
+                let want = values(grads.get(x.as_tensor()).expect("dx"))?;
+                // The same, the flipped kernel read from the forward one as it is packed.
+                let dx_read = forward_flipped(&dys, &ws, &d_t, geom);
+                checks.push(("dx", want.clone(), dx));
+                checks.push(("dx (flipped as packed)", want, dx_read));
             }
             for (name, want, got) in checks {
                 assert_eq!(got.len(), want.len());

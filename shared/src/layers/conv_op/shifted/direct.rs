@@ -83,26 +83,62 @@ pub(super) struct Packed {
     kk: usize,
 }
 
+/// Where a convolution's kernel `W [c_out, c_in, k²]` comes from.
+#[derive(Clone, Copy)]
+pub(super) enum Source<'a> {
+    /// `W` itself.
+    Plain(&'a [f32]),
+    /// An input gradient's kernel, the flipped transpose of the forward convolution's kernel
+    /// `w [c_in, c_out, k²]`: `W[o, i, t] = w[i, o, k² − 1 − t]`, read without building it.
+    Flipped(&'a [f32]),
+}
+
+/// A rearrangement of a kernel, written from a reader of `W[o, i, t]`.
+trait Layout {
+    fn fill(&mut self, w: impl Fn(usize, usize, usize) -> f32 + Sync);
+}
+
+impl Source<'_> {
+    /// Fill `layout` from this kernel of `c_out × c_in × kk` (one monomorphised loop per
+    /// source, no call per element).
+    fn fill(self, (c_out, c_in, kk): (usize, usize, usize), layout: &mut impl Layout) {
+        match self {
+            Source::Plain(w) => layout.fill(|o, i, t| w[(o * c_in + i) * kk + t]),
+            Source::Flipped(w) => layout.fill(|o, i, t| w[(i * c_out + o) * kk + kk - 1 - t]),
+        }
+    }
+}
+
 impl Packed {
-    pub(super) fn new(w: &[f32], c_out: usize, c_in: usize, kk: usize) -> Self {
-        let per_block = c_in * kk * ROWS;
-        let mut data = vec![0.0; c_out.div_ceil(ROWS) * per_block];
-        data.par_chunks_exact_mut(per_block)
-            .enumerate()
-            .for_each(|(b, block)| {
-                for j in 0..ROWS.min(c_out - b * ROWS) {
-                    let src = &w[(b * ROWS + j) * c_in * kk..][..c_in * kk];
-                    for (i, v) in src.iter().enumerate() {
-                        block[i * ROWS + j] = *v;
-                    }
-                }
-            });
-        Self {
-            data,
+    pub(super) fn new(src: Source, c_out: usize, c_in: usize, kk: usize) -> Self {
+        let blocks = c_out.div_ceil(ROWS);
+        let mut packed = Self {
+            data: vec![0.0; blocks * c_in * kk * ROWS],
             c_out,
             c_in,
             kk,
-        }
+        };
+        src.fill((c_out, c_in, kk), &mut packed);
+        packed
+    }
+}
+
+impl Layout for Packed {
+    fn fill(&mut self, w: impl Fn(usize, usize, usize) -> f32 + Sync) {
+        let (c_out, c_in, kk) = (self.c_out, self.c_in, self.kk);
+        self.data
+            .par_chunks_exact_mut(c_in * kk * ROWS)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let rows = ROWS.min(c_out - b * ROWS);
+                for ci in 0..c_in {
+                    for j in 0..rows {
+                        for t in 0..kk {
+                            block[(ci * kk + t) * ROWS + j] = w(b * ROWS + j, ci, t);
+                        }
+                    }
+                }
+            });
     }
 }
 
@@ -154,34 +190,41 @@ pub(super) struct ByTap {
 }
 
 impl ByTap {
-    pub(super) fn new(w: &[f32], c_out: usize, c_in: usize, kk: usize) -> Self {
-        let per_block = kk * c_in * CL_WIDTH;
-        let mut data = vec![0.0; c_out.div_ceil(CL_WIDTH) * per_block];
-        data.par_chunks_exact_mut(per_block)
+    pub(super) fn new(src: Source, c_out: usize, c_in: usize, kk: usize) -> Self {
+        let blocks = c_out.div_ceil(CL_WIDTH);
+        let mut by_tap = Self {
+            data: vec![0.0; blocks * kk * c_in * CL_WIDTH],
+            c_out,
+            c_in,
+            kk,
+        };
+        src.fill((c_out, c_in, kk), &mut by_tap);
+        by_tap
+    }
+}
+
+impl Layout for ByTap {
+    fn fill(&mut self, w: impl Fn(usize, usize, usize) -> f32 + Sync) {
+        let (c_out, c_in, kk) = (self.c_out, self.c_in, self.kk);
+        self.data
+            .par_chunks_exact_mut(kk * c_in * CL_WIDTH)
             .enumerate()
             .for_each(|(b, block)| {
                 let co0 = b * CL_WIDTH;
-                // A few input channels at a time: each output channel's taps for them are one
-                // contiguous read of `w`, and the rows written stay in L1.
+                // A few input channels at a time: the reads of either source stay within a
+                // few rows, and the rows written stay in L1.
                 const CHANNELS: usize = 8;
                 for ci0 in (0..c_in).step_by(CHANNELS) {
-                    let cis = CHANNELS.min(c_in - ci0);
+                    let cis = ci0..CHANNELS.min(c_in - ci0) + ci0;
                     for j in 0..CL_WIDTH.min(c_out - co0) {
-                        let src = &w[((co0 + j) * c_in + ci0) * kk..][..cis * kk];
-                        for (i, taps) in src.chunks_exact(kk).enumerate() {
-                            for (tap, v) in taps.iter().enumerate() {
-                                block[(tap * c_in + ci0 + i) * CL_WIDTH + j] = *v;
+                        for ci in cis.clone() {
+                            for tap in 0..kk {
+                                block[(tap * c_in + ci) * CL_WIDTH + j] = w(co0 + j, ci, tap);
                             }
                         }
                     }
                 }
             });
-        Self {
-            data,
-            c_out,
-            c_in,
-            kk,
-        }
     }
 }
 
