@@ -10,7 +10,9 @@
 //! gradient; both are slow, and their long sequential f32 sums cost about three digits on
 //! BatchNorm-bias gradients of early layers. 1×1 stride-1 convolutions skip im2col entirely.
 //! Stride-1 input gradients are forward convolutions of `dY` with the flipped kernel, and
-//! stride-1 "same" convolutions on batches of larger maps skip it too ([`shifted`]).
+//! stride-1 "same" convolutions on batches of larger maps skip it too ([`shifted`]); on CPUs
+//! with AVX-512F, f32 batches of "same" convolutions of stride 1 or 2 down to 6×6 outputs
+//! run direct kernels instead of gemm (`shifted::direct`).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use std::ops::Range;
