@@ -697,6 +697,9 @@ fn flipped_transpose<T: WithDType>(w: &[T], d: &Dims, out: &mut [T]) {
 }
 
 fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+    if let Some(dx) = shifted::input_grad(dy, w, d, g) {
+        return dx;
+    }
     if g.stride == 1 && d.k > 1 && g.padding < d.k {
         // dX = conv(dY, W', padding k−1−p): the forward kernels (panels, no col2im) instead
         // of Wᵀ·dY and a fold, which packs the whole kernel per thread and writes a column

@@ -66,6 +66,73 @@ pub(super) fn weight_grad_applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
                 && d.c_in.min(d.c_out) >= MIN_CHANNELS))
 }
 
+/// Whether a convolution's input gradient takes [`input_grad`]: a "same" convolution of
+/// stride 2 whose input map has at least [`MIN_DIRECT_POSITIONS`] positions and a whole
+/// vector block of channels, where the direct kernels run (stride 1 goes through
+/// [`forward_flipped`]).
+fn input_grad_applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
+    g.stride == 2
+        && d.k > 1
+        && d.k == 2 * g.padding + 1
+        && d.h * d.w >= MIN_DIRECT_POSITIONS
+        && d.c_in >= MIN_CHANNELS
+        && direct_applies::<T>()
+        && !Split::new(d).inner_parallel
+}
+
+/// The input gradient of a stride-2 convolution by the direct kernels, where
+/// [`input_grad_applies`]; `None` elsewhere.
+pub(super) fn input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Option<Vec<T>> {
+    if !input_grad_applies::<T>(d, g) {
+        return None;
+    }
+    let dx = input_grad_scattered(as_f32(dy)?, as_f32(w)?, d, g);
+    // SAFETY: T is f32 (as_f32 returned Some); the Vec's parts are handed over whole.
+    let mut dx = std::mem::ManuallyDrop::new(dx);
+    Some(unsafe { Vec::from_raw_parts(dx.as_mut_ptr().cast(), dx.len(), dx.capacity()) })
+}
+
+/// The input gradient scattered: each output position's gradient times each tap's kernel
+/// slice, added to the input position the tap read, in channels-last padded planes.
+fn input_grad_scattered(dy: &[f32], w: &[f32], d: &Dims, g: ConvGeom) -> Vec<f32> {
+    let (pad, l, l_out) = (g.padding, d.h * d.w, d.out_len());
+    let split = Split::new(d);
+    let kernel = direct::ByTap::new(direct::Source::Transposed(w), d.c_in, d.c_out, d.k * d.k);
+    let (per, full) = chunking(d, pad, &split);
+    let stride = direct::scatter_stride(d.c_in);
+    let mut dx: Vec<f32> = par_zeros(d.n * d.c_in * l);
+    for_groups(&split, &mut dx, d.c_in * l, |group, dx_part| {
+        f32::with_scratch(stride * full.len, |buf| {
+            for n0 in group.clone().step_by(per) {
+                let nc = per.min(group.end - n0);
+                let pl = Planes::new(d.h, d.w, pad, nc);
+                let dx_cl = &mut buf[..stride * pl.len];
+                dx_cl.fill(0.0);
+                let positions = pl.output_positions(nc, g.stride, (d.oh, d.ow));
+                let dys = &dy[n0 * d.c_out * l_out..][..nc * d.c_out * l_out];
+                direct::input_grad_scatter(
+                    dys,
+                    l_out,
+                    &pl,
+                    d.k,
+                    &positions,
+                    &kernel,
+                    (dx_cl, stride),
+                );
+                // The input's own positions, as rows of the planes.
+                let rows: Vec<u32> = pl
+                    .output_positions(nc, 1, (d.h, d.w))
+                    .into_iter()
+                    .map(|p| p + pl.first as u32)
+                    .collect();
+                let dxs = &mut dx_part[(n0 - group.start) * d.c_in * l..][..nc * d.c_in * l];
+                direct::rows_to_nchw(dx_cl, stride, &rows, (d.c_in, l), dxs);
+            }
+        })
+    });
+    dx
+}
+
 /// The padded planes' path: a stride-1 "same" convolution on a map that is not too small
 /// ([`geometry_fits`]), with enough channels on both sides.
 fn planar(d: &Dims, g: ConvGeom) -> bool {
@@ -629,6 +696,14 @@ mod tests {
                 ("y", values(&reference)?, forward(&xs, &ws, &d, geom)),
                 ("dw", want_dw, weight_grad(&xs, &dys, &d, geom)),
             ];
+            if stride == 2 {
+                let want = input_grad_by_loops(&values(&dy)?, &values(&wt)?, &d, geom);
+                checks.push((
+                    "dx (scattered)",
+                    want,
+                    input_grad_scattered(&dys, &ws, &d, geom),
+                ));
+            }
             if let Some(grads) = grads {
                 // The input gradient: the forward pass of dY with the flipped kernel.
                 let d_t = Dims::new(&[n, cout, h, w], &[cin, cout, k, k], geom)?;
@@ -656,6 +731,38 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    /// `dX[s, ci, iy, ix] = Σ dY[s, co, oy, ox] · W[co, ci, ky, kx]` over the output positions
+    /// and taps that read `(iy, ix)` (`iy = oy·stride + ky − p`), by plain loops.
+    fn input_grad_by_loops(dy: &[f64], w: &[f64], d: &Dims, g: ConvGeom) -> Vec<f64> {
+        let (k, p, st) = (d.k, g.padding as isize, g.stride);
+        let mut dx = vec![0.0; d.n * d.c_in * d.h * d.w];
+        for s in 0..d.n {
+            for co in 0..d.c_out {
+                for oy in 0..d.oh {
+                    for ox in 0..d.ow {
+                        let g = dy[((s * d.c_out + co) * d.oh + oy) * d.ow + ox];
+                        for ci in 0..d.c_in {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * st + ky) as isize - p;
+                                    let ix = (ox * st + kx) as isize - p;
+                                    if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let at = ((s * d.c_in + ci) * d.h + iy as usize) * d.w;
+                                    dx[at + ix as usize] +=
+                                        g * w[((co * d.c_in + ci) * k + ky) * k + kx];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dx
     }
 
     /// `dW[co, ci, ky, kx] = Σ dY[s, co, oy, ox] · X[s, ci, oy·stride + ky − p, ox·stride + kx − p]`

@@ -51,6 +51,9 @@ const GRAD_GROUP: usize = 64;
 const CL_ROWS: usize = 6;
 const CL_COLS: usize = 4;
 const CL_DEPTH: usize = 16;
+/// Output-gradient channels per pass of the scattering input gradient: their kernel rows
+/// (16 KB) stay in L1 across the pass's tiles.
+const SCATTER_DEPTH: usize = 64;
 
 /// Whether the kernels run here: an x86-64 CPU with AVX-512F, not turned off by
 /// `MTPATH_DIRECT_CONV=0`.
@@ -91,6 +94,9 @@ pub(super) enum Source<'a> {
     /// An input gradient's kernel, the flipped transpose of the forward convolution's kernel
     /// `w [c_in, c_out, k²]`: `W[o, i, t] = w[i, o, k² − 1 − t]`, read without building it.
     Flipped(&'a [f32]),
+    /// A stride-2 input gradient's kernel, the transpose of the forward convolution's kernel
+    /// `w [c_in, c_out, k²]`: `W[o, i, t] = w[i, o, t]`.
+    Transposed(&'a [f32]),
 }
 
 /// A rearrangement of a kernel, written from a reader of `W[o, i, t]`.
@@ -105,6 +111,7 @@ impl Source<'_> {
         match self {
             Source::Plain(w) => layout.fill(|o, i, t| w[(o * c_in + i) * kk + t]),
             Source::Flipped(w) => layout.fill(|o, i, t| w[(i * c_out + o) * kk + kk - 1 - t]),
+            Source::Transposed(w) => layout.fill(|o, i, t| w[(i * c_out + o) * kk + t]),
         }
     }
 }
@@ -281,6 +288,81 @@ pub(super) fn transpose_row(
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("direct kernels run only on x86-64 ({y})");
+}
+
+/// The input gradient of a "same" convolution of any stride, scattered: for every output
+/// position `q` (grid index `positions[q]` of `pl`, the forward's) and tap, the products of
+/// its output gradient with the tap's kernel slice are added to the input position the tap
+/// read, in `dx_cl` `[len, dx_stride]` (zeroed by the caller; padding positions collect
+/// products that are then dropped). `dy` is the chunk's output gradient `[nc, c_out, l_out]`
+/// and `w` the transposed kernel ([`Source::Transposed`]): its "output" channels are the
+/// input gradient's.
+pub(super) fn input_grad_scatter(
+    dy: &[f32],
+    l_out: usize,
+    pl: &Planes,
+    k: usize,
+    positions: &[u32],
+    w: &ByTap,
+    (dx_cl, dx_stride): (&mut [f32], usize),
+) {
+    let nq = positions.len();
+    assert!(k * k == w.kk && nq.is_multiple_of(l_out) && dy.len() >= nq * w.c_in);
+    assert!(dx_stride >= w.c_out.next_multiple_of(CL_WIDTH));
+    assert!(dx_cl.len() >= pl.len * dx_stride);
+    assert!(positions.iter().all(|&p| (p as usize) < pl.span));
+    let offsets = tap_offsets(pl, k);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `available()` checked AVX-512F; reads stay in `dy` (each position's channels
+    // of its own sample) and the kernel, writes in the rows of `dx_cl` a real position plus
+    // a tap offset reaches (within `len`), [`CL_WIDTH`]-channel blocks within the stride.
+    unsafe {
+        avx512::input_grad_scatter(
+            dy,
+            (l_out, w.c_in * l_out),
+            positions,
+            &offsets,
+            w,
+            dx_cl,
+            dx_stride,
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("direct kernels run only on x86-64 ({offsets:?}, {dx_stride})");
+}
+
+/// Elements per position of the scattering input gradient's buffer for `c` channels: whole
+/// blocks of [`CL_WIDTH`], plus a vector when a multiple of 1 KB (as
+/// [`channels_last_stride`]).
+pub(super) fn scatter_stride(c: usize) -> usize {
+    let s = c.next_multiple_of(CL_WIDTH);
+    if s.is_multiple_of(256) {
+        s + LANES
+    } else {
+        s
+    }
+}
+
+/// The rows `rows` of `src` (`stride` elements each, channels side by side) as `dst`
+/// `[nc, c, l]`: row `rows[s·l + p]` holds position `p` of sample `s`.
+pub(super) fn rows_to_nchw(
+    src: &[f32],
+    stride: usize,
+    rows: &[u32],
+    (c, l): (usize, usize),
+    dst: &mut [f32],
+) {
+    assert!(dst.len() == rows.len() * c && rows.len().is_multiple_of(l.max(1)));
+    assert!(stride >= c.next_multiple_of(LANES));
+    assert!(rows.iter().all(|&r| (r as usize + 1) * stride <= src.len()));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `available()` checked AVX-512F; each row read whole (16 lanes from a channel
+    // block start, within the stride), writes masked to each sample's planes.
+    unsafe {
+        avx512::rows_to_nchw(src.as_ptr(), stride, rows, (c, l), dst)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("direct kernels run only on x86-64 ({l})");
 }
 
 /// [`forward_channels_last`]'s output `src` (`nc·l` positions of `nc` samples) into `dst`
@@ -475,12 +557,13 @@ mod avx512 {
                         std::array::from_fn(|i| positions[q0 + i.min(rows - 1)] as usize);
                     // SAFETY: see `super::forward_channels_last`.
                     unsafe {
+                        let out = y.add((block * nq + q0) * CL_WIDTH);
                         cl_tile(
                             grid.map(|g| x.add(g * stride)),
                             &steps,
                             w.data.as_ptr().add(block * w.kk * c_in * CL_WIDTH),
-                            (ci0 > 0).then_some(()),
-                            y.add((block * nq + q0) * CL_WIDTH),
+                            ci0 > 0,
+                            std::array::from_fn(|i| out.add(i * CL_WIDTH)),
                             rows,
                         );
                     }
@@ -489,26 +572,26 @@ mod avx512 {
         }
     }
 
-    /// One channels-last tile: `rows` positions (their planes' rows `src`) × [`CL_WIDTH`]
-    /// output channels (`w` the block's weights, `out` its first row, rows [`CL_WIDTH`]
-    /// apart), adding the products of `steps` (input offset, weight offset) to what `out`
-    /// holds when `add`, else starting from zero.
+    /// One channels-last tile: `rows` positions (their inputs `src`) × [`CL_WIDTH`] output
+    /// channels (`w` the block's weights, `out` the rows of the result), adding the
+    /// products of `steps` (input offset, weight offset) to what `out` holds when `add`, else
+    /// starting from zero.
     #[target_feature(enable = "avx512f")]
     unsafe fn cl_tile(
         src: [*const f32; CL_ROWS],
         steps: &[(usize, usize)],
         w: *const f32,
-        add: Option<()>,
-        out: *mut f32,
+        add: bool,
+        out: [*mut f32; CL_ROWS],
         rows: usize,
     ) {
         let mut acc = [[_mm512_setzero_ps(); CL_COLS]; CL_ROWS];
-        if add.is_some() {
-            for (i, row) in acc.iter_mut().enumerate().take(rows) {
+        if add {
+            for (row, out) in acc.iter_mut().zip(&out).take(rows) {
                 for (v, a) in row.iter_mut().enumerate() {
                     // SAFETY: (all pointer arithmetic below) rows below `rows`, within the
-                    // planes and the kernel: `super::forward_channels_last`.
-                    *a = unsafe { _mm512_loadu_ps(out.add(i * CL_WIDTH + v * LANES)) };
+                    // inputs and the kernel: the callers' bounds.
+                    *a = unsafe { _mm512_loadu_ps(out.add(v * LANES)) };
                 }
             }
         }
@@ -526,9 +609,49 @@ mod avx512 {
                 }
             }
         }
-        for (i, row) in acc.iter().enumerate().take(rows) {
+        for (row, out) in acc.iter().zip(&out).take(rows) {
             for (v, a) in row.iter().enumerate() {
-                unsafe { _mm512_storeu_ps(out.add(i * CL_WIDTH + v * LANES), *a) };
+                unsafe { _mm512_storeu_ps(out.add(v * LANES), *a) };
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn input_grad_scatter(
+        dy: &[f32],
+        (l_out, sample_len): (usize, usize),
+        positions: &[u32],
+        offsets: &[usize],
+        w: &ByTap,
+        dx_cl: &mut [f32],
+        dx_stride: usize,
+    ) {
+        // Here the "output" channels of `w` are the input gradient's, its depth the output
+        // gradient's channels.
+        let (c_in, c_out, nq) = (w.c_in, w.c_out, positions.len());
+        let (dyp, dx) = (dy.as_ptr(), dx_cl.as_mut_ptr());
+        for co0 in (0..c_out).step_by(CL_WIDTH) {
+            let block = co0 / CL_WIDTH;
+            let wb = unsafe { w.data.as_ptr().add(block * w.kk * c_in * CL_WIDTH) };
+            for (t, &off) in offsets.iter().enumerate() {
+                for ci0 in (0..c_in).step_by(SCATTER_DEPTH) {
+                    let steps: Vec<(usize, usize)> = (ci0..SCATTER_DEPTH.min(c_in - ci0) + ci0)
+                        .map(|ci| (ci * l_out, (t * c_in + ci) * CL_WIDTH))
+                        .collect();
+                    for q0 in (0..nq).step_by(CL_ROWS) {
+                        let rows = CL_ROWS.min(nq - q0);
+                        let qs: [usize; CL_ROWS] = std::array::from_fn(|i| q0 + i.min(rows - 1));
+                        // Output position q of sample q / l_out: its gradient's first channel.
+                        let src =
+                            qs.map(|q| unsafe { dyp.add(q / l_out * sample_len + q % l_out) });
+                        // The input position tap `t` of output q reads, which it adds to.
+                        let out = qs.map(|q| unsafe {
+                            dx.add((positions[q] as usize + off) * dx_stride + co0)
+                        });
+                        // SAFETY: see `super::input_grad_scatter`.
+                        unsafe { cl_tile(src, &steps, wb, true, out, rows) };
+                    }
+                }
             }
         }
     }
@@ -556,6 +679,35 @@ mod avx512 {
                 let t = transpose16(&r);
                 for (i, t) in t.iter().enumerate().take(xs) {
                     unsafe { _mm512_storeu_ps(row.add((x0 + i) * stride + c0), *t) };
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rows_to_nchw(
+        src: *const f32,
+        stride: usize,
+        rows: &[u32],
+        (c, l): (usize, usize),
+        dst: &mut [f32],
+    ) {
+        for (s, sample) in dst.chunks_exact_mut(c * l).enumerate() {
+            let out = sample.as_mut_ptr();
+            for p0 in (0..l).step_by(LANES) {
+                let n = LANES.min(l - p0);
+                let mask = if n == LANES { !0 } else { lanes(n) };
+                for c0 in (0..c).step_by(LANES) {
+                    let mut r = [_mm512_setzero_ps(); LANES];
+                    for (i, r) in r.iter_mut().enumerate().take(n) {
+                        let row = rows[s * l + p0 + i] as usize;
+                        // SAFETY: see `super::rows_to_nchw`.
+                        *r = unsafe { _mm512_loadu_ps(src.add(row * stride + c0)) };
+                    }
+                    let t = transpose16(&r);
+                    for (j, t) in t.iter().enumerate().take(LANES.min(c - c0)) {
+                        unsafe { _mm512_mask_storeu_ps(out.add((c0 + j) * l + p0), mask, *t) };
+                    }
                 }
             }
         }
