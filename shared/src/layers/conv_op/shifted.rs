@@ -72,8 +72,7 @@ pub(super) fn weight_grad_applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
 /// [`forward_flipped`]).
 fn input_grad_applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
     g.stride == 2
-        && d.k > 1
-        && d.k == 2 * g.padding + 1
+        && same_padded(d, g)
         && d.h * d.w >= MIN_DIRECT_POSITIONS
         && d.c_in >= MIN_CHANNELS
         && direct_applies::<T>()
@@ -87,9 +86,7 @@ pub(super) fn input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -
         return None;
     }
     let dx = input_grad_scattered(as_f32(dy)?, as_f32(w)?, d, g);
-    // SAFETY: T is f32 (as_f32 returned Some); the Vec's parts are handed over whole.
-    let mut dx = std::mem::ManuallyDrop::new(dx);
-    Some(unsafe { Vec::from_raw_parts(dx.as_mut_ptr().cast(), dx.len(), dx.capacity()) })
+    Some(from_f32(dx))
 }
 
 /// The input gradient scattered: each output position's gradient times each tap's kernel
@@ -142,10 +139,7 @@ fn planar(d: &Dims, g: ConvGeom) -> bool {
 /// The channels-last direct kernels' geometry: a "same"-padded convolution (`k = 2·pad + 1`,
 /// `k > 1`) of stride 1 or 2 with at least [`MIN_DIRECT_POSITIONS`] output positions.
 fn channels_last_fits(d: &Dims, g: ConvGeom) -> bool {
-    (g.stride == 1 || g.stride == 2)
-        && d.k > 1
-        && d.k == 2 * g.padding + 1
-        && d.oh * d.ow >= MIN_DIRECT_POSITIONS
+    (g.stride == 1 || g.stride == 2) && same_padded(d, g) && d.oh * d.ow >= MIN_DIRECT_POSITIONS
 }
 
 /// Whether the direct kernels run for element type `T` (f32 on a CPU with AVX-512F).
@@ -155,7 +149,12 @@ fn direct_applies<T: WithDType>() -> bool {
 
 /// A stride-1 "same" convolution (`k = 2·pad + 1`).
 fn is_same(d: &Dims, g: ConvGeom) -> bool {
-    g.stride == 1 && d.k > 1 && d.k == 2 * g.padding + 1
+    g.stride == 1 && same_padded(d, g)
+}
+
+/// A spatial kernel padded to keep the map's size at stride 1 (`k = 2·pad + 1`, `k > 1`).
+fn same_padded(d: &Dims, g: ConvGeom) -> bool {
+    d.k > 1 && d.k == 2 * g.padding + 1
 }
 
 /// A stride-1 "same" convolution on a map that keeps [`MIN_USEFUL_SHARE`] of its padded grid.
@@ -339,6 +338,18 @@ fn as_f32<T: WithDType>(s: &[T]) -> Option<&[f32]> {
         .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) })
 }
 
+/// `v` as a `Vec<T>` for `T` = f32 (the direct kernels' results, once [`as_f32`] has
+/// established the element type).
+fn from_f32<T: WithDType>(v: Vec<f32>) -> Vec<T> {
+    assert!(
+        T::DTYPE == DType::F32,
+        "direct kernels return f32 only for f32 inputs"
+    );
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: T is f32 (checked above); the Vec's parts are handed over whole.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), v.len(), v.capacity()) }
+}
+
 /// [`as_f32`] for a mutable slice.
 fn as_f32_mut<T: WithDType>(s: &mut [T]) -> Option<&mut [f32]> {
     // SAFETY: as in `as_f32`.
@@ -383,10 +394,7 @@ fn forward_from<T: Scratch>(x: &[T], w: &[T], flipped: bool, d: &Dims, g: ConvGe
     });
     if !planar(d, g) {
         if let (Some(x), Some(w)) = (as_f32(x), source) {
-            let y = forward_channels_last(x, w, d, g);
-            // SAFETY: T is f32 (as_f32 returned Some); the Vec's parts are handed over whole.
-            let mut y = std::mem::ManuallyDrop::new(y);
-            return unsafe { Vec::from_raw_parts(y.as_mut_ptr().cast(), y.len(), y.capacity()) };
+            return from_f32(forward_channels_last(x, w, d, g));
         }
     }
     let (pad, kk, l) = (g.padding, d.k * d.k, d.h * d.w);

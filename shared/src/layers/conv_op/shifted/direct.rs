@@ -173,9 +173,15 @@ pub(super) fn forward(planes: &[f32], pl: &Planes, k: usize, w: &Packed, grid: &
 
 /// Elements between consecutive positions of planes laid out channels-last with `c`
 /// channels: `c` rounded up to a vector, plus one vector when that is a multiple of 1 KB, so
-/// that the rows one tile reads do not all fall into the same few L1 sets.
+/// that the rows one tile reads do not all fall into the same few L1 sets ([`padded_stride`]).
 pub(super) fn channels_last_stride(c: usize) -> usize {
-    let s = c.next_multiple_of(LANES);
+    padded_stride(c, LANES)
+}
+
+/// `c` rounded up to a multiple of `block`, plus one vector when that is a multiple of 1 KB
+/// in f32 (rows that far apart share a few L1 sets).
+fn padded_stride(c: usize, block: usize) -> usize {
+    let s = c.next_multiple_of(block);
     if s.is_multiple_of(256) {
         s + LANES
     } else {
@@ -332,15 +338,9 @@ pub(super) fn input_grad_scatter(
 }
 
 /// Elements per position of the scattering input gradient's buffer for `c` channels: whole
-/// blocks of [`CL_WIDTH`], plus a vector when a multiple of 1 KB (as
-/// [`channels_last_stride`]).
+/// blocks of [`CL_WIDTH`], plus a vector when a multiple of 1 KB ([`padded_stride`]).
 pub(super) fn scatter_stride(c: usize) -> usize {
-    let s = c.next_multiple_of(CL_WIDTH);
-    if s.is_multiple_of(256) {
-        s + LANES
-    } else {
-        s
-    }
+    padded_stride(c, CL_WIDTH)
 }
 
 /// The rows `rows` of `src` (`stride` elements each, channels side by side) as `dst`
@@ -436,10 +436,10 @@ mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// The mask of the first `n < 16` lanes.
+    /// The mask of the first `min(n, 16)` lanes.
     #[inline(always)]
     fn lanes(n: usize) -> __mmask16 {
-        ((1u32 << n) - 1) as __mmask16
+        ((1u32 << n.min(LANES)) - 1) as __mmask16
     }
 
     #[target_feature(enable = "avx512f")]
@@ -668,7 +668,7 @@ mod avx512 {
             let cs = LANES.min(c - c0);
             for x0 in (0..w).step_by(LANES) {
                 let xs = LANES.min(w - x0);
-                let mask = if xs == LANES { !0 } else { lanes(xs) };
+                let mask = lanes(xs);
                 let mut r = [_mm512_setzero_ps(); LANES];
                 for (j, r) in r.iter_mut().enumerate().take(cs) {
                     // SAFETY: see `super::transpose_row`.
@@ -696,7 +696,7 @@ mod avx512 {
             let out = sample.as_mut_ptr();
             for p0 in (0..l).step_by(LANES) {
                 let n = LANES.min(l - p0);
-                let mask = if n == LANES { !0 } else { lanes(n) };
+                let mask = lanes(n);
                 for c0 in (0..c).step_by(LANES) {
                     let mut r = [_mm512_setzero_ps(); LANES];
                     for (i, r) in r.iter_mut().enumerate().take(n) {
@@ -756,14 +756,7 @@ mod avx512 {
     /// Masks of the `N` vectors of channels from `c0`, of `c` channels in all.
     #[inline(always)]
     fn channel_masks<const N: usize>(c0: usize, c: usize) -> [__mmask16; N] {
-        std::array::from_fn(|i| {
-            let left = c.saturating_sub(c0 + i * LANES);
-            if left >= LANES {
-                !0
-            } else {
-                lanes(left)
-            }
-        })
+        std::array::from_fn(|i| lanes(c.saturating_sub(c0 + i * LANES)))
     }
 
     #[target_feature(enable = "avx512f")]
