@@ -17,6 +17,7 @@ pub mod network;
 pub mod optim;
 pub mod preprocess;
 pub mod probe;
+pub mod rng;
 pub mod testdata;
 pub mod varstore;
 pub mod weights;

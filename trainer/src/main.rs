@@ -8,6 +8,7 @@ mod evaluate;
 mod images;
 mod plots;
 mod pool;
+mod session;
 mod train;
 
 use clap::{Parser, Subcommand};

@@ -2,7 +2,7 @@
 //! (single-threaded, so the same code runs in the browser), row orthonormalisation and a
 //! symmetric eigensolver (cyclic Jacobi) in `f64`.
 
-use super::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// A strided view of an `rows × cols` matrix: element `(r, c)` is `data[r·rs + c·cs]`.
 #[derive(Clone, Copy)]

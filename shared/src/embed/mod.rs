@@ -53,37 +53,6 @@ pub(crate) fn check_input(x: &[f32], n: usize, d: usize) -> Result<()> {
     Ok(())
 }
 
-/// SplitMix64: a tiny, fully specified generator, so that seeded results do not depend on the
-/// `rand` crate's version or platform.
-#[derive(Clone, Debug)]
-pub(crate) struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `(0, 1]`.
-    pub(crate) fn next_open01(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 1.0) * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Standard normal (Box–Muller, one value per call).
-    pub(crate) fn normal(&mut self) -> f64 {
-        let u1 = self.next_open01();
-        let u2 = self.next_open01();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,20 +65,5 @@ mod tests {
         assert!(check_input(&[0.0; 5], 2, 2).is_err());
         assert!(check_input(&[0.0, f32::NAN, 0.0, 0.0], 2, 2).is_err());
         assert!(check_input(&[0.0, 0.0, f32::INFINITY, 0.0], 2, 2).is_err());
-    }
-
-    #[test]
-    fn embed_rng_is_seeded_and_normal() {
-        let mut a = SplitMix64::new(7);
-        let mut b = SplitMix64::new(7);
-        let xs: Vec<f64> = (0..20_000).map(|_| a.normal()).collect();
-        let ys: Vec<f64> = (0..20_000).map(|_| b.normal()).collect();
-        assert_eq!(xs, ys);
-        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
-        let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / xs.len() as f64;
-        assert!(
-            mean.abs() < 0.03 && (var - 1.0).abs() < 0.03,
-            "{mean} {var}"
-        );
     }
 }

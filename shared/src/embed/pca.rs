@@ -15,9 +15,10 @@
 //! Each component's sign is fixed so that its entry of largest magnitude (the first such, on
 //! ties) is positive; with the seeded start this makes results reproducible.
 
+use super::check_input;
 use super::linalg::{matmul, orthonormalize_rows, sym_eig, View};
-use super::{check_input, SplitMix64};
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 
 /// Rows per streaming block: `ROWS × d` `f32` values of scratch (2 MiB at `d = 2048`).
 const ROWS: usize = 256;

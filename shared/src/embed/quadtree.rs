@@ -205,7 +205,7 @@ fn partition(perm: &mut [u32], pred: impl Fn(usize) -> bool) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::SplitMix64;
+    use crate::rng::SplitMix64;
 
     fn exact(y: &[f64], i: usize) -> ([f64; 2], f64) {
         let (mut f, mut z) = ([0.0; 2], 0.0);

@@ -29,11 +29,12 @@
 
 use std::borrow::Cow;
 
+use super::check_input;
 use super::linalg::{matmul, View};
 use super::pca::{pca, PcaConfig};
 use super::quadtree::QuadTree;
-use super::{check_input, SplitMix64};
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 
 /// The distance t-SNE's neighbourhoods are built with.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

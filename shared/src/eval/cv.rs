@@ -3,15 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::rng::SplitMix64;
 use crate::{Error, Result};
-
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// The fold (0..k) of every sample.
 ///
@@ -55,11 +48,7 @@ pub fn grouped_stratified_folds(
     }
     let mut members: Vec<Vec<usize>> = by_group.into_values().collect();
     // Fisher–Yates with a seeded generator, then a stable sort by size (largest first).
-    let mut state = seed ^ 0xA5A5_5A5A_1234_5678;
-    for i in (1..members.len()).rev() {
-        let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
-        members.swap(i, j);
-    }
+    SplitMix64::new(seed ^ 0xA5A5_5A5A_1234_5678).shuffle(&mut members);
     members.sort_by_key(|m| std::cmp::Reverse(m.len()));
 
     let mut totals = vec![0f64; n_classes];

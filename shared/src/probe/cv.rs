@@ -3,6 +3,7 @@
 use super::input::check_training;
 use super::model::LinearModel;
 use super::{LinearSvc, LogisticRegression};
+use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// Anything that fits a [`LinearModel`] on `x` (`n × d`), labels `y` in `0..n_classes`.
@@ -56,19 +57,11 @@ pub fn stratified_folds(y: &[u32], n_classes: usize, k: usize, seed: u64) -> Res
             members.len()
         )));
     }
-    let mut state = seed;
+    let mut rng = SplitMix64::new(seed);
     let mut folds = vec![0; y.len()];
     let mut next_fold = 0;
     for members in &mut by_class {
-        // Fisher–Yates with SplitMix64.
-        for i in (1..members.len()).rev() {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            let j = ((z ^ (z >> 31)) % (i as u64 + 1)) as usize;
-            members.swap(i, j);
-        }
+        rng.shuffle(members);
         // Continue the deal where the previous class stopped, so fold sizes stay balanced.
         for &i in members.iter() {
             folds[i] = next_fold;

@@ -200,14 +200,8 @@ mod tests {
 
     /// Deterministic pseudo-random data: `n × d` features, labels cycling through `k`.
     fn toy(n: usize, d: usize, k: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
-        let mut s = seed;
-        let mut next = move || {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        };
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let mut next = move || rng.unit_f64() - 0.5;
         let y: Vec<u32> = (0..n).map(|i| (i % k) as u32).collect();
         let x = (0..n * d)
             .map(|i| (next() * 2.0 + 0.7 * f64::from(y[i / d]) * ((i % d) as f64 - 1.0)) as f32)

@@ -4,6 +4,7 @@
 
 use super::input::{check_settings, check_training};
 use super::model::{rows_for, FitReport, LinearModel, ModelKind};
+use crate::rng::SplitMix64;
 use crate::Result;
 
 /// Linear SVM probe, as `sklearn.svm.LinearSVC(C=c, tol=tol, max_iter=max_iter)` (squared
@@ -82,7 +83,7 @@ impl LinearSvc {
             })
             .collect();
         let rows = rows_for(n_classes);
-        let mut rng = SplitMix64(self.seed);
+        let mut rng = SplitMix64::new(self.seed);
         let mut model = LinearModel {
             coef: Vec::with_capacity(rows * d),
             intercept: Vec::with_capacity(rows),
@@ -109,19 +110,6 @@ impl LinearSvc {
             model.intercept.push(fit.b);
         }
         Ok((model, report))
-    }
-}
-
-/// liblinear's `rand()` stand-in: SplitMix64.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn below(&mut self, bound: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % bound as u64) as usize
     }
 }
 
@@ -178,7 +166,7 @@ fn solve_l2loss_dual(
         let mut pg_max_new = f64::NEG_INFINITY;
         let mut pg_min_new = f64::INFINITY;
         for i in 0..active {
-            let j = i + rng.below(active - i);
+            let j = i + rng.below_mod((active - i) as u64) as usize;
             index.swap(i, j);
         }
         let mut s = 0;

@@ -141,7 +141,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.mode == Mode::Pipeline {
         return run_pipeline(&args);
     }
-    super::train::set_threads(args.threads);
+    crate::session::set_threads(args.threads);
     let dev = parse_device(&args.device)?;
     candle_core::cuda::set_gemm_reduced_precision_f32(args.tf32);
     let net = Network::new(NetworkSpec::classifier(args.arch, 1000), &dev, 0)?;

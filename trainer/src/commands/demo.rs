@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mtpath_shared::Arch;
 
-use super::train::{load_pool, report, set_threads, stop_flag};
 use crate::pool::{PoolConfig, Split};
+use crate::session::{load_pool, report, set_threads, stop_flag};
 use crate::train::config::TrainConfig;
 use crate::train::run::{train, train_resumable, RunSpec};
 

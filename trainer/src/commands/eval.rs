@@ -6,12 +6,12 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mtpath_shared::Arch;
 
-use super::train::set_threads;
 use crate::evaluate::features::{load_extractor, task_features};
 use crate::evaluate::finetune::{arch_of, finetune_seed, FinetuneSpec};
 use crate::evaluate::protocol::{self, Protocol, RunScores};
 use crate::evaluate::report;
 use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig};
+use crate::session::set_threads;
 
 /// Evaluate a trunk's frozen features on tasks: for each seed, a group-disjoint
 /// train/val/test split of every task, a probe fitted on train+val and scored on test.

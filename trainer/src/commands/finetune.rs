@@ -7,11 +7,11 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use mtpath_shared::Arch;
 
-use super::train::set_threads;
 use crate::evaluate::finetune::{arch_of, finetune_seed, FinetuneSpec};
 use crate::evaluate::protocol::RunScores;
 use crate::evaluate::report;
 use crate::pool::ImageCheck;
+use crate::session::set_threads;
 
 /// Fine-tune a trunk on one task: for every seed (split) and learning rate, train a new head
 /// and the whole trunk for some epochs, keep the epoch with the best validation balanced

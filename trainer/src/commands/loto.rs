@@ -9,11 +9,11 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 
-use super::train::{load_pool, set_threads, stop_flag};
 use crate::evaluate::compare::{compare, fmt_metric, CompareSpec, Comparison, Model};
 use crate::evaluate::protocol::Protocol;
 use crate::evaluate::rank::average_ranks;
 use crate::pool::PoolConfig;
+use crate::session::{load_pool, set_threads, stop_flag};
 use crate::train::checkpoint::TRUNK_FILE;
 use crate::train::config::TrainConfig;
 use crate::train::run::{train_resumable, RunSpec};

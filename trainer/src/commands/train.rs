@@ -1,17 +1,16 @@
 //! `mtpath train`: multi-task pre-training on a task pool.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::Parser;
 use mtpath_shared::Arch;
 
 use crate::device::parse_device;
-use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig};
+use crate::pool::PoolConfig;
+use crate::session::{load_pool, report, set_threads, stop_flag};
 use crate::train::config::TrainConfig;
-use crate::train::run::{train, RunOutcome, RunSpec};
+use crate::train::run::{train, RunSpec};
 
 /// Pre-train a shared trunk with one linear head per task, as in Mormont et al. (2021).
 /// Settings come from the pool file's `[train]` table; flags override them.
@@ -103,73 +102,6 @@ impl Args {
         if self.seed.is_some() {
             c.seed = self.seed;
         }
-    }
-}
-
-/// Set the compute thread count (before any parallel work starts).
-pub fn set_threads(threads: Option<usize>) {
-    if let Some(t) = threads {
-        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()
-            .ok();
-    }
-}
-
-/// Ctrl-C sets the returned flag (the run saves a checkpoint and exits); a second Ctrl-C
-/// exits at once.
-pub fn stop_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    let _ = ctrlc::set_handler(move || {
-        if f.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted again: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: writing a checkpoint, then exiting (Ctrl-C again to quit now)");
-    });
-    flag
-}
-
-/// Load a pool for training, printing what was skipped.
-pub fn load_pool(config: &PoolConfig, skip_bad: bool) -> Result<Pool> {
-    let pool = Pool::load(
-        config,
-        &LoadOptions {
-            skip_bad,
-            check: ImageCheck::Decode,
-        },
-    )?;
-    if !pool.skipped.is_empty() {
-        eprintln!("skipped {} file(s):", pool.skipped.len());
-        for s in &pool.skipped {
-            eprintln!("  {}: {}", s.path.display(), s.reason);
-        }
-    }
-    Ok(pool)
-}
-
-/// Print where things are after a run.
-pub fn report(out: &std::path::Path, o: &RunOutcome) {
-    if o.interrupted {
-        eprintln!(
-            "stopped at iteration {}; checkpoint {} — continue with `mtpath train --resume {}`",
-            o.iterations,
-            o.last.display(),
-            out.display()
-        );
-    } else {
-        eprintln!(
-            "done: {} iterations at {:.1} img/s; last checkpoint {}{}",
-            o.iterations,
-            o.images_per_s,
-            o.last.display(),
-            o.best
-                .as_ref()
-                .map(|b| format!(", best {}", b.display()))
-                .unwrap_or_default()
-        );
     }
 }
 

@@ -3,18 +3,10 @@
 //! Every random draw of the pipeline comes from an [`Rng`] built from a key such as
 //! `(seed, iteration, slot)`, so a draw depends only on that key, never on the order in which
 //! batches are produced, on the thread count or on earlier draws. Only integer arithmetic is
-//! involved, so the streams are identical on every platform.
+//! involved, so the streams are identical on every platform. The generator itself is
+//! [`mtpath_shared::rng::SplitMix64`]; this module adds the keying and the trainer's draws.
 
-/// SplitMix64's output function (Steele, Lea & Flood 2014): a bijection of `u64` with good
-/// avalanche.
-#[inline]
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+use mtpath_shared::rng::{mix64, SplitMix64, GOLDEN};
 
 /// Hash a sequence of integers to one `u64` (order matters; length is mixed in).
 pub fn hash(words: &[u64]) -> u64 {
@@ -25,16 +17,14 @@ pub fn hash(words: &[u64]) -> u64 {
     h
 }
 
-/// SplitMix64 generator.
+/// A SplitMix64 generator keyed by integers, with the trainer's draws.
 #[derive(Debug, Clone)]
-pub struct Rng {
-    state: u64,
-}
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator whose stream is a function of `key` only.
     pub fn new(key: u64) -> Self {
-        Self { state: key }
+        Self(SplitMix64::new(key))
     }
 
     /// A generator keyed by `hash(words)`.
@@ -42,14 +32,14 @@ impl Rng {
         Self::new(hash(words))
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(GOLDEN);
-        mix64(self.state)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)` with 53 random bits.
     pub fn unit_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        self.0.unit_f64()
     }
 
     /// Uniform in `[lo, hi)` (`lo` when the interval is empty).
@@ -98,14 +88,6 @@ pub fn permute(index: u64, n: u64, key: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splitmix_reference_values() {
-        // SplitMix64 seeded with 0: the reference sequence (Vigna's splitmix64.c).
-        let mut r = Rng::new(0);
-        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
-    }
 
     #[test]
     fn permute_is_a_bijection() {

@@ -14,37 +14,13 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
+use mtpath_shared::rng::SplitMix64;
 
 use super::config::SplitFractions;
 use super::task::Given;
 use super::{Sample, Split};
 
 const SPLITS: [Split; 3] = [Split::Train, Split::Val, Split::Test];
-
-/// A small, platform-independent PRNG (SplitMix64).
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Fisher-Yates shuffle (modulo bias is negligible and, above all, deterministic).
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next_u64() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
-}
 
 /// FNV-1a of the task name mixed into the pool seed: each task gets its own shuffle.
 pub fn task_seed(seed: u64, task: &str) -> u64 {
@@ -318,14 +294,6 @@ mod tests {
                 )
             })
             .collect()
-    }
-
-    #[test]
-    fn splitmix_is_the_reference_sequence() {
-        // First outputs of SplitMix64 seeded with 0 (Vigna's reference implementation).
-        let mut r = SplitMix64::new(0);
-        assert_eq!(r.next_u64(), 0xe220a8397b1dcdaf);
-        assert_eq!(r.next_u64(), 0x6e789e6aa1b965f4);
     }
 
     #[test]
