@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use mtpath_shared::features::FeatureExtractor;
+use mtpath_shared::inference::FeatureExtractor;
 use mtpath_shared::testdata::{data_dir, fixtures_dir};
 use mtpath_shared::weights::read_weights_file;
 

@@ -5,7 +5,7 @@ mod common;
 use common::{mtpath, s, tiles};
 
 use candle_core::Device;
-use mtpath_shared::features::FeatureExtractor;
+use mtpath_shared::inference::FeatureExtractor;
 use mtpath_shared::testdata::{data_dir, fixtures_dir};
 use mtpath_shared::weights::read_weights_file;
 

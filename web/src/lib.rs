@@ -6,7 +6,7 @@
 use candle_core::Device;
 use mtpath_shared::embed::{pca_2d, Tsne, TsneConfig};
 use mtpath_shared::eval::knn::centred_unit_rows;
-use mtpath_shared::features::FeatureExtractor;
+use mtpath_shared::inference::FeatureExtractor;
 use mtpath_shared::preprocess::{decode_image, preprocess_rgb, resize_exact};
 use mtpath_shared::probe::file::{CvSummary, FeatureSource};
 use mtpath_shared::probe::{

@@ -1,9 +1,10 @@
-//! The web model: a trunk with BatchNorm folded away, in f32 or f16, with its model card.
+//! Writing the web model: a trunk with BatchNorm folded away, in f32 or f16, with its model
+//! card. The records it writes and their readers live in [`crate::weights`].
 //!
 //! [`export`] turns any weights mtpath reads (a training checkpoint, `trunk.safetensors`, a
 //! torchvision state dict, or an earlier export) into an inference-only safetensors file:
 //! BatchNorm is folded into the preceding convolutions where the maths allows it and turned
-//! into a per-channel affine elsewhere ([`folded`] documents both and the tensor names), and
+//! into a per-channel affine elsewhere ([`FoldedNet`] documents both and the tensor names), and
 //! classifiers and task heads are dropped (the browser explorer uses features only; the task
 //! and class names stay in the card).
 //!
@@ -11,164 +12,30 @@
 //! - [`METADATA_KEY`] (`mtpath`): the usual [`ModelMetadata`] (architecture, preprocessing;
 //!   no heads), so every reader of mtpath files finds the architecture and preprocessing;
 //! - [`EXPORT_KEY`] (`mtpath_export`): the [`ExportCard`], whose `folded: true` tells
-//!   [`crate::features::FeatureExtractor`] to build the inference-only [`FoldedNet`] instead
+//!   [`crate::inference::FeatureExtractor`] to build the inference-only [`FoldedNet`] instead
 //!   of the training network. f16 tensors are widened to f32 when read.
 
-pub mod folded;
 mod sha256;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-pub use folded::FoldedNet;
 pub use sha256::{sha256, sha256_hex};
 
-use crate::weights::{normalize_name, ModelMetadata, TensorFile, METADATA_KEY};
-use crate::{Arch, Error, HeadSpec, NetworkSpec, Result};
+use crate::inference::FoldedNet;
+use crate::weights::{
+    export_card, file_metadata, is_folded, resolve_arch, ExportCard, ExportDtype, ModelMetadata,
+    SourceInfo, TensorFile, EXPORT_KEY, FORMAT, FORMAT_VERSION, METADATA_KEY, TENSOR_NAMES,
+};
+use crate::{Arch, Error, Result};
 
-/// Metadata key holding the [`ExportCard`] as JSON in exported files.
-pub const EXPORT_KEY: &str = "mtpath_export";
-
-/// [`ExportCard::format`] of the files written here.
-pub const FORMAT: &str = "mtpath-folded";
-
-/// [`ExportCard::format_version`]: bumped when the tensor layout changes.
-pub const FORMAT_VERSION: u32 = 1;
-
-/// What [`ExportCard::tensor_names`] says (and `card.md` repeats).
-pub const TENSOR_NAMES: &str = "torchvision module names. `CONV.weight` + `CONV.bias`: a \
-     convolution with the BatchNorm that follows it folded in (w' = w·γ/√(var+ε), \
-     b' = β − mean·γ/√(var+ε)); a `CONV.weight` without bias is a plain convolution. \
-     `NORM.scale` + `NORM.shift`: a BatchNorm that cannot fold (DenseNet's norm1, \
-     transitionT.norm, norm5: they precede a ReLU), applied as y = x·scale + shift per channel.";
-
-/// The floating type of the exported tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExportDtype {
-    /// 32-bit floats: features equal the source's up to rounding (~1e-7 relative).
-    F32,
-    /// 16-bit convolution kernels (the stem's kernel and the per-channel vectors stay f32,
-    /// see [`stays_f32`]): half the size; features within a few 1e-3 relative (measured
-    /// 5e-4 to 2.4e-3 on the PyTorch fixtures).
-    F16,
-}
-
-impl ExportDtype {
-    /// The candle dtype.
-    pub fn dtype(self) -> DType {
-        match self {
-            ExportDtype::F32 => DType::F32,
-            ExportDtype::F16 => DType::F16,
-        }
-    }
-
-    /// `f32` or `f16`.
-    pub fn name(self) -> &'static str {
-        match self {
-            ExportDtype::F32 => "f32",
-            ExportDtype::F16 => "f16",
-        }
-    }
-}
-
-impl fmt::Display for ExportDtype {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for ExportDtype {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Ok(ExportDtype::F32),
-            "f16" | "float16" | "half" => Ok(ExportDtype::F16),
-            _ => Err(Error::invalid(format!(
-                "unknown export dtype `{s}`; choose f32 or f16"
-            ))),
-        }
-    }
-}
-
-/// The file an export was made from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceInfo {
-    /// The path as given.
-    pub file: String,
-    /// SHA-256 of its bytes (64 hex digits).
-    pub sha256: String,
-}
-
-/// What an exported model is: written as `card.json`, rendered as `card.md`, and embedded in
-/// the safetensors metadata under [`EXPORT_KEY`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExportCard {
-    /// Always [`FORMAT`].
-    pub format: String,
-    /// [`FORMAT_VERSION`] of the writer.
-    pub format_version: u32,
-    /// Trunk architecture.
-    pub architecture: Arch,
-    /// Feature vector length.
-    pub feature_dim: usize,
-    /// Input side in pixels (centre crop).
-    pub input_size: u32,
-    /// Shorter side before cropping.
-    pub resize_shorter: u32,
-    /// Per-channel normalisation mean (RGB, on 0–1 values).
-    pub mean: [f32; 3],
-    /// Per-channel normalisation standard deviation.
-    pub std: [f32; 3],
-    /// The tasks the source was trained on (its heads, dropped here), with their classes.
-    pub tasks: Vec<HeadSpec>,
-    /// Floating type of the tensors (f16: the convolution kernels but the stem's; see
-    /// [`stays_f32`]).
-    pub dtype: ExportDtype,
-    /// BatchNorm folded away (always true for files written here).
-    pub folded: bool,
-    /// How the tensors are named ([`TENSOR_NAMES`]).
-    pub tensor_names: String,
-    /// Number of tensors in the file.
-    pub tensors: usize,
-    /// Number of scalar values in them.
-    pub parameters: usize,
-    /// Where the weights came from.
-    pub source: SourceInfo,
-    /// mtpath version that wrote the export.
-    pub mtpath_version: String,
-}
-
+/// Card rendering (the writer's `card.md`).
 impl ExportCard {
-    /// The [`ModelMetadata`] this card implies (no heads, no classifier).
-    pub fn model_metadata(&self) -> ModelMetadata {
-        ModelMetadata {
-            architecture: self.architecture,
-            feature_dim: self.feature_dim,
-            classifier: None,
-            heads: Vec::new(),
-            input_size: self.input_size,
-            resize_shorter: self.resize_shorter,
-            mean: self.mean,
-            std: self.std,
-            mtpath_version: self.mtpath_version.clone(),
-        }
-    }
-
-    /// The card as pretty JSON (`card.json`).
-    pub fn to_json(&self) -> Result<String> {
-        serde_json::to_string_pretty(self)
-            .map_err(|e| Error::invalid(format!("cannot serialise the export card: {e}")))
-    }
-
     /// The card as Markdown (`card.md`).
     pub fn to_markdown(&self) -> String {
         let mut s = format!(
@@ -231,61 +98,6 @@ impl ExportCard {
     }
 }
 
-/// The [`ExportCard`] of a file, when it carries one.
-pub fn export_card(file: &TensorFile) -> Result<Option<ExportCard>> {
-    match file.metadata.get(EXPORT_KEY) {
-        None => Ok(None),
-        Some(s) => serde_json::from_str(s)
-            .map(Some)
-            .map_err(|e| Error::BadWeights {
-                path: file.source.clone(),
-                message: format!("metadata `{EXPORT_KEY}` is not a valid mtpath export card: {e}"),
-            }),
-    }
-}
-
-/// Whether a file holds a folded (exported) trunk: its card says so, or, without a card, the
-/// stem convolution has a bias (no trained ResNet or DenseNet has one).
-pub fn is_folded(file: &TensorFile) -> Result<bool> {
-    if let Some(card) = export_card(file)? {
-        return Ok(card.folded);
-    }
-    Ok(file
-        .names()
-        .map(normalize_name)
-        .any(|n| n == "conv1.bias" || n == "features.conv0.bias"))
-}
-
-/// The architecture of a file's weights: what its metadata says (an override that disagrees
-/// is an error naming the file), else `arch`, else inferred from the tensor names.
-pub fn resolve_arch(file: &TensorFile, arch: Option<Arch>) -> Result<Arch> {
-    let said = match file.model_card()? {
-        Some(card) => Some(card.architecture),
-        None => export_card(file)?.map(|c| c.architecture),
-    };
-    match (said, arch) {
-        (Some(c), Some(a)) if c != a => Err(Error::WeightsMismatch {
-            path: file.source.clone(),
-            message: format!("the file says it holds {c} weights, but {a} was asked for"),
-        }),
-        (Some(c), _) => Ok(c),
-        (None, Some(a)) => Ok(a),
-        (None, None) => file.arch(),
-    }
-}
-
-/// The preprocessing metadata of a file: its [`ModelMetadata`], else its export card's, else
-/// ImageNet's defaults for `arch`.
-pub fn file_metadata(file: &TensorFile, arch: Arch) -> Result<ModelMetadata> {
-    if let Some(m) = file.model_card()? {
-        return Ok(m);
-    }
-    Ok(match export_card(file)? {
-        Some(card) => card.model_metadata(),
-        None => ModelMetadata::imagenet(&NetworkSpec::trunk(arch)),
-    })
-}
-
 /// An exported model: the safetensors bytes, their card, and the folded network (f32, before
 /// any f16 rounding).
 #[derive(Debug)]
@@ -307,7 +119,7 @@ pub fn stays_f32(name: &str, t: &Tensor) -> bool {
     t.rank() == 1 || name == "conv1.weight" || name == "features.conv0.weight"
 }
 
-/// Fold `file` (any weights [`crate::features::FeatureExtractor`] reads, including an earlier
+/// Fold `file` (any weights [`crate::inference::FeatureExtractor`] reads, including an earlier
 /// export) into the web model: architecture from the file's metadata, else `arch`, else the
 /// tensor names; tensors stored as `dtype`. Non-finite values (e.g. f16 overflow) are an error
 /// naming the tensor.

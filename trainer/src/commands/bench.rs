@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::{Parser, ValueEnum};
-use mtpath_shared::export::FoldedNet;
+use mtpath_shared::inference::FoldedNet;
 use mtpath_shared::multitask::cross_entropy_sum;
 use mtpath_shared::{Arch, Network, NetworkSpec};
 

@@ -5,12 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
-use mtpath_shared::export::{
-    export, probe_batch, relative_difference, sha256_hex, Export, ExportDtype, SourceInfo,
-};
-use mtpath_shared::features::FeatureExtractor;
+use mtpath_shared::export::{export, probe_batch, relative_difference, sha256_hex, Export};
 use mtpath_shared::fsutil::write_atomic;
-use mtpath_shared::weights::{read_weights_file, TensorFile};
+use mtpath_shared::inference::FeatureExtractor;
+use mtpath_shared::weights::{read_weights_file, ExportDtype, SourceInfo, TensorFile};
 use mtpath_shared::Arch;
 
 use crate::train::checkpoint::{find_checkpoint_dir, MODEL_FILE};

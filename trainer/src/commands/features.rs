@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use mtpath_shared::features::FeatureExtractor;
+use mtpath_shared::inference::FeatureExtractor;
 use mtpath_shared::preprocess::preprocess_file;
 use mtpath_shared::Arch;
 use rayon::prelude::*;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use mtpath_shared::features::FeatureExtractor;
+use mtpath_shared::inference::FeatureExtractor;
 use mtpath_shared::preprocess::preprocess_file;
 use mtpath_shared::weights::read_weights_file;
 use rayon::prelude::*;

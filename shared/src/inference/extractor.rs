@@ -9,10 +9,13 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::export::{self, ExportCard, FoldedNet};
+use super::FoldedNet;
 use crate::network::Network;
 use crate::preprocess::{preprocess_bytes, PreprocessConfig};
-use crate::weights::{read_safetensors_bytes, ModelMetadata, TensorFile};
+use crate::weights::{
+    export_card, file_metadata, is_folded, read_safetensors_bytes, resolve_arch, ExportCard,
+    ModelMetadata, TensorFile,
+};
 use crate::{Arch, Error, NetworkSpec, Result};
 
 /// A loaded model ready to embed images.
@@ -36,12 +39,12 @@ impl FeatureExtractor {
         arch: Option<Arch>,
         device: &Device,
     ) -> Result<Self> {
-        let arch = export::resolve_arch(file, arch)?;
-        let mut meta = export::file_metadata(file, arch)?;
+        let arch = resolve_arch(file, arch)?;
+        let mut meta = file_metadata(file, arch)?;
         meta.classifier = None;
         meta.heads.clear();
-        let export = export::export_card(file)?;
-        let exported = export::is_folded(file)?;
+        let export = export_card(file)?;
+        let exported = is_folded(file)?;
         let trunk = if exported {
             FoldedNet::load(file, arch, device)?
         } else {

@@ -5,12 +5,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{safetensors::Load, DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::backbone::Arch;
-use crate::network::{HeadSpec, Network, NetworkSpec};
+use crate::network::{Network, NetworkSpec};
 use crate::varstore::TensorKind;
 use crate::{Error, Result};
+
+mod metadata;
+
+pub use metadata::{
+    export_card, file_metadata, is_folded, resolve_arch, ExportCard, ExportDtype, ModelMetadata,
+    SourceInfo, EXPORT_KEY, FORMAT, FORMAT_VERSION, METADATA_KEY, TENSOR_NAMES,
+};
 
 /// Named tensors read from a file, in file order, with the file's string metadata.
 #[derive(Debug, Clone)]
@@ -66,58 +72,6 @@ impl TensorFile {
                           pass the architecture explicitly (--arch)"
                 .into(),
         })
-    }
-}
-
-/// Metadata key holding [`ModelMetadata`] as JSON in files mtpath writes.
-pub const METADATA_KEY: &str = "mtpath";
-
-/// What mtpath records in the files it writes: enough to rebuild and use the model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelMetadata {
-    /// Trunk architecture.
-    pub architecture: Arch,
-    /// Feature vector length.
-    pub feature_dim: usize,
-    /// Outputs of torchvision's classifier, if the file has one.
-    pub classifier: Option<usize>,
-    /// Task heads (`heads.<i>`), with their classes.
-    pub heads: Vec<HeadSpec>,
-    /// Input side in pixels (centre crop).
-    pub input_size: u32,
-    /// Shorter side before cropping.
-    pub resize_shorter: u32,
-    /// Per-channel normalisation mean (RGB, on 0–1 values).
-    pub mean: [f32; 3],
-    /// Per-channel normalisation standard deviation.
-    pub std: [f32; 3],
-    /// mtpath version that wrote the file.
-    pub mtpath_version: String,
-}
-
-impl ModelMetadata {
-    /// Metadata for `spec` with ImageNet normalisation and 256 → 224 preprocessing.
-    pub fn imagenet(spec: &NetworkSpec) -> Self {
-        Self {
-            architecture: spec.arch,
-            feature_dim: spec.arch.feature_dim(),
-            classifier: spec.classifier,
-            heads: spec.heads.clone(),
-            input_size: 224,
-            resize_shorter: 256,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-            mtpath_version: env!("CARGO_PKG_VERSION").to_string(),
-        }
-    }
-
-    /// The network these weights belong to.
-    pub fn spec(&self) -> NetworkSpec {
-        NetworkSpec {
-            arch: self.architecture,
-            classifier: self.classifier,
-            heads: self.heads.clone(),
-        }
     }
 }
 
