@@ -2,15 +2,10 @@
 
 use candle_core::{Module, Tensor};
 
-use crate::backbone::resnet::STEM_POOL;
-
+use super::topology::{densenet_stages, BN_SIZE, GROWTH, STEM_CONV, STEM_POOL};
 use crate::layers::{avg_pool2x2, concat_channels, max_pool2d, BatchNorm2d, Conv2d, ConvInit};
 use crate::varstore::Builder;
 use crate::Result;
-
-const GROWTH: usize = 32;
-const BN_SIZE: usize = 4;
-const INIT_FEATURES: usize = 64;
 
 /// `_DenseLayer`: norm1 → relu → conv1 (1×1) → norm2 → relu → conv2 (3×3).
 #[derive(Debug, Clone)]
@@ -58,43 +53,43 @@ pub struct DenseNet {
 }
 
 impl DenseNet {
-    /// Register a DenseNet with the given number of layers per dense block.
-    pub fn new(b: &mut Builder<'_>, block_config: [usize; 4]) -> Result<Self> {
+    /// Register a DenseNet-BC with `layers` dense layers per block.
+    pub fn new(b: &mut Builder<'_>, layers: [usize; 4]) -> Result<Self> {
         let mut f = b.pp("features");
+        let c = STEM_CONV;
         let conv0 = Conv2d::new(
             &mut f.pp("conv0"),
-            3,
-            INIT_FEATURES,
-            7,
-            2,
-            3,
+            c.in_ch,
+            c.out_ch,
+            c.kernel,
+            c.stride,
+            c.padding,
             ConvInit::FanIn,
         )?;
-        let norm0 = BatchNorm2d::new(&mut f.pp("norm0"), INIT_FEATURES)?;
-        let mut ch = INIT_FEATURES;
-        let mut blocks = Vec::with_capacity(4);
-        let mut transitions = Vec::with_capacity(3);
-        for (i, &n_layers) in block_config.iter().enumerate() {
+        let norm0 = BatchNorm2d::new(&mut f.pp("norm0"), c.out_ch)?;
+        let (stages, out_ch) = densenet_stages(layers);
+        let mut blocks = Vec::with_capacity(stages.len());
+        let mut transitions = Vec::with_capacity(stages.len() - 1);
+        for (i, stage) in stages.iter().enumerate() {
             let mut bb = f.pp(format!("denseblock{}", i + 1));
-            let mut layers = Vec::with_capacity(n_layers);
-            for l in 0..n_layers {
-                layers.push(DenseLayer::new(
-                    &mut bb.pp(format!("denselayer{}", l + 1)),
-                    ch + l * GROWTH,
-                )?);
-            }
-            ch += n_layers * GROWTH;
+            let layers = stage
+                .layer_inputs
+                .iter()
+                .enumerate()
+                .map(|(l, &in_ch)| {
+                    DenseLayer::new(&mut bb.pp(format!("denselayer{}", l + 1)), in_ch)
+                })
+                .collect::<Result<Vec<_>>>()?;
             blocks.push(layers);
-            if i + 1 < block_config.len() {
+            if let Some(ch) = stage.transition {
                 let mut tb = f.pp(format!("transition{}", i + 1));
                 transitions.push(Transition {
                     norm: BatchNorm2d::new(&mut tb.pp("norm"), ch)?,
                     conv: Conv2d::new(&mut tb.pp("conv"), ch, ch / 2, 1, 1, 0, ConvInit::FanIn)?,
                 });
-                ch /= 2;
             }
         }
-        let norm5 = BatchNorm2d::new(&mut f.pp("norm5"), ch)?;
+        let norm5 = BatchNorm2d::new(&mut f.pp("norm5"), out_ch)?;
         Ok(Self {
             conv0,
             norm0,

@@ -2,6 +2,7 @@
 
 mod densenet;
 mod resnet;
+pub mod topology;
 
 use std::fmt;
 use std::str::FromStr;
@@ -109,15 +110,15 @@ impl Arch {
                 }
             }
         }
-        match (resnet_blocks, bottleneck, dense_layers) {
-            ([2, 2, 2, 2], false, _) => Some(Arch::ResNet18),
-            ([3, 4, 6, 3], false, _) => Some(Arch::ResNet34),
-            ([3, 4, 6, 3], true, _) => Some(Arch::ResNet50),
-            ([3, 4, 23, 3], true, _) => Some(Arch::ResNet101),
-            (_, _, [6, 12, 24, 16]) => Some(Arch::DenseNet121),
-            (_, _, [6, 12, 32, 32]) => Some(Arch::DenseNet169),
-            _ => None,
+        topology::Family::ResNet {
+            counts: resnet_blocks,
+            bottleneck,
         }
+        .arch()
+        .or(topology::Family::DenseNet {
+            layers: dense_layers,
+        }
+        .arch())
     }
 }
 
@@ -157,17 +158,11 @@ pub enum Backbone {
 impl Backbone {
     /// Register the trunk's tensors under `b` with torchvision's names and initialisation.
     pub fn new(arch: Arch, b: &mut Builder<'_>) -> Result<Self> {
-        Ok(match arch {
-            Arch::ResNet18 => Backbone::ResNet(ResNet::new(b, resnet::Depth::Basic([2, 2, 2, 2]))?),
-            Arch::ResNet34 => Backbone::ResNet(ResNet::new(b, resnet::Depth::Basic([3, 4, 6, 3]))?),
-            Arch::ResNet50 => {
-                Backbone::ResNet(ResNet::new(b, resnet::Depth::Bottleneck([3, 4, 6, 3]))?)
+        Ok(match topology::Family::of(arch) {
+            topology::Family::ResNet { counts, bottleneck } => {
+                Backbone::ResNet(ResNet::new(b, counts, bottleneck)?)
             }
-            Arch::ResNet101 => {
-                Backbone::ResNet(ResNet::new(b, resnet::Depth::Bottleneck([3, 4, 23, 3]))?)
-            }
-            Arch::DenseNet121 => Backbone::DenseNet(DenseNet::new(b, [6, 12, 24, 16])?),
-            Arch::DenseNet169 => Backbone::DenseNet(DenseNet::new(b, [6, 12, 32, 32])?),
+            topology::Family::DenseNet { layers } => Backbone::DenseNet(DenseNet::new(b, layers)?),
         })
     }
 

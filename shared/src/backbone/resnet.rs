@@ -2,25 +2,10 @@
 
 use candle_core::{Module, ModuleT, Tensor};
 
-use crate::layers::{max_pool2d, BatchNorm2d, Conv2d, ConvInit, MaxPool2d};
+use super::topology::{resnet_blocks, ConvShape, ResBlock, STEM_CONV, STEM_POOL};
+use crate::layers::{max_pool2d, BatchNorm2d, Conv2d, ConvInit};
 use crate::varstore::Builder;
 use crate::Result;
-
-/// The stem's pooling: `MaxPool2d(3, stride=2, padding=1)`.
-pub const STEM_POOL: MaxPool2d = MaxPool2d {
-    kernel: 3,
-    stride: 2,
-    padding: 1,
-};
-
-/// Block type and number of blocks in each of the four stages.
-#[derive(Debug, Clone, Copy)]
-pub enum Depth {
-    /// Two 3×3 convolutions per block (ResNet-18/34).
-    Basic([usize; 4]),
-    /// 1×1 → 3×3 → 1×1 with expansion 4 (ResNet-50/101).
-    Bottleneck([usize; 4]),
-}
 
 #[derive(Debug, Clone)]
 struct ConvBn {
@@ -54,55 +39,36 @@ struct Block {
     downsample: Option<ConvBn>,
 }
 
+impl ConvBn {
+    /// Register `conv` under `conv_name` and its BatchNorm under `bn_name`.
+    fn new(b: &mut Builder<'_>, conv_name: &str, bn_name: &str, c: ConvShape) -> Result<Self> {
+        Ok(Self {
+            conv: Conv2d::new(
+                &mut b.pp(conv_name),
+                c.in_ch,
+                c.out_ch,
+                c.kernel,
+                c.stride,
+                c.padding,
+                ConvInit::FanOut,
+            )?,
+            bn: BatchNorm2d::new(&mut b.pp(bn_name), c.out_ch)?,
+        })
+    }
+}
+
 impl Block {
-    fn new(
-        b: &mut Builder<'_>,
-        in_ch: usize,
-        planes: usize,
-        stride: usize,
-        bottleneck: bool,
-    ) -> Result<Self> {
-        // (in, out, kernel, stride, padding) for each conv, in torchvision's order.
-        let shapes: Vec<(usize, usize, usize, usize, usize)> = if bottleneck {
-            vec![
-                (in_ch, planes, 1, 1, 0),
-                (planes, planes, 3, stride, 1),
-                (planes, planes * 4, 1, 1, 0),
-            ]
-        } else {
-            vec![(in_ch, planes, 3, stride, 1), (planes, planes, 3, 1, 1)]
-        };
-        let out_ch = shapes.last().map(|s| s.1).unwrap_or(planes);
-        let mut layers = Vec::with_capacity(shapes.len());
-        for (i, (ci, co, k, s, p)) in shapes.into_iter().enumerate() {
-            let conv = Conv2d::new(
-                &mut b.pp(format!("conv{}", i + 1)),
-                ci,
-                co,
-                k,
-                s,
-                p,
-                ConvInit::FanOut,
-            )?;
-            let bn = BatchNorm2d::new(&mut b.pp(format!("bn{}", i + 1)), co)?;
-            layers.push(ConvBn { conv, bn });
-        }
-        let downsample = if stride != 1 || in_ch != out_ch {
-            let mut d = b.pp("downsample");
-            let conv = Conv2d::new(
-                &mut d.pp("0"),
-                in_ch,
-                out_ch,
-                1,
-                stride,
-                0,
-                ConvInit::FanOut,
-            )?;
-            let bn = BatchNorm2d::new(&mut d.pp("1"), out_ch)?;
-            Some(ConvBn { conv, bn })
-        } else {
-            None
-        };
+    fn new(b: &mut Builder<'_>, block: &ResBlock) -> Result<Self> {
+        let layers = block
+            .convs
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| ConvBn::new(b, &format!("conv{}", i + 1), &format!("bn{}", i + 1), c))
+            .collect::<Result<Vec<_>>>()?;
+        let downsample = block
+            .downsample
+            .map(|c| ConvBn::new(&mut b.pp("downsample"), "0", "1", c))
+            .transpose()?;
         Ok(Self { layers, downsample })
     }
 
@@ -131,36 +97,19 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    /// Register a ResNet of the given depth under `b` (names `conv1`, `bn1`, `layerN.M.*`).
-    pub fn new(b: &mut Builder<'_>, depth: Depth) -> Result<Self> {
-        let (counts, bottleneck) = match depth {
-            Depth::Basic(c) => (c, false),
-            Depth::Bottleneck(c) => (c, true),
-        };
-        let expansion = if bottleneck { 4 } else { 1 };
-        let stem = ConvBn {
-            conv: Conv2d::new(&mut b.pp("conv1"), 3, 64, 7, 2, 3, ConvInit::FanOut)?,
-            bn: BatchNorm2d::new(&mut b.pp("bn1"), 64)?,
-        };
-        let mut in_ch = 64;
-        let mut stages = Vec::with_capacity(4);
-        for (s, &count) in counts.iter().enumerate() {
-            let planes = 64 << s;
-            let mut stage_b = b.pp(format!("layer{}", s + 1));
-            let mut blocks = Vec::with_capacity(count);
-            for i in 0..count {
-                let stride = if s > 0 && i == 0 { 2 } else { 1 };
-                blocks.push(Block::new(
-                    &mut stage_b.pp(i.to_string()),
-                    in_ch,
-                    planes,
-                    stride,
-                    bottleneck,
-                )?);
-                in_ch = planes * expansion;
-            }
-            stages.push(blocks);
-        }
+    /// Register a ResNet with `counts` blocks per stage under `b` (names `conv1`, `bn1`,
+    /// `layerN.M.*`), bottlenecks or basic blocks.
+    pub fn new(b: &mut Builder<'_>, counts: [usize; 4], bottleneck: bool) -> Result<Self> {
+        let stem = ConvBn::new(b, "conv1", "bn1", STEM_CONV)?;
+        let stages = resnet_blocks(counts, bottleneck)
+            .iter()
+            .map(|stage| {
+                stage
+                    .iter()
+                    .map(|block| Block::new(&mut b.pp(block.prefix()), block))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self { stem, stages })
     }
 

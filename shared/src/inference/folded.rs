@@ -29,25 +29,15 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::backbone::topology::{
+    densenet_stages, resnet_blocks, ConvShape, Family, BN_SIZE, GROWTH, STEM_CONV, STEM_POOL,
+};
 use crate::layers::channel_affine::ChannelAffine;
 use crate::layers::conv_op::{conv2d, ConvGeom};
-use crate::layers::{avg_pool2x2, global_avg_pool, max_pool2d, BatchNorm2d, MaxPool2d};
+use crate::layers::{avg_pool2x2, global_avg_pool, max_pool2d, BatchNorm2d};
 use crate::varstore::VarStore;
 use crate::weights::{normalize_name, TensorFile};
 use crate::{Arch, Error, Network, Result};
-
-/// The stem's `MaxPool2d(3, stride=2, padding=1)` (ResNet and DenseNet alike).
-const STEM_POOL: MaxPool2d = MaxPool2d {
-    kernel: 3,
-    stride: 2,
-    padding: 1,
-};
-/// DenseNet-BC's growth rate.
-const GROWTH: usize = 32;
-/// Width of DenseNet's bottleneck: `BN_SIZE × GROWTH`.
-const BN_SIZE: usize = 4;
-/// Channels out of DenseNet's and ResNet's stems.
-const STEM_CHANNELS: usize = 64;
 
 /// Where the folded tensors come from: a trained state dict (fold as we go) or an exported
 /// file (already folded).
@@ -207,18 +197,9 @@ struct Conv {
 }
 
 impl Conv {
-    #[allow(clippy::too_many_arguments)]
-    fn load(
-        src: &mut dyn Source,
-        name: &str,
-        bn: Option<&str>,
-        out_ch: usize,
-        in_ch: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    ) -> Result<Self> {
-        let (weight, bias) = src.conv(name, bn, [out_ch, in_ch, kernel, kernel])?;
+    fn load(src: &mut dyn Source, name: &str, bn: Option<&str>, c: ConvShape) -> Result<Self> {
+        let (out_ch, stride, padding) = (c.out_ch, c.stride, c.padding);
+        let (weight, bias) = src.conv(name, bn, [c.out_ch, c.in_ch, c.kernel, c.kernel])?;
         let epilogue = match &bias {
             Some(b) => {
                 let shift = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -328,62 +309,30 @@ struct ResNetTrunk {
 
 impl ResNetTrunk {
     fn load(src: &mut dyn Source, counts: [usize; 4], bottleneck: bool) -> Result<Self> {
-        let stem = Conv::load(src, "conv1", Some("bn1"), STEM_CHANNELS, 3, 7, 2, 3)?;
-        let expansion = if bottleneck { 4 } else { 1 };
-        let mut in_ch = STEM_CHANNELS;
-        let mut stages = Vec::with_capacity(4);
-        for (s, &count) in counts.iter().enumerate() {
-            let planes = STEM_CHANNELS << s;
-            let mut blocks = Vec::with_capacity(count);
-            for i in 0..count {
-                let p = format!("layer{}.{i}", s + 1);
-                let stride = if s > 0 && i == 0 { 2 } else { 1 };
-                // (in, out, kernel, stride, padding), as in crate::backbone's ResNet.
-                let shapes = if bottleneck {
-                    vec![
-                        (in_ch, planes, 1, 1, 0),
-                        (planes, planes, 3, stride, 1),
-                        (planes, planes * 4, 1, 1, 0),
-                    ]
-                } else {
-                    vec![(in_ch, planes, 3, stride, 1), (planes, planes, 3, 1, 1)]
-                };
-                let out_ch = planes * expansion;
-                let convs = shapes
-                    .into_iter()
+        let stem = Conv::load(src, "conv1", Some("bn1"), STEM_CONV)?;
+        let mut stages = Vec::with_capacity(counts.len());
+        for stage in resnet_blocks(counts, bottleneck) {
+            let mut blocks = Vec::with_capacity(stage.len());
+            for block in stage {
+                let p = block.prefix();
+                let convs = block
+                    .convs
+                    .iter()
                     .enumerate()
-                    .map(|(j, (ci, co, k, st, pad))| {
+                    .map(|(j, &c)| {
                         let bn = format!("{p}.bn{}", j + 1);
-                        Conv::load(
-                            src,
-                            &format!("{p}.conv{}", j + 1),
-                            Some(&bn),
-                            co,
-                            ci,
-                            k,
-                            st,
-                            pad,
-                        )
+                        Conv::load(src, &format!("{p}.conv{}", j + 1), Some(&bn), c)
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let downsample = if stride != 1 || in_ch != out_ch {
-                    let bn = format!("{p}.downsample.1");
-                    let name = format!("{p}.downsample.0");
-                    Some(Conv::load(
-                        src,
-                        &name,
-                        Some(&bn),
-                        out_ch,
-                        in_ch,
-                        1,
-                        stride,
-                        0,
-                    )?)
-                } else {
-                    None
-                };
+                let downsample = match block.downsample {
+                    Some(c) => {
+                        let bn = format!("{p}.downsample.1");
+                        Some(Conv::load(src, &format!("{p}.downsample.0"), Some(&bn), c))
+                    }
+                    None => None,
+                }
+                .transpose()?;
                 blocks.push(Block { convs, downsample });
-                in_ch = out_ch;
             }
             stages.push(blocks);
         }
@@ -449,54 +398,45 @@ struct DenseNetTrunk {
 }
 
 impl DenseNetTrunk {
-    fn load(src: &mut dyn Source, block_config: [usize; 4]) -> Result<Self> {
-        let conv0 = Conv::load(
-            src,
-            "features.conv0",
-            Some("features.norm0"),
-            STEM_CHANNELS,
-            3,
-            7,
-            2,
-            3,
-        )?;
+    fn load(src: &mut dyn Source, layers: [usize; 4]) -> Result<Self> {
+        let conv0 = Conv::load(src, "features.conv0", Some("features.norm0"), STEM_CONV)?;
         let mid = BN_SIZE * GROWTH;
-        let mut ch = STEM_CHANNELS;
-        let mut blocks = Vec::with_capacity(4);
-        let mut transitions = Vec::with_capacity(3);
-        for (b, &n_layers) in block_config.iter().enumerate() {
-            let mut layers = Vec::with_capacity(n_layers);
-            for l in 0..n_layers {
+        let conv = |in_ch, out_ch, kernel, padding| ConvShape {
+            in_ch,
+            out_ch,
+            kernel,
+            stride: 1,
+            padding,
+        };
+        let (stages, out_ch) = densenet_stages(layers);
+        let mut blocks = Vec::with_capacity(stages.len());
+        let mut transitions = Vec::with_capacity(stages.len() - 1);
+        for (b, stage) in stages.iter().enumerate() {
+            let mut block = Vec::with_capacity(stage.layer_inputs.len());
+            for (l, &in_ch) in stage.layer_inputs.iter().enumerate() {
                 let p = format!("features.denseblock{}.denselayer{}", b + 1, l + 1);
-                let in_ch = ch + l * GROWTH;
                 let norm2 = format!("{p}.norm2");
-                layers.push(DenseLayer {
+                block.push(DenseLayer {
                     norm1: Affine::load(src, &format!("{p}.norm1"), in_ch)?,
                     conv1: Conv::load(
                         src,
                         &format!("{p}.conv1"),
                         Some(&norm2),
-                        mid,
-                        in_ch,
-                        1,
-                        1,
-                        0,
+                        conv(in_ch, mid, 1, 0),
                     )?,
-                    conv2: Conv::load(src, &format!("{p}.conv2"), None, GROWTH, mid, 3, 1, 1)?,
+                    conv2: Conv::load(src, &format!("{p}.conv2"), None, conv(mid, GROWTH, 3, 1))?,
                 });
             }
-            ch += n_layers * GROWTH;
-            blocks.push(layers);
-            if b + 1 < block_config.len() {
+            blocks.push(block);
+            if let Some(ch) = stage.transition {
                 let p = format!("features.transition{}", b + 1);
                 transitions.push(Transition {
                     norm: Affine::load(src, &format!("{p}.norm"), ch)?,
-                    conv: Conv::load(src, &format!("{p}.conv"), None, ch / 2, ch, 1, 1, 0)?,
+                    conv: Conv::load(src, &format!("{p}.conv"), None, conv(ch, ch / 2, 1, 0))?,
                 });
-                ch /= 2;
             }
         }
-        let norm5 = Affine::load(src, "features.norm5", ch)?;
+        let norm5 = Affine::load(src, "features.norm5", out_ch)?;
         Ok(Self {
             conv0,
             blocks,
@@ -605,13 +545,11 @@ impl FoldedNet {
     }
 
     fn build(src: &mut dyn Source, arch: Arch) -> Result<Trunk> {
-        Ok(match arch {
-            Arch::ResNet18 => Trunk::ResNet(ResNetTrunk::load(src, [2, 2, 2, 2], false)?),
-            Arch::ResNet34 => Trunk::ResNet(ResNetTrunk::load(src, [3, 4, 6, 3], false)?),
-            Arch::ResNet50 => Trunk::ResNet(ResNetTrunk::load(src, [3, 4, 6, 3], true)?),
-            Arch::ResNet101 => Trunk::ResNet(ResNetTrunk::load(src, [3, 4, 23, 3], true)?),
-            Arch::DenseNet121 => Trunk::DenseNet(DenseNetTrunk::load(src, [6, 12, 24, 16])?),
-            Arch::DenseNet169 => Trunk::DenseNet(DenseNetTrunk::load(src, [6, 12, 32, 32])?),
+        Ok(match Family::of(arch) {
+            Family::ResNet { counts, bottleneck } => {
+                Trunk::ResNet(ResNetTrunk::load(src, counts, bottleneck)?)
+            }
+            Family::DenseNet { layers } => Trunk::DenseNet(DenseNetTrunk::load(src, layers)?),
         })
     }
 
