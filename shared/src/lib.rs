@@ -9,6 +9,7 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod features_file;
 pub mod fsutil;
 pub mod inference;
 pub mod layers;

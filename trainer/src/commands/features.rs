@@ -1,15 +1,14 @@
 //! `mtpath features`: embed images with a trunk.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
 use clap::Parser;
+use mtpath_shared::features_file::FeaturesFile;
 use mtpath_shared::inference::FeatureExtractor;
-use mtpath_shared::preprocess::preprocess_file;
+use mtpath_shared::preprocess::{preprocess_file, PreprocessConfig};
 use mtpath_shared::Arch;
 use rayon::prelude::*;
 
@@ -135,49 +134,26 @@ fn run_tasks(args: &Args) -> Result<()> {
         bail!("the {} split of these tasks is empty", args.split);
     }
     let dim = extractor.feature_dim();
-    let meta = HashMap::from([
-        ("images".to_string(), serde_json::to_string(&images)?),
-        ("groups".to_string(), serde_json::to_string(&groups)?),
-        ("splits".to_string(), serde_json::to_string(&split_of)?),
-        (
-            "tasks".to_string(),
-            serde_json::to_string(
-                &pool
-                    .tasks
-                    .iter()
-                    .map(|t| serde_json::json!({"name": t.name, "classes": t.classes}))
-                    .collect::<Vec<_>>(),
-            )?,
-        ),
-        ("split".to_string(), args.split.clone()),
-        ("seed".to_string(), pool.seed.to_string()),
-        (
-            "architecture".to_string(),
+    let tasks: Vec<_> = pool
+        .tasks
+        .iter()
+        .map(|t| serde_json::json!({"name": t.name, "classes": t.classes}))
+        .collect();
+    let mut file = FeaturesFile::new(rows, n, dim, images)?
+        .with("groups", serde_json::to_string(&groups)?)
+        .with("splits", serde_json::to_string(&split_of)?)
+        .with("tasks", serde_json::to_string(&tasks)?)
+        .with("split", args.split.clone())
+        .with("seed", pool.seed.to_string())
+        .with(
+            "architecture",
             extractor.metadata().architecture.to_string(),
-        ),
-        ("weights".to_string(), args.weights.clone()),
-        (
-            "preprocess".to_string(),
-            serde_json::json!({"resize_shorter": cfg.resize_shorter, "crop": cfg.crop, "mean": cfg.mean, "std": cfg.std})
-                .to_string(),
-        ),
-    ]);
-    let tensors = [
-        (
-            "features".to_string(),
-            Tensor::from_vec(rows, (n, dim), &Device::Cpu)?,
-        ),
-        (
-            "labels".to_string(),
-            Tensor::from_vec(labels, n, &Device::Cpu)?,
-        ),
-        (
-            "task".to_string(),
-            Tensor::from_vec(task_ids, n, &Device::Cpu)?,
-        ),
-    ];
-    let bytes = safetensors::serialize(tensors, Some(meta))?;
-    mtpath_shared::fsutil::write_atomic(&args.out, &bytes)
+        )
+        .with("weights", args.weights.clone())
+        .with("preprocess", preprocess_json(&cfg));
+    file.labels = Some(labels);
+    file.task = Some(task_ids);
+    file.write(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
         "wrote {} ({n} x {dim}; cache {})",
@@ -216,6 +192,17 @@ pub(crate) fn embed_images(
     Ok(rows)
 }
 
+/// The preprocessing recorded in a features file.
+fn preprocess_json(cfg: &PreprocessConfig) -> String {
+    serde_json::json!({
+        "resize_shorter": cfg.resize_shorter,
+        "crop": cfg.crop,
+        "mean": cfg.mean,
+        "std": cfg.std,
+    })
+    .to_string()
+}
+
 pub fn run(args: Args) -> Result<()> {
     if !args.task.is_empty() || args.pool.is_some() {
         return run_tasks(&args);
@@ -245,28 +232,15 @@ pub fn run(args: Args) -> Result<()> {
     let n = rows.len();
     let dim = extractor.feature_dim();
     let flat: Vec<f32> = rows.into_iter().flatten().collect();
-    let features = Tensor::from_vec(flat, (n, dim), &Device::Cpu)?;
     let names: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
-    let meta = HashMap::from([
-        ("images".to_string(), serde_json::to_string(&names)?),
-        (
-            "architecture".to_string(),
+    FeaturesFile::new(flat, n, dim, names)?
+        .with(
+            "architecture",
             extractor.metadata().architecture.to_string(),
-        ),
-        ("weights".to_string(), args.weights.clone()),
-        (
-            "preprocess".to_string(),
-            serde_json::json!({
-                "resize_shorter": cfg.resize_shorter,
-                "crop": cfg.crop,
-                "mean": cfg.mean,
-                "std": cfg.std,
-            })
-            .to_string(),
-        ),
-    ]);
-    let bytes = safetensors::serialize([("features".to_string(), features)], Some(meta))?;
-    mtpath_shared::fsutil::write_atomic(&args.out, &bytes)
+        )
+        .with("weights", args.weights.clone())
+        .with("preprocess", preprocess_json(&cfg))
+        .write(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {} ({n} x {dim})", args.out.display());
     Ok(())

@@ -2,10 +2,11 @@
 //! writes the `mtpath-probe/1` JSON) to features or images, natively.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use mtpath_shared::features_file::FeaturesFile;
 use mtpath_shared::probe::ProbeFile;
 use mtpath_shared::Arch;
 
@@ -43,45 +44,9 @@ pub struct Args {
 }
 
 /// Row names and features (row-major) of a features file.
-fn read_features_file(path: &PathBuf) -> Result<(Vec<String>, Vec<f32>, usize)> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading features {}", path.display()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).with_context(|| {
-        format!(
-            "{}: not a safetensors file; write one with `mtpath features`",
-            path.display()
-        )
-    })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{}: unreadable safetensors", path.display()))?;
-    let t = st.tensor("features").with_context(|| {
-        format!(
-            "{}: no `features` tensor; write one with `mtpath features`",
-            path.display()
-        )
-    })?;
-    if t.dtype() != safetensors::Dtype::F32 || t.shape().len() != 2 {
-        bail!(
-            "{}: `features` must be float32 [N, F], found {:?} {:?}",
-            path.display(),
-            t.dtype(),
-            t.shape()
-        );
-    }
-    let (n, d) = (t.shape()[0], t.shape()[1]);
-    let x: Vec<f32> = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let names = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("images").cloned())
-        .and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok())
-        .filter(|v| v.len() == n)
-        .unwrap_or_else(|| (0..n).map(|i| format!("row{i}")).collect());
-    Ok((names, x, d))
+fn read_features_file(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
+    let file = FeaturesFile::read(path)?;
+    Ok((file.images, file.features, file.dim))
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
+use mtpath_shared::features_file::FeaturesFile;
 use mtpath_shared::inference::FeatureExtractor;
 use mtpath_shared::preprocess::preprocess_file;
 use mtpath_shared::weights::read_weights_file;
@@ -93,17 +94,17 @@ pub fn task_features(
     };
     let cache = cache_dir.join(format!("{}-{key:016x}.safetensors", task.name));
     let dim = extractor.feature_dim();
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     if cache.is_file() {
-        if let Ok(file) = read_weights_file(&cache, &Device::Cpu) {
-            if let Some(t) = file.get("features") {
-                if let Ok(rows) = t.to_vec2::<f32>() {
-                    if rows.len() == paths.len() {
-                        return Ok(TaskFeatures {
-                            dim,
-                            rows: paths.into_iter().zip(rows).collect(),
-                        });
-                    }
-                }
+        // A cache that does not read back, or that was written for other images or another
+        // feature length, is recomputed (and overwritten) rather than trusted.
+        if let Ok(file) = FeaturesFile::read(&cache) {
+            if file.images == names && file.dim == dim {
+                let rows = file.features.chunks(dim).map(<[f32]>::to_vec);
+                return Ok(TaskFeatures {
+                    dim,
+                    rows: paths.into_iter().zip(rows).collect(),
+                });
             }
         }
     }
@@ -133,9 +134,7 @@ pub fn task_features(
     std::fs::create_dir_all(cache_dir)
         .with_context(|| format!("{}: cannot create", cache_dir.display()))?;
     let flat: Vec<f32> = all.iter().flatten().copied().collect();
-    let t = Tensor::from_vec(flat, (all.len(), dim), &Device::Cpu)?;
-    let bytes = safetensors::serialize([("features".to_string(), t)], None)?;
-    mtpath_shared::fsutil::write_atomic(&cache, &bytes)?;
+    FeaturesFile::new(flat, all.len(), dim, names)?.write(&cache)?;
     Ok(TaskFeatures {
         dim,
         rows: paths.into_iter().zip(all).collect(),
