@@ -1,5 +1,6 @@
-// Analysis worker: PCA, t-SNE, nearest neighbours and the linear probe, off the page's thread.
-import init, { pca2d, TsneRun, Neighbours, probeCrossValidate, Probe } from "./pkg/mtpath_web.js";
+// Analysis worker: PCA, t-SNE, nearest neighbours, the linear probe and the features file, off
+// the page's thread. It holds the page's one feature matrix.
+import init, { pca2d, TsneRun, Neighbours, probeCrossValidate, Probe, featuresSafetensors } from "./pkg/mtpath_web.js";
 
 const ready = init();
 let data = null; // { x: Float32Array, n, d }
@@ -75,6 +76,12 @@ self.onmessage = async (event) => {
         const pred = probe.predict(data.x, data.n);
         const json = probe.toJson(msg.card, msg.sha256 || undefined, cv.folds, cv.balanced_accuracy, cv.accuracy, msg.rows.length);
         reply(msg.id, { cv, scores, pred, json, cvMs, fitMs });
+        break;
+      }
+      case "features-safetensors": {
+        // The layout `mtpath features` writes (shared::features_file), with the page's metadata.
+        const bytes = featuresSafetensors(data.x, data.n, data.d, msg.names, msg.meta);
+        reply(msg.id, { bytes }, [bytes.buffer]);
         break;
       }
       default:

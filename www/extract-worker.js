@@ -1,6 +1,6 @@
-// Extraction worker: one wasm instance and one model; embeds the files it is sent, one at a
-// time, and answers with the features and a thumbnail (or the reason a file was skipped).
-import init, { FeatureModel } from "./pkg/mtpath_web.js";
+// Extraction worker: one wasm instance and one model, parsed once per model load and kept for
+// every later drop; embeds the files it is sent, one at a time, and answers with the features and a thumbnail (or the reason a file was skipped).
+import init, { FeatureModel, imageExtensions } from "./pkg/mtpath_web.js";
 
 let model = null;
 const ready = init();
@@ -11,7 +11,7 @@ self.onmessage = async (event) => {
   if (msg.type === "model") {
     try {
       model = new FeatureModel(new Uint8Array(msg.bytes));
-      self.postMessage({ type: "model-ready", card: JSON.parse(model.cardJson()) });
+      self.postMessage({ type: "model-ready", card: JSON.parse(model.cardJson()), extensions: imageExtensions() });
     } catch (err) {
       self.postMessage({ type: "model-error", error: String(err.message || err) });
     }
@@ -24,12 +24,12 @@ self.onmessage = async (event) => {
       const features = out.features;
       const thumb = out.thumbnail;
       self.postMessage({
-        type: "done", id: msg.id, features, thumb, width: out.width, height: out.height,
+        type: "done", job: msg.job, id: msg.id, features, thumb, width: out.width, height: out.height,
         sourceWidth: out.sourceWidth, sourceHeight: out.sourceHeight, ms: performance.now() - t0,
       }, [features.buffer, thumb.buffer]);
       out.free();
     } catch (err) {
-      self.postMessage({ type: "failed", id: msg.id, error: String(err.message || err) });
+      self.postMessage({ type: "failed", job: msg.job, id: msg.id, error: String(err.message || err) });
     }
   }
 };

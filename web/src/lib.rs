@@ -6,6 +6,7 @@
 use candle_core::Device;
 use mtpath_shared::embed::{pca_2d, Tsne, TsneConfig};
 use mtpath_shared::eval::knn::centred_unit_rows;
+use mtpath_shared::features_file::FeaturesFile;
 use mtpath_shared::inference::FeatureExtractor;
 use mtpath_shared::preprocess::{decode_image, preprocess_rgb, resize_exact};
 use mtpath_shared::probe::file::{CvSummary, FeatureSource};
@@ -128,7 +129,7 @@ impl FeatureModel {
             "architecture": self.architecture(),
             "feature_dim": self.feature_dim(),
             "input_size": cfg.crop,
-            "resize": cfg.resize_shorter,
+            "resize_shorter": cfg.resize_shorter,
             "mean": cfg.mean,
             "std": cfg.std,
             "folded": self.inner.is_folded(),
@@ -434,7 +435,11 @@ impl Probe {
             architecture: card["architecture"].as_str().unwrap_or("").to_string(),
             feature_dim: self.model.n_features,
             input_size: card["input_size"].as_u64().unwrap_or(0) as u32,
-            resize: card["resize"].as_u64().unwrap_or(0) as u32,
+            // `resize_shorter` as the model card names it; `resize` from older pages.
+            resize: card["resize_shorter"]
+                .as_u64()
+                .or_else(|| card["resize"].as_u64())
+                .unwrap_or(0) as u32,
             model_sha256,
         });
         if cv_folds > 0 {
@@ -449,9 +454,19 @@ impl Probe {
     }
 }
 
+/// The extensions (lower case, no dot) of the image files the decoder reads: the page accepts
+/// exactly these.
+#[wasm_bindgen(js_name = imageExtensions)]
+pub fn image_extensions() -> Vec<String> {
+    mtpath_shared::preprocess::IMAGE_EXTENSIONS
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
 /// A safetensors file holding `features` (float32 `n × d`), with `images` (a JSON list of
 /// names) and any extra string entries of `metadata_json` (an object) in its metadata — the
-/// layout `mtpath features` writes.
+/// layout `mtpath features` writes ([`mtpath_shared::features_file`]).
 #[wasm_bindgen(js_name = featuresSafetensors)]
 pub fn features_safetensors(
     x: &[f32],
@@ -464,7 +479,7 @@ pub fn features_safetensors(
     if names.len() != n {
         return Err(JsError::new(&format!("{} names for {n} rows", names.len())));
     }
-    let mut meta = std::collections::HashMap::new();
+    let mut file = FeaturesFile::new(x.to_vec(), n, d, names).map_err(js_err)?;
     if !metadata_json.is_empty() {
         let extra: serde_json::Map<String, serde_json::Value> = serde_json::from_str(metadata_json)
             .map_err(|e| JsError::new(&format!("metadata: {e}")))?;
@@ -473,16 +488,8 @@ pub fn features_safetensors(
                 serde_json::Value::String(s) => s,
                 other => other.to_string(),
             };
-            meta.insert(k, s);
+            file = file.with(&k, s);
         }
     }
-    meta.insert(
-        "images".to_string(),
-        serde_json::to_string(&names).map_err(|e| JsError::new(&e.to_string()))?,
-    );
-    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, d], &bytes)
-        .map_err(|e| JsError::new(&e.to_string()))?;
-    safetensors::serialize([("features", view)], Some(meta))
-        .map_err(|e| JsError::new(&e.to_string()))
+    file.to_bytes().map_err(js_err)
 }

@@ -36,7 +36,10 @@ use image::{DynamicImage, ImageError, ImageFormat, ImageReader, Limits, RgbImage
 
 use crate::{Error, Result};
 
+mod extensions;
 mod jpeg;
+
+pub use extensions::{has_image_extension, IMAGE_EXTENSIONS};
 
 /// Largest accepted image side, in pixels, when decoding.
 pub const MAX_IMAGE_SIDE: u32 = 30_000;

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::config::TaskConfig;
 use super::{ImageCheck, LoadOptions, Sample, Skipped};
-use crate::images::IMAGE_EXTENSIONS;
+use mtpath_shared::preprocess::has_image_extension;
 
 /// Name of the manifest file inside a task folder.
 pub const MANIFEST: &str = "manifest.csv";
@@ -42,8 +42,6 @@ pub struct LoadedTask {
     pub samples: Vec<(Sample, Given)>,
     pub skipped: Vec<Skipped>,
     pub image_sizes: Option<((u32, u32), (u32, u32))>,
-    /// `manifest.csv` or the task folder: what error messages name.
-    pub source: PathBuf,
 }
 
 /// A row of the manifest or a file of an image folder, label not yet indexed.
@@ -178,7 +176,6 @@ pub fn load_task(cfg: &TaskConfig, opts: &LoadOptions) -> Result<LoadedTask> {
         } else {
             sizes
         },
-        source,
     })
 }
 
@@ -358,13 +355,6 @@ fn read_manifest(root: &Path, manifest: &Path) -> Result<ManifestRows> {
     Ok((entries, problems))
 }
 
-fn is_image_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        .unwrap_or(false)
-}
-
 fn is_hidden(path: &Path) -> bool {
     path.file_name()
         .map(|n| n.to_string_lossy().starts_with('.'))
@@ -389,7 +379,7 @@ fn walk_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for p in sorted_entries(dir)? {
         if p.is_dir() {
             walk_images(&p, out)?;
-        } else if is_image_file(&p) {
+        } else if has_image_extension(&p) {
             out.push(p);
         }
     }
