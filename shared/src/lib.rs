@@ -13,6 +13,7 @@ pub mod features_file;
 pub mod fsutil;
 pub mod inference;
 pub mod layers;
+pub(crate) mod linalg;
 pub mod multitask;
 pub mod network;
 pub mod optim;

@@ -1,87 +1,7 @@
-//! Small dense linear algebra for the embeddings: an `f32` matrix product through `gemm`
-//! (single-threaded, so the same code runs in the browser), row orthonormalisation and a
-//! symmetric eigensolver (cyclic Jacobi) in `f64`.
+//! Dense linear algebra only the embeddings need: row orthonormalisation and a symmetric
+//! eigensolver (cyclic Jacobi) in `f64`. Matrix products are [`crate::linalg::matmul`].
 
 use crate::rng::SplitMix64;
-
-/// A strided view of an `rows × cols` matrix: element `(r, c)` is `data[r·rs + c·cs]`.
-#[derive(Clone, Copy)]
-pub(crate) struct View<'a> {
-    pub data: &'a [f32],
-    pub rs: usize,
-    pub cs: usize,
-}
-
-impl<'a> View<'a> {
-    /// A row-major `rows × cols` matrix.
-    pub fn rows(data: &'a [f32], cols: usize) -> Self {
-        View {
-            data,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// The transpose of a row-major matrix with `cols` columns.
-    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
-        View {
-            data,
-            rs: 1,
-            cs: cols,
-        }
-    }
-
-    fn fits(&self, rows: usize, cols: usize) -> bool {
-        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst (m×n, row-major) = lhs (m×k) · rhs (k×n)`, or `+=` when `accumulate`.
-pub(crate) fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: View<'_>,
-    rhs: View<'_>,
-) {
-    assert!(dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n));
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    // SAFETY: the assert above makes every (row, col) reached through these strides lie inside
-    // its slice; `dst` is a unique borrow, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
 
 /// Orthonormalise the `l` rows (each of length `d`) of `q` in place: modified Gram–Schmidt,
 /// applied twice for stability. A row that is (numerically) in the span of the previous ones
@@ -194,47 +114,6 @@ pub(crate) fn sym_eig(a: &[f64], m: usize) -> (Vec<f64>, Vec<f64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn embed_matmul_matches_naive() {
-        let (m, n, k) = (5, 4, 7);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 11) as f32) - 5.0).collect();
-        let b: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 5 % 13) as f32) * 0.5 - 3.0)
-            .collect();
-        // a (m×k) · bᵀ, with b stored n×k.
-        let mut c = vec![f32::NAN; m * n];
-        matmul(
-            m,
-            n,
-            k,
-            &mut c,
-            false,
-            View::rows(&a, k),
-            View::transposed(&b, k),
-        );
-        for i in 0..m {
-            for j in 0..n {
-                let e: f32 = (0..k).map(|p| a[i * k + p] * b[j * k + p]).sum();
-                assert_eq!(c[i * n + j], e);
-            }
-        }
-        matmul(
-            m,
-            n,
-            k,
-            &mut c,
-            true,
-            View::rows(&a, k),
-            View::transposed(&b, k),
-        );
-        for i in 0..m {
-            for j in 0..n {
-                let e: f32 = (0..k).map(|p| a[i * k + p] * b[j * k + p]).sum();
-                assert_eq!(c[i * n + j], 2.0 * e);
-            }
-        }
-    }
 
     #[test]
     fn embed_sym_eig_reconstructs() {

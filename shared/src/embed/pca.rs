@@ -16,8 +16,9 @@
 //! ties) is positive; with the seeded start this makes results reproducible.
 
 use super::check_input;
-use super::linalg::{matmul, orthonormalize_rows, sym_eig, View};
+use super::linalg::{orthonormalize_rows, sym_eig};
 use crate::error::{Error, Result};
+use crate::linalg::{matmul, View};
 use crate::rng::SplitMix64;
 
 /// Rows per streaming block: `ROWS × d` `f32` values of scratch (2 MiB at `d = 2048`).

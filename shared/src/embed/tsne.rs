@@ -30,10 +30,10 @@
 use std::borrow::Cow;
 
 use super::check_input;
-use super::linalg::{matmul, View};
 use super::pca::{pca, PcaConfig};
 use super::quadtree::QuadTree;
 use crate::error::{Error, Result};
+use crate::linalg::{matmul, View};
 use crate::rng::SplitMix64;
 
 /// The distance t-SNE's neighbourhoods are built with.

@@ -1,63 +1,25 @@
-//! The two dense products the logistic solver needs, through `gemm` (single-threaded, so the
-//! same code runs in the browser).
+//! The two dense products the logistic solver needs, as [`crate::linalg::matmul`] calls.
+
+use crate::linalg::{matmul, View};
 
 /// `out (n×k) = X (n×d) · Wᵀ`, with `W` `k×d`; all row-major.
 pub(crate) fn x_wt(x: &[f64], n: usize, d: usize, w: &[f64], k: usize, out: &mut [f64]) {
     assert!(x.len() == n * d && w.len() == k * d && out.len() == n * k);
-    // SAFETY: the assert above makes every (row, col) reached through these strides lie
-    // inside its slice; `out` is a unique borrow, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            n,
-            k,
-            d,
-            out.as_mut_ptr(),
-            1,
-            k as isize,
-            false,
-            x.as_ptr(),
-            1,
-            d as isize,
-            w.as_ptr(),
-            d as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    matmul(
+        n,
+        k,
+        d,
+        out,
+        false,
+        View::rows(x, d),
+        View::transposed(w, d),
+    );
 }
 
 /// `out (k×d) += Rᵀ · X`, with `R` `n×k` and `X` `n×d`; all row-major.
 pub(crate) fn add_rt_x(r: &[f64], n: usize, k: usize, x: &[f64], d: usize, out: &mut [f64]) {
     assert!(r.len() == n * k && x.len() == n * d && out.len() == k * d);
-    // SAFETY: as in `x_wt`.
-    unsafe {
-        gemm::gemm(
-            k,
-            d,
-            n,
-            out.as_mut_ptr(),
-            1,
-            d as isize,
-            true,
-            r.as_ptr(),
-            k as isize,
-            1,
-            x.as_ptr(),
-            1,
-            d as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    matmul(k, d, n, out, true, View::transposed(r, k), View::rows(x, d));
 }
 
 #[cfg(test)]
