@@ -4,7 +4,7 @@ use super::input::{check_settings, check_training, to_f64};
 use super::lbfgs::{self, Options};
 use super::linalg::{add_rt_x, x_wt};
 use super::model::{rows_for, sigmoid, FitReport, LinearModel, ModelKind};
-use crate::Result;
+use crate::{Error, Result};
 
 /// Logistic-regression probe, as `sklearn.linear_model.LogisticRegression(C=c,
 /// solver="lbfgs")`: minimises `0.5‖W‖² + C·Σᵢ CE(xᵢ, yᵢ)` with the intercept unpenalised —
@@ -109,6 +109,24 @@ fn softplus(z: f64) -> f64 {
         z + (-z).exp().ln_1p()
     } else {
         z.exp().ln_1p()
+    }
+}
+
+impl LinearModel {
+    /// sklearn's logistic objective at these weights:
+    /// `0.5‖coef‖² + C·Σᵢ CE(xᵢ, yᵢ)` (intercept not penalised).
+    pub fn objective(&self, x: &[f32], n: usize, y: &[u32], c: f64) -> Result<f64> {
+        check_training(x, n, self.n_features, y, self.n_classes)?;
+        if !(c.is_finite() && c > 0.0) {
+            return Err(Error::invalid(format!(
+                "probe: C must be positive and finite, got {c}"
+            )));
+        }
+        let xf = to_f64(x);
+        let mut obj = LogregObjective::new(&xf, n, self.n_features, y, self.n_classes, c);
+        let theta: Vec<f64> = self.coef.iter().chain(&self.intercept).copied().collect();
+        let mut grad = vec![0.0; theta.len()];
+        Ok(obj.value_grad(&theta, &mut grad))
     }
 }
 

@@ -1,8 +1,7 @@
 //! The fitted linear model both probes return, with sklearn's shapes and prediction rules.
 
-use super::input::{check_features, check_training, to_f64};
+use super::input::{check_features, to_f64};
 use super::linalg::x_wt;
-use super::logreg::LogregObjective;
 use crate::{Error, Result};
 
 /// Which solver produced a [`LinearModel`]: decides whether probabilities exist.
@@ -120,22 +119,6 @@ impl LinearModel {
         let pred = self.predict(x, n)?;
         let hits = pred.iter().zip(y).filter(|(p, t)| p == t).count();
         Ok(hits as f64 / n as f64)
-    }
-
-    /// sklearn's logistic objective at these weights:
-    /// `0.5‖coef‖² + C·Σᵢ CE(xᵢ, yᵢ)` (intercept not penalised).
-    pub fn objective(&self, x: &[f32], n: usize, y: &[u32], c: f64) -> Result<f64> {
-        check_training(x, n, self.n_features, y, self.n_classes)?;
-        if !(c.is_finite() && c > 0.0) {
-            return Err(Error::invalid(format!(
-                "probe: C must be positive and finite, got {c}"
-            )));
-        }
-        let xf = to_f64(x);
-        let mut obj = LogregObjective::new(&xf, n, self.n_features, y, self.n_classes, c);
-        let theta: Vec<f64> = self.coef.iter().chain(&self.intercept).copied().collect();
-        let mut grad = vec![0.0; theta.len()];
-        Ok(obj.value_grad(&theta, &mut grad))
     }
 }
 
