@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::finetune::{finetune_seed, FinetuneSpec};
 use super::protocol::{Protocol, RunScores};
 use super::report::{self, Summary};
-use crate::commands::eval::{evaluate, EvalSpec};
+use super::run::{evaluate, EvalSpec};
 use crate::plots::{self, BarChart, BarSeries};
 use crate::pool::ImageCheck;
 

@@ -7,3 +7,4 @@ pub mod finetune;
 pub mod protocol;
 pub mod rank;
 pub mod report;
+pub mod run;
