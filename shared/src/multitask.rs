@@ -10,7 +10,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, D};
 
 use crate::network::Network;
-use crate::optim::{Optimizer, ParamGroup};
+use crate::optim::ParamGroup;
 use crate::{Error, Result};
 
 /// A batch for the multi-task step.
@@ -186,24 +186,4 @@ pub fn param_groups(
         }
     }
     groups
-}
-
-/// One optimisation step of the multi-task scheme at base learning rate `lr`:
-/// [`multitask_forward_backward`] then `optimizer.step`. Returns the batch statistics.
-pub fn multitask_step(
-    net: &Network,
-    optimizer: &mut dyn Optimizer,
-    batch: &TaskBatch,
-    lr: f64,
-    train: bool,
-) -> Result<StepStats> {
-    let (stats, grads) = multitask_forward_backward(net, batch, train)?;
-    if !stats.loss.is_finite() {
-        return Err(Error::invalid(format!(
-            "the loss is {} (diverged); lower the learning rate",
-            stats.loss
-        )));
-    }
-    optimizer.step(&grads, lr)?;
-    Ok(stats)
 }

@@ -158,11 +158,6 @@ impl Loader {
         Ok(loader)
     }
 
-    /// The iteration the next call to [`Loader::next_batch`] returns.
-    pub fn next_iter(&self) -> u64 {
-        self.next
-    }
-
     /// The next batch in iteration order. A failure (e.g. an undecodable image, named in the
     /// message) is returned for its iteration; the loader then moves on to the next one.
     pub fn next_batch(&mut self) -> Result<Batch> {

@@ -7,7 +7,6 @@
 
 // The training loop that consumes this API is integrated separately; until then only
 // `mtpath bench --mode pipeline` and the tests use it.
-#![allow(dead_code)]
 
 pub mod augment;
 pub mod loader;
@@ -34,8 +33,10 @@ pub struct Item {
     pub label: u32,
 }
 
-/// How to bring an image larger (or smaller) than the input size to size×size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How to bring an image larger (or smaller) than the input size to size×size (`crop` of a
+/// pool file's task: `random-crop`, `random-resized-crop` or `resize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CropPolicy {
     /// A random size×size window at native resolution (shorter side first resized up to
     /// `size` when smaller): large images are cropped, not squashed.

@@ -80,8 +80,6 @@ const TAG_EPOCH: u64 = 0x6570_6f63; // "epoc"
 pub struct Sampler {
     kind: SamplerKind,
     sizes: Vec<usize>,
-    /// Task probabilities (empty for [`SamplerKind::RoundRobin`]).
-    probs: Vec<f64>,
     /// Cumulative probabilities, the last exactly 1.
     cumulative: Vec<f64>,
 }
@@ -97,6 +95,7 @@ impl Sampler {
 
     /// A sampler over tasks of the given sizes and weights (weights only matter for
     /// [`SamplerKind::Weighted`]).
+    #[cfg(test)]
     pub fn from_sizes(kind: SamplerKind, sizes: &[usize], weights: &[f64]) -> Result<Self> {
         let names: Vec<String> = (0..sizes.len()).map(|t| format!("#{t}")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -142,8 +141,7 @@ impl Sampler {
                 "sampler: task weights sum to {total}"
             );
         }
-        let probs: Vec<f64> = raw.iter().map(|w| w / total).collect();
-        let mut cumulative = Vec::with_capacity(probs.len());
+        let mut cumulative = Vec::with_capacity(raw.len());
         let mut acc = 0.0;
         for w in &raw {
             acc += w;
@@ -155,25 +153,31 @@ impl Sampler {
         Ok(Self {
             kind,
             sizes: sizes.to_vec(),
-            probs,
             cumulative,
         })
     }
 
-    pub fn kind(&self) -> SamplerKind {
-        self.kind
-    }
-
+    /// The number of tasks.
+    #[cfg(test)]
     pub fn num_tasks(&self) -> usize {
         self.sizes.len()
     }
 
     /// The probability of each task per slot (for round-robin: `1 / T` each, deterministically).
+    #[cfg(test)]
     pub fn task_probabilities(&self) -> Vec<f64> {
-        if self.probs.is_empty() {
+        if self.cumulative.is_empty() {
             vec![1.0 / self.sizes.len() as f64; self.sizes.len()]
         } else {
-            self.probs.clone()
+            let mut prev = 0.0;
+            self.cumulative
+                .iter()
+                .map(|&c| {
+                    let p = c - prev;
+                    prev = c;
+                    p
+                })
+                .collect()
         }
     }
 

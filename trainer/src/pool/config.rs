@@ -21,15 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// How training images of a task are brought to the network's input size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CropPolicy {
-    #[default]
-    RandomCrop,
-    RandomResizedCrop,
-    Resize,
-}
+pub use crate::data::CropPolicy;
 
 /// Fractions of a task's groups that go to train, validation and test.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,6 @@
 //! `mtpath pool check` prints.
 
 // The pool is the trainer's and the demo's interface; the CLI uses only part of it so far.
-#![allow(dead_code)]
 
 pub mod check;
 pub mod config;
@@ -204,6 +203,8 @@ impl Pool {
         })
     }
 
+    /// The index of the task called `name`.
+    #[cfg(test)]
     pub fn task_index(&self, name: &str) -> Option<usize> {
         self.tasks.iter().position(|t| t.name == name)
     }
