@@ -201,10 +201,8 @@ pub fn run(args: Args) -> Result<()> {
         ..TrainConfig::default()
     };
     if args.resume {
-        let record: crate::train::run::RunRecord = serde_json::from_str(
-            &std::fs::read_to_string(args.out.join("run.json"))
-                .with_context(|| format!("{}: no demo run to resume", args.out.display()))?,
-        )?;
+        let record = crate::train::run::read_record(&args.out)
+            .with_context(|| format!("{}: no demo run to resume", args.out.display()))?;
         config = record.config;
         config.seed = Some(record.seed);
     } else {

@@ -113,14 +113,7 @@ pub fn run(args: Args) -> Result<()> {
         _ => bail!("give --out RUN/ for a new run, or --resume RUN/ to continue one"),
     };
     let (pool_path, mut config) = if resume {
-        let record: crate::train::run::RunRecord =
-            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: {e}; is {} an mtpath run directory?",
-                    out.join("run.json").display(),
-                    out.display()
-                )
-            })?)?;
+        let record = crate::train::run::read_record(&out)?;
         let pool = args.pool.clone().unwrap_or(record.pool.clone());
         let mut c = record.config.clone();
         c.seed = Some(record.seed);

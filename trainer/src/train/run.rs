@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use mtpath_shared::multitask::{
-    heads_forward_backward, multitask_forward_backward, param_groups, TaskBatch,
+    heads_forward_backward, multitask_forward_backward, param_groups, StepStats, TaskBatch,
 };
 use mtpath_shared::optim::{Optimizer, Sgd, SgdConfig};
 use mtpath_shared::weights::{read_weights_file, LoadMode, ModelMetadata};
@@ -89,14 +89,6 @@ fn heads_of(pool: &Pool) -> Vec<HeadSpec> {
         .collect()
 }
 
-fn crop_of(c: crate::pool::CropPolicy) -> data::CropPolicy {
-    match c {
-        crate::pool::CropPolicy::RandomCrop => data::CropPolicy::RandomCrop,
-        crate::pool::CropPolicy::RandomResizedCrop => data::CropPolicy::RandomResizedCrop,
-        crate::pool::CropPolicy::Resize => data::CropPolicy::Resize,
-    }
-}
-
 fn train_items(pool: &Pool) -> Result<Vec<TaskItems>> {
     pool.tasks
         .iter()
@@ -115,7 +107,7 @@ fn train_items(pool: &Pool) -> Result<Vec<TaskItems>> {
             Ok(TaskItems {
                 name: t.name.clone(),
                 items,
-                crop: crop_of(t.crop),
+                crop: t.crop,
                 weight: t.weight,
             })
         })
@@ -161,6 +153,20 @@ struct Trainer<'a> {
 }
 
 impl Trainer<'_> {
+    /// One optimisation step on `batch` at learning rate `lr` (the heads only while the trunk
+    /// is frozen). A non-finite loss is returned without touching the weights.
+    fn step(&mut self, batch: &TaskBatch, heads_only: bool, lr: f64) -> Result<StepStats> {
+        let (stats, grads) = if heads_only {
+            heads_forward_backward(&self.net, batch)?
+        } else {
+            multitask_forward_backward(&self.net, batch, true)?
+        };
+        if stats.loss.is_finite() {
+            self.optimizer.step(&grads, lr)?;
+        }
+        Ok(stats)
+    }
+
     fn card(&self, iteration: usize, validation: &[ValScores]) -> ModelCard {
         ModelCard {
             mtpath_version: env!("CARGO_PKG_VERSION").into(),
@@ -253,6 +259,108 @@ pub fn read_record(out: &Path) -> Result<RunRecord> {
     serde_json::from_str(&text).with_context(|| format!("{}: not a valid run record", p.display()))
 }
 
+/// A reopened run: its record, the iteration to start from, and the `last` checkpoint's state
+/// and folder.
+type Reopened = (RunRecord, usize, Option<(RunState, PathBuf)>);
+
+/// Reopen the run in `spec.out` for `--resume`: the pool, architecture, input size and splits
+/// must be the run's; the network gets the `last` checkpoint's weights. Returns the record, the
+/// iteration to start from, and the checkpoint's state and folder.
+fn reopen_run(
+    spec: &RunSpec,
+    heads: &[HeadSpec],
+    net: &Network,
+    device: &Device,
+) -> Result<Reopened> {
+    let cfg = &spec.config;
+    let splits_path = spec.out.join("splits.csv");
+    let record = read_record(&spec.out)?;
+    if record.heads.as_slice() != heads {
+        bail!(
+            "{}: the pool's tasks or classes differ from the run's ({} vs {}); resume with \
+         the same pool, or start a new run",
+            spec.pool_path.display(),
+            describe(heads),
+            describe(&record.heads)
+        );
+    }
+    if record.config.arch != cfg.arch || record.config.size != cfg.size {
+        bail!("--resume: the architecture and input size cannot change within a run");
+    }
+    let tmp = spec.out.join(".splits.check.csv");
+    spec.pool.write_splits(&tmp)?;
+    let same = std::fs::read(&tmp).ok() == std::fs::read(&splits_path).ok();
+    std::fs::remove_file(&tmp).ok();
+    if !same {
+        bail!(
+            "{}: the pool's splits differ from the run's {} (data or seed changed); resume \
+         with the same data, or start a new run",
+            spec.pool_path.display(),
+            splits_path.display()
+        );
+    }
+    let dir = checkpoint::find_checkpoint_dir(&spec.out, "last").with_context(|| {
+        format!(
+            "{}: no complete `last` checkpoint to resume from",
+            spec.out.display()
+        )
+    })?;
+    let state = checkpoint::read_state(&dir)?;
+    let file = read_weights_file(&dir.join(checkpoint::MODEL_FILE), device)?;
+    net.load_weights(&file, LoadMode::Strict)?;
+    Ok((record, state.iteration, Some((state, dir))))
+}
+
+/// Start a new run in `spec.out`: initialise the trunk, write the splits and `run.json`.
+fn start_run(
+    spec: &RunSpec,
+    seed: u64,
+    heads: &[HeadSpec],
+    net: &Network,
+    device: &Device,
+) -> Result<RunRecord> {
+    let cfg = &spec.config;
+    let splits_path = spec.out.join("splits.csv");
+    if spec.out.join("run.json").exists() {
+        bail!(
+            "{} already holds a run; continue it with --resume {}, or choose another --out",
+            spec.out.display(),
+            spec.out.display()
+        );
+    }
+    let init = init::resolve(&cfg.init, cfg.arch)?;
+    let extra = init::load_trunk(net, &init, device)?;
+    if spec.verbose {
+        if let Init::File(p) = &init {
+            eprintln!(
+                "trunk initialised from {}{}",
+                p.display(),
+                if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (ignored {} non-trunk tensors)", extra.len())
+                }
+            );
+        }
+    }
+    let record = RunRecord {
+        pool: spec.pool_path.clone(),
+        config: cfg.clone(),
+        seed,
+        heads: heads.to_vec(),
+        init: match &init {
+            Init::Random => "random".into(),
+            Init::File(p) => p.display().to_string(),
+        },
+    };
+    spec.pool.write_splits(&splits_path)?;
+    mtpath_shared::fsutil::write_atomic(
+        &spec.out.join("run.json"),
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )?;
+    Ok(record)
+}
+
 /// Train (or continue training) a multi-task model. `stop` is polled between iterations: when
 /// set, the `last` checkpoint is written and the function returns with `interrupted`.
 pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
@@ -263,7 +371,6 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
     let heads = heads_of(&spec.pool);
     std::fs::create_dir_all(&spec.out)
         .with_context(|| format!("{}: cannot create the run directory", spec.out.display()))?;
-    let splits_path = spec.out.join("splits.csv");
 
     let net_spec = NetworkSpec::multitask(cfg.arch, heads.clone());
     let net = Network::new(net_spec.clone(), &device, seed)?;
@@ -272,80 +379,9 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
     meta.resize_shorter = ((cfg.size as f64) * 256.0 / 224.0).round() as u32;
 
     let (record, start, mut state) = if spec.resume {
-        let record = read_record(&spec.out)?;
-        if record.heads != heads {
-            bail!(
-                "{}: the pool's tasks or classes differ from the run's ({} vs {}); resume with \
-                 the same pool, or start a new run",
-                spec.pool_path.display(),
-                describe(&heads),
-                describe(&record.heads)
-            );
-        }
-        if record.config.arch != cfg.arch || record.config.size != cfg.size {
-            bail!("--resume: the architecture and input size cannot change within a run");
-        }
-        let tmp = spec.out.join(".splits.check.csv");
-        spec.pool.write_splits(&tmp)?;
-        let same = std::fs::read(&tmp).ok() == std::fs::read(&splits_path).ok();
-        std::fs::remove_file(&tmp).ok();
-        if !same {
-            bail!(
-                "{}: the pool's splits differ from the run's {} (data or seed changed); resume \
-                 with the same data, or start a new run",
-                spec.pool_path.display(),
-                splits_path.display()
-            );
-        }
-        let dir = checkpoint::find_checkpoint_dir(&spec.out, "last").with_context(|| {
-            format!(
-                "{}: no complete `last` checkpoint to resume from",
-                spec.out.display()
-            )
-        })?;
-        let state = checkpoint::read_state(&dir)?;
-        let file = read_weights_file(&dir.join(checkpoint::MODEL_FILE), &device)?;
-        net.load_weights(&file, LoadMode::Strict)?;
-        (record, state.iteration, Some((state, dir)))
+        reopen_run(spec, &heads, &net, &device)?
     } else {
-        if spec.out.join("run.json").exists() {
-            bail!(
-                "{} already holds a run; continue it with --resume {}, or choose another --out",
-                spec.out.display(),
-                spec.out.display()
-            );
-        }
-        let init = init::resolve(&cfg.init, cfg.arch)?;
-        let extra = init::load_trunk(&net, &init, &device)?;
-        if spec.verbose {
-            if let Init::File(p) = &init {
-                eprintln!(
-                    "trunk initialised from {}{}",
-                    p.display(),
-                    if extra.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (ignored {} non-trunk tensors)", extra.len())
-                    }
-                );
-            }
-        }
-        let record = RunRecord {
-            pool: spec.pool_path.clone(),
-            config: cfg.clone(),
-            seed,
-            heads: heads.clone(),
-            init: match &init {
-                Init::Random => "random".into(),
-                Init::File(p) => p.display().to_string(),
-            },
-        };
-        spec.pool.write_splits(&splits_path)?;
-        mtpath_shared::fsutil::write_atomic(
-            &spec.out.join("run.json"),
-            serde_json::to_string_pretty(&record)?.as_bytes(),
-        )?;
-        (record, 0, None)
+        (start_run(spec, seed, &heads, &net, &device)?, 0, None)
     };
     if start >= cfg.iters {
         bail!(
@@ -468,11 +504,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
             labels: batch.labels,
         };
         let lr = schedule.lr_at(it);
-        let (stats, grads) = if heads_only {
-            heads_forward_backward(&trainer.net, &tb)?
-        } else {
-            multitask_forward_backward(&trainer.net, &tb, true)?
-        };
+        let stats = trainer.step(&tb, heads_only, lr)?;
         if !stats.loss.is_finite() {
             progress.finish();
             bail!(
@@ -484,7 +516,6 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
                 spec.out.join("last").display()
             );
         }
-        trainer.optimizer.step(&grads, lr)?;
         window.add(&stats, n);
         let done = it + 1;
         if done % LOG_EVERY == 0 || done == cfg.iters {
