@@ -326,7 +326,8 @@ pub struct Probe {
 
 fn kind_of(name: &str) -> Result<ModelKind, JsError> {
     match name {
-        "logistic" | "" => Ok(ModelKind::Logistic),
+        // The CLI's names for the same probe (`--protocol linear`, `logreg`) are accepted too.
+        "logistic" | "linear" | "logreg" | "" => Ok(ModelKind::Logistic),
         "svm" => Ok(ModelKind::Svm),
         other => Err(JsError::new(&format!(
             "probe kind {other:?}: use \"logistic\" or \"svm\""

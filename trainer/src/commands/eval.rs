@@ -27,9 +27,9 @@ pub struct Args {
     /// Task folders (manifest.csv or one subfolder per class).
     #[arg(long = "task", required = true, num_args = 1..)]
     pub tasks: Vec<PathBuf>,
-    /// Protocol: linear (logistic regression), svm (linear SVM), knn (k = 20) or knn:K on
-    /// frozen features — C of the linear probes is chosen on a grid by grouped 5-fold
-    /// cross-validation on train+val — or finetune (a new head, the whole network trained;
+    /// Protocol: linear (logistic regression; also `logistic`, as the browser names it), svm
+    /// (linear SVM), knn (k = 20) or knn:K on frozen features — C of the linear probes is
+    /// chosen on a grid by grouped 5-fold cross-validation on train+val — or finetune (a new head, the whole network trained;
     /// learning rate from --lrs and epoch chosen on validation).
     #[arg(long, default_value = "linear")]
     pub protocol: String,

@@ -40,7 +40,8 @@ impl FromStr for Protocol {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "knn" => Ok(Protocol::Knn { k: 20 }),
-            "linear" | "logreg" => Ok(Protocol::Linear),
+            // One vocabulary with the browser and probe files, which call it "logistic".
+            "linear" | "logreg" | "logistic" => Ok(Protocol::Linear),
             "svm" => Ok(Protocol::Svm),
             other => match other.strip_prefix("knn:") {
                 Some(k) => Ok(Protocol::Knn {
