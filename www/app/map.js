@@ -4,6 +4,10 @@
 import { $, state, status, setStage, escapeHtml, drawThumb } from "./state.js";
 import { ask } from "./analysis.js";
 
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+  "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939", "#843c39", "#5254a3", "#6b6ecf"];
+const UNLABELLED_COLOUR = "#9a9a9a";
+
 /** Project the features to 2-d with `kind` ("pca" or "tsne") and draw the map. */
 export async function project(kind) {
   const n = state.items.length;
