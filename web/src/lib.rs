@@ -94,7 +94,7 @@ impl FeatureModel {
     /// Architecture name, e.g. `resnet50`.
     #[wasm_bindgen(getter)]
     pub fn architecture(&self) -> String {
-        self.inner.metadata().architecture.name().to_string()
+        self.inner.metadata().trunk.architecture.name().to_string()
     }
 
     /// Length of the feature vectors.

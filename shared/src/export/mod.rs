@@ -30,7 +30,8 @@ pub use sha256::{sha256, sha256_hex};
 use crate::inference::FoldedNet;
 use crate::weights::{
     export_card, file_metadata, is_folded, resolve_arch, ExportCard, ExportDtype, ModelMetadata,
-    SourceInfo, TensorFile, EXPORT_KEY, FORMAT, FORMAT_VERSION, METADATA_KEY, TENSOR_NAMES,
+    SourceInfo, TensorFile, TrunkInfo, EXPORT_KEY, FORMAT, FORMAT_VERSION, METADATA_KEY,
+    TENSOR_NAMES,
 };
 use crate::{Arch, Error, Result};
 
@@ -40,14 +41,14 @@ impl ExportCard {
     pub fn to_markdown(&self) -> String {
         let mut s = format!(
             "# mtpath web model: {} ({}, BatchNorm folded)\n\n",
-            self.architecture, self.dtype
+            self.trunk.architecture, self.dtype
         );
         s.push_str(&format!(
             "- Architecture: {} trunk, {}-d features (global average pool of the last feature \
              map{}).\n",
-            self.architecture,
-            self.feature_dim,
-            if self.architecture.classifier_name() == "classifier" {
+            self.trunk.architecture,
+            self.trunk.feature_dim,
+            if self.trunk.architecture.classifier_name() == "classifier" {
                 ", after the final ReLU"
             } else {
                 ""
@@ -56,7 +57,7 @@ impl ExportCard {
         s.push_str(&format!(
             "- Input: shorter side resized to {0} px, centre crop {1}×{1} px, RGB scaled to 0–1 \
              and normalised with mean {2:?} and std {3:?}.\n",
-            self.resize_shorter, self.input_size, self.mean, self.std
+            self.trunk.resize_shorter, self.trunk.input_size, self.trunk.mean, self.trunk.std
         ));
         s.push_str(&format!(
             "- Weights: `model.safetensors`, {} tensors, {} values, dtype {}{}; folded: {} \
@@ -165,12 +166,11 @@ pub fn export(
     let card = ExportCard {
         format: FORMAT.to_string(),
         format_version: FORMAT_VERSION,
-        architecture: arch,
-        feature_dim: arch.feature_dim(),
-        input_size: meta.input_size,
-        resize_shorter: meta.resize_shorter,
-        mean: meta.mean,
-        std: meta.std,
+        trunk: TrunkInfo {
+            architecture: arch,
+            feature_dim: arch.feature_dim(),
+            ..meta.trunk.clone()
+        },
         tasks,
         dtype,
         folded: true,
@@ -184,8 +184,7 @@ pub fn export(
         (
             METADATA_KEY.to_string(),
             json(&ModelMetadata {
-                architecture: arch,
-                feature_dim: arch.feature_dim(),
+                trunk: card.trunk.clone(),
                 classifier: None,
                 heads: Vec::new(),
                 ..meta

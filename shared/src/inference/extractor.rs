@@ -51,10 +51,10 @@ impl FeatureExtractor {
             FoldedNet::from_network(&Self::trained(file, arch, device)?)?
         };
         let preprocess = PreprocessConfig {
-            resize_shorter: meta.resize_shorter,
-            crop: meta.input_size,
-            mean: meta.mean,
-            std: meta.std,
+            resize_shorter: meta.trunk.resize_shorter,
+            crop: meta.trunk.input_size,
+            mean: meta.trunk.mean,
+            std: meta.trunk.std,
         };
         preprocess.validate()?;
         Ok(Self {
@@ -117,7 +117,7 @@ impl FeatureExtractor {
 
     /// Length of each feature vector.
     pub fn feature_dim(&self) -> usize {
-        self.meta.architecture.feature_dim()
+        self.meta.trunk.architecture.feature_dim()
     }
 
     /// Whether the file was an exported trunk (BatchNorm folded away by `mtpath export`);

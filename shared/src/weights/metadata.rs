@@ -17,17 +17,16 @@ use crate::{Error, Result};
 /// Metadata key holding [`ModelMetadata`] as JSON in files mtpath writes.
 pub const METADATA_KEY: &str = "mtpath";
 
-/// What mtpath records in the files it writes: enough to rebuild and use the model.
+/// What a trunk is and how its input is prepared: the one record that every model file
+/// ([`ModelMetadata`]), export card ([`ExportCard`]) and training card embeds, flattened, so
+/// their JSON keys are the same (`architecture`, `feature_dim`, `input_size`,
+/// `resize_shorter`, `mean`, `std`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelMetadata {
+pub struct TrunkInfo {
     /// Trunk architecture.
     pub architecture: Arch,
     /// Feature vector length.
     pub feature_dim: usize,
-    /// Outputs of torchvision's classifier, if the file has one.
-    pub classifier: Option<usize>,
-    /// Task heads (`heads.<i>`), with their classes.
-    pub heads: Vec<HeadSpec>,
     /// Input side in pixels (centre crop).
     pub input_size: u32,
     /// Shorter side before cropping.
@@ -36,6 +35,32 @@ pub struct ModelMetadata {
     pub mean: [f32; 3],
     /// Per-channel normalisation standard deviation.
     pub std: [f32; 3],
+}
+
+impl TrunkInfo {
+    /// `arch` with ImageNet normalisation and 256 → 224 preprocessing.
+    pub fn imagenet(arch: Arch) -> Self {
+        Self {
+            architecture: arch,
+            feature_dim: arch.feature_dim(),
+            input_size: 224,
+            resize_shorter: 256,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+}
+
+/// What mtpath records in the files it writes: enough to rebuild and use the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetadata {
+    /// The trunk and its preprocessing.
+    #[serde(flatten)]
+    pub trunk: TrunkInfo,
+    /// Outputs of torchvision's classifier, if the file has one.
+    pub classifier: Option<usize>,
+    /// Task heads (`heads.<i>`), with their classes.
+    pub heads: Vec<HeadSpec>,
     /// mtpath version that wrote the file.
     pub mtpath_version: String,
 }
@@ -44,14 +69,9 @@ impl ModelMetadata {
     /// Metadata for `spec` with ImageNet normalisation and 256 → 224 preprocessing.
     pub fn imagenet(spec: &NetworkSpec) -> Self {
         Self {
-            architecture: spec.arch,
-            feature_dim: spec.arch.feature_dim(),
+            trunk: TrunkInfo::imagenet(spec.arch),
             classifier: spec.classifier,
             heads: spec.heads.clone(),
-            input_size: 224,
-            resize_shorter: 256,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
             mtpath_version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
@@ -59,7 +79,7 @@ impl ModelMetadata {
     /// The network these weights belong to.
     pub fn spec(&self) -> NetworkSpec {
         NetworkSpec {
-            arch: self.architecture,
+            arch: self.trunk.architecture,
             classifier: self.classifier,
             heads: self.heads.clone(),
         }
@@ -149,18 +169,9 @@ pub struct ExportCard {
     pub format: String,
     /// [`FORMAT_VERSION`] of the writer.
     pub format_version: u32,
-    /// Trunk architecture.
-    pub architecture: Arch,
-    /// Feature vector length.
-    pub feature_dim: usize,
-    /// Input side in pixels (centre crop).
-    pub input_size: u32,
-    /// Shorter side before cropping.
-    pub resize_shorter: u32,
-    /// Per-channel normalisation mean (RGB, on 0–1 values).
-    pub mean: [f32; 3],
-    /// Per-channel normalisation standard deviation.
-    pub std: [f32; 3],
+    /// The trunk and its preprocessing.
+    #[serde(flatten)]
+    pub trunk: TrunkInfo,
     /// The tasks the source was trained on (its heads, dropped here), with their classes.
     pub tasks: Vec<HeadSpec>,
     /// Floating type of the tensors (f16: the convolution kernels but the stem's; see
@@ -184,14 +195,9 @@ impl ExportCard {
     /// The [`ModelMetadata`] this card implies (no heads, no classifier).
     pub fn model_metadata(&self) -> ModelMetadata {
         ModelMetadata {
-            architecture: self.architecture,
-            feature_dim: self.feature_dim,
+            trunk: self.trunk.clone(),
             classifier: None,
             heads: Vec::new(),
-            input_size: self.input_size,
-            resize_shorter: self.resize_shorter,
-            mean: self.mean,
-            std: self.std,
             mtpath_version: self.mtpath_version.clone(),
         }
     }
@@ -200,6 +206,28 @@ impl ExportCard {
     pub fn to_json(&self) -> Result<String> {
         serde_json::to_string_pretty(self)
             .map_err(|e| Error::invalid(format!("cannot serialise the export card: {e}")))
+    }
+}
+
+/// The trunk fields read through the record that embeds them (`meta.input_size`), as they
+/// read in the JSON.
+impl std::ops::Deref for ModelMetadata {
+    type Target = TrunkInfo;
+    fn deref(&self) -> &TrunkInfo {
+        &self.trunk
+    }
+}
+
+impl std::ops::DerefMut for ModelMetadata {
+    fn deref_mut(&mut self) -> &mut TrunkInfo {
+        &mut self.trunk
+    }
+}
+
+impl std::ops::Deref for ExportCard {
+    type Target = TrunkInfo;
+    fn deref(&self) -> &TrunkInfo {
+        &self.trunk
     }
 }
 
@@ -232,8 +260,8 @@ pub fn is_folded(file: &TensorFile) -> Result<bool> {
 /// is an error naming the file), else `arch`, else inferred from the tensor names.
 pub fn resolve_arch(file: &TensorFile, arch: Option<Arch>) -> Result<Arch> {
     let said = match file.model_card()? {
-        Some(card) => Some(card.architecture),
-        None => export_card(file)?.map(|c| c.architecture),
+        Some(card) => Some(card.trunk.architecture),
+        None => export_card(file)?.map(|c| c.trunk.architecture),
     };
     match (said, arch) {
         (Some(c), Some(a)) if c != a => Err(Error::WeightsMismatch {

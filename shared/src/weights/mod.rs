@@ -15,7 +15,7 @@ mod metadata;
 
 pub use metadata::{
     export_card, file_metadata, is_folded, resolve_arch, ExportCard, ExportDtype, ModelMetadata,
-    SourceInfo, EXPORT_KEY, FORMAT, FORMAT_VERSION, METADATA_KEY, TENSOR_NAMES,
+    SourceInfo, TrunkInfo, EXPORT_KEY, FORMAT, FORMAT_VERSION, METADATA_KEY, TENSOR_NAMES,
 };
 
 /// Named tensors read from a file, in file order, with the file's string metadata.
@@ -56,7 +56,7 @@ impl TensorFile {
     /// The architecture: from mtpath metadata if present, else inferred from the names.
     pub fn arch(&self) -> Result<Arch> {
         if let Some(card) = self.model_card()? {
-            return Ok(card.architecture);
+            return Ok(card.trunk.architecture);
         }
         Arch::infer_from_keys(
             self.names()

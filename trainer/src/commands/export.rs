@@ -123,7 +123,7 @@ pub fn run(args: Args) -> Result<()> {
         sha256,
     };
     let exported = export(&file, args.arch, args.dtype, source)?;
-    let arch = exported.card.architecture;
+    let arch = exported.card.trunk.architecture;
 
     let out_model = args.out.join("model.safetensors");
     let rel = check(&file, arch, &exported, &out_model)?;

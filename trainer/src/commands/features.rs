@@ -108,7 +108,7 @@ fn run_tasks(args: &Args) -> Result<()> {
         "{} task(s), split {}, {} ({}-d features) at {} px",
         pool.tasks.len(),
         args.split,
-        extractor.metadata().architecture,
+        extractor.metadata().trunk.architecture,
         extractor.feature_dim(),
         cfg.crop
     );
@@ -147,7 +147,7 @@ fn run_tasks(args: &Args) -> Result<()> {
         .with("seed", pool.seed.to_string())
         .with(
             "architecture",
-            extractor.metadata().architecture.to_string(),
+            extractor.metadata().trunk.architecture.to_string(),
         )
         .with("weights", args.weights.clone())
         .with("preprocess", preprocess_json(&cfg));
@@ -223,7 +223,7 @@ pub fn run(args: Args) -> Result<()> {
     eprintln!(
         "{} images, {} ({}-d features), resize {} → crop {}",
         images.len(),
-        extractor.metadata().architecture,
+        extractor.metadata().trunk.architecture,
         extractor.feature_dim(),
         cfg.resize_shorter,
         cfg.crop
@@ -236,7 +236,7 @@ pub fn run(args: Args) -> Result<()> {
     FeaturesFile::new(flat, n, dim, names)?
         .with(
             "architecture",
-            extractor.metadata().architecture.to_string(),
+            extractor.metadata().trunk.architecture.to_string(),
         )
         .with("weights", args.weights.clone())
         .with("preprocess", preprocess_json(&cfg))

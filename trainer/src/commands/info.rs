@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("mtpath metadata:");
         println!(
             "  input {} px (resize {}), mean {:?}, std {:?}",
-            card.input_size, card.resize_shorter, card.mean, card.std
+            card.trunk.input_size, card.trunk.resize_shorter, card.trunk.mean, card.trunk.std
         );
         if let Some(c) = card.classifier {
             println!("  classifier: {c} outputs");

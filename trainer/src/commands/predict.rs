@@ -60,12 +60,12 @@ pub fn run(args: Args) -> Result<()> {
             let images = collect_images(&args.images)?;
             let (extractor, _) = load_extractor(w, args.arch, None)?;
             if let Some(src) = &probe.features {
-                if src.architecture != extractor.metadata().architecture.name() {
+                if src.architecture != extractor.metadata().trunk.architecture.name() {
                     bail!(
                         "{}: the probe was trained on {} features, but {w} is a {}; use the same model",
                         args.probe.display(),
                         src.architecture,
-                        extractor.metadata().architecture.name()
+                        extractor.metadata().trunk.architecture.name()
                     );
                 }
             }

@@ -167,7 +167,7 @@ pub fn arch_of(weights: &str, arch: Option<Arch>) -> Result<Arch> {
     }
     let file = read_weights_file(Path::new(weights), &Device::Cpu)?;
     Ok(match (file.model_card()?, arch) {
-        (Some(card), _) => card.architecture,
+        (Some(card), _) => card.trunk.architecture,
         (None, Some(a)) => a,
         (None, None) => file.arch()?,
     })

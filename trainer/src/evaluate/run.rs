@@ -75,7 +75,7 @@ pub fn evaluate(spec: &EvalSpec) -> Result<EvalOutput> {
                 spec.protocol,
                 pool.tasks.len(),
                 spec.seeds.len(),
-                extractor.metadata().architecture,
+                extractor.metadata().trunk.architecture,
                 cfg.crop
             );
             for t in &pool.tasks {
@@ -90,7 +90,7 @@ pub fn evaluate(spec: &EvalSpec) -> Result<EvalOutput> {
     }
     let header = serde_json::json!({
         "weights": spec.weights,
-        "architecture": extractor.metadata().architecture,
+        "architecture": extractor.metadata().trunk.architecture,
         "input_size": cfg.crop,
         "protocol": spec.protocol.to_string(),
         "seeds": spec.seeds,

@@ -1,6 +1,7 @@
 //! The model card written beside the weights: what the model is, what it was trained on and
 //! how, and how well it did on validation — as JSON (for programs) and Markdown (for people).
 
+use mtpath_shared::weights::TrunkInfo;
 use serde::Serialize;
 
 use super::config::TrainConfig;
@@ -30,16 +31,9 @@ pub struct ModelCard {
     pub mtpath_version: String,
     /// Commit.
     pub commit: String,
-    /// Architecture.
-    pub architecture: String,
-    /// Feature length.
-    pub feature_dim: usize,
-    /// Input side.
-    pub input_size: u32,
-    /// Normalisation mean (RGB, 0–1).
-    pub mean: [f32; 3],
-    /// Normalisation std.
-    pub std: [f32; 3],
+    /// The trunk and its preprocessing (the record every model file and card embeds).
+    #[serde(flatten)]
+    pub trunk: TrunkInfo,
     /// Trunk initialisation (file or "random").
     pub init: String,
     /// The pool file.
@@ -64,16 +58,16 @@ impl ModelCard {
     pub fn to_markdown(&self) -> String {
         let mut s = format!(
             "# mtpath model: {} multi-task pre-trained trunk\n\n",
-            self.architecture
+            self.trunk.architecture
         );
         s.push_str(&format!(
             "- Trunk: {} ({}-d features), torchvision state-dict names (`trunk.safetensors` \
              loads into `torchvision.models.{}` with `strict=False`).\n",
-            self.architecture, self.feature_dim, self.architecture
+            self.trunk.architecture, self.trunk.feature_dim, self.trunk.architecture
         ));
         s.push_str(&format!(
             "- Input: {0}×{0} px RGB, normalised with mean {1:?} and std {2:?}.\n",
-            self.input_size, self.mean, self.std
+            self.trunk.input_size, self.trunk.mean, self.trunk.std
         ));
         s.push_str(&format!("- Initialisation: {}.\n", self.init));
         s.push_str(&format!(

@@ -171,11 +171,7 @@ impl Trainer<'_> {
         ModelCard {
             mtpath_version: env!("CARGO_PKG_VERSION").into(),
             commit: super::card::COMMIT.into(),
-            architecture: self.spec.config.arch.to_string(),
-            feature_dim: self.spec.config.arch.feature_dim(),
-            input_size: self.spec.config.size,
-            mean: self.meta.mean,
-            std: self.meta.std,
+            trunk: self.meta.trunk.clone(),
             init: self.record.init.clone(),
             pool: self.spec.pool_path.display().to_string(),
             tasks: self
@@ -375,8 +371,8 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
     let net_spec = NetworkSpec::multitask(cfg.arch, heads.clone());
     let net = Network::new(net_spec.clone(), &device, seed)?;
     let mut meta = ModelMetadata::imagenet(&net_spec);
-    meta.input_size = cfg.size;
-    meta.resize_shorter = ((cfg.size as f64) * 256.0 / 224.0).round() as u32;
+    meta.trunk.input_size = cfg.size;
+    meta.trunk.resize_shorter = ((cfg.size as f64) * 256.0 / 224.0).round() as u32;
 
     let (record, start, mut state) = if spec.resume {
         reopen_run(spec, &heads, &net, &device)?
