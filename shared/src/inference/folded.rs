@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 
 use crate::layers::channel_affine::ChannelAffine;
-use crate::layers::conv_op::{conv2d, ConvGeom};
+use crate::layers::conv::{conv2d, ConvGeom};
 use crate::layers::{avg_pool2x2, global_avg_pool, max_pool2d, BatchNorm2d, MaxPool2d};
 use crate::varstore::VarStore;
 use crate::weights::{normalize_name, TensorFile};

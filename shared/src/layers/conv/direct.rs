@@ -22,7 +22,7 @@
 // Elsewhere (wasm32, ARM) the kernels and their constants are compiled out.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
-use super::Planes;
+use super::shifted::Planes;
 use rayon::prelude::*;
 
 /// Output channels per forward tile.
