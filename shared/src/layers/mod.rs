@@ -5,6 +5,7 @@ mod batchnorm_op;
 pub mod channel_affine;
 mod concat;
 pub mod conv;
+mod dtype;
 mod fill;
 mod linear;
 pub mod pool;

@@ -17,6 +17,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 use super::contiguous_slice;
+use super::dtype::float_dispatch;
 use im2col::{conv_forward, conv_input_grad, conv_weight_grad};
 
 mod direct;
@@ -85,21 +86,6 @@ impl Dims {
     }
 }
 
-/// Dispatch a binary CPU kernel on f32 or f64 storage.
-fn dispatch2(
-    s1: &CpuStorage,
-    s2: &CpuStorage,
-    name: &str,
-    f32k: impl FnOnce() -> candle_core::Result<Vec<f32>>,
-    f64k: impl FnOnce() -> candle_core::Result<Vec<f64>>,
-) -> candle_core::Result<CpuStorage> {
-    match (s1, s2) {
-        (CpuStorage::F32(_), CpuStorage::F32(_)) => Ok(CpuStorage::F32(f32k()?)),
-        (CpuStorage::F64(_), CpuStorage::F64(_)) => Ok(CpuStorage::F64(f64k()?)),
-        _ => candle_core::bail!("{name}: f32 or f64 operands of one dtype expected"),
-    }
-}
-
 /// The convolution `(input, kernel) → output`.
 #[derive(Debug, Clone, Copy)]
 struct Conv2dOp(ConvGeom);
@@ -117,26 +103,16 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::new(l1.dims(), l2.dims(), self.0)?;
-        let out = dispatch2(
-            s1,
-            s2,
-            self.name(),
-            || {
-                Ok(conv_forward(
-                    contiguous_slice::<f32>(s1, l1, "conv2d: operands")?,
-                    contiguous_slice::<f32>(s2, l2, "conv2d: operands")?,
-                    &d,
-                    self.0,
-                ))
-            },
-            || {
-                Ok(conv_forward(
-                    contiguous_slice::<f64>(s1, l1, "conv2d: operands")?,
-                    contiguous_slice::<f64>(s2, l2, "conv2d: operands")?,
-                    &d,
-                    self.0,
-                ))
-            },
+        let out = float_dispatch!(
+            [s1, s2],
+            T => Ok(conv_forward(
+                contiguous_slice::<T>(s1, l1, "conv2d: operands")?,
+                contiguous_slice::<T>(s2, l2, "conv2d: operands")?,
+                &d,
+                self.0,
+            )),
+            "{}: f32 or f64 operands of one dtype expected",
+            self.name()
         )?;
         Ok((out, Shape::from((d.n, d.c_out, d.oh, d.ow))))
     }
@@ -191,26 +167,16 @@ impl CustomOp2 for ConvInputGrad {
             );
         }
         let g = self.geom;
-        let out = dispatch2(
-            s1,
-            s2,
-            self.name(),
-            || {
-                Ok(conv_input_grad(
-                    contiguous_slice::<f32>(s1, l1, "conv2d: operands")?,
-                    contiguous_slice::<f32>(s2, l2, "conv2d: operands")?,
-                    &d,
-                    g,
-                ))
-            },
-            || {
-                Ok(conv_input_grad(
-                    contiguous_slice::<f64>(s1, l1, "conv2d: operands")?,
-                    contiguous_slice::<f64>(s2, l2, "conv2d: operands")?,
-                    &d,
-                    g,
-                ))
-            },
+        let out = float_dispatch!(
+            [s1, s2],
+            T => Ok(conv_input_grad(
+                contiguous_slice::<T>(s1, l1, "conv2d: operands")?,
+                contiguous_slice::<T>(s2, l2, "conv2d: operands")?,
+                &d,
+                g,
+            )),
+            "{}: f32 or f64 operands of one dtype expected",
+            self.name()
         )?;
         Ok((out, Shape::from(self.x_dims.clone())))
     }
@@ -242,26 +208,16 @@ impl CustomOp2 for ConvWeightGrad {
             );
         }
         let g = self.geom;
-        let out = dispatch2(
-            s1,
-            s2,
-            self.name(),
-            || {
-                Ok(conv_weight_grad(
-                    contiguous_slice::<f32>(s1, l1, "conv2d: operands")?,
-                    contiguous_slice::<f32>(s2, l2, "conv2d: operands")?,
-                    &d,
-                    g,
-                ))
-            },
-            || {
-                Ok(conv_weight_grad(
-                    contiguous_slice::<f64>(s1, l1, "conv2d: operands")?,
-                    contiguous_slice::<f64>(s2, l2, "conv2d: operands")?,
-                    &d,
-                    g,
-                ))
-            },
+        let out = float_dispatch!(
+            [s1, s2],
+            T => Ok(conv_weight_grad(
+                contiguous_slice::<T>(s1, l1, "conv2d: operands")?,
+                contiguous_slice::<T>(s2, l2, "conv2d: operands")?,
+                &d,
+                g,
+            )),
+            "{}: f32 or f64 operands of one dtype expected",
+            self.name()
         )?;
         Ok((out, Shape::from(self.w_dims.clone())))
     }
