@@ -7,7 +7,7 @@
 mod parity_common;
 
 use candle_core::{Device, Tensor, Var};
-use mtpath_shared::layers::conv_op::{conv2d, ConvGeom};
+use mtpath_shared::layers::conv::{conv2d, ConvGeom};
 use parity_common::{rel_l2, test_device};
 
 /// (in, out, kernel, stride, padding).

@@ -3,7 +3,7 @@
 //! `cargo run --release -p mtpath-shared --example conv_bench -- N CIN COUT H K STRIDE PAD`.
 //! scripts/conv_torch.py times PyTorch's passes for the same shape.
 use candle_core::{Device, Tensor};
-use mtpath_shared::layers::conv_op::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvGeom};
+use mtpath_shared::layers::conv::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvGeom};
 use std::time::Instant;
 
 fn time(reps: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> candle_core::Result<f64> {

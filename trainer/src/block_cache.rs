@@ -169,6 +169,8 @@ mod tests {
     #[test]
     fn a_freed_large_block_serves_the_next_request_of_its_size() {
         let cache = BlockCache::with_budget(8 * MB);
+        // SAFETY: every block is written within its size and freed once, with the layout it
+        // was allocated with.
         unsafe {
             let a = cache.alloc(layout(2 * MB));
             a.write_bytes(7, 2 * MB);
@@ -199,6 +201,8 @@ mod tests {
     #[test]
     fn the_budget_evicts_the_oldest_blocks_and_small_blocks_bypass_the_cache() {
         let cache = BlockCache::with_budget(5 * MB);
+        // SAFETY: every block is written within its size and freed once, with the layout it
+        // was allocated with.
         unsafe {
             let blocks: Vec<*mut u8> = (0..3).map(|_| cache.alloc(layout(2 * MB))).collect();
             for &p in &blocks {
@@ -229,6 +233,8 @@ mod tests {
     #[test]
     fn a_zero_budget_turns_the_cache_off() {
         let cache = BlockCache::with_budget(0);
+        // SAFETY: every block is written within its size and freed once, with the layout it
+        // was allocated with.
         unsafe {
             let a = cache.alloc(layout(2 * MB));
             cache.dealloc(a, layout(2 * MB));

@@ -33,7 +33,7 @@ use crate::backbone::topology::{
     densenet_stages, resnet_blocks, ConvShape, Family, BN_SIZE, GROWTH, STEM_CONV, STEM_POOL,
 };
 use crate::layers::channel_affine::ChannelAffine;
-use crate::layers::conv_op::{conv2d, ConvGeom};
+use crate::layers::conv::{conv2d, ConvGeom};
 use crate::layers::{avg_pool2x2, global_avg_pool, max_pool2d, BatchNorm2d};
 use crate::varstore::VarStore;
 use crate::weights::{normalize_name, TensorFile};

@@ -3,12 +3,11 @@
 //! of the gradient, which its add then walks element by element on one thread; here both
 //! directions are parallel per-sample block copies and the gradients come out contiguous.
 
-use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::contiguous_slice;
+use super::dtype::float_dispatch;
 use super::fill::par_zeros;
 
 /// `cat([a, b], 1)` for NCHW `a` [N, Ca, H, W] and `b` [N, Cb, H, W], differentiable.
@@ -64,32 +63,21 @@ impl CustomOp2 for ConcatChannels {
         let (sa, sb, n) = blocks(l1, l2)?;
         let mut dims = l1.dims().to_vec();
         dims[1] += l2.dims()[1];
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let mut out: Vec<f32> = par_zeros(n * (sa + sb));
+        let out = float_dispatch!(
+            [s1, s2],
+            T => {
+                let mut out: Vec<T> = par_zeros(n * (sa + sb));
                 concat(
-                    contiguous_slice::<f32>(s1, l1, "channel concat: input")?,
-                    contiguous_slice::<f32>(s2, l2, "channel concat: input")?,
+                    contiguous_slice::<T>(s1, l1, "channel concat: input")?,
+                    contiguous_slice::<T>(s2, l2, "channel concat: input")?,
                     (sa, sb),
                     &mut out,
                 );
-                CpuStorage::F32(out)
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let mut out: Vec<f64> = par_zeros(n * (sa + sb));
-                concat(
-                    contiguous_slice::<f64>(s1, l1, "channel concat: input")?,
-                    contiguous_slice::<f64>(s2, l2, "channel concat: input")?,
-                    (sa, sb),
-                    &mut out,
-                );
-                CpuStorage::F64(out)
-            }
-            _ => candle_core::bail!(
-                "channel concat: f32 or f64 operands of one dtype expected, got {:?}",
-                s1.dtype()
-            ),
-        };
+                Ok(out)
+            },
+            "channel concat: f32 or f64 operands of one dtype expected, got {:?}",
+            s1.dtype()
+        )?;
         Ok((out, Shape::from(dims)))
     }
 
@@ -140,19 +128,16 @@ impl CustomOp1 for SplitChannels {
             candle_core::bail!("channel split: {} of {c} channels", self.first);
         }
         let sizes = (self.first * h * w, (c - self.first) * h * w);
-        let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(split(
-                contiguous_slice::<f32>(s, l, "channel split: gradient")?,
+        let out = float_dispatch!(
+            [s],
+            T => Ok(split(
+                contiguous_slice::<T>(s, l, "channel split: gradient")?,
                 n,
                 sizes,
             )),
-            CpuStorage::F64(_) => CpuStorage::F64(split(
-                contiguous_slice::<f64>(s, l, "channel split: gradient")?,
-                n,
-                sizes,
-            )),
-            _ => candle_core::bail!("channel split: f32 or f64 expected, got {:?}", s.dtype()),
-        };
+            "channel split: f32 or f64 expected, got {:?}",
+            s.dtype()
+        )?;
         Ok((out, Shape::from(n * c * h * w)))
     }
 }

@@ -4,12 +4,11 @@
 //! candle's own `max_pool2d` has no padding and a backward only for kernel == stride, while
 //! both ResNet and DenseNet start with `MaxPool2d(3, stride=2, padding=1)`.
 
-use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, D,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::contiguous_slice;
+use super::dtype::float_dispatch;
 use super::fill::{par_chunks_zeroed, par_zeros};
 
 /// Geometry of a square max-pool window (PyTorch's `MaxPool2d` with `ceil_mode=False`,
@@ -166,17 +165,12 @@ impl CustomOp1 for MaxPool2d {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s {
-            CpuStorage::F32(_) => {
-                let (v, sh) = forward_typed::<f32>(self, s, l)?;
-                Ok((CpuStorage::F32(v), sh))
-            }
-            CpuStorage::F64(_) => {
-                let (v, sh) = forward_typed::<f64>(self, s, l)?;
-                Ok((CpuStorage::F64(v), sh))
-            }
-            _ => candle_core::bail!("max-pool supports f32 and f64, got {:?}", s.dtype()),
-        }
+        float_dispatch!(
+            [s],
+            T => forward_typed::<T>(self, s, l),
+            "max-pool supports f32 and f64, got {:?}",
+            s.dtype()
+        )
     }
 
     fn bwd(
@@ -252,17 +246,11 @@ impl CustomOp3 for MaxPool2dBackward {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let args = ((s1, l1), (s2, l2), (s3, l3));
-        match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let (v, sh) = backward_typed::<f32>(&self.0, args.0, args.1, args.2)?;
-                Ok((CpuStorage::F32(v), sh))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let (v, sh) = backward_typed::<f64>(&self.0, args.0, args.1, args.2)?;
-                Ok((CpuStorage::F64(v), sh))
-            }
-            _ => candle_core::bail!("max-pool backward supports f32 and f64 only"),
-        }
+        float_dispatch!(
+            [s1, s2, s3],
+            T => backward_typed::<T>(&self.0, args.0, args.1, args.2),
+            "max-pool backward supports f32 and f64 only"
+        )
     }
 }
 

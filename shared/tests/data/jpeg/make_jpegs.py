@@ -1,5 +1,5 @@
 # Writes the small JPEGs of this folder (run here with Pillow; libjpeg-turbo 3.2.0 was used)
-# and prints the CRC-32 of what Pillow decodes them to, as listed in preprocess/jpeg.rs.
+# and prints the CRC-32 of what Pillow decodes them to, as listed in preprocess/jpeg/tests.rs.
 import zlib, numpy as np, io
 from PIL import Image, features
 print(features.version('libjpeg_turbo'))

@@ -68,10 +68,10 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        super::conv_op::conv2d(
+        super::conv2d(
             xs,
             self.weight.as_tensor(),
-            super::conv_op::ConvGeom {
+            super::ConvGeom {
                 stride: self.stride,
                 padding: self.padding,
             },

@@ -22,7 +22,7 @@
 // Elsewhere (wasm32, ARM) the kernels and their constants are compiled out.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
-use super::Planes;
+use super::shifted::Planes;
 use rayon::prelude::*;
 
 /// Output channels per forward tile.
@@ -442,6 +442,13 @@ mod avx512 {
         ((1u32 << n.min(LANES)) - 1) as __mmask16
     }
 
+    /// The AVX-512 body of [`super::forward`].
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F ([`super::available`]); `planes` holds `c_in` planes `len`
+    /// apart plus [`SLACK`] readable elements, `grid` at least `c_out · span`, and every offset
+    /// plus `span` stays within a plane's `len` (what `super::forward` asserts).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn forward(
         planes: &[f32],
@@ -474,6 +481,12 @@ mod avx512 {
     /// One tile: `rows` output rows (stride `stride`) of the first `valid` (at most
     /// [`TILE`]) positions from `x`, the planes (`c_in` of them, `len` apart) advanced to the
     /// tile's first position.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F ([`super::available`]); `x` plus every `ci · len + offset` plus
+    /// [`TILE`] must be readable, `w` must hold `c_in · offsets.len() · ROWS` weights and `out`
+    /// `rows` rows of `stride` elements with `valid` writable positions each.
     #[target_feature(enable = "avx512f")]
     unsafe fn tile(
         x: *const f32,
@@ -490,13 +503,17 @@ mod avx512 {
             // packed kernel, as `super::forward` asserts.
             let (xc, wc) = unsafe { (x.add(ci * len), w.add(ci * kk * ROWS)) };
             for (t, &off) in offsets.iter().enumerate() {
+                // SAFETY: a tap offset stays within the plane (the caller's bound).
                 let xp = unsafe { xc.add(off) };
                 let mut xv = [_mm512_setzero_ps(); VECS];
                 for (v, xv) in xv.iter_mut().enumerate() {
+                    // SAFETY: a tile's TILE positions from the tap are readable (slack).
                     *xv = unsafe { _mm512_loadu_ps(xp.add(v * LANES)) };
                 }
+                // SAFETY: tap `t` of input channel `ci` lies within the packed block.
                 let wt = unsafe { wc.add(t * ROWS) };
                 for (j, row) in acc.iter_mut().enumerate() {
+                    // SAFETY: `j < ROWS` weights of the tap (zeros past `c_out`).
                     let wj = _mm512_set1_ps(unsafe { *wt.add(j) });
                     for (a, xv) in row.iter_mut().zip(&xv) {
                         *a = _mm512_fmadd_ps(*xv, wj, *a);
@@ -505,6 +522,7 @@ mod avx512 {
             }
         }
         for (j, row) in acc.iter().enumerate().take(rows) {
+            // SAFETY: `j < rows` rows of the output, each `stride` long.
             let o = unsafe { out.add(j * stride) };
             for (v, a) in row.iter().enumerate() {
                 let start = v * LANES;
@@ -524,6 +542,13 @@ mod avx512 {
         }
     }
 
+    /// The AVX-512 body of [`super::forward_channels_last`].
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F ([`super::available`]); `x_cl` must hold every position
+    /// plus offset at [`channels_last_stride`]`(c_in)` and `y_cl` [`channels_last_out_len`]
+    /// elements (what `super::forward_channels_last` asserts).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn forward_channels_last(
         x_cl: &[f32],
@@ -576,6 +601,12 @@ mod avx512 {
     /// channels (`w` the block's weights, `out` the rows of the result), adding the
     /// products of `steps` (input offset, weight offset) to what `out` holds when `add`, else
     /// starting from zero.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F ([`super::available`]); every `src[i] + xo` of `steps` must be
+    /// readable, `w + wo` plus [`CL_WIDTH`] readable for every step, and the first `rows` of
+    /// `out` must each have [`CL_WIDTH`] readable and writable elements.
     #[target_feature(enable = "avx512f")]
     unsafe fn cl_tile(
         src: [*const f32; CL_ROWS],
@@ -596,13 +627,16 @@ mod avx512 {
             }
         }
         for &(xo, wo) in steps {
+            // SAFETY: a step's weight offset lies within the block (the callers' bound).
             let wc = unsafe { w.add(wo) };
             let mut wv = [_mm512_setzero_ps(); CL_COLS];
             for (v, wv) in wv.iter_mut().enumerate() {
                 // Zeros past `c_out`: no mask needed.
+                // SAFETY: the block holds CL_WIDTH weights per step.
                 *wv = unsafe { _mm512_loadu_ps(wc.add(v * LANES)) };
             }
             for (row, src) in acc.iter_mut().zip(&src) {
+                // SAFETY: a step's input offset lies within the position's channels.
                 let xb = _mm512_set1_ps(unsafe { *src.add(xo) });
                 for (a, wv) in row.iter_mut().zip(&wv) {
                     *a = _mm512_fmadd_ps(xb, *wv, *a);
@@ -611,11 +645,19 @@ mod avx512 {
         }
         for (row, out) in acc.iter().zip(&out).take(rows) {
             for (v, a) in row.iter().enumerate() {
+                // SAFETY: rows below `rows` have CL_WIDTH writable elements.
                 unsafe { _mm512_storeu_ps(out.add(v * LANES), *a) };
             }
         }
     }
 
+    /// The AVX-512 body of [`super::input_grad_scatter`].
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F ([`super::available`]); `dy`, `positions` and `dx_cl`
+    /// must satisfy the bounds `super::input_grad_scatter` asserts (every position plus
+    /// offset within `dx_cl` at `dx_stride`, every output position within `dy`).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn input_grad_scatter(
         dy: &[f32],
@@ -632,6 +674,7 @@ mod avx512 {
         let (dyp, dx) = (dy.as_ptr(), dx_cl.as_mut_ptr());
         for co0 in (0..c_out).step_by(CL_WIDTH) {
             let block = co0 / CL_WIDTH;
+            // SAFETY: `block` < the blocks of `w.data` (`co0 < c_out`).
             let wb = unsafe { w.data.as_ptr().add(block * w.kk * c_in * CL_WIDTH) };
             for (t, &off) in offsets.iter().enumerate() {
                 for ci0 in (0..c_in).step_by(SCATTER_DEPTH) {
@@ -642,9 +685,12 @@ mod avx512 {
                         let rows = CL_ROWS.min(nq - q0);
                         let qs: [usize; CL_ROWS] = std::array::from_fn(|i| q0 + i.min(rows - 1));
                         // Output position q of sample q / l_out: its gradient's first channel.
+                        // SAFETY: `q < nq` output positions of samples within `dy`.
                         let src =
                             qs.map(|q| unsafe { dyp.add(q / l_out * sample_len + q % l_out) });
                         // The input position tap `t` of output q reads, which it adds to.
+                        // SAFETY: the position plus the tap offset lies within `dx_cl`
+                        // (`super::input_grad_scatter`'s bound).
                         let out = qs.map(|q| unsafe {
                             dx.add((positions[q] as usize + off) * dx_stride + co0)
                         });
@@ -656,6 +702,13 @@ mod avx512 {
         }
     }
 
+    /// The AVX-512 body of [`super::transpose_row`].
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F ([`super::available`]); `sample` must point to a readable
+    /// `[c, h, w]` sample with `y < h`, and `row` to `w` writable positions of `stride ≥ c`
+    /// (rounded up to a vector) elements.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn transpose_row(
         sample: *const f32,
@@ -678,12 +731,21 @@ mod avx512 {
                 }
                 let t = transpose16(&r);
                 for (i, t) in t.iter().enumerate().take(xs) {
+                    // SAFETY: position `x0 + i < w` of the row, channels `c0..c0 + 16` within
+                    // its stride (a multiple of 16).
                     unsafe { _mm512_storeu_ps(row.add((x0 + i) * stride + c0), *t) };
                 }
             }
         }
     }
 
+    /// The AVX-512 body of [`super::rows_to_nchw`].
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F ([`super::available`]); every row of `rows` must have
+    /// `c` (rounded up to a vector) readable elements at `src + row · stride`, `rows` at least
+    /// one entry per position of `dst` [samples, c, l].
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn rows_to_nchw(
         src: *const f32,
@@ -706,6 +768,7 @@ mod avx512 {
                     }
                     let t = transpose16(&r);
                     for (j, t) in t.iter().enumerate().take(LANES.min(c - c0)) {
+                        // SAFETY: channel `c0 + j < c`, positions masked to `p0..p0 + n ≤ l`.
                         unsafe { _mm512_mask_storeu_ps(out.add((c0 + j) * l + p0), mask, *t) };
                     }
                 }
@@ -759,6 +822,13 @@ mod avx512 {
         std::array::from_fn(|i| lanes(c.saturating_sub(c0 + i * LANES)))
     }
 
+    /// The AVX-512 body of [`super::weight_grad`].
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F ([`super::available`]); `x_cl`, `dy_t` and `dw` must satisfy
+    /// the bounds `super::weight_grad` asserts (every position plus offset within `x_cl`,
+    /// `dy_t` [c_out, positions], `dw` [k², c_out, c_in]).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn weight_grad(
         x_cl: &[f32],
@@ -825,6 +895,11 @@ mod avx512 {
 
     /// `Σ_p dys[j][p] · x[(grid[p] + offs[t])·stride + 16·i + lane]` for every `(i, t, j)`:
     /// 2 × 16 input channels (lanes masked by `masks`) of 3 taps, for 4 output channels.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F ([`super::available`]); each `dys[j]` must have `grid.len()`
+    /// readable elements and every `x + (g + off) · stride` the unmasked channels readable.
     #[target_feature(enable = "avx512f")]
     unsafe fn block(
         dys: [*const f32; GRAD_ROWS],

@@ -1,28 +1,13 @@
-//! 2-D convolution (square kernel, groups 1, dilation 1) as a candle `CustomOp2` over the
-//! `gemm` crate, with both backward passes as matrix products:
-//!
-//! - forward: `Y = W · im2col(X)`
-//! - input gradient: `dX = col2im(Wᵀ · dY)`
-//! - weight gradient: `dW = Σ dY · im2col(X)ᵀ`
-//!
-//! candle 0.11's CPU backward computes the input gradient with a direct `conv_transpose2d`
-//! loop and the weight gradient as one convolution whose "kernel" is the whole output
-//! gradient; both are slow, and their long sequential f32 sums cost about three digits on
-//! BatchNorm-bias gradients of early layers. 1×1 stride-1 convolutions skip im2col entirely.
-//! Stride-1 input gradients are forward convolutions of `dY` with the flipped kernel, and
-//! stride-1 "same" convolutions on batches of larger maps skip it too ([`shifted`]); on CPUs
-//! with AVX-512F, f32 batches of "same" convolutions of stride 1 or 2 down to 6×6 outputs
-//! run direct kernels instead of gemm (`shifted::direct`).
+//! The unfolding path of the convolution: im2col / col2im around `gemm` products, the
+//! scratch buffers and the batch split shared with the shifted-plane path ([`super::shifted`]).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
+use candle_core::WithDType;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::contiguous_slice;
-use super::fill::par_zeros;
-
-mod shifted;
+use super::{shifted, ConvGeom, Dims};
+use crate::layers::fill::par_zeros;
 
 /// Upper bound on the elements of the im2col buffer when one sample-group spans the whole
 /// pool (batches smaller than the thread count); larger batches are processed in chunks.
@@ -42,64 +27,7 @@ const SUM_CHUNK: usize = 1 << 14;
 /// Elements of one panel's column buffer for a single large map (half of a 1 MB L2 in f32).
 const PANEL_BUDGET: usize = 1 << 17;
 
-/// Convolution geometry (square kernel).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvGeom {
-    /// Stride in both directions.
-    pub stride: usize,
-    /// Zero padding on every side.
-    pub padding: usize,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Dims {
-    n: usize,
-    c_in: usize,
-    h: usize,
-    w: usize,
-    c_out: usize,
-    k: usize,
-    oh: usize,
-    ow: usize,
-}
-
-impl Dims {
-    fn new(x: &[usize], w: &[usize], g: ConvGeom) -> candle_core::Result<Self> {
-        let (&[n, c_in, h, wd], &[c_out, c_in_w, k, k2]) = (x, w) else {
-            candle_core::bail!("conv2d expects 4-D input and kernel, got {x:?} and {w:?}");
-        };
-        if c_in != c_in_w || k != k2 {
-            candle_core::bail!("conv2d: input {x:?} does not fit kernel {w:?}");
-        }
-        if g.stride == 0 || h + 2 * g.padding < k || wd + 2 * g.padding < k {
-            candle_core::bail!("conv2d: input {x:?} too small for kernel {w:?} with {g:?}");
-        }
-        Ok(Self {
-            n,
-            c_in,
-            h,
-            w: wd,
-            c_out,
-            k,
-            oh: (h + 2 * g.padding - k) / g.stride + 1,
-            ow: (wd + 2 * g.padding - k) / g.stride + 1,
-        })
-    }
-
-    fn rows(&self) -> usize {
-        self.c_in * self.k * self.k
-    }
-
-    fn out_len(&self) -> usize {
-        self.oh * self.ow
-    }
-
-    fn is_pointwise(&self, g: ConvGeom) -> bool {
-        self.k == 1 && g.stride == 1 && g.padding == 0
-    }
-}
-
-fn parallelism() -> gemm::Parallelism {
+pub(super) fn parallelism() -> gemm::Parallelism {
     #[cfg(not(target_arch = "wasm32"))]
     {
         let threads = threads();
@@ -112,15 +40,15 @@ fn parallelism() -> gemm::Parallelism {
 
 /// Row-major strides for an `rows × cols` matrix.
 #[derive(Clone, Copy)]
-struct Mat<P> {
-    ptr: P,
-    rs: isize,
-    cs: isize,
+pub(super) struct Mat<P> {
+    pub(super) ptr: P,
+    pub(super) rs: isize,
+    pub(super) cs: isize,
 }
 
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`.
 #[allow(clippy::too_many_arguments)]
-fn matmul<T: WithDType>(
+pub(super) fn matmul<T: WithDType>(
     m: usize,
     n: usize,
     k: usize,
@@ -159,7 +87,13 @@ fn matmul<T: WithDType>(
 
 /// The output positions `o` in `0..o_len` whose input position `o·stride + k − pad` falls
 /// inside `0..n`, as a range (they are contiguous).
-fn valid_outputs(o_len: usize, stride: usize, k: usize, pad: usize, n: usize) -> (usize, usize) {
+pub(super) fn valid_outputs(
+    o_len: usize,
+    stride: usize,
+    k: usize,
+    pad: usize,
+    n: usize,
+) -> (usize, usize) {
     // o·s + k − p ≥ 0  ⇔  o ≥ ⌈(p − k)/s⌉ ;  o·s + k − p < n  ⇔  o < ⌈(n + p − k)/s⌉.
     let lo = if pad > k {
         (pad - k).div_ceil(stride)
@@ -367,7 +301,7 @@ fn col2im<T: WithDType>(
 }
 
 /// Copy `nc` samples `[nc, C, L]` into channel-major `[C, nc·L]`, or back with `to_nchw`.
-fn transpose_chunk<T: WithDType>(
+pub(super) fn transpose_chunk<T: WithDType>(
     src: &[T],
     dst: &mut [T],
     c: usize,
@@ -390,7 +324,7 @@ fn transpose_chunk<T: WithDType>(
 
 /// Per-thread scratch memory for the column and transposed buffers, kept between calls so
 /// that every convolution does not fault in fresh pages (a training step makes hundreds).
-pub(crate) trait Scratch: WithDType {
+pub(super) trait Scratch: WithDType {
     /// Run `f` on a buffer of at least `len` elements (contents unspecified).
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
     /// The same with a second buffer, for a kernel rearranged by the caller of a kernel
@@ -436,19 +370,19 @@ scratch_impl!(f32, SCRATCH_F32, KERNEL_SCRATCH_F32);
 scratch_impl!(f64, SCRATCH_F64, KERNEL_SCRATCH_F64);
 
 /// How one call spreads over the threads.
-struct Split {
+pub(super) struct Split {
     /// Contiguous sample ranges run side by side, each with a single-threaded gemm; one
     /// range (the whole batch) when the batch is smaller than the thread count, and then
     /// gemm and the unfolding run multi-threaded instead.
-    groups: Vec<std::ops::Range<usize>>,
+    pub(super) groups: Vec<std::ops::Range<usize>>,
     /// Samples unfolded and multiplied at once within a group.
-    per: usize,
+    pub(super) per: usize,
     /// Whether the kernels inside a group use the thread pool.
-    inner_parallel: bool,
+    pub(super) inner_parallel: bool,
 }
 
 impl Split {
-    fn new(d: &Dims) -> Self {
+    pub(super) fn new(d: &Dims) -> Self {
         let threads = threads().max(1);
         let l = d.out_len().max(1);
         // One group per thread when every thread gets a sample (or there is one thread);
@@ -482,7 +416,7 @@ impl Split {
         }
     }
 
-    fn parallelism(&self) -> gemm::Parallelism {
+    pub(super) fn parallelism(&self) -> gemm::Parallelism {
         if self.inner_parallel {
             parallelism()
         } else {
@@ -491,14 +425,14 @@ impl Split {
     }
 
     /// Scratch elements one chunk needs, given the elements per sample of its buffers.
-    fn scratch_len(&self, per_sample: usize) -> usize {
+    pub(super) fn scratch_len(&self, per_sample: usize) -> usize {
         self.per
             .min(self.groups.iter().map(|g| g.len()).max().unwrap_or(0))
             * per_sample
     }
 }
 
-fn threads() -> usize {
+pub(super) fn threads() -> usize {
     #[cfg(not(target_arch = "wasm32"))]
     {
         candle_core::utils::get_num_threads()
@@ -522,7 +456,7 @@ fn split_mut<T>(mut buf: &mut [T], sizes: impl Iterator<Item = usize>) -> Vec<&m
 
 /// Run `f(group, out_part)` for every group of `split`, the output cut per group with
 /// `per_sample` elements a sample; groups in parallel when there are several.
-fn for_groups<T: WithDType>(
+pub(super) fn for_groups<T: WithDType>(
     split: &Split,
     out: &mut [T],
     per_sample: usize,
@@ -582,7 +516,7 @@ fn channel_major<'a, T: WithDType>(
     &buf[..c * nc * l]
 }
 
-fn row_major<T>(ptr: *const T, row_stride: usize) -> Mat<*const T> {
+pub(super) fn row_major<T>(ptr: *const T, row_stride: usize) -> Mat<*const T> {
     Mat {
         ptr,
         rs: row_stride as isize,
@@ -590,7 +524,7 @@ fn row_major<T>(ptr: *const T, row_stride: usize) -> Mat<*const T> {
     }
 }
 
-fn row_major_mut<T>(ptr: *mut T, row_stride: usize) -> Mat<*mut T> {
+pub(super) fn row_major_mut<T>(ptr: *mut T, row_stride: usize) -> Mat<*mut T> {
     Mat {
         ptr,
         rs: row_stride as isize,
@@ -603,7 +537,7 @@ impl Split {
     /// spatial convolution on a large map goes in panels whose column buffer stays in L2, so
     /// the unfolding's writes are still cached when gemm reads them; everything else (several
     /// small maps, pointwise convolutions, the multi-threaded kernels) in one piece.
-    fn panels(&self, d: &Dims, g: ConvGeom, nc: usize) -> Vec<Range<usize>> {
+    pub(super) fn panels(&self, d: &Dims, g: ConvGeom, nc: usize) -> Vec<Range<usize>> {
         if nc > 1 || d.is_pointwise(g) || self.inner_parallel {
             return std::iter::once(0..d.oh).collect();
         }
@@ -615,7 +549,7 @@ impl Split {
     }
 }
 
-fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+pub(super) fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
     if shifted::forward_applies::<T>(d, g) {
         return shifted::forward(x, w, d, g);
     }
@@ -673,7 +607,7 @@ fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
 
 /// `W'[ci, co, ky, kx] = W[co, ci, k−1−ky, k−1−kx]`: the kernel that turns a stride-1
 /// convolution's input gradient into a forward convolution of the output gradient, into `out`.
-fn flipped_transpose<T: WithDType>(w: &[T], d: &Dims, out: &mut [T]) {
+pub(super) fn flipped_transpose<T: WithDType>(w: &[T], d: &Dims, out: &mut [T]) {
     let kk = d.k * d.k;
     // Blocks of input channels: each output channel's taps for the whole block are one
     // contiguous read of `w`, where one input channel at a time read 36 bytes per cache line
@@ -696,7 +630,7 @@ fn flipped_transpose<T: WithDType>(w: &[T], d: &Dims, out: &mut [T]) {
         });
 }
 
-fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+pub(super) fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
     if let Some(dx) = shifted::input_grad(dy, w, d, g) {
         return dx;
     }
@@ -802,7 +736,7 @@ fn conv_input_grad<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<
     dx
 }
 
-fn conv_weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+pub(super) fn conv_weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
     if shifted::weight_grad_applies::<T>(d, g) {
         return shifted::weight_grad(x, dy, d, g);
     }
@@ -872,493 +806,4 @@ fn sum_over_groups<T: WithDType>(
             });
     }
     sum
-}
-
-/// Dispatch a binary CPU kernel on f32 or f64 storage.
-fn dispatch2(
-    s1: &CpuStorage,
-    s2: &CpuStorage,
-    name: &str,
-    f32k: impl FnOnce() -> candle_core::Result<Vec<f32>>,
-    f64k: impl FnOnce() -> candle_core::Result<Vec<f64>>,
-) -> candle_core::Result<CpuStorage> {
-    match (s1, s2) {
-        (CpuStorage::F32(_), CpuStorage::F32(_)) => Ok(CpuStorage::F32(f32k()?)),
-        (CpuStorage::F64(_), CpuStorage::F64(_)) => Ok(CpuStorage::F64(f64k()?)),
-        _ => candle_core::bail!("{name}: f32 or f64 operands of one dtype expected"),
-    }
-}
-
-/// The convolution `(input, kernel) → output`.
-#[derive(Debug, Clone, Copy)]
-struct Conv2dOp(ConvGeom);
-
-impl CustomOp2 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "mtpath-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = Dims::new(l1.dims(), l2.dims(), self.0)?;
-        let out = dispatch2(
-            s1,
-            s2,
-            self.name(),
-            || {
-                Ok(conv_forward(
-                    contiguous_slice::<f32>(s1, l1, "conv2d: operands")?,
-                    contiguous_slice::<f32>(s2, l2, "conv2d: operands")?,
-                    &d,
-                    self.0,
-                ))
-            },
-            || {
-                Ok(conv_forward(
-                    contiguous_slice::<f64>(s1, l1, "conv2d: operands")?,
-                    contiguous_slice::<f64>(s2, l2, "conv2d: operands")?,
-                    &d,
-                    self.0,
-                ))
-            },
-        )?;
-        Ok((out, Shape::from((d.n, d.c_out, d.oh, d.ow))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _y: &Tensor,
-        dy: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        // Only the gradients someone can receive: not the input image's (the stem's input
-        // gradient is the costliest pass of a ResNet step), nor a frozen kernel's.
-        let dx = if x.track_op() {
-            Some(conv2d_input_grad(&dy, w, x.dims(), self.0)?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            Some(conv2d_weight_grad(x, &dy, w.dims(), self.0)?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
-    }
-}
-
-/// `(output gradient, kernel) → input gradient`.
-struct ConvInputGrad {
-    geom: ConvGeom,
-    x_dims: Vec<usize>,
-}
-
-impl CustomOp2 for ConvInputGrad {
-    fn name(&self) -> &'static str {
-        "mtpath-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = Dims::new(&self.x_dims, l2.dims(), self.geom)?;
-        if l1.dims() != [d.n, d.c_out, d.oh, d.ow] {
-            candle_core::bail!(
-                "conv2d backward: gradient shape {:?} does not match",
-                l1.dims()
-            );
-        }
-        let g = self.geom;
-        let out = dispatch2(
-            s1,
-            s2,
-            self.name(),
-            || {
-                Ok(conv_input_grad(
-                    contiguous_slice::<f32>(s1, l1, "conv2d: operands")?,
-                    contiguous_slice::<f32>(s2, l2, "conv2d: operands")?,
-                    &d,
-                    g,
-                ))
-            },
-            || {
-                Ok(conv_input_grad(
-                    contiguous_slice::<f64>(s1, l1, "conv2d: operands")?,
-                    contiguous_slice::<f64>(s2, l2, "conv2d: operands")?,
-                    &d,
-                    g,
-                ))
-            },
-        )?;
-        Ok((out, Shape::from(self.x_dims.clone())))
-    }
-}
-
-/// `(input, output gradient) → kernel gradient`.
-struct ConvWeightGrad {
-    geom: ConvGeom,
-    w_dims: Vec<usize>,
-}
-
-impl CustomOp2 for ConvWeightGrad {
-    fn name(&self) -> &'static str {
-        "mtpath-conv2d-weight-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = Dims::new(l1.dims(), &self.w_dims, self.geom)?;
-        if l2.dims() != [d.n, d.c_out, d.oh, d.ow] {
-            candle_core::bail!(
-                "conv2d backward: gradient shape {:?} does not match",
-                l2.dims()
-            );
-        }
-        let g = self.geom;
-        let out = dispatch2(
-            s1,
-            s2,
-            self.name(),
-            || {
-                Ok(conv_weight_grad(
-                    contiguous_slice::<f32>(s1, l1, "conv2d: operands")?,
-                    contiguous_slice::<f32>(s2, l2, "conv2d: operands")?,
-                    &d,
-                    g,
-                ))
-            },
-            || {
-                Ok(conv_weight_grad(
-                    contiguous_slice::<f64>(s1, l1, "conv2d: operands")?,
-                    contiguous_slice::<f64>(s2, l2, "conv2d: operands")?,
-                    &d,
-                    g,
-                ))
-            },
-        )?;
-        Ok((out, Shape::from(self.w_dims.clone())))
-    }
-}
-
-/// The input gradient of [`conv2d`] for an input of shape `x_dims`, given the output
-/// gradient `dy` (CPU, f32 or f64, no autograd).
-pub fn conv2d_input_grad(
-    dy: &Tensor,
-    w: &Tensor,
-    x_dims: &[usize],
-    geom: ConvGeom,
-) -> candle_core::Result<Tensor> {
-    dy.contiguous()?.apply_op2_no_bwd(
-        &w.contiguous()?,
-        &ConvInputGrad {
-            geom,
-            x_dims: x_dims.to_vec(),
-        },
-    )
-}
-
-/// The kernel gradient of [`conv2d`] for a kernel of shape `w_dims`, given the input `x` and
-/// the output gradient `dy` (CPU, f32 or f64, no autograd).
-pub fn conv2d_weight_grad(
-    x: &Tensor,
-    dy: &Tensor,
-    w_dims: &[usize],
-    geom: ConvGeom,
-) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op2_no_bwd(
-        &dy.contiguous()?,
-        &ConvWeightGrad {
-            geom,
-            w_dims: w_dims.to_vec(),
-        },
-    )
-}
-
-/// Convolution of NCHW `xs` with kernel `w` [out, in, k, k] on the CPU (f32 or f64), with
-/// gradients for both. Other devices use candle's `conv2d`.
-pub fn conv2d(xs: &Tensor, w: &Tensor, geom: ConvGeom) -> candle_core::Result<Tensor> {
-    if super::use_fused_cpu(xs) {
-        xs.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp(geom))
-    } else {
-        xs.conv2d(w, geom.padding, geom.stride, 1, 1)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{DType, Device, Var};
-
-    #[test]
-    fn valid_output_ranges_match_a_direct_scan() {
-        for n in 1..9 {
-            for k in 0..7 {
-                for pad in 0..4 {
-                    for stride in 1..4 {
-                        for o_len in [0usize, 2, 12] {
-                            let inside: Vec<usize> = (0..o_len)
-                                .filter(|&o| {
-                                    let x = (o * stride + k) as isize - pad as isize;
-                                    x >= 0 && x < n as isize
-                                })
-                                .collect();
-                            let (lo, hi) = valid_outputs(o_len, stride, k, pad, n);
-                            assert_eq!(
-                                (lo..hi).collect::<Vec<_>>(),
-                                inside,
-                                "n{n} k{k} p{pad} s{stride} o{o_len}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Forward equals candle's own conv2d in f64 for every geometry ResNet/DenseNet use.
-    #[test]
-    fn forward_matches_candle_conv2d() -> candle_core::Result<()> {
-        let dev = Device::Cpu;
-        for (cin, cout, k, stride, pad, h) in [
-            (3, 8, 7, 2, 3, 17),
-            (4, 6, 3, 1, 1, 9),
-            (4, 6, 3, 2, 1, 10),
-            (5, 7, 1, 1, 0, 6),
-            (5, 7, 1, 2, 0, 7),
-        ] {
-            let x = Tensor::randn(0f64, 1.0, (3, cin, h, h + 1), &dev)?;
-            let w = Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev)?;
-            let ours = conv2d(
-                &x,
-                &w,
-                ConvGeom {
-                    stride,
-                    padding: pad,
-                },
-            )?;
-            let theirs = x.conv2d(&w, pad, stride, 1, 1)?;
-            let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
-            assert!(diff < 1e-10, "k{k} s{stride} p{pad}: diff {diff}");
-        }
-        Ok(())
-    }
-
-    /// Both gradients against central finite differences, in f64.
-    #[test]
-    fn gradients_match_finite_differences() -> candle_core::Result<()> {
-        let dev = Device::Cpu;
-        for (k, stride, pad) in [(3, 2, 1), (1, 1, 0), (1, 2, 0), (3, 1, 1)] {
-            let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 3, 6, 5), &dev)?)?;
-            let w = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, 3, k, k), &dev)?)?;
-            let geom = ConvGeom {
-                stride,
-                padding: pad,
-            };
-            let y0 = conv2d(x.as_tensor(), w.as_tensor(), geom)?;
-            let r = Tensor::randn(0f64, 1.0, y0.dims(), &dev)?;
-            let f = |x: &Tensor, w: &Tensor| -> candle_core::Result<f64> {
-                conv2d(x, w, geom)?.mul(&r)?.sum_all()?.to_scalar::<f64>()
-            };
-            let grads = y0.mul(&r)?.sum_all()?.backward()?;
-            for (var, other, is_x) in [(&x, &w, true), (&w, &x, false)] {
-                let g = grads
-                    .get(var.as_tensor())
-                    .expect("grad")
-                    .flatten_all()?
-                    .to_vec1::<f64>()?;
-                let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
-                for i in (0..base.len()).step_by(3) {
-                    let bump = |delta: f64| -> candle_core::Result<f64> {
-                        let mut v = base.clone();
-                        v[i] += delta;
-                        let t = Tensor::from_vec(v, var.dims(), &dev)?;
-                        if is_x {
-                            f(&t, other.as_tensor())
-                        } else {
-                            f(other.as_tensor(), &t)
-                        }
-                    };
-                    let numeric = (bump(1e-6)? - bump(-1e-6)?) / 2e-6;
-                    assert!(
-                        (numeric - g[i]).abs() < 1e-6 * (1.0 + numeric.abs()),
-                        "k{k} s{stride} {} [{i}]: numeric {numeric} analytic {}",
-                        if is_x { "dx" } else { "dw" },
-                        g[i]
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Large maps are unfolded in panels of output rows; forward and both gradients must
-    /// equal candle's own convolution (f64) with several panels per sample.
-    #[test]
-    fn panelled_unfolding_matches_candle_conv2d_and_its_gradients() -> candle_core::Result<()> {
-        let dev = Device::Cpu;
-        let n = threads().max(2);
-        for stride in [1, 2] {
-            let geom = ConvGeom { stride, padding: 1 };
-            let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, 32, 48, 48), &dev)?)?;
-            let w = Var::from_tensor(&Tensor::randn(0f64, 0.1, (8, 32, 3, 3), &dev)?)?;
-            let d = Dims::new(x.dims(), w.dims(), geom)?;
-            let split = Split::new(&d);
-            assert!(
-                split.panels(&d, geom, 1).len() > 1,
-                "test must exercise panels"
-            );
-            let ours = conv2d(x.as_tensor(), w.as_tensor(), geom)?;
-            let theirs = x.as_tensor().conv2d(w.as_tensor(), 1, stride, 1, 1)?;
-            let r = Tensor::randn(0f64, 1.0, ours.dims(), &dev)?;
-            let g_ours = ours.mul(&r)?.sum_all()?.backward()?;
-            let g_theirs = theirs.mul(&r)?.sum_all()?.backward()?;
-            let max_diff = |a: &Tensor, b: &Tensor| -> candle_core::Result<f64> {
-                (a - b)?.abs()?.max_all()?.to_scalar::<f64>()
-            };
-            assert!(
-                max_diff(&ours, &theirs)? < 1e-10,
-                "stride {stride}: forward"
-            );
-            for (var, name) in [(&x, "dx"), (&w, "dw")] {
-                let a = g_ours.get(var.as_tensor()).expect("gradient");
-                let b = g_theirs.get(var.as_tensor()).expect("gradient");
-                let diff = max_diff(a, b)?;
-                assert!(diff < 1e-9, "stride {stride}: {name} differs by {diff}");
-            }
-        }
-        Ok(())
-    }
-
-    /// Stride-2 unfolding and folding take whole pairs of a row and then its odd last
-    /// value. Every kernel ResNet/DenseNet strides by 2, on odd and even widths, must still
-    /// give candle's forward and the gradients of a direct loop (candle's own conv backward
-    /// does not handle odd sizes at stride 2).
-    #[test]
-    fn stride_two_on_odd_and_even_widths_matches_direct_loops() -> candle_core::Result<()> {
-        let dev = Device::Cpu;
-        for (k, pad) in [(7, 3), (3, 1), (1, 0)] {
-            for width in [17, 18, 20] {
-                let geom = ConvGeom {
-                    stride: 2,
-                    padding: pad,
-                };
-                let (n, ci, co, h) = (2, 3, 4, 15);
-                let x = Tensor::randn(0f64, 1.0, (n, ci, h, width), &dev)?;
-                let w = Tensor::randn(0f64, 0.1, (co, ci, k, k), &dev)?;
-                let y = conv2d(&x, &w, geom)?;
-                let case = format!("k{k} pad {pad} width {width}");
-                let theirs = x.conv2d(&w, pad, 2, 1, 1)?;
-                let fwd = (&y - &theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
-                assert!(fwd < 1e-10, "{case}: forward differs by {fwd}");
-                let (oh, ow) = (y.dim(2)?, y.dim(3)?);
-                let dy = Tensor::randn(0f64, 1.0, y.dims(), &dev)?;
-                let dx = conv2d_input_grad(&dy, &w, x.dims(), geom)?.flatten_all()?;
-                let dw = conv2d_weight_grad(&x, &dy, w.dims(), geom)?.flatten_all()?;
-                let (xv, wv, gv) = (
-                    x.flatten_all()?.to_vec1::<f64>()?,
-                    w.flatten_all()?.to_vec1::<f64>()?,
-                    dy.flatten_all()?.to_vec1::<f64>()?,
-                );
-                let mut dx_ref = vec![0f64; xv.len()];
-                let mut dw_ref = vec![0f64; wv.len()];
-                for (s, o, oy, ox, c, ky, kx) in taps_of_every_output(n, co, oh, ow, ci, k) {
-                    let (yy, xx) = (
-                        (oy * 2 + ky) as isize - pad as isize,
-                        (ox * 2 + kx) as isize - pad as isize,
-                    );
-                    if yy < 0 || xx < 0 || yy >= h as isize || xx >= width as isize {
-                        continue;
-                    }
-                    let xi = ((s * ci + c) * h + yy as usize) * width + xx as usize;
-                    let wi = ((o * ci + c) * k + ky) * k + kx;
-                    let g = gv[((s * co + o) * oh + oy) * ow + ox];
-                    dx_ref[xi] += g * wv[wi];
-                    dw_ref[wi] += g * xv[xi];
-                }
-                for (ours, reference, name) in [(dx, dx_ref, "dx"), (dw, dw_ref, "dw")] {
-                    let diff = (ours - Tensor::new(reference, &dev)?)?.abs()?.max_all()?;
-                    let diff = diff.to_scalar::<f64>()?;
-                    assert!(diff < 1e-10, "{case}: {name} differs by {diff}");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Every (sample, out channel, oy, ox, in channel, ky, kx) of a convolution.
-    fn taps_of_every_output(
-        n: usize,
-        co: usize,
-        oh: usize,
-        ow: usize,
-        ci: usize,
-        k: usize,
-    ) -> impl Iterator<Item = (usize, usize, usize, usize, usize, usize, usize)> {
-        (0..n).flat_map(move |s| {
-            (0..co).flat_map(move |o| {
-                (0..oh).flat_map(move |oy| {
-                    (0..ow).flat_map(move |ox| {
-                        (0..ci).flat_map(move |c| {
-                            (0..k)
-                                .flat_map(move |ky| (0..k).map(move |kx| (s, o, oy, ox, c, ky, kx)))
-                        })
-                    })
-                })
-            })
-        })
-    }
-
-    #[test]
-    fn large_batches_are_chunked_consistently() -> candle_core::Result<()> {
-        // 7x7 kernel on 64x64 maps: 147 * 1024 columns a sample, so COL_BUDGET forces chunks.
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (70, 3, 64, 64), &dev)?;
-        let w = Tensor::randn(0f32, 1.0, (4, 3, 7, 7), &dev)?;
-        let d = Dims::new(
-            x.dims(),
-            w.dims(),
-            ConvGeom {
-                stride: 2,
-                padding: 3,
-            },
-        )?;
-        let split = Split::new(&d);
-        assert!(
-            split.per < split.groups[0].len(),
-            "test must exercise chunking"
-        );
-        let ours = conv2d(
-            &x,
-            &w,
-            ConvGeom {
-                stride: 2,
-                padding: 3,
-            },
-        )?;
-        let theirs = x
-            .to_dtype(DType::F64)?
-            .conv2d(&w.to_dtype(DType::F64)?, 3, 2, 1, 1)?;
-        let diff = (ours.to_dtype(DType::F64)? - theirs)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f64>()?;
-        assert!(diff < 1e-4, "diff {diff}");
-        Ok(())
-    }
 }

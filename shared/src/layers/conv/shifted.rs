@@ -13,13 +13,15 @@
 //! also serve smaller maps and stride-2 "same" convolutions (the 7×7 stem, ResNet's
 //! downsampling 3×3): outputs are computed at their own positions only.
 
-use super::{matmul, row_major, row_major_mut, transpose_chunk, Dims, Mat, Scratch, Split};
-use crate::layers::conv_op::{flipped_transpose, for_groups, ConvGeom};
+use super::direct;
+use super::im2col::{
+    flipped_transpose, for_groups, matmul, row_major, row_major_mut, transpose_chunk, Mat, Scratch,
+    Split,
+};
+use super::{ConvGeom, Dims};
 use crate::layers::fill::par_zeros;
 use candle_core::{DType, WithDType};
 use rayon::prelude::*;
-
-mod direct;
 
 /// Maps must keep at least this share of the padded grid's positions (a 14×14 map keeps
 /// 87%, 7×7 keeps 77%): below it the wasted products cost more than unfolding.
@@ -168,7 +170,7 @@ fn geometry_fits(d: &Dims, g: ConvGeom) -> bool {
 /// Rows are `w + p` long: `w` values then `p` zeros, which are also the left padding of
 /// the next row. Samples follow each other with `p` zero rows in between; `p + 1` zero rows
 /// lead (the extra one covers the left padding of the first row) and one trails.
-struct Planes {
+pub(super) struct Planes {
     pad: usize,
     h: usize,
     w: usize,
@@ -177,11 +179,11 @@ struct Planes {
     /// Rows from one sample's first row to the next's, `h + p`.
     sample_rows: usize,
     /// Elements of one channel's plane.
-    len: usize,
+    pub(super) len: usize,
     /// Flat index of the first sample's first value.
     first: usize,
     /// Output positions computed: from `first` to the last sample's last row end.
-    span: usize,
+    pub(super) span: usize,
 }
 
 impl Planes {
@@ -204,7 +206,7 @@ impl Planes {
     /// Where tap `(ky, kx)`'s shifted matrix starts in a plane: the flat index the first
     /// output position reads, never below 0 thanks to the extra leading zero row (and
     /// `start + span` stays within `len` by the trailing one).
-    fn tap_start(&self, ky: usize, kx: usize) -> usize {
+    pub(super) fn tap_start(&self, ky: usize, kx: usize) -> usize {
         self.first + ky * self.wp + kx - self.pad * (self.wp + 1)
     }
 
@@ -591,7 +593,6 @@ pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::conv_op::flipped_transpose;
     use candle_core::{Device, Tensor, Var};
 
     fn values(t: &Tensor) -> candle_core::Result<Vec<f64>> {

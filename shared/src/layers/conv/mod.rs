@@ -1,0 +1,268 @@
+//! 2-D convolution (square kernel, groups 1, dilation 1) as a candle `CustomOp2` over the
+//! `gemm` crate, with both backward passes as matrix products:
+//!
+//! - forward: `Y = W · im2col(X)`
+//! - input gradient: `dX = col2im(Wᵀ · dY)`
+//! - weight gradient: `dW = Σ dY · im2col(X)ᵀ`
+//!
+//! candle 0.11's CPU backward computes the input gradient with a direct `conv_transpose2d`
+//! loop and the weight gradient as one convolution whose "kernel" is the whole output
+//! gradient; both are slow, and their long sequential f32 sums cost about three digits on
+//! BatchNorm-bias gradients of early layers. 1×1 stride-1 convolutions skip im2col entirely.
+//! Stride-1 input gradients are forward convolutions of `dY` with the flipped kernel, and
+//! stride-1 "same" convolutions on batches of larger maps skip it too ([`shifted`]); on CPUs
+//! with AVX-512F, f32 batches of "same" convolutions of stride 1 or 2 down to 6×6 outputs
+//! run direct kernels instead of gemm ([`direct`]).
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+
+use super::contiguous_slice;
+use super::dtype::float_dispatch;
+use im2col::{conv_forward, conv_input_grad, conv_weight_grad};
+
+mod direct;
+mod im2col;
+mod layer;
+mod shifted;
+#[cfg(test)]
+mod tests;
+
+pub use layer::{Conv2d, ConvInit};
+
+/// Convolution geometry (square kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dims {
+    pub(super) n: usize,
+    pub(super) c_in: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) c_out: usize,
+    pub(super) k: usize,
+    pub(super) oh: usize,
+    pub(super) ow: usize,
+}
+
+impl Dims {
+    pub(super) fn new(x: &[usize], w: &[usize], g: ConvGeom) -> candle_core::Result<Self> {
+        let (&[n, c_in, h, wd], &[c_out, c_in_w, k, k2]) = (x, w) else {
+            candle_core::bail!("conv2d expects 4-D input and kernel, got {x:?} and {w:?}");
+        };
+        if c_in != c_in_w || k != k2 {
+            candle_core::bail!("conv2d: input {x:?} does not fit kernel {w:?}");
+        }
+        if g.stride == 0 || h + 2 * g.padding < k || wd + 2 * g.padding < k {
+            candle_core::bail!("conv2d: input {x:?} too small for kernel {w:?} with {g:?}");
+        }
+        Ok(Self {
+            n,
+            c_in,
+            h,
+            w: wd,
+            c_out,
+            k,
+            oh: (h + 2 * g.padding - k) / g.stride + 1,
+            ow: (wd + 2 * g.padding - k) / g.stride + 1,
+        })
+    }
+
+    pub(super) fn rows(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    pub(super) fn out_len(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    pub(super) fn is_pointwise(&self, g: ConvGeom) -> bool {
+        self.k == 1 && g.stride == 1 && g.padding == 0
+    }
+}
+
+/// The convolution `(input, kernel) → output`.
+#[derive(Debug, Clone, Copy)]
+struct Conv2dOp(ConvGeom);
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "mtpath-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1.dims(), l2.dims(), self.0)?;
+        let out = float_dispatch!(
+            [s1, s2],
+            T => Ok(conv_forward(
+                contiguous_slice::<T>(s1, l1, "conv2d: operands")?,
+                contiguous_slice::<T>(s2, l2, "conv2d: operands")?,
+                &d,
+                self.0,
+            )),
+            "{}: f32 or f64 operands of one dtype expected",
+            self.name()
+        )?;
+        Ok((out, Shape::from((d.n, d.c_out, d.oh, d.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        // Only the gradients someone can receive: not the input image's (the stem's input
+        // gradient is the costliest pass of a ResNet step), nor a frozen kernel's.
+        let dx = if x.track_op() {
+            Some(conv2d_input_grad(&dy, w, x.dims(), self.0)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(conv2d_weight_grad(x, &dy, w.dims(), self.0)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// `(output gradient, kernel) → input gradient`.
+struct ConvInputGrad {
+    geom: ConvGeom,
+    x_dims: Vec<usize>,
+}
+
+impl CustomOp2 for ConvInputGrad {
+    fn name(&self) -> &'static str {
+        "mtpath-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = Dims::new(&self.x_dims, l2.dims(), self.geom)?;
+        if l1.dims() != [d.n, d.c_out, d.oh, d.ow] {
+            candle_core::bail!(
+                "conv2d backward: gradient shape {:?} does not match",
+                l1.dims()
+            );
+        }
+        let g = self.geom;
+        let out = float_dispatch!(
+            [s1, s2],
+            T => Ok(conv_input_grad(
+                contiguous_slice::<T>(s1, l1, "conv2d: operands")?,
+                contiguous_slice::<T>(s2, l2, "conv2d: operands")?,
+                &d,
+                g,
+            )),
+            "{}: f32 or f64 operands of one dtype expected",
+            self.name()
+        )?;
+        Ok((out, Shape::from(self.x_dims.clone())))
+    }
+}
+
+/// `(input, output gradient) → kernel gradient`.
+struct ConvWeightGrad {
+    geom: ConvGeom,
+    w_dims: Vec<usize>,
+}
+
+impl CustomOp2 for ConvWeightGrad {
+    fn name(&self) -> &'static str {
+        "mtpath-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1.dims(), &self.w_dims, self.geom)?;
+        if l2.dims() != [d.n, d.c_out, d.oh, d.ow] {
+            candle_core::bail!(
+                "conv2d backward: gradient shape {:?} does not match",
+                l2.dims()
+            );
+        }
+        let g = self.geom;
+        let out = float_dispatch!(
+            [s1, s2],
+            T => Ok(conv_weight_grad(
+                contiguous_slice::<T>(s1, l1, "conv2d: operands")?,
+                contiguous_slice::<T>(s2, l2, "conv2d: operands")?,
+                &d,
+                g,
+            )),
+            "{}: f32 or f64 operands of one dtype expected",
+            self.name()
+        )?;
+        Ok((out, Shape::from(self.w_dims.clone())))
+    }
+}
+
+/// The input gradient of [`conv2d`] for an input of shape `x_dims`, given the output
+/// gradient `dy` (CPU, f32 or f64, no autograd).
+pub fn conv2d_input_grad(
+    dy: &Tensor,
+    w: &Tensor,
+    x_dims: &[usize],
+    geom: ConvGeom,
+) -> candle_core::Result<Tensor> {
+    dy.contiguous()?.apply_op2_no_bwd(
+        &w.contiguous()?,
+        &ConvInputGrad {
+            geom,
+            x_dims: x_dims.to_vec(),
+        },
+    )
+}
+
+/// The kernel gradient of [`conv2d`] for a kernel of shape `w_dims`, given the input `x` and
+/// the output gradient `dy` (CPU, f32 or f64, no autograd).
+pub fn conv2d_weight_grad(
+    x: &Tensor,
+    dy: &Tensor,
+    w_dims: &[usize],
+    geom: ConvGeom,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(
+        &dy.contiguous()?,
+        &ConvWeightGrad {
+            geom,
+            w_dims: w_dims.to_vec(),
+        },
+    )
+}
+
+/// Convolution of NCHW `xs` with kernel `w` [out, in, k, k] on the CPU (f32 or f64), with
+/// gradients for both. Other devices use candle's `conv2d`.
+pub fn conv2d(xs: &Tensor, w: &Tensor, geom: ConvGeom) -> candle_core::Result<Tensor> {
+    if super::use_fused_cpu(xs) {
+        xs.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp(geom))
+    } else {
+        xs.conv2d(w, geom.padding, geom.stride, 1, 1)
+    }
+}

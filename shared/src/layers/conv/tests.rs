@@ -1,0 +1,261 @@
+//! Tests of the convolution op against candle, finite differences and direct loops.
+
+use super::im2col::*;
+use super::*;
+use candle_core::{DType, Device, Var};
+
+#[test]
+fn valid_output_ranges_match_a_direct_scan() {
+    for n in 1..9 {
+        for k in 0..7 {
+            for pad in 0..4 {
+                for stride in 1..4 {
+                    for o_len in [0usize, 2, 12] {
+                        let inside: Vec<usize> = (0..o_len)
+                            .filter(|&o| {
+                                let x = (o * stride + k) as isize - pad as isize;
+                                x >= 0 && x < n as isize
+                            })
+                            .collect();
+                        let (lo, hi) = valid_outputs(o_len, stride, k, pad, n);
+                        assert_eq!(
+                            (lo..hi).collect::<Vec<_>>(),
+                            inside,
+                            "n{n} k{k} p{pad} s{stride} o{o_len}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward equals candle's own conv2d in f64 for every geometry ResNet/DenseNet use.
+#[test]
+fn forward_matches_candle_conv2d() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    for (cin, cout, k, stride, pad, h) in [
+        (3, 8, 7, 2, 3, 17),
+        (4, 6, 3, 1, 1, 9),
+        (4, 6, 3, 2, 1, 10),
+        (5, 7, 1, 1, 0, 6),
+        (5, 7, 1, 2, 0, 7),
+    ] {
+        let x = Tensor::randn(0f64, 1.0, (3, cin, h, h + 1), &dev)?;
+        let w = Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev)?;
+        let ours = conv2d(
+            &x,
+            &w,
+            ConvGeom {
+                stride,
+                padding: pad,
+            },
+        )?;
+        let theirs = x.conv2d(&w, pad, stride, 1, 1)?;
+        let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-10, "k{k} s{stride} p{pad}: diff {diff}");
+    }
+    Ok(())
+}
+
+/// Both gradients against central finite differences, in f64.
+#[test]
+fn gradients_match_finite_differences() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    for (k, stride, pad) in [(3, 2, 1), (1, 1, 0), (1, 2, 0), (3, 1, 1)] {
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 3, 6, 5), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, 3, k, k), &dev)?)?;
+        let geom = ConvGeom {
+            stride,
+            padding: pad,
+        };
+        let y0 = conv2d(x.as_tensor(), w.as_tensor(), geom)?;
+        let r = Tensor::randn(0f64, 1.0, y0.dims(), &dev)?;
+        let f = |x: &Tensor, w: &Tensor| -> candle_core::Result<f64> {
+            conv2d(x, w, geom)?.mul(&r)?.sum_all()?.to_scalar::<f64>()
+        };
+        let grads = y0.mul(&r)?.sum_all()?.backward()?;
+        for (var, other, is_x) in [(&x, &w, true), (&w, &x, false)] {
+            let g = grads
+                .get(var.as_tensor())
+                .expect("grad")
+                .flatten_all()?
+                .to_vec1::<f64>()?;
+            let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+            for i in (0..base.len()).step_by(3) {
+                let bump = |delta: f64| -> candle_core::Result<f64> {
+                    let mut v = base.clone();
+                    v[i] += delta;
+                    let t = Tensor::from_vec(v, var.dims(), &dev)?;
+                    if is_x {
+                        f(&t, other.as_tensor())
+                    } else {
+                        f(other.as_tensor(), &t)
+                    }
+                };
+                let numeric = (bump(1e-6)? - bump(-1e-6)?) / 2e-6;
+                assert!(
+                    (numeric - g[i]).abs() < 1e-6 * (1.0 + numeric.abs()),
+                    "k{k} s{stride} {} [{i}]: numeric {numeric} analytic {}",
+                    if is_x { "dx" } else { "dw" },
+                    g[i]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Large maps are unfolded in panels of output rows; forward and both gradients must
+/// equal candle's own convolution (f64) with several panels per sample.
+#[test]
+fn panelled_unfolding_matches_candle_conv2d_and_its_gradients() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    let n = threads().max(2);
+    for stride in [1, 2] {
+        let geom = ConvGeom { stride, padding: 1 };
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, 32, 48, 48), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f64, 0.1, (8, 32, 3, 3), &dev)?)?;
+        let d = Dims::new(x.dims(), w.dims(), geom)?;
+        let split = Split::new(&d);
+        assert!(
+            split.panels(&d, geom, 1).len() > 1,
+            "test must exercise panels"
+        );
+        let ours = conv2d(x.as_tensor(), w.as_tensor(), geom)?;
+        let theirs = x.as_tensor().conv2d(w.as_tensor(), 1, stride, 1, 1)?;
+        let r = Tensor::randn(0f64, 1.0, ours.dims(), &dev)?;
+        let g_ours = ours.mul(&r)?.sum_all()?.backward()?;
+        let g_theirs = theirs.mul(&r)?.sum_all()?.backward()?;
+        let max_diff = |a: &Tensor, b: &Tensor| -> candle_core::Result<f64> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f64>()
+        };
+        assert!(
+            max_diff(&ours, &theirs)? < 1e-10,
+            "stride {stride}: forward"
+        );
+        for (var, name) in [(&x, "dx"), (&w, "dw")] {
+            let a = g_ours.get(var.as_tensor()).expect("gradient");
+            let b = g_theirs.get(var.as_tensor()).expect("gradient");
+            let diff = max_diff(a, b)?;
+            assert!(diff < 1e-9, "stride {stride}: {name} differs by {diff}");
+        }
+    }
+    Ok(())
+}
+
+/// Stride-2 unfolding and folding take whole pairs of a row and then its odd last
+/// value. Every kernel ResNet/DenseNet strides by 2, on odd and even widths, must still
+/// give candle's forward and the gradients of a direct loop (candle's own conv backward
+/// does not handle odd sizes at stride 2).
+#[test]
+fn stride_two_on_odd_and_even_widths_matches_direct_loops() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    for (k, pad) in [(7, 3), (3, 1), (1, 0)] {
+        for width in [17, 18, 20] {
+            let geom = ConvGeom {
+                stride: 2,
+                padding: pad,
+            };
+            let (n, ci, co, h) = (2, 3, 4, 15);
+            let x = Tensor::randn(0f64, 1.0, (n, ci, h, width), &dev)?;
+            let w = Tensor::randn(0f64, 0.1, (co, ci, k, k), &dev)?;
+            let y = conv2d(&x, &w, geom)?;
+            let case = format!("k{k} pad {pad} width {width}");
+            let theirs = x.conv2d(&w, pad, 2, 1, 1)?;
+            let fwd = (&y - &theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(fwd < 1e-10, "{case}: forward differs by {fwd}");
+            let (oh, ow) = (y.dim(2)?, y.dim(3)?);
+            let dy = Tensor::randn(0f64, 1.0, y.dims(), &dev)?;
+            let dx = conv2d_input_grad(&dy, &w, x.dims(), geom)?.flatten_all()?;
+            let dw = conv2d_weight_grad(&x, &dy, w.dims(), geom)?.flatten_all()?;
+            let (xv, wv, gv) = (
+                x.flatten_all()?.to_vec1::<f64>()?,
+                w.flatten_all()?.to_vec1::<f64>()?,
+                dy.flatten_all()?.to_vec1::<f64>()?,
+            );
+            let mut dx_ref = vec![0f64; xv.len()];
+            let mut dw_ref = vec![0f64; wv.len()];
+            for (s, o, oy, ox, c, ky, kx) in taps_of_every_output(n, co, oh, ow, ci, k) {
+                let (yy, xx) = (
+                    (oy * 2 + ky) as isize - pad as isize,
+                    (ox * 2 + kx) as isize - pad as isize,
+                );
+                if yy < 0 || xx < 0 || yy >= h as isize || xx >= width as isize {
+                    continue;
+                }
+                let xi = ((s * ci + c) * h + yy as usize) * width + xx as usize;
+                let wi = ((o * ci + c) * k + ky) * k + kx;
+                let g = gv[((s * co + o) * oh + oy) * ow + ox];
+                dx_ref[xi] += g * wv[wi];
+                dw_ref[wi] += g * xv[xi];
+            }
+            for (ours, reference, name) in [(dx, dx_ref, "dx"), (dw, dw_ref, "dw")] {
+                let diff = (ours - Tensor::new(reference, &dev)?)?.abs()?.max_all()?;
+                let diff = diff.to_scalar::<f64>()?;
+                assert!(diff < 1e-10, "{case}: {name} differs by {diff}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every (sample, out channel, oy, ox, in channel, ky, kx) of a convolution.
+fn taps_of_every_output(
+    n: usize,
+    co: usize,
+    oh: usize,
+    ow: usize,
+    ci: usize,
+    k: usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize, usize, usize, usize)> {
+    (0..n).flat_map(move |s| {
+        (0..co).flat_map(move |o| {
+            (0..oh).flat_map(move |oy| {
+                (0..ow).flat_map(move |ox| {
+                    (0..ci).flat_map(move |c| {
+                        (0..k).flat_map(move |ky| (0..k).map(move |kx| (s, o, oy, ox, c, ky, kx)))
+                    })
+                })
+            })
+        })
+    })
+}
+
+#[test]
+fn large_batches_are_chunked_consistently() -> candle_core::Result<()> {
+    // 7x7 kernel on 64x64 maps: 147 * 1024 columns a sample, so COL_BUDGET forces chunks.
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (70, 3, 64, 64), &dev)?;
+    let w = Tensor::randn(0f32, 1.0, (4, 3, 7, 7), &dev)?;
+    let d = Dims::new(
+        x.dims(),
+        w.dims(),
+        ConvGeom {
+            stride: 2,
+            padding: 3,
+        },
+    )?;
+    let split = Split::new(&d);
+    assert!(
+        split.per < split.groups[0].len(),
+        "test must exercise chunking"
+    );
+    let ours = conv2d(
+        &x,
+        &w,
+        ConvGeom {
+            stride: 2,
+            padding: 3,
+        },
+    )?;
+    let theirs = x
+        .to_dtype(DType::F64)?
+        .conv2d(&w.to_dtype(DType::F64)?, 3, 2, 1, 1)?;
+    let diff = (ours.to_dtype(DType::F64)? - theirs)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f64>()?;
+    assert!(diff < 1e-4, "diff {diff}");
+    Ok(())
+}
