@@ -153,6 +153,26 @@ struct Trainer<'a> {
 }
 
 impl Trainer<'_> {
+    /// After validation at iteration `done` scored `score` (mean balanced accuracy): when it
+    /// beats the best so far, record it in `state` and save the `best` checkpoint, returning
+    /// its folder.
+    fn save_if_best(
+        &self,
+        score: f64,
+        done: usize,
+        state: &mut RunState,
+        elapsed_s: f64,
+        validation: &[ValScores],
+    ) -> Result<Option<PathBuf>> {
+        if !state.best.is_none_or(|(b, _)| score > b) {
+            return Ok(None);
+        }
+        state.best = Some((score, done));
+        state.iteration = done;
+        state.elapsed_s = elapsed_s;
+        Ok(Some(self.save("best", state, validation)?))
+    }
+
     /// One optimisation step on `batch` at learning rate `lr` (the heads only while the trunk
     /// is frozen). A non-finite loss is returned without touching the weights.
     fn step(&mut self, batch: &TaskBatch, heads_only: bool, lr: f64) -> Result<StepStats> {
@@ -526,24 +546,13 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
             metrics.validation(done, &last_val)?;
             if let Some(score) = mean_balanced_accuracy(&last_val) {
                 if spec.verbose {
-                    progress.message(&format!(
-                        "iteration {done}: validation mean balanced accuracy {score:.3} ({})",
-                        last_val
-                            .iter()
-                            .map(|v| if v.n == 0 {
-                                format!("{} (no validation images)", v.task)
-                            } else {
-                                format!("{} {:.3}", v.task, v.balanced_accuracy)
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
+                    progress.message(&validation_line(done, score, &last_val));
                 }
-                if run_state.best.is_none_or(|(b, _)| score > b) {
-                    run_state.best = Some((score, done));
-                    run_state.iteration = done;
-                    run_state.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
-                    best_dir = Some(trainer.save("best", &run_state, &last_val)?);
+                let elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
+                if let Some(dir) =
+                    trainer.save_if_best(score, done, &mut run_state, elapsed_s, &last_val)?
+                {
+                    best_dir = Some(dir);
                 }
             }
         }
@@ -613,6 +622,24 @@ fn draw_curves(run: &std::path::Path) {
             run.display()
         );
     }
+}
+
+/// The progress line after validation: the mean and each task's balanced accuracy.
+fn validation_line(done: usize, score: f64, scores: &[ValScores]) -> String {
+    let tasks: Vec<String> = scores
+        .iter()
+        .map(|v| {
+            if v.n == 0 {
+                format!("{} (no validation images)", v.task)
+            } else {
+                format!("{} {:.3}", v.task, v.balanced_accuracy)
+            }
+        })
+        .collect();
+    format!(
+        "iteration {done}: validation mean balanced accuracy {score:.3} ({})",
+        tasks.join(", ")
+    )
 }
 
 fn describe(heads: &[HeadSpec]) -> String {
