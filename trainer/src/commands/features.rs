@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mtpath_shared::features_file::FeaturesFile;
 use mtpath_shared::inference::FeatureExtractor;
-use mtpath_shared::preprocess::{preprocess_file, PreprocessConfig};
+use mtpath_shared::preprocess::preprocess_file;
 use mtpath_shared::Arch;
 use rayon::prelude::*;
 
@@ -139,18 +139,13 @@ fn run_tasks(args: &Args) -> Result<()> {
         .iter()
         .map(|t| serde_json::json!({"name": t.name, "classes": t.classes}))
         .collect();
-    let mut file = FeaturesFile::new(rows, n, dim, images)?
+    let file = FeaturesFile::new(rows, n, dim, images)?
         .with("groups", serde_json::to_string(&groups)?)
         .with("splits", serde_json::to_string(&split_of)?)
         .with("tasks", serde_json::to_string(&tasks)?)
         .with("split", args.split.clone())
-        .with("seed", pool.seed.to_string())
-        .with(
-            "architecture",
-            extractor.metadata().trunk.architecture.to_string(),
-        )
-        .with("weights", args.weights.clone())
-        .with("preprocess", preprocess_json(&cfg));
+        .with("seed", pool.seed.to_string());
+    let mut file = with_model(file, &extractor, &args.weights);
     file.labels = Some(labels);
     file.task = Some(task_ids);
     file.write(&args.out)
@@ -192,15 +187,21 @@ pub(crate) fn embed_images(
     Ok(rows)
 }
 
-/// The preprocessing recorded in a features file.
-fn preprocess_json(cfg: &PreprocessConfig) -> String {
-    serde_json::json!({
+/// `file` with the model that made it recorded: architecture, weights and preprocessing.
+fn with_model(file: FeaturesFile, extractor: &FeatureExtractor, weights: &str) -> FeaturesFile {
+    let cfg = extractor.preprocess_config();
+    let preprocess = serde_json::json!({
         "resize_shorter": cfg.resize_shorter,
         "crop": cfg.crop,
         "mean": cfg.mean,
         "std": cfg.std,
-    })
-    .to_string()
+    });
+    file.with(
+        "architecture",
+        extractor.metadata().trunk.architecture.to_string(),
+    )
+    .with("weights", weights)
+    .with("preprocess", preprocess.to_string())
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -233,15 +234,13 @@ pub fn run(args: Args) -> Result<()> {
     let dim = extractor.feature_dim();
     let flat: Vec<f32> = rows.into_iter().flatten().collect();
     let names: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
-    FeaturesFile::new(flat, n, dim, names)?
-        .with(
-            "architecture",
-            extractor.metadata().trunk.architecture.to_string(),
-        )
-        .with("weights", args.weights.clone())
-        .with("preprocess", preprocess_json(&cfg))
-        .write(&args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    with_model(
+        FeaturesFile::new(flat, n, dim, names)?,
+        &extractor,
+        &args.weights,
+    )
+    .write(&args.out)
+    .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {} ({n} x {dim})", args.out.display());
     Ok(())
 }

@@ -7,10 +7,8 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use mtpath_shared::Arch;
 
-use crate::evaluate::finetune::{arch_of, finetune_seed, FinetuneSpec};
-use crate::evaluate::protocol::RunScores;
+use crate::evaluate::finetune::{arch_of, finetune_seeds, FinetuneSpec};
 use crate::evaluate::report;
-use crate::pool::ImageCheck;
 use crate::session::set_threads;
 
 /// Fine-tune a trunk on one task: for every seed (split) and learning rate, train a new head
@@ -68,15 +66,7 @@ pub fn run(args: Args) -> Result<()> {
         runs: args.out.join("runs"),
     };
     spec.validate()?;
-    let mut runs: Vec<RunScores> = Vec::new();
-    for seed in 0..args.seeds {
-        let check = if seed == 0 {
-            ImageCheck::Decode
-        } else {
-            ImageCheck::None
-        };
-        runs.push(finetune_seed(&spec, seed, check)?.scores);
-    }
+    let runs = finetune_seeds(&spec, args.seeds)?;
     let header = serde_json::json!({
         "weights": args.weights,
         "architecture": arch,

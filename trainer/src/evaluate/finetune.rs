@@ -62,6 +62,21 @@ impl FinetuneSpec {
     }
 }
 
+/// Fine-tune on the splits of seeds `0..seeds` and score each on its test split; the first
+/// seed decodes every image (later ones trust that check).
+pub fn finetune_seeds(spec: &FinetuneSpec, seeds: u64) -> Result<Vec<RunScores>> {
+    (0..seeds)
+        .map(|seed| {
+            let check = if seed == 0 {
+                ImageCheck::Decode
+            } else {
+                ImageCheck::None
+            };
+            Ok(finetune_seed(spec, seed, check)?.scores)
+        })
+        .collect()
+}
+
 /// Fine-tune on the split of `seed` and score the chosen model on its test split.
 pub fn finetune_seed(spec: &FinetuneSpec, seed: u64, check: ImageCheck) -> Result<Finetuned> {
     spec.validate()?;

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use mtpath_shared::Arch;
 
 use super::features::{load_extractor, task_features};
-use super::finetune::{arch_of, finetune_seed, FinetuneSpec};
+use super::finetune::{arch_of, finetune_seeds, FinetuneSpec};
 use super::protocol::{self, Protocol, RunScores};
 use super::report;
 use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig};
@@ -153,14 +153,7 @@ pub fn evaluate_finetune(args: &FinetuneEvalSpec) -> Result<Vec<report::Summary>
             runs: args.out.join("finetune").join(crate::plots::slug(&name)),
         };
         spec.validate()?;
-        for seed in 0..args.seeds {
-            let check = if seed == 0 {
-                ImageCheck::Decode
-            } else {
-                ImageCheck::None
-            };
-            runs.push(finetune_seed(&spec, seed, check)?.scores);
-        }
+        runs.extend(finetune_seeds(&spec, args.seeds)?);
     }
     let header = serde_json::json!({
         "weights": args.weights,
