@@ -1,18 +1,19 @@
 //! `mtpath bench`: images/s of inference and training steps.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Parser, ValueEnum};
 use mtpath_shared::inference::FoldedNet;
 use mtpath_shared::multitask::cross_entropy_sum;
 use mtpath_shared::{Arch, Network, NetworkSpec};
 
-use crate::data::{manifest, AugmentConfig, Loader, SamplerKind};
+use crate::data::{AugmentConfig, Loader, SamplerKind, TaskItems};
 use crate::device::{parse_device, synchronize};
+use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig};
 
 /// What to time.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -52,8 +53,8 @@ pub struct Args {
     /// Worker threads (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long)]
     threads: Option<usize>,
-    /// Pipeline mode: folder of task folders, each with a manifest.csv (default: the shared
-    /// test data, or MTPATH_DATA).
+    /// Pipeline mode: folder of task folders, each with a manifest.csv (default:
+    /// MTPATH_DATA).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Pipeline mode: loader threads.
@@ -95,13 +96,37 @@ fn time<F: FnMut() -> Result<()>>(
     Ok(start.elapsed().as_secs_f64() / iters.max(1) as f64)
 }
 
+/// The training splits of every task folder (with a manifest.csv) under `root`, read by the
+/// task-pool reader without decoding the images.
+fn task_folders_train_items(root: &Path) -> Result<Vec<TaskItems>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("{}: cannot list the folder; fix --data", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(crate::pool::task::MANIFEST).is_file())
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        bail!(
+            "{}: no task folders (with a manifest.csv) found; --data names the folder above them",
+            root.display()
+        );
+    }
+    let config = PoolConfig::from_task_dirs(&dirs, 0);
+    let opts = LoadOptions {
+        skip_bad: false,
+        check: ImageCheck::None,
+    };
+    Pool::load(&config, &opts)?.train_items()
+}
+
 /// Images/s of the data loader over every task folder of `--data`.
 fn run_pipeline(args: &Args) -> Result<()> {
     let root = args
         .data
         .clone()
-        .unwrap_or_else(mtpath_shared::testdata::data_dir);
-    let tasks = manifest::load_tasks(&root)?;
+        .or_else(|| std::env::var_os("MTPATH_DATA").map(PathBuf::from))
+        .context("pipeline mode reads real task folders: give --data DIR (or set MTPATH_DATA)")?;
+    let tasks = task_folders_train_items(&root)?;
     let images: usize = tasks.iter().map(|t| t.items.len()).sum();
     println!(
         "{} tasks ({images} images) from {}, batch {} at {} px, {} loader workers, \

@@ -438,11 +438,20 @@ mod tests {
             eprintln!("skipped: no real data at {}", root.display());
             return;
         }
-        let mut tasks = Vec::new();
-        for name in ["lymphoma", "pbc-blood", "idc-breast", "nct-crc-samples"] {
-            let (mut t, _) = crate::data::manifest::load_task(&root.join(name)).unwrap();
+        let dirs: Vec<_> = ["lymphoma", "pbc-blood", "idc-breast", "nct-crc-samples"]
+            .iter()
+            .map(|n| root.join(n))
+            .collect();
+        let opts = crate::pool::LoadOptions {
+            skip_bad: false,
+            check: crate::pool::ImageCheck::None,
+        };
+        let pool =
+            crate::pool::Pool::load(&crate::pool::PoolConfig::from_task_dirs(&dirs, 0), &opts)
+                .unwrap();
+        let mut tasks = pool.train_items().unwrap();
+        for t in &mut tasks {
             t.items.truncate(40);
-            tasks.push(t);
         }
         let tasks = Arc::new(tasks);
         let cfg = AugmentConfig {

@@ -10,7 +10,6 @@
 
 pub mod augment;
 pub mod loader;
-pub mod manifest;
 pub mod rng;
 pub mod sampler;
 

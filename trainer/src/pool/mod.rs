@@ -132,6 +132,33 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Every task's training split as the data loader's items (path, label, crop policy,
+    /// weight); a task without training images is an error.
+    pub fn train_items(&self) -> Result<Vec<crate::data::TaskItems>> {
+        self.tasks
+            .iter()
+            .map(|t| {
+                let items: Vec<crate::data::Item> = t
+                    .split(Split::Train)
+                    .iter()
+                    .map(|s| crate::data::Item {
+                        path: s.path.clone(),
+                        label: s.label,
+                    })
+                    .collect();
+                if items.is_empty() {
+                    anyhow::bail!("task {} has no training images", t.name);
+                }
+                Ok(crate::data::TaskItems {
+                    name: t.name.clone(),
+                    items,
+                    crop: t.crop,
+                    weight: t.weight,
+                })
+            })
+            .collect()
+    }
+
     /// Read, check and split every task of `config`.
     pub fn load(config: &PoolConfig, opts: &LoadOptions) -> Result<Pool> {
         config.validate()?;
