@@ -5,6 +5,7 @@
 //! trainer share every line of maths here.
 
 pub mod backbone;
+pub mod bn_adapt;
 pub mod embed;
 pub mod error;
 pub mod eval;
@@ -20,6 +21,8 @@ pub mod optim;
 pub mod preprocess;
 pub mod probe;
 pub mod rng;
+#[cfg(any(test, feature = "testdata"))]
+#[doc(hidden)]
 pub mod testdata;
 pub mod varstore;
 pub mod weights;

@@ -8,7 +8,7 @@ use mtpath_shared::embed::{pca_2d, Tsne, TsneConfig};
 use mtpath_shared::eval::knn::centred_unit_rows;
 use mtpath_shared::features_file::FeaturesFile;
 use mtpath_shared::inference::FeatureExtractor;
-use mtpath_shared::preprocess::{decode_image, preprocess_rgb, resize_exact};
+use mtpath_shared::preprocess::{decode_image, resize_exact, EvalTransform};
 use mtpath_shared::probe::file::{CvSummary, FeatureSource};
 use mtpath_shared::probe::{
     fit_linear, grid_search_c, GridConfig, LinearModel, ModelKind, ProbeFile,
@@ -115,6 +115,22 @@ impl FeatureModel {
         self.inner.preprocess_config().resize_shorter
     }
 
+    /// How images become input: `resize`, `center-crop` (native resolution) or `grid` (mean
+    /// over native-resolution crops).
+    #[wasm_bindgen(getter, js_name = evalTransform)]
+    pub fn eval_transform(&self) -> String {
+        self.inner.preprocess_config().transform.to_string()
+    }
+
+    /// Set how images become input (`resize`, `center-crop` or `grid`); an unknown name is an
+    /// error listing the three.
+    #[wasm_bindgen(js_name = setEvalTransform)]
+    pub fn set_eval_transform(&mut self, name: &str) -> Result<(), JsError> {
+        let t = name.parse::<EvalTransform>().map_err(js_err)?;
+        self.inner.set_transform(t);
+        Ok(())
+    }
+
     /// Whether BatchNorm is folded away (an `mtpath export` model).
     #[wasm_bindgen(getter)]
     pub fn folded(&self) -> bool {
@@ -132,6 +148,7 @@ impl FeatureModel {
             "resize_shorter": cfg.resize_shorter,
             "mean": cfg.mean,
             "std": cfg.std,
+            "eval_transform": cfg.transform.as_str(),
             "folded": self.inner.is_folded(),
             "export": self.inner.export_card().and_then(|c| serde_json::to_value(c).ok()),
         })
@@ -160,13 +177,7 @@ impl FeatureModel {
     #[wasm_bindgen(js_name = extractWithThumbnail)]
     pub fn extract_with_thumbnail(&self, image: &[u8], thumb: u32) -> Result<Embedded, JsError> {
         let rgb = decode_image(image).map_err(js_err)?;
-        let input = preprocess_rgb(&rgb, self.inner.preprocess_config()).map_err(js_err)?;
-        let features = self
-            .inner
-            .extract_preprocessed(&[input])
-            .map_err(js_err)?
-            .pop()
-            .ok_or_else(|| JsError::new("no features returned"))?;
+        let features = self.inner.extract_rgb(&rgb).map_err(js_err)?;
         let (w, h) = (rgb.width(), rgb.height());
         let scale = thumb.max(1) as f64 / w.max(h) as f64;
         let (tw, th) = if scale < 1.0 {

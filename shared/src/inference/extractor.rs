@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 
 use super::FoldedNet;
 use crate::network::Network;
-use crate::preprocess::{preprocess_bytes, PreprocessConfig};
+use crate::preprocess::{decode_image, preprocess_views, EvalTransform, PreprocessConfig};
 use crate::weights::{
     export_card, file_metadata, is_folded, read_safetensors_bytes, resolve_arch, ExportCard,
     ModelMetadata, TensorFile,
@@ -55,6 +55,7 @@ impl FeatureExtractor {
             crop: meta.trunk.input_size,
             mean: meta.trunk.mean,
             std: meta.trunk.std,
+            transform: Default::default(),
         };
         preprocess.validate()?;
         Ok(Self {
@@ -115,6 +116,11 @@ impl FeatureExtractor {
         Ok(())
     }
 
+    /// Choose how evaluation images become input (see [`EvalTransform`]).
+    pub fn set_transform(&mut self, transform: EvalTransform) {
+        self.preprocess.transform = transform;
+    }
+
     /// Length of each feature vector.
     pub fn feature_dim(&self) -> usize {
         self.meta.trunk.architecture.feature_dim()
@@ -158,9 +164,45 @@ impl FeatureExtractor {
         Ok(self.features_t(&x)?.to_vec2::<f32>()?)
     }
 
+    /// Features of images given as their preprocessed views (from
+    /// [`preprocess_views`](crate::preprocess::preprocess_views)): one row per image, the mean
+    /// over its views. All views go through the network as one batch.
+    pub fn extract_views(&self, images: &[Vec<Vec<f32>>]) -> Result<Vec<Vec<f32>>> {
+        if let Some(bad) = images.iter().position(Vec::is_empty) {
+            return Err(Error::invalid(format!("image {bad}: no views")));
+        }
+        if images.iter().all(|v| v.len() == 1) {
+            let flat: Vec<Vec<f32>> = images.iter().map(|v| v[0].clone()).collect();
+            return self.extract_preprocessed(&flat);
+        }
+        let flat: Vec<Vec<f32>> = images.iter().flatten().cloned().collect();
+        let rows = self.extract_preprocessed(&flat)?;
+        let mut rows = rows.into_iter();
+        Ok(images
+            .iter()
+            .map(|views| {
+                let n = views.len();
+                let mut mean = vec![0f32; self.feature_dim()];
+                for row in rows.by_ref().take(n) {
+                    for (m, v) in mean.iter_mut().zip(row) {
+                        *m += v;
+                    }
+                }
+                let inv = 1.0 / n as f32;
+                mean.iter_mut().for_each(|m| *m *= inv);
+                mean
+            })
+            .collect())
+    }
+
+    /// Features of one decoded image, through the configured [`EvalTransform`].
+    pub fn extract_rgb(&self, img: &image::RgbImage) -> Result<Vec<f32>> {
+        let views = preprocess_views(img, &self.preprocess)?;
+        Ok(self.extract_views(&[views])?.pop().unwrap_or_default())
+    }
+
     /// Features of one encoded image (JPEG/PNG/TIFF bytes).
     pub fn extract_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
-        let x = preprocess_bytes(bytes, &self.preprocess)?;
-        Ok(self.extract_preprocessed(&[x])?.pop().unwrap_or_default())
+        self.extract_rgb(&decode_image(bytes)?)
     }
 }

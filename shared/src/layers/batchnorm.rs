@@ -1,6 +1,9 @@
 //! `nn.BatchNorm2d` with PyTorch's training semantics.
 
-use candle_core::{DType, ModuleT, Tensor, Var, D};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use candle_core::{DType, ModuleT, Tensor, TensorId, Var, D};
 
 use crate::varstore::{Builder, Init};
 use crate::Result;
@@ -9,6 +12,83 @@ use crate::Result;
 pub const BN_EPS: f64 = 1e-5;
 /// PyTorch's default `momentum` for the running statistics.
 pub const BN_MOMENTUM: f64 = 0.1;
+
+/// Per-channel sums of a BatchNorm layer's inputs, gathered by [`collect_input_moments`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InputMoments {
+    /// Values seen per channel (N·H·W summed over batches).
+    pub count: u64,
+    /// Per-channel sum of the inputs.
+    pub sum: Vec<f64>,
+    /// Per-channel sum of the squared inputs.
+    pub sum_sq: Vec<f64>,
+}
+
+impl InputMoments {
+    /// Per-channel mean and unbiased variance (PyTorch's running-variance convention).
+    pub fn mean_var(&self) -> (Vec<f64>, Vec<f64>) {
+        let n = self.count.max(1) as f64;
+        let bessel = if self.count > 1 { n / (n - 1.0) } else { 1.0 };
+        self.sum
+            .iter()
+            .zip(&self.sum_sq)
+            .map(|(s, q)| {
+                let m = s / n;
+                (m, ((q / n - m * m).max(0.0)) * bessel)
+            })
+            .unzip()
+    }
+}
+
+thread_local! {
+    /// While [`collect_input_moments`] runs: every BatchNorm layer's input moments, keyed by
+    /// the id of its `running_mean` tensor.
+    static COLLECTING: RefCell<Option<HashMap<TensorId, InputMoments>>> = const { RefCell::new(None) };
+}
+
+/// Run `f` (evaluation-mode forwards on this thread) and return the input moments of every
+/// BatchNorm layer it went through, keyed by the id of the layer's `running_mean` tensor
+/// ([`BatchNorm2d::running_mean`]). Outputs are not changed. Used by the BatchNorm
+/// adaptation of a pre-trained network ([`crate::bn_adapt::adapt_batch_norm`]).
+pub fn collect_input_moments<F>(f: F) -> Result<HashMap<TensorId, InputMoments>>
+where
+    F: FnOnce() -> Result<()>,
+{
+    COLLECTING.with(|c| *c.borrow_mut() = Some(HashMap::new()));
+    let out = f();
+    let moments = COLLECTING
+        .with(|c| c.borrow_mut().take())
+        .unwrap_or_default();
+    out.map(|()| moments)
+}
+
+/// Add `xs` ([N, C, H, W]) to the moments of the layer keyed `key`, when collecting.
+fn record_moments(key: TensorId, xs: &Tensor) -> candle_core::Result<()> {
+    if !COLLECTING.with(|c| c.borrow().is_some()) {
+        return Ok(());
+    }
+    let (n, c, h, w) = xs.dims4()?;
+    let flat = xs
+        .detach()
+        .transpose(0, 1)?
+        .reshape((c, n * h * w))?
+        .to_dtype(DType::F64)?;
+    let sum = flat.sum(1)?.to_vec1::<f64>()?;
+    let sum_sq = flat.sqr()?.sum(1)?.to_vec1::<f64>()?;
+    COLLECTING.with(|cell| {
+        if let Some(map) = cell.borrow_mut().as_mut() {
+            let m = map.entry(key).or_insert_with(|| InputMoments {
+                count: 0,
+                sum: vec![0.0; c],
+                sum_sq: vec![0.0; c],
+            });
+            m.count += (n * h * w) as u64;
+            m.sum.iter_mut().zip(&sum).for_each(|(a, b)| *a += b);
+            m.sum_sq.iter_mut().zip(&sum_sq).for_each(|(a, b)| *a += b);
+        }
+    });
+    Ok(())
+}
 
 /// Batch normalisation over the channels of an NCHW tensor.
 ///
@@ -67,6 +147,7 @@ impl BatchNorm2d {
     }
 
     fn forward_eval(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        record_moments(self.running_mean.as_tensor().id(), xs)?;
         let (scale, shift) = self.eval_scale_shift()?;
         let c = scale.dim(0)?;
         xs.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?

@@ -26,7 +26,7 @@ pub(crate) fn contiguous_slice<'a, T: WithDType>(
     Ok(&s.as_slice::<T>()?[start..end])
 }
 
-pub use batchnorm::BatchNorm2d;
+pub use batchnorm::{collect_input_moments, BatchNorm2d, InputMoments, BN_EPS};
 pub use concat::concat_channels;
 pub use conv::{Conv2d, ConvInit};
 pub use linear::Linear;

@@ -41,6 +41,7 @@ pub use decode::{decode_image, load_image, MAX_IMAGE_BYTES, MAX_IMAGE_SIDE};
 pub use extensions::{has_image_extension, IMAGE_EXTENSIONS};
 pub use resize::{resize_exact, resize_shorter_side, resized_size};
 pub use transform::{
-    center_crop, normalize_chw, preprocess_bytes, preprocess_file, preprocess_rgb,
-    PreprocessConfig, IMAGENET_MEAN, IMAGENET_STD,
+    center_crop, normalize_chw, preprocess_bytes, preprocess_file, preprocess_file_views,
+    preprocess_rgb, preprocess_views, EvalTransform, PreprocessConfig, GRID_MAX_PER_SIDE,
+    IMAGENET_MEAN, IMAGENET_STD,
 };

@@ -445,3 +445,90 @@ fn preprocess_rejects_absurd_sizes() {
     let m = err_msg(resize_shorter_side(&strip, 256));
     assert!(m.contains("MiB"), "{m}");
 }
+
+/// A test image whose pixel values encode their position, so crops can be located.
+fn position_image(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 251) as u8, ((x + y) % 7) as u8])
+    })
+}
+
+#[test]
+fn eval_transform_names_round_trip() {
+    for t in EvalTransform::ALL {
+        assert_eq!(t.as_str().parse::<EvalTransform>().unwrap(), t);
+    }
+    let err = "tile".parse::<EvalTransform>().unwrap_err().to_string();
+    assert!(err.contains("resize, center-crop or grid"), "{err}");
+}
+
+#[test]
+fn resize_view_is_the_torchvision_transform() {
+    let img = position_image(417, 312);
+    let cfg = PreprocessConfig::imagenet(128, 112);
+    let views = preprocess_views(&img, &cfg).unwrap();
+    assert_eq!(views.len(), 1);
+    let want = normalize_chw(
+        &center_crop(&resize_shorter_side(&img, 128).unwrap(), 112).unwrap(),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    );
+    assert_eq!(views[0], want);
+}
+
+#[test]
+fn center_crop_view_keeps_native_resolution() {
+    let img = position_image(417, 312);
+    let cfg = PreprocessConfig::imagenet(128, 112).with_transform(EvalTransform::CenterCrop);
+    let views = preprocess_views(&img, &cfg).unwrap();
+    assert_eq!(views.len(), 1);
+    let want = normalize_chw(
+        &center_crop(&img, 112).unwrap(),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    );
+    assert_eq!(views[0], want);
+    // Smaller than the crop: upsampled to the crop first, as training's crops are.
+    let small = position_image(64, 80);
+    let got = preprocess_rgb(&small, &cfg).unwrap();
+    let want = normalize_chw(
+        &center_crop(&resize_shorter_side(&small, 112).unwrap(), 112).unwrap(),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    );
+    assert_eq!(got, want);
+}
+
+#[test]
+fn grid_views_tile_the_image_at_native_resolution() {
+    let img = position_image(417, 312);
+    let cfg = PreprocessConfig::imagenet(128, 112).with_transform(EvalTransform::Grid);
+    let views = preprocess_views(&img, &cfg).unwrap();
+    // 417 / 112 = 3 columns, 312 / 112 = 2 rows, centred: margins (417-336)/2 and (312-224)/2.
+    assert_eq!(views.len(), 6);
+    let (mx, my) = (40, 44);
+    for (i, v) in views.iter().enumerate() {
+        let (x, y) = (mx + (i as u32 % 3) * 112, my + (i as u32 / 3) * 112);
+        let window = image::imageops::crop_imm(&img, x, y, 112, 112).to_image();
+        assert_eq!(
+            *v,
+            normalize_chw(&window, IMAGENET_MEAN, IMAGENET_STD),
+            "view {i}"
+        );
+    }
+    // A large image: at most GRID_MAX_PER_SIDE per side, spread over the whole width.
+    let wide = position_image(1000, 120);
+    let views = preprocess_views(&wide, &cfg).unwrap();
+    assert_eq!(views.len(), GRID_MAX_PER_SIDE as usize);
+    let first_col = |v: &Vec<f32>| (v[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255.0;
+    // fit = 8 windows, margin (1000 - 896) / 2 = 52; slots 0, 2, 4, 7.
+    let lefts: Vec<u32> = views.iter().map(|v| first_col(v).round() as u32).collect();
+    let want: Vec<u32> = [52, 52 + 224, 52 + 448, 52 + 784]
+        .iter()
+        .map(|x| x % 251)
+        .collect();
+    assert_eq!(lefts, want);
+    // Smaller than the crop: one view, as CenterCrop.
+    let small = position_image(50, 50);
+    assert_eq!(preprocess_views(&small, &cfg).unwrap().len(), 1);
+}

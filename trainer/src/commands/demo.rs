@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use mtpath_shared::preprocess::EvalTransform;
 use mtpath_shared::Arch;
 
 use crate::pool::{PoolConfig, Split};
@@ -53,6 +54,11 @@ pub struct Args {
     /// seed; the default keeps the demo near a quarter of an hour); 0 leaves it out.
     #[arg(long, default_value_t = 3)]
     pub single_task_epochs: usize,
+    /// How held-out images become the network's input: resize (shorter side to size × 256/224, then
+    /// a center crop), center-crop (at native resolution, keeping the scan's magnification)
+    /// or grid (features averaged over non-overlapping native-resolution crops).
+    #[arg(long, default_value = "resize")]
+    pub eval_transform: EvalTransform,
     /// Continue an interrupted demo run in --out.
     #[arg(long)]
     pub resume: bool,
@@ -333,6 +339,7 @@ fn held_out_comparison(trunk: &Path, args: &Args, task: &Path, out: &Path) -> Re
         &CompareSpec {
             arch: args.arch,
             size: args.size,
+            transform: args.eval_transform,
             tasks: vec![task.to_path_buf()],
             protocols: vec![Protocol::Linear, Protocol::Knn { k: 20 }],
             seeds,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use mtpath_shared::preprocess::EvalTransform;
 use mtpath_shared::Arch;
 
 use crate::evaluate::protocol::Protocol;
@@ -46,6 +47,11 @@ pub struct Args {
     /// default: the model's.
     #[arg(long)]
     pub size: Option<u32>,
+    /// How images become the network's input: resize (shorter side to size × 256/224, then
+    /// a center crop), center-crop (at native resolution, keeping the scan's magnification)
+    /// or grid (features averaged over non-overlapping native-resolution crops).
+    #[arg(long, default_value = "resize")]
+    pub eval_transform: EvalTransform,
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -82,6 +88,7 @@ pub fn run(args: Args) -> Result<()> {
                 .context("--protocol: linear, svm, knn, knn:K or finetune")?,
             seeds: (0..args.seeds).collect(),
             size: args.size,
+            transform: args.eval_transform,
             batch: args.batch,
             out: args.out.clone(),
         };

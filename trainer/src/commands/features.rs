@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mtpath_shared::features_file::FeaturesFile;
 use mtpath_shared::inference::FeatureExtractor;
-use mtpath_shared::preprocess::preprocess_file;
+use mtpath_shared::preprocess::{preprocess_file_views, EvalTransform};
 use mtpath_shared::Arch;
 use rayon::prelude::*;
 
@@ -39,6 +39,11 @@ pub struct Args {
     /// Shorter side before cropping (default: size × 256/224, as torchvision).
     #[arg(long)]
     resize: Option<u32>,
+    /// How images become the network's input: resize (shorter side to size × 256/224, then
+    /// a center crop), center-crop (at native resolution, keeping the scan's magnification)
+    /// or grid (features averaged over non-overlapping native-resolution crops).
+    #[arg(long, default_value = "resize")]
+    eval_transform: EvalTransform,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -102,7 +107,8 @@ fn run_tasks(args: &Args) -> Result<()> {
             check: ImageCheck::Header,
         },
     )?;
-    let (extractor, model_id) = load_extractor(&args.weights, args.arch, args.size)?;
+    let (extractor, model_id) =
+        load_extractor(&args.weights, args.arch, args.size, args.eval_transform)?;
     let cfg = *extractor.preprocess_config();
     eprintln!(
         "{} task(s), split {}, {} ({}-d features) at {} px",
@@ -169,11 +175,11 @@ pub(crate) fn embed_images(
     let start = Instant::now();
     let mut rows: Vec<Vec<f32>> = Vec::with_capacity(images.len());
     for chunk in images.chunks(batch.max(1)) {
-        let inputs: Vec<Vec<f32>> = chunk
+        let inputs: Vec<Vec<Vec<f32>>> = chunk
             .par_iter()
-            .map(|p| preprocess_file(p, &cfg))
+            .map(|p| preprocess_file_views(p, &cfg))
             .collect::<mtpath_shared::Result<_>>()?;
-        rows.extend(extractor.extract_preprocessed(&inputs)?);
+        rows.extend(extractor.extract_views(&inputs)?);
         let done = rows.len();
         let rate = done as f64 / start.elapsed().as_secs_f64();
         let eta = (images.len() - done) as f64 / rate.max(1e-9);
@@ -195,6 +201,7 @@ fn with_model(file: FeaturesFile, extractor: &FeatureExtractor, weights: &str) -
         "crop": cfg.crop,
         "mean": cfg.mean,
         "std": cfg.std,
+        "transform": cfg.transform.as_str(),
     });
     file.with(
         "architecture",
@@ -209,7 +216,7 @@ pub fn run(args: Args) -> Result<()> {
         return run_tasks(&args);
     }
     let images = collect_images(&args.images)?;
-    let (mut extractor, _) = load_extractor(&args.weights, args.arch, None)?;
+    let (mut extractor, _) = load_extractor(&args.weights, args.arch, None, args.eval_transform)?;
     if let Some(size) = args.size {
         let resize = args
             .resize
@@ -222,11 +229,14 @@ pub fn run(args: Args) -> Result<()> {
     let cfg = *extractor.preprocess_config();
     let batch = args.batch.max(1);
     eprintln!(
-        "{} images, {} ({}-d features), resize {} → crop {}",
+        "{} images, {} ({}-d features), {} → crop {}",
         images.len(),
         extractor.metadata().trunk.architecture,
         extractor.feature_dim(),
-        cfg.resize_shorter,
+        match cfg.transform {
+            EvalTransform::Resize => format!("resize {}", cfg.resize_shorter),
+            other => other.to_string(),
+        },
         cfg.crop
     );
     let rows = embed_images(&extractor, &images, batch)?;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use mtpath_shared::preprocess::EvalTransform;
 use serde::Deserialize;
 
 use crate::evaluate::compare::{compare, fmt_metric, CompareSpec, Comparison, Model};
@@ -62,6 +63,11 @@ pub struct Args {
     /// Skip unreadable images (listed) instead of stopping.
     #[arg(long)]
     pub skip_bad: bool,
+    /// How held-out images become the network's input: resize (shorter side to size × 256/224, then
+    /// a center crop), center-crop (at native resolution, keeping the scan's magnification)
+    /// or grid (features averaged over non-overlapping native-resolution crops).
+    #[arg(long, default_value = "resize")]
+    pub eval_transform: EvalTransform,
 }
 
 /// One grid axis: a [train] key and its values.
@@ -327,6 +333,7 @@ pub fn run(args: Args) -> Result<()> {
         &CompareSpec {
             arch: base.arch,
             size: base.size,
+            transform: args.eval_transform,
             tasks: held_out,
             protocols: args.protocols.clone(),
             seeds: args.seeds,

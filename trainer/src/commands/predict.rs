@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mtpath_shared::features_file::FeaturesFile;
+use mtpath_shared::preprocess::EvalTransform;
 use mtpath_shared::probe::ProbeFile;
 use mtpath_shared::Arch;
 
@@ -33,6 +34,11 @@ pub struct Args {
     /// Architecture when the weights file has no model card.
     #[arg(long)]
     arch: Option<Arch>,
+    /// With --weights: how images become the network's input: resize (shorter side to size × 256/224, then
+    /// a center crop), center-crop (at native resolution, keeping the scan's magnification)
+    /// or grid (features averaged over non-overlapping native-resolution crops).
+    #[arg(long, default_value = "resize")]
+    eval_transform: EvalTransform,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -58,7 +64,7 @@ pub fn run(args: Args) -> Result<()> {
         (Some(f), _) => read_features_file(f)?,
         (None, Some(w)) => {
             let images = collect_images(&args.images)?;
-            let (extractor, _) = load_extractor(w, args.arch, None)?;
+            let (extractor, _) = load_extractor(w, args.arch, None, args.eval_transform)?;
             if let Some(src) = &probe.features {
                 if src.architecture != extractor.metadata().trunk.architecture.name() {
                     bail!(

@@ -52,6 +52,11 @@ pub struct Args {
     /// Iterations of heads-only training (trunk and its BatchNorm statistics frozen) first.
     #[arg(long)]
     pub warmup_heads: Option<usize>,
+    /// With --init FILE|imagenet: batches forwarded to re-estimate the BatchNorm statistics
+    /// on the pool before the first step, outputs unchanged (the paper's adaptation; default
+    /// 20, 0 = off).
+    #[arg(long)]
+    pub bn_adapt: Option<usize>,
     /// Task sampler: uniform (the paper's), proportional, temperature:T, round-robin, weighted.
     #[arg(long)]
     pub sampler: Option<String>,
@@ -98,7 +103,7 @@ impl Args {
              tau => head_lr_scale, momentum => momentum, weight_decay => weight_decay,
              warmup_heads => head_warmup_iters, sampler => sampler, val_every => val_every,
              checkpoint_every => checkpoint_every, val_max => val_max_per_task, init => init,
-             workers => workers);
+             workers => workers, bn_adapt => bn_adapt_batches);
         if self.seed.is_some() {
             c.seed = self.seed;
         }

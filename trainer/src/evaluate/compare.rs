@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use mtpath_shared::preprocess::EvalTransform;
 use mtpath_shared::Arch;
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +57,8 @@ pub struct CompareSpec {
     pub arch: Arch,
     /// Input side in pixels.
     pub size: u32,
+    /// How held-out images become input for the frozen-feature probes.
+    pub transform: EvalTransform,
     /// Held-out task folders.
     pub tasks: Vec<PathBuf>,
     /// Frozen-feature probes.
@@ -169,6 +172,7 @@ pub fn compare(spec: &CompareSpec, models: &[Model]) -> Result<Comparison> {
                         protocol,
                         seeds: seeds.clone(),
                         size: Some(spec.size),
+                        transform: spec.transform,
                         batch: spec.batch,
                         out: spec.out.join("eval").join(format!("{slug}-{protocol}")),
                     })?;
@@ -213,6 +217,7 @@ pub fn compare(spec: &CompareSpec, models: &[Model]) -> Result<Comparison> {
                                 protocol,
                                 seeds: vec![seed],
                                 size: Some(spec.size),
+                                transform: spec.transform,
                                 batch: spec.batch,
                                 out: spec
                                     .out

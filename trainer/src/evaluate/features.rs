@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use mtpath_shared::features_file::FeaturesFile;
 use mtpath_shared::inference::FeatureExtractor;
-use mtpath_shared::preprocess::preprocess_file;
+use mtpath_shared::preprocess::{preprocess_file_views, EvalTransform};
 use mtpath_shared::weights::read_weights_file;
 use rayon::prelude::*;
 
@@ -18,12 +18,14 @@ use mtpath_shared::{Arch, Network, NetworkSpec};
 use crate::pool::Task;
 
 /// A feature extractor for `weights` (a file, or `random` for a randomly initialised trunk of
-/// `arch`), with the input side `size` when given (shorter side resized to size × 256/224),
-/// and an id of the weights and preprocessing for feature caches.
+/// `arch`), with the input side `size` when given (shorter side resized to size × 256/224)
+/// and the evaluation `transform`, and an id of the weights and preprocessing for feature
+/// caches.
 pub fn load_extractor(
     weights: &str,
     arch: Option<Arch>,
     size: Option<u32>,
+    transform: EvalTransform,
 ) -> Result<(FeatureExtractor, u64)> {
     let device = Device::Cpu;
     let (mut extractor, weights_hash) = if weights == "random" {
@@ -48,9 +50,14 @@ pub fn load_extractor(
     if let Some(s) = size {
         extractor.set_sizes(((s as f64) * 256.0 / 224.0).round() as u32, s)?;
     }
+    extractor.set_transform(transform);
     let cfg = *extractor.preprocess_config();
-    let model_id =
-        fnv1a(format!("{weights_hash:x}-{}-{}", cfg.resize_shorter, cfg.crop).as_bytes());
+    // The default transform keeps the key it had before transforms existed, so caches stay.
+    let mut key = format!("{weights_hash:x}-{}-{}", cfg.resize_shorter, cfg.crop);
+    if transform != EvalTransform::Resize {
+        key.push_str(&format!("-{transform}"));
+    }
+    let model_id = fnv1a(key.as_bytes());
     Ok((extractor, model_id))
 }
 
@@ -112,11 +119,11 @@ pub fn task_features(
     let started = std::time::Instant::now();
     let mut all: Vec<Vec<f32>> = Vec::with_capacity(paths.len());
     for (i, chunk) in paths.chunks(batch.max(1)).enumerate() {
-        let pixels: Vec<Vec<f32>> = chunk
+        let views: Vec<Vec<Vec<f32>>> = chunk
             .par_iter()
-            .map(|p| preprocess_file(p, &cfg).with_context(|| format!("task {}", task.name)))
+            .map(|p| preprocess_file_views(p, &cfg).with_context(|| format!("task {}", task.name)))
             .collect::<Result<_>>()?;
-        all.extend(extractor.extract_preprocessed(&pixels)?);
+        all.extend(extractor.extract_views(&views)?);
         if verbose && (i % 4 == 3 || all.len() == paths.len()) {
             let rate = all.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
             eprint!(

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use mtpath_shared::preprocess::EvalTransform;
 use mtpath_shared::Arch;
 
 use super::features::{load_extractor, task_features};
@@ -28,6 +29,8 @@ pub struct EvalSpec {
     pub seeds: Vec<u64>,
     /// Input side (default: the model's).
     pub size: Option<u32>,
+    /// How images become input (resize, native center crop, or a grid of native crops).
+    pub transform: EvalTransform,
     /// Images per forward pass.
     pub batch: usize,
     /// Results directory.
@@ -48,7 +51,8 @@ pub fn evaluate(spec: &EvalSpec) -> Result<EvalOutput> {
     if spec.seeds.is_empty() {
         bail!("--seeds must be at least 1");
     }
-    let (extractor, model_id) = load_extractor(&spec.weights, spec.arch, spec.size)?;
+    let (extractor, model_id) =
+        load_extractor(&spec.weights, spec.arch, spec.size, spec.transform)?;
     let cfg = *extractor.preprocess_config();
     std::fs::create_dir_all(&spec.out)
         .with_context(|| format!("{}: cannot create", spec.out.display()))?;

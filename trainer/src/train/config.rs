@@ -63,6 +63,11 @@ pub struct TrainConfig {
     /// Trunk initialisation: `none` (random), `imagenet` (torchvision's weights from the
     /// PyTorch cache) or a weights file (.safetensors or .pth).
     pub init: String,
+    /// When the trunk starts from weights (`init` a file or `imagenet`): mixed-task batches
+    /// forwarded before the first step to re-estimate every BatchNorm layer's statistics on
+    /// the pool, with γ/β compensated so outputs are unchanged (the paper's adaptation;
+    /// mtdp's `adapt_batch_norm`). 0 = off.
+    pub bn_adapt_batches: usize,
     /// Decoding threads of the data pipeline.
     pub workers: usize,
     /// Batches prepared ahead of the step.
@@ -96,6 +101,7 @@ impl Default for TrainConfig {
             checkpoint_every: 500,
             seed: None,
             init: "none".into(),
+            bn_adapt_batches: 20,
             workers: 2,
             prefetch: 4,
         }

@@ -23,7 +23,7 @@ use super::init::{self, Init};
 use super::metrics::{mean_balanced_accuracy, MetricsWriter, TrainRow, ValScores};
 use super::progress::Progress;
 use super::validate::{evaluate, ValSet};
-use crate::data::{self, Item, TaskItems};
+use crate::data;
 use crate::pool::{Pool, Split};
 
 /// Iterations per row of training metrics.
@@ -85,31 +85,6 @@ fn heads_of(pool: &Pool) -> Vec<HeadSpec> {
         .map(|t| HeadSpec {
             name: t.name.clone(),
             classes: t.classes.clone(),
-        })
-        .collect()
-}
-
-fn train_items(pool: &Pool) -> Result<Vec<TaskItems>> {
-    pool.tasks
-        .iter()
-        .map(|t| {
-            let items: Vec<Item> = t
-                .split(Split::Train)
-                .iter()
-                .map(|s| Item {
-                    path: s.path.clone(),
-                    label: s.label,
-                })
-                .collect();
-            if items.is_empty() {
-                bail!("task {} has no training images", t.name);
-            }
-            Ok(TaskItems {
-                name: t.name.clone(),
-                items,
-                crop: t.crop,
-                weight: t.weight,
-            })
         })
         .collect()
 }
@@ -327,6 +302,53 @@ fn reopen_run(
     Ok((record, state.iteration, Some((state, dir))))
 }
 
+/// Stream tag of the BatchNorm adaptation's batches: a loader seeded apart from training's,
+/// so that adapting leaves the training batches unchanged.
+const BN_ADAPT_STREAM: u64 = 0xB0A7_ADA9;
+
+/// The paper's BatchNorm adaptation of a trunk initialised from weights: forward
+/// `bn_adapt_batches` mixed-task training batches (evaluation mode), re-estimate every
+/// BatchNorm layer's statistics and compensate γ/β (outputs unchanged).
+fn adapt_batch_norm(
+    net: &Network,
+    tasks: &Arc<Vec<data::TaskItems>>,
+    sampler: data::SamplerKind,
+    aug: data::AugmentConfig,
+    cfg: &TrainConfig,
+    seed: u64,
+    verbose: bool,
+) -> Result<()> {
+    let mut loader = data::Loader::new(
+        tasks.clone(),
+        sampler,
+        aug,
+        cfg.batch,
+        seed ^ BN_ADAPT_STREAM,
+        0,
+        cfg.workers,
+        cfg.prefetch,
+    )?;
+    let s = cfg.size as usize;
+    let batches: Vec<Tensor> = (0..cfg.bn_adapt_batches)
+        .map(|_| {
+            let b = loader.next_batch()?;
+            let n = b.tasks.len();
+            Ok(Tensor::from_vec(b.images, (n, 3, s, s), net.device())?)
+        })
+        .collect::<Result<_>>()?;
+    let report = mtpath_shared::bn_adapt::adapt_batch_norm(net, &batches)?;
+    if verbose {
+        eprintln!(
+            "BatchNorm adapted to the pool: {} layers re-estimated on {} images (running \
+             standard deviations moved by up to {:.0}%)",
+            report.layers,
+            report.images,
+            report.max_std_change * 100.0
+        );
+    }
+    Ok(())
+}
+
 /// Start a new run in `spec.out`: initialise the trunk, write the splits and `run.json`.
 fn start_run(
     spec: &RunSpec,
@@ -459,9 +481,10 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         jitter: cfg.jitter,
         rrc_scale: (cfg.rrc_min_scale, 1.0),
     };
-    let tasks = Arc::new(train_items(&spec.pool)?);
+    let tasks = Arc::new(spec.pool.train_items()?);
+    let record_init = trainer.record.init.clone();
     let mut loader = data::Loader::new(
-        tasks,
+        tasks.clone(),
         sampler,
         aug,
         cfg.batch,
@@ -470,6 +493,17 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         cfg.workers,
         cfg.prefetch,
     )?;
+    if !spec.resume && record_init != "random" && cfg.bn_adapt_batches > 0 {
+        adapt_batch_norm(
+            &trainer.net,
+            &tasks,
+            sampler,
+            aug,
+            cfg,
+            trainer.seed,
+            spec.verbose,
+        )?;
+    }
     let vals = val_sets(&spec.pool, cfg.val_max_per_task);
     let mut metrics = MetricsWriter::open(&spec.out, spec.resume.then_some(start))?;
     let schedule = cfg.lr_schedule();
