@@ -40,7 +40,7 @@ async function runExtraction(items, skipped) {
   $("cancel").onclick = () => extract.cancel();
   let results, cancelled;
   try {
-    ({ results, cancelled } = await extract.extract(items.map((it) => it.file), { count: nWorkers, thumb: THUMB, onProgress: update }));
+    ({ results, cancelled } = await extract.extract(items.map((it) => it.file), { count: nWorkers, thumb: THUMB, transform: $("eval-transform").value, onProgress: update }));
   } catch (err) {
     $("progress").hidden = true;
     status("input-status", `Extraction failed: ${err.message}`, true);
@@ -67,6 +67,7 @@ async function runExtraction(items, skipped) {
   const seconds = (performance.now() - t0) / 1000;
   const workers = extract.workerCount();
   state.items = newItems; state.features = features; state.dim = d; state.skipped = skipped;
+  state.evalTransform = $("eval-transform").value;
   state.stats = { seconds, imagesPerSecond: kept.length / Math.max(seconds, 1e-9), workers, cancelled };
   showSkipped();
   const labels = new Set(newItems.map((it) => it.label).filter((l) => l !== null));

@@ -19,6 +19,7 @@ self.onmessage = async (event) => {
     const t0 = performance.now();
     try {
       if (!model) throw new Error("no model loaded");
+      if (msg.transform && model.evalTransform !== msg.transform) model.setEvalTransform(msg.transform);
       const bytes = new Uint8Array(await msg.file.arrayBuffer());
       const out = model.extractWithThumbnail(bytes, msg.thumb);
       const features = out.features;

@@ -223,3 +223,35 @@ fn browser_probe_and_map_equal_native() {
     assert_eq!(meta["architecture"], "resnet18");
     assert!(meta["images"].contains("tile59.png"));
 }
+
+#[wasm_bindgen_test]
+fn eval_transform_is_chosen_in_the_browser() {
+    use mtpath_shared::preprocess::{decode_image, preprocess_views, EvalTransform};
+    let st = safetensors::SafeTensors::deserialize(BUNDLE).expect("bundle");
+    let mut model = ok(FeatureModel::new(st.tensor("model").expect("model").data()));
+    let image = st.tensor("image.2").expect("image").data();
+    assert_eq!(model.eval_transform(), "resize");
+    let resized = ok(model.extract(image));
+    ok(model.set_eval_transform("grid"));
+    assert_eq!(model.eval_transform(), "grid");
+    let grid = ok(model.extract(image));
+    assert!(relative_difference(&grid, &resized) > 1e-3);
+    // The grid's features are the mean of its views' features.
+    let cfg = mtpath_shared::preprocess::PreprocessConfig::imagenet(
+        model.resize_shorter(),
+        model.input_size(),
+    )
+    .with_transform(EvalTransform::Grid);
+    let views = preprocess_views(&decode_image(image).unwrap(), &cfg).unwrap();
+    let mut mean = vec![0f32; grid.len()];
+    for v in &views {
+        for (m, x) in mean.iter_mut().zip(ok(model.extract_preprocessed(v))) {
+            *m += x / views.len() as f32;
+        }
+    }
+    assert!(relative_difference(&grid, &mean) < 1e-5);
+    let e = ok(model.extract_with_thumbnail(image, 32));
+    assert_eq!(e.features(), grid);
+    assert!(model.set_eval_transform("tiles").is_err());
+    assert_eq!(model.eval_transform(), "grid");
+}

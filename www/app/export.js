@@ -22,7 +22,7 @@ export async function featuresSafetensorsBytes() {
     weights_sha256: state.modelSha256,
     labels: JSON.stringify(state.items.map((it) => it.label)),
     groups: JSON.stringify(state.items.map((it) => it.group)),
-    preprocess: JSON.stringify({ resize_shorter: state.card.resize_shorter, crop: state.card.input_size, mean: state.card.mean, std: state.card.std }),
+    preprocess: JSON.stringify({ resize_shorter: state.card.resize_shorter, crop: state.card.input_size, mean: state.card.mean, std: state.card.std, transform: state.evalTransform || "resize" }),
   };
   const { bytes } = await ask("features-safetensors", { names, meta: JSON.stringify(meta) });
   return bytes;

@@ -65,7 +65,7 @@ function feed(slot) {
   if (job.next >= job.files.length) return;
   const id = job.next++;
   slot.busy = true; slot.tile = { job: job.id, id };
-  slot.w.postMessage({ type: "extract", job: job.id, id, file: job.files[id], thumb: job.thumb });
+  slot.w.postMessage({ type: "extract", job: job.id, id, file: job.files[id], thumb: job.thumb, transform: job.transform });
 }
 
 function record(job, id, result) {
@@ -95,15 +95,16 @@ function onCrash(slot) {
 }
 
 /**
- * Embed `files` (File objects) on `count` workers. Resolves with `{ results, cancelled }`:
+ * Embed `files` (File objects) on `count` workers, each turned into input by `transform`
+ * (`resize`, `center-crop` or `grid`; see the model crate's EvalTransform). Resolves with `{ results, cancelled }`:
  * `results[i]` is the worker's reply for file i (features, thumbnail, sizes), `{ error }` for a
  * file the decoder refused, or undefined for a file not reached before `cancel()`.
  */
-export async function extract(files, { count, thumb, onProgress }) {
+export async function extract(files, { count, thumb, transform = "resize", onProgress }) {
   if (pool.job) pool.job.cancel();
   await resize(count);
   const job = {
-    id: pool.nextJob++, files, thumb, onProgress, results: new Array(files.length),
+    id: pool.nextJob++, files, thumb, transform, onProgress, results: new Array(files.length),
     next: 0, done: 0, cancelled: false,
   };
   const finished = new Promise((resolve) => {

@@ -9,6 +9,7 @@ export const state = {
   extensions: [],     // file extensions the model crate's decoder reads (from the wasm module)
   items: [],          // { name, path, label, group, thumb: ImageBitmap, thumbSize: [w, h] }
   features: null,     // Float32Array n × d, rows in items order
+  evalTransform: "resize", // how the tiles became input (resize, center-crop, grid)
   dim: 0,
   skipped: [],        // { name, reason }
   xy: null,           // Float32Array n × 2

@@ -2,18 +2,17 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use clap::{Parser, ValueEnum};
 use mtpath_shared::inference::FoldedNet;
-use mtpath_shared::multitask::cross_entropy_sum;
 use mtpath_shared::{Arch, Network, NetworkSpec};
 
 use crate::data::{AugmentConfig, Loader, SamplerKind, TaskItems};
-use crate::device::{parse_device, synchronize};
+use crate::device::parse_device;
 use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig};
+use crate::train::speed::{time_per_call, train_step_rate};
 
 /// What to time.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -78,24 +77,6 @@ pub struct Args {
 
 /// Seconds per call of `f`, after `warmup` calls; waits for the device before reading the
 /// clock, so GPU work is counted.
-fn time<F: FnMut() -> Result<()>>(
-    device: &Device,
-    warmup: usize,
-    iters: usize,
-    mut f: F,
-) -> Result<f64> {
-    for _ in 0..warmup {
-        f()?;
-    }
-    synchronize(device)?;
-    let start = Instant::now();
-    for _ in 0..iters {
-        f()?;
-    }
-    synchronize(device)?;
-    Ok(start.elapsed().as_secs_f64() / iters.max(1) as f64)
-}
-
 /// The training splits of every task folder (with a manifest.csv) under `root`, read by the
 /// task-pool reader without decoding the images.
 fn task_folders_train_items(root: &Path) -> Result<Vec<TaskItems>> {
@@ -171,11 +152,6 @@ pub fn run(args: Args) -> Result<()> {
     candle_core::cuda::set_gemm_reduced_precision_f32(args.tf32);
     let net = Network::new(NetworkSpec::classifier(args.arch, 1000), &dev, 0)?;
     let x = Tensor::randn(0f32, 1.0, (args.batch, 3, args.size, args.size), &dev)?;
-    let labels = Tensor::from_vec(
-        (0..args.batch as u32).map(|i| i % 1000).collect::<Vec<_>>(),
-        args.batch,
-        &dev,
-    )?;
     println!(
         "{} batch {} at {} px, {} threads, {}",
         args.arch,
@@ -210,7 +186,7 @@ pub fn run(args: Args) -> Result<()> {
                 Ok(())
             })
         };
-        let s = time(&dev, args.warmup, args.iters, infer)?;
+        let s = time_per_call(&dev, args.warmup, args.iters, infer)?;
         println!(
             "infer: {:.1} img/s ({:.1} ms/batch)",
             args.batch as f64 / s,
@@ -218,12 +194,15 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if matches!(args.mode, Mode::Train | Mode::Both) {
-        let s = time(&dev, args.warmup, args.iters, || {
-            let logits = net.logits_t(&x, true)?;
-            let loss = (cross_entropy_sum(&logits, &labels)? / args.batch as f64)?;
-            loss.backward()?;
-            Ok(())
-        })?;
+        let rate = train_step_rate(
+            args.arch,
+            args.size,
+            args.batch,
+            &dev,
+            args.warmup,
+            args.iters,
+        )?;
+        let s = args.batch as f64 / rate;
         println!(
             "train: {:.1} img/s ({:.1} ms/step)",
             args.batch as f64 / s,

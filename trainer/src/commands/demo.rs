@@ -21,16 +21,21 @@ pub struct Args {
     /// $MTPATH_DATA, else ../shared/data, else ./data.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Task to hold out of pre-training (for the held-out evaluation). Default: lymphoma if
-    /// present, else the smallest task.
-    #[arg(long)]
-    pub hold_out: Option<String>,
+    /// Task(s) to hold out of pre-training and evaluate on, comma-separated. Default: those
+    /// of DEFAULT_HOLD_OUT present in the data, else the smallest task.
+    #[arg(long, value_delimiter = ',')]
+    pub hold_out: Vec<String>,
     /// Run directory.
     #[arg(long, default_value = "mtpath-demo")]
     pub out: PathBuf,
-    /// Iterations (the default is sized for ~15 minutes on 2 cores).
-    #[arg(long, default_value_t = 600)]
-    pub iters: usize,
+    /// Wall-clock budget of the whole demo (pre-training, validation and the held-out
+    /// evaluation), e.g. 15m, 1h, 2h30m: the pre-training iterations are set from the training
+    /// step's speed measured on this machine.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub budget: std::time::Duration,
+    /// Pre-training iterations (instead of sizing them from --budget).
+    #[arg(long)]
+    pub iters: Option<usize>,
     /// Input side in pixels.
     #[arg(long, default_value_t = 112)]
     pub size: u32,
@@ -63,6 +68,12 @@ pub struct Args {
     #[arg(long)]
     pub resume: bool,
 }
+
+/// The tasks the demo holds out by default (those present): one histology task and one
+/// cytology task, each with relatives in the pool (lymphoma beside the other H&E tasks;
+/// pbc-blood's white cells beside chula-rbc's red cells from Wright-stained smears). See
+/// docs/recipe.md.
+pub const DEFAULT_HOLD_OUT: [&str; 2] = ["lymphoma", "pbc-blood"];
 
 /// The data folder to use, or a message saying how to get one.
 pub fn find_data(arg: Option<&Path>) -> Result<PathBuf> {
@@ -149,24 +160,49 @@ pub fn run(args: Args) -> Result<()> {
             usable.push(dir.clone());
         }
     }
-    let hold_out = match &args.hold_out {
-        Some(h) => h.clone(),
-        None if usable.iter().any(|d| name(d) == "lymphoma") => "lymphoma".into(),
-        None => usable
+    let hold_out: Vec<String> = if !args.hold_out.is_empty() {
+        args.hold_out.clone()
+    } else {
+        let present: Vec<String> = DEFAULT_HOLD_OUT
             .iter()
-            .zip(&pool_all.tasks)
-            .min_by_key(|(_, t)| t.train.len() + t.val.len() + t.test.len())
-            .map(|(d, _)| name(d))
-            .unwrap_or_default(),
+            .filter(|h| usable.iter().any(|d| name(d) == **h))
+            .map(|h| h.to_string())
+            .collect();
+        if present.is_empty() {
+            usable
+                .iter()
+                .zip(&pool_all.tasks)
+                .min_by_key(|(_, t)| t.len())
+                .map(|(d, _)| vec![name(d)])
+                .unwrap_or_default()
+        } else {
+            present
+        }
     };
-    if !usable.iter().any(|d| name(d) == hold_out) {
-        bail!(
-            "--hold-out {hold_out}: no such usable task in {} (tasks: {})",
-            data.display(),
-            usable.iter().map(name).collect::<Vec<_>>().join(", ")
-        );
+    for h in &hold_out {
+        if !usable.iter().any(|d| name(d) == *h) {
+            bail!(
+                "--hold-out {h}: no such usable task in {} (tasks: {})",
+                data.display(),
+                usable.iter().map(name).collect::<Vec<_>>().join(", ")
+            );
+        }
     }
-    let train_dirs: Vec<PathBuf> = usable.into_iter().filter(|d| name(d) != hold_out).collect();
+    let train_dirs: Vec<PathBuf> = usable
+        .iter()
+        .filter(|d| !hold_out.contains(&name(d)))
+        .cloned()
+        .collect();
+    if train_dirs.is_empty() {
+        bail!("--hold-out leaves no task to pre-train on; hold out fewer tasks");
+    }
+    let held_dirs: Vec<PathBuf> = hold_out.iter().map(|h| data.join(h)).collect();
+    let held_images: usize = all
+        .iter()
+        .zip(&pool_all.tasks)
+        .filter(|(d, _)| hold_out.contains(&name(d)))
+        .map(|(_, t)| t.len())
+        .sum();
     let pool_config = PoolConfig::from_task_dirs(&train_dirs, 0);
     // The pool already loaded, restricted to the training tasks (splits depend only on the
     // seed and each task's own data, so they are the same as loading these tasks alone).
@@ -186,26 +222,21 @@ pub fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
     let pool_path = args.out.join("demo-pool.toml");
-    let mut config = TrainConfig {
-        arch: args.arch,
-        size: args.size,
-        batch: args.batch,
-        iters: args.iters,
-        lr: 0.02,
-        head_lr_scale: 1.0,
-        weight_decay: 1e-4,
-        lr_warmup_iters: 50.min(args.iters / 4),
-        schedule: mtpath_shared::optim::ScheduleKind::Cosine {
-            total_iters: args.iters - 50.min(args.iters / 4),
-            min_lr: 0.0,
-        },
-        val_every: (args.iters / 3).max(1),
-        val_max_per_task: 100,
-        rrc_min_scale: 0.35,
-        init: args.init.clone(),
-        checkpoint_every: 100,
-        ..TrainConfig::default()
-    };
+    let mut config = recipe(&args, 1);
+    if !args.resume {
+        let iters = match args.iters {
+            Some(i) => i,
+            None => {
+                let val_images: usize = pool
+                    .tasks
+                    .iter()
+                    .map(|t| t.split(Split::Val).len().min(config.val_max_per_task))
+                    .sum();
+                iterations_for_budget(&args, &config, val_images, held_images)?
+            }
+        };
+        config = recipe(&args, iters);
+    }
     if args.resume {
         let record = crate::train::run::read_record(&args.out)
             .with_context(|| format!("{}: no demo run to resume", args.out.display()))?;
@@ -215,7 +246,7 @@ pub fn run(args: Args) -> Result<()> {
         write_pool_file(&pool_path, &pool_config, &config)?;
     }
     eprintln!(
-        "mtpath demo: pre-training {} at {} px on {} tasks ({}), holding out {hold_out}; {} \
+        "mtpath demo: pre-training {} at {} px on {} tasks ({}), holding out {}; {} \
          iterations of {} images.\nrun directory: {}",
         config.arch,
         config.size,
@@ -225,6 +256,7 @@ pub fn run(args: Args) -> Result<()> {
             .map(|t| t.name.as_str())
             .collect::<Vec<_>>()
             .join(", "),
+        hold_out.join(", "),
         config.iters,
         config.batch,
         args.out.display()
@@ -275,18 +307,22 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     println!(
-        "\nweights: {}/trunk.safetensors (torchvision names), model card {}/card.md, metrics {}/metrics.csv\nheld-out task for evaluation: {hold_out} ({})",
+        "\nweights: {}/trunk.safetensors (torchvision names), model card {}/card.md, metrics {}/metrics.csv\nheld out for evaluation: {}",
         outcome.best.as_ref().unwrap_or(&outcome.last).display(),
         outcome.best.as_ref().unwrap_or(&outcome.last).display(),
         args.out.display(),
-        data.join(&hold_out).display()
+        held_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if args.seeds > 0 {
         let best = outcome.best.as_ref().unwrap_or(&outcome.last);
         held_out_comparison(
             &best.join(crate::train::checkpoint::TRUNK_FILE),
             &args,
-            &data.join(&hold_out),
+            &held_dirs,
             &args.out.join("held-out"),
         )?;
     }
@@ -297,13 +333,18 @@ pub fn run(args: Args) -> Result<()> {
 /// and of a trunk trained on the held-out task alone (single-task baseline), over `seeds`
 /// splits; prints the table and writes `held-out/` (comparison.md/json, plots, every
 /// evaluation's results).
-fn held_out_comparison(trunk: &Path, args: &Args, task: &Path, out: &Path) -> Result<()> {
+fn held_out_comparison(trunk: &Path, args: &Args, tasks: &[PathBuf], out: &Path) -> Result<()> {
     use crate::evaluate::compare::{compare, fmt_metric, CompareSpec, Model};
     use crate::evaluate::protocol::Protocol;
-    let name = task
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let names: Vec<String> = tasks
+        .iter()
+        .map(|t| {
+            t.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    let name = names.join(", ");
     let seeds = args.seeds;
     eprintln!(
         "\nheld-out evaluation on {name} ({seeds} seeds): multi-task trunk vs random init{}",
@@ -340,7 +381,7 @@ fn held_out_comparison(trunk: &Path, args: &Args, task: &Path, out: &Path) -> Re
             arch: args.arch,
             size: args.size,
             transform: args.eval_transform,
-            tasks: vec![task.to_path_buf()],
+            tasks: tasks.to_vec(),
             protocols: vec![Protocol::Linear, Protocol::Knn { k: 20 }],
             seeds,
             batch: args.batch,
@@ -349,24 +390,28 @@ fn held_out_comparison(trunk: &Path, args: &Args, task: &Path, out: &Path) -> Re
         &models,
     )?;
     let mut printed = String::new();
-    for protocol in c.protocols() {
-        for m in &c.models {
-            let Some(cell) = c.cell(m, &protocol, &name) else {
-                continue;
-            };
-            printed.push_str(&format!(
-                "  {:<9} {:<12} {:>15} {:>18} {:>15}\n",
-                protocol,
-                m,
-                fmt_metric(Some(cell), "accuracy"),
-                fmt_metric(Some(cell), "balanced_accuracy"),
-                fmt_metric(Some(cell), "macro_f1")
-            ));
+    for task in &names {
+        for protocol in c.protocols() {
+            for m in &c.models {
+                let Some(cell) = c.cell(m, &protocol, task) else {
+                    continue;
+                };
+                printed.push_str(&format!(
+                    "  {:<16} {:<9} {:<12} {:>15} {:>18} {:>15}\n",
+                    task,
+                    protocol,
+                    m,
+                    fmt_metric(Some(cell), "accuracy"),
+                    fmt_metric(Some(cell), "balanced_accuracy"),
+                    fmt_metric(Some(cell), "macro_f1")
+                ));
+            }
         }
     }
     println!(
-        "\nheld-out task {name}, {seeds} seeds (mean ± sd):\n  {:<9} {:<12} {:>15} {:>18} {:>15}\n{printed}\
+        "\nheld-out tasks, {seeds} seeds (mean ± sd):\n  {:<16} {:<9} {:<12} {:>15} {:>18} {:>15}\n{printed}\
          table: {}\nplots: {}",
+        "task",
         "probe",
         "model",
         "accuracy",
@@ -385,6 +430,107 @@ fn held_out_comparison(trunk: &Path, args: &Args, task: &Path, out: &Path) -> Re
             .join(", ")
     );
     Ok(())
+}
+
+/// The demo's pre-training recipe for `iters` iterations (see docs/recipe.md for how it was
+/// chosen).
+fn recipe(args: &Args, iters: usize) -> TrainConfig {
+    let warmup = (iters / 15).clamp(1, 100);
+    TrainConfig {
+        arch: args.arch,
+        size: args.size,
+        batch: args.batch,
+        iters,
+        lr: 0.03,
+        head_lr_scale: 1.0,
+        weight_decay: 1e-4,
+        lr_warmup_iters: warmup,
+        schedule: mtpath_shared::optim::ScheduleKind::Cosine {
+            total_iters: iters.saturating_sub(warmup).max(1),
+            min_lr: 0.0,
+        },
+        rot90: true,
+        jitter: 0.2,
+        val_every: (iters / 3).max(1),
+        val_max_per_task: 200,
+        rrc_min_scale: 0.35,
+        init: args.init.clone(),
+        checkpoint_every: 250,
+        ..TrainConfig::default()
+    }
+}
+
+/// Share of the training step's speed a whole run keeps (loader, validation, checkpoints).
+const WHOLE_RUN_SHARE: f64 = 0.85;
+/// Evaluation-mode forwards (folded BatchNorm, no backward) run about this much faster than
+/// a training step.
+const INFER_SPEEDUP: f64 = 2.5;
+/// Seconds of one probe fit (C chosen by cross-validation) on a held-out task's features.
+const PROBE_S: f64 = 4.0;
+/// Seconds of fixed costs: loading the pool, building networks, writing reports.
+const FIXED_S: f64 = 45.0;
+
+/// Pre-training iterations that fit `args.budget` on this machine: the training step is timed
+/// here, and the held-out evaluation (the single-task baselines, features of three models,
+/// the probes) and the validation passes are estimated and taken off the budget.
+fn iterations_for_budget(
+    args: &Args,
+    config: &TrainConfig,
+    val_images: usize,
+    held_images: usize,
+) -> Result<usize> {
+    eprint!("timing the training step on this machine… ");
+    let rate = crate::train::speed::train_step_rate(
+        config.arch,
+        config.size as usize,
+        config.batch,
+        &candle_core::Device::Cpu,
+        1,
+        3,
+    )?;
+    let run_rate = rate * WHOLE_RUN_SHARE;
+    let infer_rate = rate * INFER_SPEEDUP;
+    let views = match args.eval_transform {
+        EvalTransform::Grid => f64::from(mtpath_shared::preprocess::GRID_MAX_PER_SIDE.pow(2)) / 2.0,
+        _ => 1.0,
+    };
+    let seeds = args.seeds as f64;
+    let held = held_images as f64;
+    let protocols = 2.0;
+    let mut eval_s = FIXED_S + 3.0 * val_images as f64 / infer_rate;
+    if args.seeds > 0 {
+        // Multi-task and random trunks: features once (cached over seeds), probes per seed.
+        eval_s += 2.0 * held * views / infer_rate + 2.0 * protocols * seeds * PROBE_S;
+        if args.single_task_epochs > 0 {
+            // ~70% of a task is train+val; one network per seed, then its features and probes.
+            eval_s += seeds * args.single_task_epochs as f64 * 0.7 * held / run_rate;
+            eval_s += seeds * (held * views / infer_rate + protocols * PROBE_S);
+        }
+    }
+    let budget = args.budget.as_secs_f64();
+    let train_s = budget - eval_s;
+    let min_train_s = 60.0;
+    if train_s < min_train_s {
+        bail!(
+            "--budget {}: the evaluation alone needs about {} on this machine (training step \
+             {rate:.0} img/s); give a budget of at least {}, fewer --seeds, or \
+             --single-task-epochs 0",
+            humantime::format_duration(args.budget),
+            humantime::format_duration(std::time::Duration::from_secs(eval_s as u64)),
+            humantime::format_duration(std::time::Duration::from_secs(
+                (eval_s + min_train_s) as u64 / 60 * 60 + 60
+            ))
+        );
+    }
+    let iters = ((train_s * run_rate) / config.batch as f64).floor() as usize;
+    eprintln!(
+        "{rate:.0} img/s: {iters} iterations (~{} of pre-training, ~{} of validation and \
+         held-out evaluation) fit the {} budget",
+        humantime::format_duration(std::time::Duration::from_secs(train_s as u64)),
+        humantime::format_duration(std::time::Duration::from_secs(eval_s as u64)),
+        humantime::format_duration(args.budget)
+    );
+    Ok(iters.max(1))
 }
 
 /// Write the pool the demo trains on, with its settings, so it can be rerun with `mtpath train`.

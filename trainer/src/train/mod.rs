@@ -7,4 +7,5 @@ pub mod init;
 pub mod metrics;
 pub mod progress;
 pub mod run;
+pub mod speed;
 pub mod validate;
