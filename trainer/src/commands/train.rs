@@ -57,6 +57,9 @@ pub struct Args {
     /// 20, 0 = off).
     #[arg(long)]
     pub bn_adapt: Option<usize>,
+    /// RAM for decoded training images in MiB (default 2048; 0 = decode every time).
+    #[arg(long)]
+    pub cache_mb: Option<usize>,
     /// Task sampler: uniform (the paper's), proportional, temperature:T, round-robin, weighted.
     #[arg(long)]
     pub sampler: Option<String>,
@@ -103,7 +106,8 @@ impl Args {
              tau => head_lr_scale, momentum => momentum, weight_decay => weight_decay,
              warmup_heads => head_warmup_iters, sampler => sampler, val_every => val_every,
              checkpoint_every => checkpoint_every, val_max => val_max_per_task, init => init,
-             workers => workers, bn_adapt => bn_adapt_batches);
+             workers => workers, bn_adapt => bn_adapt_batches,
+             cache_mb => image_cache_mb);
         if self.seed.is_some() {
             c.seed = self.seed;
         }

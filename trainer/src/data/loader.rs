@@ -14,11 +14,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Result};
-use mtpath_shared::preprocess::load_image;
 
 use super::augment::{augment, AugmentConfig};
 use super::sampler::{Sampler, SamplerKind};
-use super::TaskItems;
+use super::{ImageCache, TaskItems};
 
 /// One training batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +35,7 @@ pub struct Batch {
 /// What every worker needs to build any batch.
 struct Recipe {
     tasks: Arc<Vec<TaskItems>>,
+    cache: Arc<ImageCache>,
     sampler: Sampler,
     aug: AugmentConfig,
     batch: usize,
@@ -52,7 +52,9 @@ impl Recipe {
         for (t, i, seed) in plan {
             let task = &self.tasks[t];
             let item = &task.items[i];
-            let img = load_image(&item.path)
+            let img = self
+                .cache
+                .get(t, i, &item.path)
                 .map_err(|e| anyhow!("batch {iter}, task {}: {e}", task.name))?;
             let x = augment(&img, task.crop, &self.aug, seed).map_err(|e| {
                 anyhow!(
@@ -117,11 +119,32 @@ impl Loader {
         workers: usize,
         prefetch: usize,
     ) -> Result<Self> {
+        let cache = Arc::new(ImageCache::disabled());
+        Self::with_cache(
+            tasks, sampler, aug, batch, seed, start_iter, workers, prefetch, cache,
+        )
+    }
+
+    /// [`Loader::new`] with decoded images taken from (and kept in) `cache`, which must have
+    /// been made for the same `tasks`. The batches are the same as without it, bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_cache(
+        tasks: Arc<Vec<TaskItems>>,
+        sampler: SamplerKind,
+        aug: AugmentConfig,
+        batch: usize,
+        seed: u64,
+        start_iter: u64,
+        workers: usize,
+        prefetch: usize,
+        cache: Arc<ImageCache>,
+    ) -> Result<Self> {
         ensure!(batch > 0, "loader: batch size must be > 0");
         aug.validate()?;
         let sampler = Sampler::new(sampler, &tasks)?;
         let recipe = Arc::new(Recipe {
             tasks,
+            cache,
             sampler,
             aug,
             batch,
@@ -256,6 +279,7 @@ mod tests {
     use super::*;
     use crate::data::{CropPolicy, Item};
     use image::RgbImage;
+    use mtpath_shared::preprocess::load_image;
     use mtpath_shared::testdata::data_dir;
     use std::path::Path;
 
@@ -309,6 +333,36 @@ mod tests {
     ) -> Vec<Batch> {
         let mut l = Loader::new(tasks.clone(), kind, aug(), 4, 99, start, workers, 2).unwrap();
         (0..n).map(|_| l.next_batch().unwrap()).collect()
+    }
+
+    #[test]
+    fn cached_batches_equal_uncached_bit_for_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = synthetic_tasks(dir.path());
+        let plain = take(&tasks, SamplerKind::UniformTask, 0, 2, 12);
+        // A budget holding only some of the images: cached and decoded images mix.
+        let one = 40 * 40 * 3;
+        for budget in [usize::MAX, 5 * one] {
+            let cache = Arc::new(ImageCache::new(&tasks, budget));
+            let mut l = Loader::with_cache(
+                tasks.clone(),
+                SamplerKind::UniformTask,
+                aug(),
+                4,
+                99,
+                0,
+                2,
+                2,
+                cache.clone(),
+            )
+            .unwrap();
+            for want in &plain {
+                let got = l.next_batch().unwrap();
+                assert_eq!(got.images, want.images);
+                assert_eq!((&got.tasks, &got.labels), (&want.tasks, &want.labels));
+            }
+            assert!(cache.len() > 0 && cache.used_bytes() <= budget);
+        }
     }
 
     #[test]

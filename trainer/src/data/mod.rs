@@ -9,6 +9,7 @@
 // `mtpath bench --mode pipeline` and the tests use it.
 
 pub mod augment;
+pub mod cache;
 pub mod loader;
 pub mod rng;
 pub mod sampler;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 pub use augment::AugmentConfig;
 #[allow(unused_imports)] // the training loop's entry points, integrated separately
 pub use augment::{augment, eval_transform};
+pub use cache::ImageCache;
 #[allow(unused_imports)]
 pub use loader::Batch;
 pub use loader::Loader;

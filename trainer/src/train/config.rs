@@ -68,6 +68,10 @@ pub struct TrainConfig {
     /// the pool, with γ/β compensated so outputs are unchanged (the paper's adaptation;
     /// mtdp's `adapt_batch_norm`). 0 = off.
     pub bn_adapt_batches: usize,
+    /// RAM for decoded training images, in MiB (8-bit RGB as decoded; first come, first
+    /// kept): after the first pass an image costs its augmentation only. 0 = decode every
+    /// time. Batches are the same either way.
+    pub image_cache_mb: usize,
     /// Decoding threads of the data pipeline.
     pub workers: usize,
     /// Batches prepared ahead of the step.
@@ -102,6 +106,7 @@ impl Default for TrainConfig {
             seed: None,
             init: "none".into(),
             bn_adapt_batches: 20,
+            image_cache_mb: 2048,
             workers: 2,
             prefetch: 4,
         }

@@ -483,7 +483,8 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
     };
     let tasks = Arc::new(spec.pool.train_items()?);
     let record_init = trainer.record.init.clone();
-    let mut loader = data::Loader::new(
+    let cache = Arc::new(data::ImageCache::new(&tasks, cfg.image_cache_mb << 20));
+    let mut loader = data::Loader::with_cache(
         tasks.clone(),
         sampler,
         aug,
@@ -492,6 +493,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         start as u64,
         cfg.workers,
         cfg.prefetch,
+        cache.clone(),
     )?;
     if !spec.resume && record_init != "random" && cfg.bn_adapt_batches > 0 {
         adapt_batch_norm(
@@ -597,6 +599,14 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         }
     }
     progress.finish();
+    if spec.verbose && cfg.image_cache_mb > 0 {
+        eprintln!(
+            "decoded-image cache: {} images ({} MiB of {} MiB) kept in RAM",
+            cache.len(),
+            cache.used_bytes() >> 20,
+            cfg.image_cache_mb
+        );
+    }
     draw_curves(&spec.out);
     Ok(RunOutcome {
         iterations: cfg.iters,
