@@ -381,6 +381,7 @@ fn held_out_comparison(trunk: &Path, args: &Args, tasks: &[PathBuf], out: &Path)
             arch: args.arch,
             size: args.size,
             transform: args.eval_transform,
+            score_on: crate::evaluate::protocol::ScoreOn::Test,
             tasks: tasks.to_vec(),
             protocols: vec![Protocol::Linear, Protocol::Knn { k: 20 }],
             seeds,

@@ -89,6 +89,7 @@ pub fn run(args: Args) -> Result<()> {
             seeds: (0..args.seeds).collect(),
             size: args.size,
             transform: args.eval_transform,
+            score_on: crate::evaluate::protocol::ScoreOn::Test,
             batch: args.batch,
             out: args.out.clone(),
         };

@@ -11,7 +11,7 @@ use mtpath_shared::preprocess::EvalTransform;
 use serde::Deserialize;
 
 use crate::evaluate::compare::{compare, fmt_metric, CompareSpec, Comparison, Model};
-use crate::evaluate::protocol::Protocol;
+use crate::evaluate::protocol::{Protocol, ScoreOn};
 use crate::evaluate::rank::average_ranks;
 use crate::pool::PoolConfig;
 use crate::session::{load_pool, set_threads, stop_flag};
@@ -329,24 +329,41 @@ pub fn run(args: Args) -> Result<()> {
             lr: args.single_task_lr,
         });
     }
+    let spec = CompareSpec {
+        arch: base.arch,
+        size: base.size,
+        transform: args.eval_transform,
+        score_on: ScoreOn::Validation,
+        tasks: held_out,
+        protocols: args.protocols.clone(),
+        seeds: args.seeds,
+        batch: base.batch,
+        out: args.out.join("held-out-val"),
+    };
+    // Selection on the held-out tasks' validation splits (probes fitted on train), never on
+    // test; the single-task baseline, which is not a candidate, is left out of it.
+    let candidates: Vec<Model> = models
+        .iter()
+        .filter(|m| matches!(m, Model::Trunk { .. }))
+        .cloned()
+        .collect();
+    let v = compare(&spec, &candidates)?;
     let c = compare(
         &CompareSpec {
-            arch: base.arch,
-            size: base.size,
-            transform: args.eval_transform,
-            tasks: held_out,
-            protocols: args.protocols.clone(),
-            seeds: args.seeds,
-            batch: base.batch,
+            score_on: ScoreOn::Test,
             out: args.out.join("held-out"),
+            ..spec
         },
         &models,
     )?;
-    let ranked = ranking(&c);
+    let ranked = ranking(&v);
     let mut md = format!(
         "# Leave-one-task-out: {} held out of {}\n\nRanking by average rank of the mean balanced \
-         accuracy over every held-out task and probe (1 = best); pre-trained combinations and \
-         baselines ranked together.\n\n| rank | model | average rank |\n|---|---|---|\n",
+         accuracy on the held-out tasks' validation splits (probes fitted on their training \
+         splits) over every held-out task and probe (1 = best); pre-trained combinations and \
+         the random-init (and --imagenet) trunks ranked together. The tables below are on the \
+         test splits (probes fitted on train + val), for reporting only.\n\n| rank | model | \
+         average rank (validation) |\n|---|---|---|\n",
         args.hold_out.join(", "),
         args.pool.display()
     );
@@ -376,13 +393,14 @@ pub fn run(args: Args) -> Result<()> {
         "combinations": combos_json,
         "ranking": ranked.iter().map(|(m, r)| serde_json::json!({"model": m, "average_rank": r})).collect::<Vec<_>>(),
         "comparison": "held-out/comparison.json",
+        "selection": "held-out-val/comparison.json",
         "mtpath_version": env!("CARGO_PKG_VERSION"),
     });
     mtpath_shared::fsutil::write_atomic(
         &args.out.join("loto.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
-    println!("\nranking (average rank over held-out tasks and probes; balanced accuracy):");
+    println!("\nranking (average rank on the held-out validation splits; test balanced accuracy):");
     for (i, (m, r)) in ranked.iter().enumerate() {
         let best_cells: Vec<String> = c
             .tasks

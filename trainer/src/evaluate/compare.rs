@@ -10,7 +10,7 @@ use mtpath_shared::Arch;
 use serde::{Deserialize, Serialize};
 
 use super::finetune::{finetune_seed, FinetuneSpec};
-use super::protocol::{Protocol, RunScores};
+use super::protocol::{Protocol, RunScores, ScoreOn};
 use super::report::{self, Summary};
 use super::run::{evaluate, EvalSpec};
 use crate::plots::{self, BarChart, BarSeries};
@@ -59,6 +59,8 @@ pub struct CompareSpec {
     pub size: u32,
     /// How held-out images become input for the frozen-feature probes.
     pub transform: EvalTransform,
+    /// Probes scored on test (reporting) or on validation (model selection).
+    pub score_on: ScoreOn,
     /// Held-out task folders.
     pub tasks: Vec<PathBuf>,
     /// Frozen-feature probes.
@@ -173,6 +175,7 @@ pub fn compare(spec: &CompareSpec, models: &[Model]) -> Result<Comparison> {
                         seeds: seeds.clone(),
                         size: Some(spec.size),
                         transform: spec.transform,
+                        score_on: spec.score_on,
                         batch: spec.batch,
                         out: spec.out.join("eval").join(format!("{slug}-{protocol}")),
                     })?;
@@ -218,6 +221,7 @@ pub fn compare(spec: &CompareSpec, models: &[Model]) -> Result<Comparison> {
                                 seeds: vec![seed],
                                 size: Some(spec.size),
                                 transform: spec.transform,
+                                score_on: spec.score_on,
                                 batch: spec.batch,
                                 out: spec
                                     .out

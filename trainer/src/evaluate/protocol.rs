@@ -199,14 +199,37 @@ fn select_c(
         .unwrap_or(1.0))
 }
 
-/// Fit on train + val of `task` (as split for this seed) and score on its test split.
-pub fn run(task: &Task, feats: &TaskFeatures, protocol: Protocol, seed: u64) -> Result<RunScores> {
-    let (x_train, y_train, g_train) = gather(task, feats, &[Split::Train, Split::Val]);
-    let (x_test, y_test, _) = gather(task, feats, &[Split::Test]);
+/// Which split a probe is scored on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScoreOn {
+    /// Fit on train + val, score on test: the reported numbers.
+    #[default]
+    Test,
+    /// Fit on train, score on val: for model selection, which must never see test.
+    Validation,
+}
+
+/// Fit on train + val of `task` (as split for this seed) and score on its test split, or, with
+/// [`ScoreOn::Validation`], fit on train and score on val.
+pub fn run(
+    task: &Task,
+    feats: &TaskFeatures,
+    protocol: Protocol,
+    seed: u64,
+    on: ScoreOn,
+) -> Result<RunScores> {
+    let (fit_on, score_on): (&[Split], &[Split]) = match on {
+        ScoreOn::Test => (&[Split::Train, Split::Val], &[Split::Test]),
+        ScoreOn::Validation => (&[Split::Train], &[Split::Val]),
+    };
+    let (x_train, y_train, g_train) = gather(task, feats, fit_on);
+    let (x_test, y_test, _) = gather(task, feats, score_on);
     if y_test.is_empty() {
         bail!(
-            "task {}: the test split is empty; give it more groups or a larger test fraction",
-            task.name
+            "task {}: the {} split is empty; give it more groups or a larger {} fraction",
+            task.name,
+            score_on[0].as_str(),
+            score_on[0].as_str()
         );
     }
     let n_classes = task.classes.len();

@@ -31,6 +31,8 @@ pub struct EvalSpec {
     pub size: Option<u32>,
     /// How images become input (resize, native center crop, or a grid of native crops).
     pub transform: EvalTransform,
+    /// Score on test (reporting) or on validation (model selection).
+    pub score_on: protocol::ScoreOn,
     /// Images per forward pass.
     pub batch: usize,
     /// Results directory.
@@ -89,7 +91,7 @@ pub fn evaluate(spec: &EvalSpec) -> Result<EvalOutput> {
             }
         }
         for (t, f) in pool.tasks.iter().zip(&features) {
-            runs.push(protocol::run(t, f, spec.protocol, seed)?);
+            runs.push(protocol::run(t, f, spec.protocol, seed, spec.score_on)?);
         }
     }
     let header = serde_json::json!({
