@@ -324,6 +324,8 @@ fn demo_runs_on_the_real_tasks_and_says_where_the_run_is() {
         s(&data),
         "--out",
         s(&out),
+        "--hold-out",
+        "lymphoma",
         "--iters",
         "6",
         "--size",
@@ -344,7 +346,7 @@ fn demo_runs_on_the_real_tasks_and_says_where_the_run_is() {
     assert!(out.join("best/trunk.safetensors").is_file());
     // The held-out comparison: multi-task trunk vs random init vs single-task, linear and kNN
     // probes (and the single-task network's own head), with plots.
-    assert!(stdout.contains("held-out task lymphoma"), "{stdout}");
+    assert!(stdout.contains("held-out tasks, 2 seeds"), "{stdout}");
     let table = std::fs::read_to_string(out.join("held-out/comparison.md")).unwrap();
     assert_eq!(table.matches("| multi-task |").count(), 2, "{table}");
     assert_eq!(table.matches("| random init |").count(), 2, "{table}");
@@ -381,6 +383,27 @@ fn demo_runs_on_the_real_tasks_and_says_where_the_run_is() {
         s(&dir.path().join("s.csv")),
     ]);
     assert_ok(&check);
+
+    // A budget too small for the evaluation says so, and what would fit.
+    let o = mtpath(&[
+        "demo",
+        "--data",
+        s(&data),
+        "--out",
+        s(&dir.path().join("tiny")),
+        "--budget",
+        "20s",
+        "--size",
+        "32",
+        "--batch",
+        "8",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--budget 20s") && err.contains("at least"),
+        "{err}"
+    );
 
     // Without data, the demo says how to get some.
     let o = mtpath(&["demo", "--data", s(&dir.path().join("nothing-here"))]);
