@@ -177,6 +177,8 @@ pub fn ranking(c: &Comparison) -> Vec<(String, f64)> {
         .into_iter()
         .filter(|p| p != "own head")
         .flat_map(|p| c.tasks.iter().map(move |t| (p.clone(), t.clone())))
+        // A task no model was scored on (no validation split) is not a criterion.
+        .filter(|(p, t)| c.models.iter().any(|m| c.cell(m, p, t).is_some()))
         .collect();
     let scores: Vec<Vec<f64>> = c
         .models

@@ -12,7 +12,7 @@ use super::features::{load_extractor, task_features};
 use super::finetune::{arch_of, finetune_seeds, FinetuneSpec};
 use super::protocol::{self, Protocol, RunScores};
 use super::report;
-use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig};
+use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig, Split};
 
 /// One evaluation: a trunk, tasks, a probe protocol and seeds.
 #[derive(Debug, Clone)]
@@ -91,6 +91,17 @@ pub fn evaluate(spec: &EvalSpec) -> Result<EvalOutput> {
             }
         }
         for (t, f) in pool.tasks.iter().zip(&features) {
+            if spec.score_on == protocol::ScoreOn::Validation && t.split(Split::Val).is_empty() {
+                // A source split with no validation part (e.g. slides given as train/test):
+                // the task cannot take part in selection, which must not look at test.
+                if i == 0 {
+                    eprintln!(
+                        "{}: no validation split, left out of the selection (reported on test only)",
+                        t.name
+                    );
+                }
+                continue;
+            }
             runs.push(protocol::run(t, f, spec.protocol, seed, spec.score_on)?);
         }
     }
