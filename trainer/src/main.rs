@@ -8,6 +8,7 @@ mod evaluate;
 mod images;
 mod plots;
 mod pool;
+mod released;
 mod session;
 mod train;
 

@@ -18,7 +18,8 @@ use crate::session::set_threads;
 #[derive(Parser, Debug)]
 pub struct Args {
     /// Weights (.safetensors or .pth: an mtpath checkpoint, a trunk, a torchvision state
-    /// dict), or `random` for a randomly initialised trunk of --arch. Also `--init`.
+    /// dict), `random` for a randomly initialised trunk of --arch, or `pool-r18` (mtpath's
+    /// released pathology trunk, models/pool-r18). Also `--init`.
     #[arg(long, visible_alias = "init")]
     pub weights: String,
     /// Architecture (needed for `random` and for files without mtpath metadata whose names

@@ -27,7 +27,7 @@ use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig, Split};
 #[derive(Parser)]
 pub struct Args {
     /// Weights: safetensors (mtpath checkpoint or torchvision state dict), PyTorch .pth, or
-    /// `random` (a randomly initialised trunk of --arch).
+    /// `random` (a randomly initialised trunk of --arch), or `pool-r18` (the released trunk).
     #[arg(long)]
     weights: String,
     /// Architecture (resnet18/34/50/101, densenet121/169); default: from the file.

@@ -285,7 +285,15 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let mut models = Vec::new();
-    for m in &args.models {
+    // With no --model, the released trunk (when present) is offered and loads by default.
+    let released: Vec<PathBuf> = if args.models.is_empty() {
+        crate::released::find(crate::released::DEFAULT)
+            .into_iter()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for m in args.models.iter().chain(&released) {
         let served = served_model(m)?;
         if models.iter().any(|x: &ServedModel| x.name == served.name) {
             bail!(

@@ -28,6 +28,8 @@ pub fn load_extractor(
     transform: EvalTransform,
 ) -> Result<(FeatureExtractor, u64)> {
     let device = Device::Cpu;
+    let weights = crate::released::resolve_weights(weights)?;
+    let weights = weights.as_str();
     let (mut extractor, weights_hash) = if weights == "random" {
         let arch = arch.unwrap_or(Arch::ResNet18);
         let net_spec = NetworkSpec::trunk(arch);

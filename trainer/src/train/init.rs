@@ -44,7 +44,8 @@ pub enum Init {
 
 /// Resolve an `--init` value: `none`/`random`, `imagenet`, or a path.
 pub fn resolve(init: &str, arch: Arch) -> Result<Init> {
-    match init {
+    let init = crate::released::resolve_weights(init)?;
+    match init.as_str() {
         "none" | "random" | "" => Ok(Init::Random),
         "imagenet" => {
             let (file, url) = imagenet_file(arch);
