@@ -186,3 +186,43 @@ fn predict_rejects_a_probe_for_other_features() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a probe file"));
 }
+
+#[test]
+fn serve_offers_the_released_trunk_when_no_model_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(www.join("pkg")).unwrap();
+    std::fs::write(www.join("index.html"), "<!doctype html>").unwrap();
+    std::fs::write(www.join("pkg/mtpath_web.js"), "export default 1;").unwrap();
+    let released = dir.path().join("models/pool-r18");
+    std::fs::create_dir_all(&released).unwrap();
+    std::fs::write(released.join("model.safetensors"), b"released weights").unwrap();
+    std::fs::write(released.join("card.json"), r#"{"architecture":"resnet18"}"#).unwrap();
+    let mut child = Kill(
+        Command::new(env!("CARGO_BIN_EXE_mtpath"))
+            .arg("serve")
+            .arg(&www)
+            .args(["--port", "0", "--quiet"])
+            .env("MTPATH_MODELS", dir.path().join("models"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.split_whitespace().nth(1).unwrap();
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let (_, body) = get(addr, "GET /models/index.json HTTP/1.1\r\nHost: x\r\n\r\n");
+    let index: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        index["models"][0]["name"], "pool-r18.safetensors",
+        "{index}"
+    );
+    let (_, body) = get(
+        addr,
+        "GET /models/pool-r18.safetensors HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(body, b"released weights");
+}
