@@ -1,5 +1,5 @@
 //! `mtpath loto` end to end on real tasks at a tiny size: two pre-training combinations
-//! without the held-out task, the comparison against random init and a single-task network,
+//! without the held-out tasks, the comparison against random init and a single-task network,
 //! the ranking, the plots, and a rerun that reuses every finished run.
 
 mod common;
@@ -35,7 +35,7 @@ fn loto_pretrains_a_grid_compares_baselines_ranks_and_resumes() {
         "--pool",
         s(&pool),
         "--hold-out",
-        "tcga-luad-lusc",
+        "tcga-luad-lusc,lbc-pap",
         "--grid",
         "lr=0.01,0.05",
         "--seeds",
@@ -64,7 +64,7 @@ fn loto_pretrains_a_grid_compares_baselines_ranks_and_resumes() {
             .iter()
             .map(|h| h["name"].as_str().unwrap())
             .collect();
-        assert_eq!(heads, ["lbc-pap", "pbc-blood"], "{run}");
+        assert_eq!(heads, ["pbc-blood"], "{run}");
     }
     let lrs: Vec<f64> = ["00", "01"]
         .iter()
@@ -205,4 +205,19 @@ fn loto_names_unknown_tasks_and_settings() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("learning_rate"), "{err}");
+    // Selection never looks at test: holding out only tasks without a validation split
+    // (tcga-luad-lusc's slides come as train/test) is refused before any training.
+    let o = mtpath(&[
+        "loto",
+        "--pool",
+        s(&pool),
+        "--hold-out",
+        "tcga-luad-lusc",
+        "--out",
+        s(&out),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("validation split"), "{err}");
+    assert!(!out.join("pretrain").exists());
 }

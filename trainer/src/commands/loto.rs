@@ -230,6 +230,27 @@ pub fn run(args: Args) -> Result<()> {
             ),
         }
     }
+    // Selection scores the held-out tasks' validation splits, never their test splits: at
+    // least one of them must have one (as the evaluation splits them: seed 0).
+    let held_pool = crate::pool::Pool::load(
+        &PoolConfig::from_task_dirs(&held_out, 0),
+        &crate::pool::LoadOptions {
+            skip_bad: args.skip_bad,
+            check: crate::pool::ImageCheck::None,
+        },
+    )?;
+    if held_pool
+        .tasks
+        .iter()
+        .all(|t| t.split(crate::pool::Split::Val).is_empty())
+    {
+        bail!(
+            "--hold-out {}: no held-out task has a validation split (a source split with only \
+             train/test, or too few groups), and selection never looks at test; also hold out \
+             a task with a validation split",
+            args.hold_out.join(",")
+        );
+    }
     let mut train_config = pool_config.clone();
     train_config
         .tasks
