@@ -91,6 +91,7 @@ pub fn run(args: Args) -> Result<()> {
             size: args.size,
             transform: args.eval_transform,
             score_on: crate::evaluate::protocol::ScoreOn::Test,
+            cache: None,
             batch: args.batch,
             out: args.out.clone(),
         };

@@ -176,6 +176,7 @@ pub fn compare(spec: &CompareSpec, models: &[Model]) -> Result<Comparison> {
                         size: Some(spec.size),
                         transform: spec.transform,
                         score_on: spec.score_on,
+                        cache: Some(spec.out.join("features-cache")),
                         batch: spec.batch,
                         out: spec.out.join("eval").join(format!("{slug}-{protocol}")),
                     })?;
@@ -222,6 +223,7 @@ pub fn compare(spec: &CompareSpec, models: &[Model]) -> Result<Comparison> {
                                 size: Some(spec.size),
                                 transform: spec.transform,
                                 score_on: spec.score_on,
+                                cache: Some(spec.out.join("features-cache")),
                                 batch: spec.batch,
                                 out: spec
                                     .out

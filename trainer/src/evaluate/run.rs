@@ -33,6 +33,9 @@ pub struct EvalSpec {
     pub transform: EvalTransform,
     /// Score on test (reporting) or on validation (model selection).
     pub score_on: protocol::ScoreOn,
+    /// Feature cache folder (default: OUT/cache). Entries are keyed by weights,
+    /// preprocessing and task content, so evaluations may share one.
+    pub cache: Option<PathBuf>,
     /// Images per forward pass.
     pub batch: usize,
     /// Results directory.
@@ -58,7 +61,7 @@ pub fn evaluate(spec: &EvalSpec) -> Result<EvalOutput> {
     let cfg = *extractor.preprocess_config();
     std::fs::create_dir_all(&spec.out)
         .with_context(|| format!("{}: cannot create", spec.out.display()))?;
-    let cache = spec.out.join("cache");
+    let cache = spec.cache.clone().unwrap_or_else(|| spec.out.join("cache"));
 
     let mut runs = Vec::new();
     let mut features = Vec::new();
