@@ -11,7 +11,7 @@ use mtpath_shared::{Arch, Network, NetworkSpec};
 
 use crate::data::{AugmentConfig, Loader, SamplerKind, TaskItems};
 use crate::device::parse_device;
-use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig};
+use crate::pool::{task_dirs, ImageCheck, LoadOptions, Pool, PoolConfig};
 use crate::train::speed::{time_per_call, train_step_rate};
 
 /// What to time.
@@ -19,7 +19,7 @@ use crate::train::speed::{time_per_call, train_step_rate};
 enum Mode {
     /// Evaluation-mode forward (feature extraction + classifier).
     Infer,
-    /// Train-mode forward, cross-entropy, backward (no optimiser update).
+    /// The trainer's whole step: multi-task forward, loss, backward and SGD update.
     Train,
     /// Both.
     Both,
@@ -77,18 +77,14 @@ pub struct Args {
 
 /// Seconds per call of `f`, after `warmup` calls; waits for the device before reading the
 /// clock, so GPU work is counted.
-/// The training splits of every task folder (with a manifest.csv) under `root`, read by the
-/// task-pool reader without decoding the images.
+/// The training splits of every task folder under `root` (as the demo reads a data folder),
+/// read by the task-pool reader without decoding the images.
 fn task_folders_train_items(root: &Path) -> Result<Vec<TaskItems>> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .with_context(|| format!("{}: cannot list the folder; fix --data", root.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join(crate::pool::task::MANIFEST).is_file())
-        .collect();
-    dirs.sort();
+    let dirs = task_dirs(root)?;
     if dirs.is_empty() {
         bail!(
-            "{}: no task folders (with a manifest.csv) found; --data names the folder above them",
+            "{}: no task folders (with a manifest.csv or one subfolder per class) found; \
+             --data names the folder above them",
             root.display()
         );
     }

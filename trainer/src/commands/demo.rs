@@ -10,7 +10,7 @@ use clap::Parser;
 use mtpath_shared::preprocess::EvalTransform;
 use mtpath_shared::Arch;
 
-use crate::pool::{PoolConfig, Split};
+use crate::pool::{task_dirs, PoolConfig, Split};
 use crate::session::{load_pool, report, set_threads, stop_flag};
 use crate::train::config::TrainConfig;
 use crate::train::run::{train, train_resumable, RunSpec};
@@ -103,23 +103,6 @@ pub fn find_data(arg: Option<&Path>) -> Result<PathBuf> {
             .collect::<Vec<_>>()
             .join(", ")
     )
-}
-
-/// Task folders under `data`: subfolders with a manifest.csv or class subfolders.
-pub fn task_dirs(data: &Path) -> Result<Vec<PathBuf>> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(data)
-        .with_context(|| format!("{}: cannot list", data.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .filter(|p| {
-            p.join("manifest.csv").is_file()
-                || std::fs::read_dir(p)
-                    .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.path().is_dir()))
-                    .unwrap_or(false)
-        })
-        .collect();
-    dirs.sort();
-    Ok(dirs)
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -151,13 +151,17 @@ pub fn combinations(base: &TrainConfig, axes: &[Axis]) -> Result<Vec<Combination
     }
     out.into_iter()
         .map(|(t, l)| {
-            let config = TrainConfig::deserialize(toml::Value::Table(t)).with_context(|| {
-                format!(
-                    "--grid {}: not a pre-training setting or a value of the wrong type; see \
-                     the [train] keys in `mtpath train --help`",
-                    l.join(" ")
-                )
-            })?;
+            let mut config =
+                TrainConfig::deserialize(toml::Value::Table(t)).with_context(|| {
+                    format!(
+                        "--grid {}: not a pre-training setting or a value of the wrong type; \
+                         see the [train] keys in `mtpath train --help`",
+                        l.join(" ")
+                    )
+                })?;
+            if !axes.iter().any(|a| a.key == "schedule") {
+                stretch_schedule(base, &mut config);
+            }
             config
                 .validate()
                 .with_context(|| format!("--grid {}", l.join(" ")))?;
@@ -167,6 +171,29 @@ pub fn combinations(base: &TrainConfig, axes: &[Axis]) -> Result<Vec<Combination
             })
         })
         .collect()
+}
+
+/// A cosine schedule that decays to its floor exactly at the end of the base run is
+/// stretched (or shrunk) to end with a combination that changes `iters`, so that an
+/// `iters=1500,3000` axis compares full schedules rather than a run that idles at the floor
+/// for its second half.
+fn stretch_schedule(base: &TrainConfig, config: &mut TrainConfig) {
+    use mtpath_shared::optim::ScheduleKind;
+    if config.iters == base.iters {
+        return;
+    }
+    if let (
+        ScheduleKind::Cosine {
+            total_iters: base_total,
+            ..
+        },
+        ScheduleKind::Cosine { total_iters, .. },
+    ) = (&base.schedule, &mut config.schedule)
+    {
+        if *base_total + base.lr_warmup_iters == base.iters {
+            *total_iters = config.iters.saturating_sub(config.lr_warmup_iters).max(1);
+        }
+    }
 }
 
 /// The ranking of the models by average rank of their mean balanced accuracy over every
@@ -501,6 +528,50 @@ mod tests {
         assert!(format!("{e:#}").contains("learning_rate"), "{e:#}");
         // A value of the wrong type too.
         assert!(combinations(&base, &[parse_axis("lr=fast,slow").unwrap()]).is_err());
+    }
+
+    #[test]
+    fn an_iters_axis_stretches_a_cosine_schedule_that_spans_the_base_run() {
+        use mtpath_shared::optim::ScheduleKind;
+        let base = TrainConfig {
+            iters: 1500,
+            lr_warmup_iters: 100,
+            schedule: ScheduleKind::Cosine {
+                total_iters: 1400,
+                min_lr: 0.0,
+            },
+            ..TrainConfig::default()
+        };
+        let totals = |c: &[Combination]| -> Vec<usize> {
+            c.iter()
+                .map(|k| match k.config.schedule {
+                    ScheduleKind::Cosine { total_iters, .. } => total_iters,
+                    _ => panic!("not cosine"),
+                })
+                .collect()
+        };
+        let c = combinations(&base, &[parse_axis("iters=750,1500,3000").unwrap()]).unwrap();
+        assert_eq!(totals(&c), vec![650, 1400, 2900]);
+        // A warm-up that varies with the run keeps the schedule ending with it.
+        let c = combinations(
+            &base,
+            &[
+                parse_axis("iters=3000").unwrap(),
+                parse_axis("lr_warmup_iters=200").unwrap(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(totals(&c), vec![2800]);
+        // A schedule that was not tied to the run's length, or one set on the grid, stays.
+        let free = TrainConfig {
+            schedule: ScheduleKind::Cosine {
+                total_iters: 500,
+                min_lr: 0.0,
+            },
+            ..base.clone()
+        };
+        let c = combinations(&free, &[parse_axis("iters=3000").unwrap()]).unwrap();
+        assert_eq!(totals(&c), vec![500]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig, Split};
 use crate::train::checkpoint::{read_state, MODEL_FILE};
 use crate::train::config::TrainConfig;
 use crate::train::run::{train_resumable, RunSpec};
-use crate::train::validate::{predict, ValSet};
+use crate::train::validate::{predict, EvalNet, ValSet};
 
 /// What to fine-tune, and how.
 #[derive(Debug, Clone)]
@@ -147,7 +147,7 @@ pub fn finetune_seed(spec: &FinetuneSpec, seed: u64, check: ImageCheck) -> Resul
     if test.items.is_empty() {
         bail!("task {}: the test split is empty", task.name);
     }
-    let p = predict(&net, &test, spec.size, spec.batch, &device)?;
+    let p = predict(&EvalNet::new(&net)?, &test, spec.size, spec.batch, &device)?;
     let y: Vec<u32> = test.items.iter().map(|(_, y)| *y).collect();
     let positive: Vec<f64> = if task.classes.len() == 2 {
         p.proba.iter().map(|r| f64::from(r[1])).collect()

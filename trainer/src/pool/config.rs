@@ -202,3 +202,21 @@ impl PoolConfig {
         Ok(())
     }
 }
+
+/// The task folders under `data`, sorted: subfolders with a manifest.csv or with class
+/// subfolders (the demo's and `bench --mode pipeline`'s reading of a data folder).
+pub fn task_dirs(data: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(data)
+        .with_context(|| format!("{}: cannot list", data.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .filter(|p| {
+            p.join("manifest.csv").is_file()
+                || std::fs::read_dir(p)
+                    .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.path().is_dir()))
+                    .unwrap_or(false)
+        })
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 #[allow(unused_imports)] // part of the interface (the trainer uses them)
-pub use config::{CropPolicy, PoolConfig, SplitFractions, TaskConfig};
+pub use config::{task_dirs, CropPolicy, PoolConfig, SplitFractions, TaskConfig};
 
 /// One labelled image of a task.
 #[derive(Debug, Clone, PartialEq)]

@@ -308,17 +308,20 @@ const BN_ADAPT_STREAM: u64 = 0xB0A7_ADA9;
 
 /// The paper's BatchNorm adaptation of a trunk initialised from weights: forward
 /// `bn_adapt_batches` mixed-task training batches (evaluation mode), re-estimate every
-/// BatchNorm layer's statistics and compensate γ/β (outputs unchanged).
+/// BatchNorm layer's statistics and compensate γ/β (outputs unchanged). Its images go through
+/// the run's decoded-image cache, so they warm it for training instead of being decoded twice.
+#[allow(clippy::too_many_arguments)]
 fn adapt_batch_norm(
     net: &Network,
     tasks: &Arc<Vec<data::TaskItems>>,
+    cache: &Arc<data::ImageCache>,
     sampler: data::SamplerKind,
     aug: data::AugmentConfig,
     cfg: &TrainConfig,
     seed: u64,
     verbose: bool,
 ) -> Result<()> {
-    let mut loader = data::Loader::new(
+    let mut loader = data::Loader::with_cache(
         tasks.clone(),
         sampler,
         aug,
@@ -327,6 +330,7 @@ fn adapt_batch_norm(
         0,
         cfg.workers,
         cfg.prefetch,
+        cache.clone(),
     )?;
     let s = cfg.size as usize;
     let batches: Vec<Tensor> = (0..cfg.bn_adapt_batches)
@@ -499,6 +503,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         adapt_batch_norm(
             &trainer.net,
             &tasks,
+            &cache,
             sampler,
             aug,
             cfg,
