@@ -405,6 +405,32 @@ fn demo_runs_on_the_real_tasks_and_says_where_the_run_is() {
         "{err}"
     );
 
+    // A budget that fits more than --max-iters runs the recipe's length, and says so.
+    let capped = dir.path().join("capped");
+    let o = mtpath(&[
+        "demo",
+        "--data",
+        s(&data),
+        "--out",
+        s(&capped),
+        "--budget",
+        "3h",
+        "--max-iters",
+        "3",
+        "--seeds",
+        "0",
+        "--size",
+        "32",
+        "--batch",
+        "8",
+    ]);
+    assert_ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--max-iters 3"), "{err}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(capped.join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["config"]["iters"], 3, "{record}");
+
     // Without data, the demo says how to get some.
     let o = mtpath(&["demo", "--data", s(&dir.path().join("nothing-here"))]);
     assert!(!o.status.success());

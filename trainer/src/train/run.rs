@@ -125,6 +125,8 @@ struct Trainer<'a> {
     meta: ModelMetadata,
     optimizer: Sgd,
     record: RunRecord,
+    /// Checkpoints are written in the background while training goes on.
+    writer: checkpoint::CheckpointWriter,
 }
 
 impl Trainer<'_> {
@@ -132,7 +134,7 @@ impl Trainer<'_> {
     /// beats the best so far, record it in `state` and save the `best` checkpoint, returning
     /// its folder.
     fn save_if_best(
-        &self,
+        &mut self,
         score: f64,
         done: usize,
         state: &mut RunState,
@@ -188,7 +190,10 @@ impl Trainer<'_> {
         }
     }
 
-    fn save(&self, name: &str, state: &RunState, validation: &[ValScores]) -> Result<PathBuf> {
+    /// Checkpoint the weights, optimizer state, run state and model card as they are now into
+    /// the folder `name`; the files are written in the background (see
+    /// [`checkpoint::CheckpointWriter`]).
+    fn save(&mut self, name: &str, state: &RunState, validation: &[ValScores]) -> Result<PathBuf> {
         // A step with a finite loss can still blow the weights up: never checkpoint those.
         for (pname, var) in self.net.named_parameters() {
             let sq = var
@@ -223,7 +228,8 @@ impl Trainer<'_> {
             ("card.json", card.to_json().into_bytes()),
             ("card.md", card.to_markdown().into_bytes()),
         ];
-        checkpoint::write_checkpoint_dir(&self.spec.out, name, &files)
+        self.writer
+            .submit(name, files)
             .with_context(|| format!("writing the `{name}` checkpoint"))
     }
 
@@ -458,6 +464,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         meta,
         optimizer,
         record,
+        writer: checkpoint::CheckpointWriter::new(&spec.out),
     };
     let mut run_state = RunState {
         iteration: start,
@@ -527,6 +534,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
             run_state.iteration = it;
             run_state.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
             let last = trainer.save("last", &run_state, &last_val)?;
+            trainer.writer.finish()?;
             progress.finish();
             draw_curves(&spec.out);
             return Ok(RunOutcome {
@@ -603,6 +611,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
             trainer.save("last", &run_state, &last_val)?;
         }
     }
+    trainer.writer.finish()?;
     progress.finish();
     if spec.verbose && cfg.image_cache_mb > 0 {
         eprintln!(
