@@ -33,7 +33,7 @@ pub struct Args {
     pub out: PathBuf,
     /// Wall-clock budget of the whole demo (pre-training, validation and the held-out
     /// evaluation), e.g. 15m, 1h, 2h30m: the pre-training iterations are set from the training
-    /// step's speed measured on this machine.
+    /// step's speed measured on this machine, up to --max-iters.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub budget: std::time::Duration,
     /// Pre-training iterations (instead of sizing them from --budget).
