@@ -75,8 +75,6 @@ pub struct Args {
     tf32: bool,
 }
 
-/// Seconds per call of `f`, after `warmup` calls; waits for the device before reading the
-/// clock, so GPU work is counted.
 /// The training splits of every task folder under `root` (as the demo reads a data folder),
 /// read by the task-pool reader without decoding the images.
 fn task_folders_train_items(root: &Path) -> Result<Vec<TaskItems>> {

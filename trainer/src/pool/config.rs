@@ -211,7 +211,7 @@ pub fn task_dirs(data: &Path) -> Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .filter(|p| {
-            p.join("manifest.csv").is_file()
+            p.join(super::task::MANIFEST).is_file()
                 || std::fs::read_dir(p)
                     .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.path().is_dir()))
                     .unwrap_or(false)

@@ -62,8 +62,8 @@ pub struct Predictions {
 
 /// A network in evaluation mode for validation. On the CPU its trunk runs folded (BatchNorm
 /// folded into the convolutions, no autograd bookkeeping), as `mtpath features` and the
-/// browser run it: about twice the speed of the training graph, so validating a long run
-/// costs little of its time. Elsewhere the network itself runs in evaluation mode.
+/// browser run it, without the training graph's separate BatchNorm passes, so validating
+/// costs less of a run's time. Elsewhere the network itself runs in evaluation mode.
 pub struct EvalNet<'a> {
     net: &'a Network,
     folded: Option<FoldedNet>,
