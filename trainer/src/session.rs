@@ -22,8 +22,8 @@ pub fn set_threads(threads: Option<usize>) {
     }
 }
 
-/// Ctrl-C sets the returned flag (the run saves a checkpoint and exits); a second Ctrl-C
-/// exits at once.
+/// Ctrl-C, SIGTERM (what Slurm and Kubernetes send before killing a job) and SIGHUP set the
+/// returned flag (the run saves a checkpoint and exits); a second one exits at once.
 pub fn stop_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
@@ -32,7 +32,10 @@ pub fn stop_flag() -> Arc<AtomicBool> {
             eprintln!("\ninterrupted again: exiting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: writing a checkpoint, then exiting (Ctrl-C again to quit now)");
+        eprintln!(
+            "\ninterrupted (Ctrl-C or SIGTERM): writing a checkpoint, then exiting (Ctrl-C again \
+             to quit now)"
+        );
     });
     flag
 }

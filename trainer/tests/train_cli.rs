@@ -176,7 +176,8 @@ fn interrupted_and_resumed_run_is_bit_identical() {
         s(&straight),
     ]));
 
-    // Interrupt a second run with SIGINT once it has written a checkpoint past the warm-up.
+    // Interrupt a second run with SIGTERM (what Slurm and Kubernetes send) once it has written
+    // a checkpoint past the warm-up.
     let cut = dir.path().join("cut");
     let child = Command::new(env!("CARGO_BIN_EXE_mtpath"))
         .args([
@@ -204,8 +205,16 @@ fn interrupted_and_resumed_run_is_bit_identical() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // While it runs, a second process in the same folder is refused by the run's lock.
+    let beside = mtpath(&["train", "--resume", s(&cut), "--iters", "24"]);
+    assert!(!beside.status.success());
+    let said = String::from_utf8_lossy(&beside.stderr);
+    assert!(
+        said.contains("another mtpath process") && said.contains(&child.id().to_string()),
+        "{said}"
+    );
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -272,10 +281,66 @@ fn resume_twice_equals_straight_and_refuses_an_existing_run() {
         &parts.join("last/model.safetensors"),
     );
 
-    // Starting over an existing run is refused with the way out.
+    // Starting over an existing run is refused with the ways out.
     let o = mtpath(&["train", "--pool", s(&pool), "--out", s(&parts)]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("--resume") && said.contains("--force"),
+        "{said}"
+    );
+
+    // --force starts over: the run equals a fresh one of the same length.
+    std::fs::write(parts.join("notes.txt"), "kept").unwrap();
+    let o = mtpath(&[
+        "train",
+        "--pool",
+        s(&pool),
+        "--out",
+        s(&parts),
+        "--iters",
+        "12",
+        "--force",
+    ]);
+    assert_ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force: removed the run"));
+    assert!(
+        parts.join("notes.txt").exists(),
+        "files not written by the run stay"
+    );
+    tensors_equal(
+        &straight.join("last/model.safetensors"),
+        &parts.join("last/model.safetensors"),
+    );
+
+    // A run stopped before its first checkpoint (no `last` yet) is no dead end: the same
+    // command starts it over, and so does --resume.
+    for again in [
+        vec![
+            "train",
+            "--pool",
+            s(&pool),
+            "--out",
+            s(&parts),
+            "--iters",
+            "12",
+        ],
+        vec!["train", "--resume", s(&parts), "--iters", "12"],
+    ] {
+        std::fs::remove_dir_all(parts.join("last")).unwrap();
+        std::fs::remove_dir_all(parts.join("best")).ok();
+        let o = mtpath(&again);
+        assert_ok(&o);
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("stopped before its first checkpoint"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        tensors_equal(
+            &straight.join("last/model.safetensors"),
+            &parts.join("last/model.safetensors"),
+        );
+    }
 }
 
 #[test]

@@ -82,6 +82,51 @@ fn bad(source: &str, message: impl Into<String>) -> Error {
     }
 }
 
+/// Count the NaN and infinite values of a little-endian float tensor's raw bytes, and give
+/// the first one's index. Integer dtypes have none. Working on the bytes checks weights
+/// before they are copied anywhere, on every device, for the cost of one read.
+fn non_finite(dtype: safetensors::Dtype, bytes: &[u8]) -> Option<(usize, usize)> {
+    use safetensors::Dtype as D;
+    let (width, is_bad): (usize, fn(&[u8]) -> bool) = match dtype {
+        // A float is NaN or infinite when its exponent bits are all ones.
+        D::F64 => (8, |b| {
+            u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) & 0x7ff0_0000_0000_0000
+                == 0x7ff0_0000_0000_0000
+        }),
+        D::F32 => (4, |b| {
+            u32::from_le_bytes(b.try_into().unwrap_or([0; 4])) & 0x7f80_0000 == 0x7f80_0000
+        }),
+        D::F16 => (2, |b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
+        D::BF16 => (2, |b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        _ => return None,
+    };
+    let mut first = None;
+    let mut count = 0;
+    for (i, v) in bytes.chunks_exact(width).enumerate() {
+        if is_bad(v) {
+            count += 1;
+            first.get_or_insert(i);
+        }
+    }
+    first.map(|f| (count, f))
+}
+
+/// Refuse a tensor holding NaN or infinite values, naming it: such weights give chance-level
+/// features without any other sign.
+fn check_finite(source: &str, name: &str, dtype: safetensors::Dtype, bytes: &[u8]) -> Result<()> {
+    match non_finite(dtype, bytes) {
+        None => Ok(()),
+        Some((count, first)) => Err(bad(
+            source,
+            format!(
+                "tensor `{name}` holds {count} NaN or infinite value(s) (the first at flat index \
+                 {first}); the file is damaged or was saved from a diverged training run; use \
+                 an earlier checkpoint"
+            ),
+        )),
+    }
+}
+
 fn to_f32_if_float(t: Tensor) -> Result<Tensor> {
     Ok(match t.dtype() {
         DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
@@ -113,6 +158,7 @@ pub fn read_safetensors_bytes(bytes: &[u8], source: &str, device: &Device) -> Re
         let view = st
             .tensor(&name)
             .map_err(|e| bad(source, format!("tensor `{name}`: {e}")))?;
+        check_finite(source, &name, view.dtype(), view.data())?;
         let t = view
             .load(device)
             .map_err(|e| bad(source, format!("tensor `{name}` ({:?}): {e}", view.dtype())))?;
@@ -174,6 +220,7 @@ fn read_pth(path: &Path, device: &Device) -> Result<TensorFile> {
             Ok(t) if !t.is_empty() => {
                 let mut tensors = Vec::with_capacity(t.len());
                 for (name, tensor) in t {
+                    check_finite_tensor(&source, &name, &tensor)?;
                     tensors.push((name, to_f32_if_float(tensor.to_device(device)?)?));
                 }
                 // The pickle reader does not keep order; sort for determinism.
@@ -195,6 +242,17 @@ fn read_pth(path: &Path, device: &Device) -> Result<TensorFile> {
             None => "this PyTorch archive holds no state dict of tensors".to_string(),
         },
     ))
+}
+
+/// [`check_finite`] for a tensor already read (PyTorch archives): floating tensors are
+/// widened to f32 on the host and their bytes checked.
+fn check_finite_tensor(source: &str, name: &str, t: &Tensor) -> Result<()> {
+    if !t.dtype().is_float() {
+        return Ok(());
+    }
+    let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    check_finite(source, name, safetensors::Dtype::F32, &bytes)
 }
 
 /// Map torchvision/timm/DataParallel spellings to mtpath's (torchvision's current) names:
@@ -418,5 +476,70 @@ impl Network {
             .filter(|e| e.kind == TensorKind::Parameter)
             .map(|e| (e.name.clone(), e.var.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+
+    fn file_with(dtype: Dtype, values: &[u8]) -> Vec<u8> {
+        let width = match dtype {
+            Dtype::F64 => 8,
+            Dtype::F32 => 4,
+            _ => 2,
+        };
+        let good = vec![0u8; values.len()];
+        let views = vec![
+            (
+                "conv1.weight",
+                TensorView::new(dtype, vec![values.len() / width], &good).unwrap(),
+            ),
+            (
+                "fc.bias",
+                TensorView::new(dtype, vec![values.len() / width], values).unwrap(),
+            ),
+        ];
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_with_the_tensor_named() {
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let cases: Vec<(Dtype, Vec<u8>)> = vec![
+            (Dtype::F32, f32s(&[1.0, f32::NAN, 2.0])),
+            (Dtype::F32, f32s(&[f32::NEG_INFINITY, 0.5])),
+            (Dtype::F64, f64::INFINITY.to_le_bytes().to_vec()),
+            // f16 NaN 0x7e00 and bf16 +inf 0x7f80, little-endian.
+            (Dtype::F16, vec![0x00, 0x3c, 0x00, 0x7e]),
+            (Dtype::BF16, vec![0x80, 0x7f, 0x80, 0x3f]),
+        ];
+        for (dtype, bytes) in cases {
+            let err =
+                read_safetensors_bytes(&file_with(dtype, &bytes), "w.safetensors", &Device::Cpu)
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                err.contains("`fc.bias`") && err.contains("NaN or infinite"),
+                "{dtype:?}: {err}"
+            );
+            assert!(err.contains("w.safetensors"), "{err}");
+        }
+    }
+
+    #[test]
+    fn finite_extremes_are_accepted() {
+        let bytes: Vec<u8> = [f32::MAX, f32::MIN_POSITIVE, -0.0, 1e-45]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let file =
+            read_safetensors_bytes(&file_with(Dtype::F32, &bytes), "w", &Device::Cpu).unwrap();
+        assert_eq!(file.tensors.len(), 2);
+        // f16 65504 (0x7bff) is the largest finite half.
+        let half = read_safetensors_bytes(&file_with(Dtype::F16, &[0xff, 0x7b]), "w", &Device::Cpu);
+        assert!(half.is_ok());
     }
 }

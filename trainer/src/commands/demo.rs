@@ -259,6 +259,7 @@ pub fn run(args: Args) -> Result<()> {
         pool,
         config,
         resume: args.resume,
+        force: false,
         verbose: true,
         device: candle_core::Device::Cpu,
     };

@@ -337,6 +337,7 @@ pub fn run(args: Args) -> Result<()> {
                 pool: pool.clone(),
                 config: combo.config.clone(),
                 resume: false,
+                force: false,
                 verbose: true,
                 device: candle_core::Device::Cpu,
             },

@@ -25,6 +25,10 @@ pub struct Args {
     /// Continue the run in this directory from its last checkpoint.
     #[arg(long, conflicts_with = "out")]
     pub resume: Option<PathBuf>,
+    /// With --out: remove the run already in that folder (its checkpoints, metrics and
+    /// record; other files stay) and start a new one.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     /// Trunk architecture.
     #[arg(long)]
     pub arch: Option<Arch>,
@@ -147,6 +151,7 @@ pub fn run(args: Args) -> Result<()> {
         pool,
         config,
         resume,
+        force: args.force,
         verbose: !args.quiet,
         device: parse_device(&args.device)?,
     };

@@ -116,6 +116,7 @@ pub fn finetune_seed(spec: &FinetuneSpec, seed: u64, check: ImageCheck) -> Resul
                 pool: pool.clone(),
                 config,
                 resume: false,
+                force: false,
                 verbose: false,
                 device: candle_core::Device::Cpu,
             },

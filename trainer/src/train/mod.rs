@@ -7,5 +7,6 @@ pub mod init;
 pub mod metrics;
 pub mod progress;
 pub mod run;
+pub mod run_dir;
 pub mod speed;
 pub mod validate;

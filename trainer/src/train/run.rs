@@ -22,6 +22,7 @@ use super::config::TrainConfig;
 use super::init::{self, Init};
 use super::metrics::{mean_balanced_accuracy, MetricsWriter, TrainRow, ValScores};
 use super::progress::Progress;
+use super::run_dir;
 use super::validate::{evaluate, ValSet};
 use crate::data;
 use crate::pool::{Pool, Split};
@@ -73,6 +74,8 @@ pub struct RunSpec {
     pub config: TrainConfig,
     /// Continue the run in `out` from its last checkpoint.
     pub resume: bool,
+    /// Remove the run already in `out` (see [`run_dir::RUN_FILES`]) and start a new one.
+    pub force: bool,
     /// Print progress.
     pub verbose: bool,
     /// Where the network trains (batches are decoded on the CPU and copied there).
@@ -369,13 +372,6 @@ fn start_run(
 ) -> Result<RunRecord> {
     let cfg = &spec.config;
     let splits_path = spec.out.join("splits.csv");
-    if spec.out.join("run.json").exists() {
-        bail!(
-            "{} already holds a run; continue it with --resume {}, or choose another --out",
-            spec.out.display(),
-            spec.out.display()
-        );
-    }
     let init = init::resolve(&cfg.init, cfg.arch)?;
     let extra = init::load_trunk(net, &init, device)?;
     if spec.verbose {
@@ -417,8 +413,8 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
     let device = spec.device.clone();
     let seed = cfg.seed.unwrap_or(spec.pool.seed);
     let heads = heads_of(&spec.pool);
-    std::fs::create_dir_all(&spec.out)
-        .with_context(|| format!("{}: cannot create the run directory", spec.out.display()))?;
+    let _lock = run_dir::RunLock::acquire(&spec.out)?;
+    let resume = run_dir::prepare(&spec.out, spec.resume, spec.force)?;
 
     let net_spec = NetworkSpec::multitask(cfg.arch, heads.clone());
     let net = Network::new(net_spec.clone(), &device, seed)?;
@@ -426,7 +422,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
     meta.trunk.input_size = cfg.size;
     meta.trunk.resize_shorter = ((cfg.size as f64) * 256.0 / 224.0).round() as u32;
 
-    let (record, start, mut state) = if spec.resume {
+    let (record, start, mut state) = if resume {
         reopen_run(spec, &heads, &net, &device)?
     } else {
         (start_run(spec, seed, &heads, &net, &device)?, 0, None)
@@ -506,7 +502,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         cfg.prefetch,
         cache.clone(),
     )?;
-    if !spec.resume && record_init != "random" && cfg.bn_adapt_batches > 0 {
+    if !resume && record_init != "random" && cfg.bn_adapt_batches > 0 {
         adapt_batch_norm(
             &trainer.net,
             &tasks,
@@ -519,7 +515,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         )?;
     }
     let vals = val_sets(&spec.pool, cfg.val_max_per_task);
-    let mut metrics = MetricsWriter::open(&spec.out, spec.resume.then_some(start))?;
+    let mut metrics = MetricsWriter::open(&spec.out, resume.then_some(start))?;
     let schedule = cfg.lr_schedule();
     let mut progress = Progress::new(start, cfg.iters);
     let session = Instant::now();
