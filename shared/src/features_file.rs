@@ -202,7 +202,7 @@ impl FeaturesFile {
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::Io {
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         })?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }

@@ -10,7 +10,7 @@ use crate::{Error, Result};
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |e| Error::Io {
         path: path.to_path_buf(),
-        source: e,
+        error: e,
     };
     let dir = path
         .parent()

@@ -84,8 +84,28 @@ fn keep_freed_memory_in_the_heap() {}
 #[global_allocator]
 static ALLOCATOR: block_cache::BlockCache = block_cache::BlockCache::new();
 
+/// Behave as command-line tools do when the reader of their output goes away (`mtpath info
+/// model | head`): end quietly on SIGPIPE instead of panicking at the next print.
+#[cfg(unix)]
+fn quit_quietly_on_a_closed_pipe() {
+    // SAFETY: restoring the default disposition of SIGPIPE, first thing in main, before any
+    // thread exists; no handler is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn quit_quietly_on_a_closed_pipe() {}
+
 fn main() {
+    quit_quietly_on_a_closed_pipe();
     keep_freed_memory_in_the_heap();
+    // RUST_BACKTRACE is for panics; without this, candle attaches a backtrace to its errors
+    // when it is set, and that backtrace would be printed as part of the error message.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     ALLOCATOR.configure_from_env();
     // candle 0.11 runs elementwise ops on its own spinning thread pool beside rayon's (gemm,
     // our convolution kernels); on few cores the two pools compete and the main thread spins

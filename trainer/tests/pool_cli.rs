@@ -17,7 +17,7 @@ fn pool_file(dir: &Path, tasks: &[&Path], seed: u64) -> String {
     for p in tasks {
         t.push_str(&format!("[[task]]\npath = {:?}\n", p.to_str().unwrap()));
     }
-    t.push_str("[train]\nepochs = 3\n");
+    t.push_str("[train]\niters = 3\n");
     let file = dir.join("mypool.toml");
     std::fs::write(&file, t).unwrap();
     file.to_str().unwrap().to_string()

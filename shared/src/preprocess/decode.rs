@@ -37,9 +37,9 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
 /// Read and decode an image file (see [`decode_image`]); errors name the file and say what is
 /// wrong with it (missing, unreadable, empty, truncated, not an image, unsupported).
 pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    let bytes = std::fs::read(path).map_err(|error| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     decode_inner(&bytes).map_err(|msg| Error::Image(format!("{}: {msg}", path.display())))
 }

@@ -182,7 +182,7 @@ pub fn read_weights_file(path: &Path, device: &Device) -> Result<TensorFile> {
     let source = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| Error::Io {
         path: path.to_path_buf(),
-        source: e,
+        error: e,
     })?;
     if bytes.is_empty() {
         return Err(bad(&source, "the file is empty"));

@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::pool::{check, ImageCheck, LoadOptions, Pool, PoolConfig};
+use crate::train::config::TrainConfig;
 
 /// Check a task pool: read every task, decode every image, split, and write the splits.
 #[derive(Parser)]
@@ -55,6 +56,10 @@ pub fn run(args: Args) -> Result<()> {
 
 fn check_pool(args: CheckArgs) -> Result<()> {
     let config = PoolConfig::from_file(&args.pool)?;
+    // The [train] table is checked here too, so `pool check` passes only what `train` accepts.
+    TrainConfig::from_table(config.train.as_ref(), &args.pool)?
+        .validate()
+        .with_context(|| format!("{}: invalid [train] table", args.pool.display()))?;
     let start = Instant::now();
     let pool = Pool::load(
         &config,

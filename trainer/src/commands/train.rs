@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mtpath_shared::Arch;
 
@@ -142,7 +142,12 @@ pub fn run(args: Args) -> Result<()> {
         )
     };
     args.apply(&mut config);
-    config.validate()?;
+    config.validate().with_context(|| {
+        format!(
+            "{}: invalid training settings (its [train] table, or the flags that override it)",
+            pool_path.display()
+        )
+    })?;
     let pool_config = PoolConfig::from_file(&pool_path)?;
     let pool = load_pool(&pool_config, args.skip_bad)?;
     let spec = RunSpec {

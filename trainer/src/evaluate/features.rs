@@ -1,5 +1,6 @@
-//! Frozen-trunk features of every image of a task, cached on disk by weights, task and
-//! preprocessing, so that seeds and protocols reuse one extraction.
+//! Frozen-trunk features of every image of a task, cached on disk by weights, preprocessing
+//! and the task's files (paths, sizes, modification times; see [`file_stamp`]), so that seeds
+//! and protocols reuse one extraction and a changed image is never served stale features.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,29 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+/// What identifies a file's contents without reading them, as make and ccache's direct mode
+/// do: size and modification time, and on Unix the inode and status-change time, which a
+/// rename or a copy over the file changes even when it keeps the old modification time. A
+/// file that cannot be examined gets a stamp of its own (the extraction will then report it).
+fn file_stamp(path: &Path) -> String {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return "|unreadable".into();
+    };
+    let nanos = |t: std::io::Result<std::time::SystemTime>| {
+        t.ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos())
+    };
+    #[cfg(unix)]
+    let unix = {
+        use std::os::unix::fs::MetadataExt;
+        format!("|{}|{}.{}", meta.ino(), meta.ctime(), meta.ctime_nsec())
+    };
+    #[cfg(not(unix))]
+    let unix = String::new();
+    format!("|{}|{}{unix}", meta.len(), nanos(meta.modified()))
+}
+
 /// Features of every sample of a task, keyed by image path.
 #[derive(Debug, Clone)]
 pub struct TaskFeatures {
@@ -98,6 +122,7 @@ pub fn task_features(
         let mut k = format!("{model_id:016x}");
         for p in &paths {
             k.push_str(&p.display().to_string());
+            k.push_str(&file_stamp(p));
         }
         fnv1a(k.as_bytes())
     };

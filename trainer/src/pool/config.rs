@@ -12,7 +12,7 @@
 //! split = { train = 0.8, val = 0.1, test = 0.1 }  # default 0.7/0.15/0.15
 //!
 //! [train]                       # kept as is for the trainer
-//! epochs = 10
+//! iters = 3000
 //! ```
 
 use std::collections::BTreeMap;
@@ -171,12 +171,13 @@ impl PoolConfig {
         }
     }
 
-    /// At least one task; weights > 0; split fractions valid; task names distinct.
+    /// At least one task; weights > 0; split fractions valid; task names and folders distinct.
     pub fn validate(&self) -> Result<()> {
         if self.tasks.is_empty() {
             bail!("the pool has no tasks; add [[task]] entries with a `path`");
         }
         let mut names: BTreeMap<String, &Path> = BTreeMap::new();
+        let mut folders: BTreeMap<PathBuf, String> = BTreeMap::new();
         for t in &self.tasks {
             let name = t.task_name();
             if name.trim().is_empty() {
@@ -191,6 +192,16 @@ impl PoolConfig {
             t.split
                 .validate()
                 .with_context(|| format!("task `{name}`: fix its `split`"))?;
+            // The same folder twice (by another spelling or through a link) would be one
+            // task's images under two heads, and in both train and test across them.
+            if let Ok(folder) = t.path.canonicalize() {
+                if let Some(other) = folders.insert(folder.clone(), name.clone()) {
+                    bail!(
+                        "tasks `{other}` and `{name}` are the same folder ({}); remove one of them",
+                        folder.display()
+                    );
+                }
+            }
             if let Some(other) = names.insert(name.clone(), &t.path) {
                 bail!(
                     "two tasks are named `{name}` ({} and {}); give one of them a distinct `name`",

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::config::TaskConfig;
 use super::{ImageCheck, LoadOptions, Sample, Skipped};
-use mtpath_shared::preprocess::has_image_extension;
+use crate::images::{sorted_entries, ImageWalker};
 
 /// Name of the manifest file inside a task folder.
 pub const MANIFEST: &str = "manifest.csv";
@@ -85,7 +85,8 @@ pub fn load_task(cfg: &TaskConfig, opts: &LoadOptions) -> Result<LoadedTask> {
         let (e, p) = read_manifest(&root, &manifest)?;
         (manifest, e, p)
     } else {
-        (root.clone(), read_image_folder(&root)?, Vec::new())
+        let (e, p) = read_image_folder(&root)?;
+        (root.clone(), e, p)
     };
     if entries.is_empty() && problems.is_empty() {
         bail!(
@@ -222,10 +223,10 @@ fn normalise_rel(rel: &str) -> Result<String, String> {
     Ok(parts.join("/"))
 }
 
-/// Entries and per-row problems (with their line) of a manifest.
-type ManifestRows = (Vec<Entry>, Vec<(u64, Skipped)>);
+/// Entries and per-entry problems (with their manifest line or file index) of a task.
+type TaskRows = (Vec<Entry>, Vec<(u64, Skipped)>);
 
-fn read_manifest(root: &Path, manifest: &Path) -> Result<ManifestRows> {
+fn read_manifest(root: &Path, manifest: &Path) -> Result<TaskRows> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_path(manifest)
@@ -267,6 +268,7 @@ fn read_manifest(root: &Path, manifest: &Path) -> Result<ManifestRows> {
     let mut entries = Vec::new();
     let mut problems = Vec::new();
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut seen_files: BTreeMap<PathBuf, u64> = BTreeMap::new();
     for record in reader.records() {
         let record = record.map_err(|e| match e.kind() {
             csv::ErrorKind::UnequalLengths {
@@ -340,6 +342,17 @@ fn read_manifest(root: &Path, manifest: &Path) -> Result<ManifestRows> {
             );
             continue;
         }
+        // Two rows naming one file by different paths (through a link) are one image.
+        if let Ok(canonical) = path.canonicalize() {
+            if let Some(&first) = seen_files.get(&canonical) {
+                problem(
+                    path,
+                    format!("the same file as line {first} (reached through a link)"),
+                );
+                continue;
+            }
+            seen_files.insert(canonical, line);
+        }
         let group = get("group");
         entries.push(Entry {
             group: if group.is_empty() { norm } else { group },
@@ -355,48 +368,38 @@ fn read_manifest(root: &Path, manifest: &Path) -> Result<ManifestRows> {
     Ok((entries, problems))
 }
 
-fn is_hidden(path: &Path) -> bool {
-    path.file_name()
-        .map(|n| n.to_string_lossy().starts_with('.'))
-        .unwrap_or(false)
-}
-
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .and_then(|rd| rd.map(|e| e.map(|e| e.path())).collect())
-        .with_context(|| {
-            format!(
-                "{}: cannot list the folder (check permissions)",
-                dir.display()
-            )
-        })?;
-    v.retain(|p| !is_hidden(p));
-    v.sort();
-    Ok(v)
-}
-
-fn walk_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for p in sorted_entries(dir)? {
-        if p.is_dir() {
-            walk_images(&p, out)?;
-        } else if has_image_extension(&p) {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 /// Image-folder layout: one subfolder per class, `.jpg/.jpeg/.png/.tif/.tiff` files inside
 /// (recursively); each file is its own group. Hidden files and other extensions are ignored.
-fn read_image_folder(root: &Path) -> Result<Vec<Entry>> {
+/// Links are followed, but a folder or file reached a second time is a problem (a link that
+/// loops, or one image under two classes), listed like a bad image.
+fn read_image_folder(root: &Path) -> Result<TaskRows> {
     let mut entries = Vec::new();
-    for class_dir in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
+    let mut problems = Vec::new();
+    let mut walker = ImageWalker::new();
+    let class_dirs: Vec<PathBuf> = sorted_entries(root)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect();
+    walker.reserve(root)?;
+    for class_dir in &class_dirs {
+        walker.reserve(class_dir)?;
+    }
+    for class_dir in class_dirs {
         let label = class_dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let mut files = Vec::new();
-        walk_images(&class_dir, &mut files)?;
+        walker.walk(&class_dir, &mut files)?;
+        for (path, why) in walker.passed_over.drain(..) {
+            problems.push((
+                entries.len() as u64,
+                Skipped {
+                    path,
+                    reason: format!("class folder `{label}`: passed over: {why}"),
+                },
+            ));
+        }
         for path in files {
             let rel = path
                 .strip_prefix(root)
@@ -417,7 +420,7 @@ fn read_image_folder(root: &Path) -> Result<Vec<Entry>> {
             });
         }
     }
-    Ok(entries)
+    Ok((entries, problems))
 }
 
 fn check_dims(w: u32, h: u32) -> Result<(), String> {

@@ -128,37 +128,50 @@ impl TrainConfig {
         }
     }
 
-    /// Check the settings make sense before anything is run.
+    /// Check the settings make sense before anything is run; errors name the `[train]` key
+    /// (the flags of the same name override them).
     pub fn validate(&self) -> Result<()> {
         if self.size < 32 {
-            bail!("input size {} px is too small (at least 32)", self.size);
+            bail!("`size` = {} px is too small (at least 32)", self.size);
         }
-        if self.batch == 0 || self.iters == 0 {
-            bail!("batch and iters must be at least 1");
+        if self.batch == 0 {
+            bail!("`batch` = 0: it must be at least 1");
+        }
+        if self.iters == 0 {
+            bail!("`iters` = 0: it must be at least 1");
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("learning rate {} must be positive", self.lr);
+            bail!("`lr` = {} must be a number > 0", self.lr);
         }
         if !(self.head_lr_scale.is_finite() && self.head_lr_scale > 0.0) {
-            bail!("head_lr_scale {} must be positive", self.head_lr_scale);
+            bail!(
+                "`head_lr_scale` = {} must be a number > 0",
+                self.head_lr_scale
+            );
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            bail!("momentum {} must be in [0, 1)", self.momentum);
+            bail!("`momentum` = {} must be in [0, 1)", self.momentum);
         }
-        if self.weight_decay < 0.0 {
-            bail!("weight decay {} must not be negative", self.weight_decay);
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            bail!(
+                "`weight_decay` = {} must be a number >= 0",
+                self.weight_decay
+            );
         }
         if !(0.0..1.0).contains(&self.jitter) {
-            bail!("jitter {} must be in [0, 1)", self.jitter);
+            bail!("`jitter` = {} must be in [0, 1)", self.jitter);
         }
         if !(self.rrc_min_scale > 0.0 && self.rrc_min_scale <= 1.0) {
-            bail!("rrc_min_scale {} must be in (0, 1]", self.rrc_min_scale);
+            bail!("`rrc_min_scale` = {} must be in (0, 1]", self.rrc_min_scale);
         }
-        if self.workers == 0 || self.prefetch == 0 {
-            bail!("workers and prefetch must be at least 1");
+        if self.workers == 0 {
+            bail!("`workers` = 0: it must be at least 1");
+        }
+        if self.prefetch == 0 {
+            bail!("`prefetch` = 0: it must be at least 1");
         }
         if self.checkpoint_every == 0 {
-            bail!("checkpoint_every must be at least 1");
+            bail!("`checkpoint_every` = 0: it must be at least 1");
         }
         self.lr_schedule().validate()?;
         Ok(())
