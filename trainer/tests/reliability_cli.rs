@@ -272,3 +272,72 @@ fn info_on_a_folder_says_the_os_error_once() {
     let said = stderr(&o);
     assert_eq!(said.matches("os error").count(), 1, "{said}");
 }
+
+#[test]
+fn predict_refuses_a_probe_for_another_model_or_input_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiles = common::tiles();
+    let feats = dir.path().join("f.safetensors");
+    let mut args = vec![
+        "features",
+        "--weights",
+        "random",
+        "--size",
+        "32",
+        "--out",
+        s(&feats),
+    ];
+    args.extend(tiles.iter().map(|t| s(t)));
+    assert_ok(&mtpath(&args));
+    let meta = FeaturesFile::read(&feats).unwrap().metadata;
+    let sha = meta["weights_sha256"].clone();
+    assert_eq!(sha.len(), 64);
+
+    let probe = dir.path().join("probe.json");
+    let write_probe = |input_size: u32, sha: &str| {
+        let coef: Vec<f64> = (0..512).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+        let json = serde_json::json!({
+            "format": "mtpath-probe/1", "kind": "logistic", "classes": ["a", "b"], "c": 1.0,
+            "n_features": 512, "coef": [coef], "intercept": [0.0],
+            "features": {"architecture": "resnet18", "feature_dim": 512,
+                         "input_size": input_size, "resize": 37, "model_sha256": sha},
+        });
+        std::fs::write(&probe, json.to_string()).unwrap();
+    };
+    let predict = |extra: &[&str]| {
+        let mut a = vec!["predict", "--probe", s(&probe), "--features", s(&feats)];
+        a.extend_from_slice(extra);
+        mtpath(&a)
+    };
+
+    write_probe(32, &sha);
+    let o = predict(&[]);
+    assert_ok(&o);
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+
+    for (size, sha, what) in [
+        (224, sha.as_str(), "input size"),
+        (32, &"0".repeat(64), "SHA-256"),
+    ] {
+        write_probe(size, sha);
+        let o = predict(&[]);
+        assert!(!o.status.success(), "{what}");
+        let said = stderr(&o);
+        assert!(
+            said.contains(what) && said.contains("--ignore-provenance"),
+            "{said}"
+        );
+        let o = predict(&["--ignore-provenance"]);
+        assert_ok(&o);
+        assert!(stderr(&o).contains("warning"), "{}", stderr(&o));
+    }
+
+    // Embedding images for the probe checks the same way: the random trunk's default input is
+    // 224 px, the probe's 32 px.
+    write_probe(32, &sha);
+    let mut args = vec!["predict", "--probe", s(&probe), "--weights", "random"];
+    args.extend(tiles.iter().map(|t| s(t)));
+    let o = mtpath(&args);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("input size"), "{}", stderr(&o));
+}

@@ -453,6 +453,8 @@ impl Probe {
                 .or_else(|| card["resize"].as_u64())
                 .unwrap_or(0) as u32,
             model_sha256,
+            // The page adds its evaluation transform to the card it passes.
+            transform: card["transform"].as_str().map(str::to_string),
         });
         if cv_folds > 0 {
             file.cv = Some(CvSummary {

@@ -23,7 +23,7 @@ $("run-probe").onclick = async () => {
   try {
     const r = await ask("probe", {
       rows, labels, groups, classes, cGrid, folds: Number($("folds").value) || 5, seed: 0, kind,
-      card: JSON.stringify(state.card), sha256: state.modelSha256,
+      card: JSON.stringify({ ...state.card, transform: state.evalTransform || "resize" }), sha256: state.modelSha256,
     });
     state.probe = { classes, kind, ...r, rows };
     showProbe();

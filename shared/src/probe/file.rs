@@ -24,6 +24,81 @@ pub struct FeatureSource {
     /// SHA-256 (hex) of the model file, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_sha256: Option<String>,
+    /// How images became the network's input (`resize`, `center-crop`, `grid`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<String>,
+}
+
+impl FeatureSource {
+    /// The source a features file records in its metadata (`architecture`, `preprocess`,
+    /// `weights_sha256`, as `mtpath features` and the page write them); `None` when it
+    /// records no architecture.
+    pub fn from_features_metadata(
+        metadata: &std::collections::BTreeMap<String, String>,
+        feature_dim: usize,
+    ) -> Option<Self> {
+        let architecture = metadata.get("architecture")?.clone();
+        let preprocess: serde_json::Value = metadata
+            .get("preprocess")
+            .and_then(|p| serde_json::from_str(p).ok())
+            .unwrap_or_default();
+        let size = |key: &str| preprocess[key].as_u64().map_or(0, |v| v as u32);
+        Some(Self {
+            architecture,
+            feature_dim,
+            input_size: size("crop"),
+            resize: size("resize_shorter"),
+            model_sha256: metadata
+                .get("weights_sha256")
+                .filter(|s| !s.is_empty())
+                .cloned(),
+            transform: preprocess["transform"].as_str().map(str::to_string),
+        })
+    }
+
+    /// How `actual` differs from `self` (what a probe expects), one line per field that both
+    /// record (0 for sizes and `None` mean unknown, and are not compared).
+    pub fn differences(&self, actual: &FeatureSource) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut differ = |what: &str, expected: String, got: String| {
+            out.push(format!(
+                "{what}: the probe's {expected}, the features' {got}"
+            ));
+        };
+        if self.architecture != actual.architecture {
+            differ(
+                "architecture",
+                self.architecture.clone(),
+                actual.architecture.clone(),
+            );
+        }
+        if self.feature_dim != actual.feature_dim {
+            differ(
+                "feature length",
+                self.feature_dim.to_string(),
+                actual.feature_dim.to_string(),
+            );
+        }
+        for (what, a, b) in [
+            ("input size (crop)", self.input_size, actual.input_size),
+            ("resize (shorter side)", self.resize, actual.resize),
+        ] {
+            if a != 0 && b != 0 && a != b {
+                differ(what, format!("{a} px"), format!("{b} px"));
+            }
+        }
+        if let (Some(a), Some(b)) = (&self.model_sha256, &actual.model_sha256) {
+            if !a.eq_ignore_ascii_case(b) {
+                differ("model file (SHA-256)", a.clone(), b.clone());
+            }
+        }
+        if let (Some(a), Some(b)) = (&self.transform, &actual.transform) {
+            if a != b {
+                differ("evaluation transform", a.clone(), b.clone());
+            }
+        }
+        out
+    }
 }
 
 /// Cross-validation that chose C, kept for the record.

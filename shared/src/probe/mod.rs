@@ -32,7 +32,7 @@ mod svm;
 mod fixture_tests;
 
 pub use cv::Probe;
-pub use file::ProbeFile;
+pub use file::{FeatureSource, ProbeFile};
 pub use logreg::LogisticRegression;
 pub use model::{predict_from_decision, FitReport, LinearModel, ModelKind};
 pub use select::{fit_linear, grid_search_c, GridConfig, GridSearch};

@@ -12,7 +12,7 @@ use mtpath_shared::preprocess::{preprocess_file_views, EvalTransform};
 use mtpath_shared::Arch;
 use rayon::prelude::*;
 
-use crate::evaluate::features::{load_extractor, task_features};
+use crate::evaluate::features::{load_extractor, task_features, LoadedExtractor};
 use crate::images::collect_images;
 use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig, Split};
 
@@ -107,8 +107,8 @@ fn run_tasks(args: &Args) -> Result<()> {
             check: ImageCheck::Header,
         },
     )?;
-    let (extractor, model_id) =
-        load_extractor(&args.weights, args.arch, args.size, args.eval_transform)?;
+    let loaded = load_extractor(&args.weights, args.arch, args.size, args.eval_transform)?;
+    let (extractor, model_id) = (&loaded.extractor, loaded.cache_id);
     let cfg = *extractor.preprocess_config();
     eprintln!(
         "{} task(s), split {}, {} ({}-d features) at {} px",
@@ -123,7 +123,7 @@ fn run_tasks(args: &Args) -> Result<()> {
     let (mut labels, mut task_ids) = (Vec::<i64>::new(), Vec::<i64>::new());
     let (mut images, mut groups, mut split_of) = (Vec::new(), Vec::new(), Vec::new());
     for (ti, task) in pool.tasks.iter().enumerate() {
-        let f = task_features(&extractor, model_id, task, &cache, args.batch, true)?;
+        let f = task_features(extractor, model_id, task, &cache, args.batch, true)?;
         for &sp in &splits {
             for sample in task.split(sp) {
                 rows.extend_from_slice(&f.rows[&sample.path]);
@@ -151,7 +151,7 @@ fn run_tasks(args: &Args) -> Result<()> {
         .with("tasks", serde_json::to_string(&tasks)?)
         .with("split", args.split.clone())
         .with("seed", pool.seed.to_string());
-    let mut file = with_model(file, &extractor, &args.weights);
+    let mut file = with_model(file, &loaded, &args.weights);
     file.labels = Some(labels);
     file.task = Some(task_ids);
     file.write(&args.out)
@@ -193,8 +193,10 @@ pub(crate) fn embed_images(
     Ok(rows)
 }
 
-/// `file` with the model that made it recorded: architecture, weights and preprocessing.
-fn with_model(file: FeaturesFile, extractor: &FeatureExtractor, weights: &str) -> FeaturesFile {
+/// `file` with the model that made it recorded: architecture, weights (name and SHA-256) and
+/// preprocessing: what `mtpath predict` checks a probe's provenance against.
+fn with_model(file: FeaturesFile, loaded: &LoadedExtractor, weights: &str) -> FeaturesFile {
+    let extractor = &loaded.extractor;
     let cfg = extractor.preprocess_config();
     let preprocess = serde_json::json!({
         "resize_shorter": cfg.resize_shorter,
@@ -208,6 +210,7 @@ fn with_model(file: FeaturesFile, extractor: &FeatureExtractor, weights: &str) -
         extractor.metadata().trunk.architecture.to_string(),
     )
     .with("weights", weights)
+    .with("weights_sha256", loaded.weights_sha256.clone())
     .with("preprocess", preprocess.to_string())
 }
 
@@ -216,7 +219,8 @@ pub fn run(args: Args) -> Result<()> {
         return run_tasks(&args);
     }
     let images = collect_images(&args.images)?;
-    let (mut extractor, _) = load_extractor(&args.weights, args.arch, None, args.eval_transform)?;
+    let mut loaded = load_extractor(&args.weights, args.arch, None, args.eval_transform)?;
+    let extractor = &mut loaded.extractor;
     if let Some(size) = args.size {
         let resize = args
             .resize
@@ -239,14 +243,14 @@ pub fn run(args: Args) -> Result<()> {
         },
         cfg.crop
     );
-    let rows = embed_images(&extractor, &images, batch)?;
+    let rows = embed_images(extractor, &images, batch)?;
     let n = rows.len();
     let dim = extractor.feature_dim();
     let flat: Vec<f32> = rows.into_iter().flatten().collect();
     let names: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
     with_model(
         FeaturesFile::new(flat, n, dim, names)?,
-        &extractor,
+        &loaded,
         &args.weights,
     )
     .write(&args.out)

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mtpath_shared::features_file::FeaturesFile;
 use mtpath_shared::preprocess::EvalTransform;
-use mtpath_shared::probe::ProbeFile;
+use mtpath_shared::probe::{FeatureSource, ProbeFile};
 use mtpath_shared::Arch;
 
 use crate::evaluate::features::load_extractor;
@@ -47,12 +47,98 @@ pub struct Args {
     out: String,
     /// Image files or folders (with --weights).
     images: Vec<PathBuf>,
+    /// Apply the probe even when the features come from another model or preprocessing than
+    /// the one it was trained on (by default such a mismatch is refused).
+    #[arg(long)]
+    ignore_provenance: bool,
 }
 
-/// Row names and features (row-major) of a features file.
-fn read_features_file(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
-    let file = FeaturesFile::read(path)?;
-    Ok((file.images, file.features, file.dim))
+/// Where the probe's inputs come from: row names, row-major features, their length, and the
+/// model and preprocessing that made them when known.
+struct Inputs {
+    names: Vec<String>,
+    x: Vec<f32>,
+    dim: usize,
+    source: Option<FeatureSource>,
+}
+
+fn read_inputs(args: &Args) -> Result<Inputs> {
+    match (&args.features, &args.weights) {
+        (Some(f), _) => {
+            let file = FeaturesFile::read(f)?;
+            let source = FeatureSource::from_features_metadata(&file.metadata, file.dim);
+            Ok(Inputs {
+                names: file.images,
+                x: file.features,
+                dim: file.dim,
+                source,
+            })
+        }
+        (None, Some(w)) => {
+            let images = collect_images(&args.images)?;
+            let loaded = load_extractor(w, args.arch, None, args.eval_transform)?;
+            let extractor = &loaded.extractor;
+            let cfg = extractor.preprocess_config();
+            let source = FeatureSource {
+                architecture: extractor.metadata().trunk.architecture.name().to_string(),
+                feature_dim: extractor.feature_dim(),
+                input_size: cfg.crop,
+                resize: cfg.resize_shorter,
+                model_sha256: Some(loaded.weights_sha256.clone()),
+                transform: Some(cfg.transform.as_str().to_string()),
+            };
+            let rows = super::features::embed_images(extractor, &images, args.batch)?;
+            Ok(Inputs {
+                names: images.iter().map(|p| p.display().to_string()).collect(),
+                x: rows.concat(),
+                dim: extractor.feature_dim(),
+                source: Some(source),
+            })
+        }
+        (None, None) => bail!("give --features FILE, or --weights FILE and images"),
+    }
+}
+
+/// A probe applies only to features of the model and preprocessing it was trained on: refuse
+/// any recorded difference unless `ignore`, and say when there is nothing to check.
+fn check_provenance(
+    probe_path: &Path,
+    probe: &ProbeFile,
+    inputs: &Inputs,
+    ignore: bool,
+) -> Result<()> {
+    let (Some(expected), Some(actual)) = (&probe.features, &inputs.source) else {
+        eprintln!(
+            "warning: {}: cannot check that the probe and the features come from the same \
+             model ({} records no model)",
+            probe_path.display(),
+            if probe.features.is_none() {
+                "the probe"
+            } else {
+                "the features file"
+            }
+        );
+        return Ok(());
+    };
+    let differences = expected.differences(actual);
+    if differences.is_empty() {
+        return Ok(());
+    }
+    let list = differences.join("\n  ");
+    if ignore {
+        eprintln!(
+            "warning: {}: applied to features of another model or preprocessing \
+             (--ignore-provenance):\n  {list}",
+            probe_path.display()
+        );
+        return Ok(());
+    }
+    bail!(
+        "{}: the probe was trained on features of another model or preprocessing:\n  {list}\n\
+         embed the images with the model and settings the probe was trained on, or pass \
+         --ignore-provenance to apply it anyway",
+        probe_path.display()
+    )
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -60,28 +146,11 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("reading probe {}", args.probe.display()))?;
     let probe = ProbeFile::from_json(&text, &args.probe.display().to_string())?;
     let model = probe.model()?;
-    let (names, x, d) = match (&args.features, &args.weights) {
-        (Some(f), _) => read_features_file(f)?,
-        (None, Some(w)) => {
-            let images = collect_images(&args.images)?;
-            let (extractor, _) = load_extractor(w, args.arch, None, args.eval_transform)?;
-            if let Some(src) = &probe.features {
-                if src.architecture != extractor.metadata().trunk.architecture.name() {
-                    bail!(
-                        "{}: the probe was trained on {} features, but {w} is a {}; use the same model",
-                        args.probe.display(),
-                        src.architecture,
-                        extractor.metadata().trunk.architecture.name()
-                    );
-                }
-            }
-            let rows = super::features::embed_images(&extractor, &images, args.batch)?;
-            let d = extractor.feature_dim();
-            let names = images.iter().map(|p| p.display().to_string()).collect();
-            (names, rows.concat(), d)
-        }
-        (None, None) => bail!("give --features FILE, or --weights FILE and images"),
-    };
+    let inputs = read_inputs(&args)?;
+    check_provenance(&args.probe, &probe, &inputs, args.ignore_provenance)?;
+    let Inputs {
+        names, x, dim: d, ..
+    } = inputs;
     if d != probe.n_features {
         bail!(
             "{}: the probe expects {}-d features but the input has {d}; use the model the probe was trained on",

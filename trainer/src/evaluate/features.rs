@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
+use mtpath_shared::export::sha256_hex;
 use mtpath_shared::features_file::FeaturesFile;
 use mtpath_shared::inference::FeatureExtractor;
 use mtpath_shared::preprocess::{preprocess_file_views, EvalTransform};
@@ -18,20 +19,30 @@ use mtpath_shared::{Arch, Network, NetworkSpec};
 
 use crate::pool::Task;
 
+/// A feature extractor with what identifies it.
+pub struct LoadedExtractor {
+    /// The extractor.
+    pub extractor: FeatureExtractor,
+    /// An id of the weights and preprocessing, for feature caches.
+    pub cache_id: u64,
+    /// SHA-256 (hex) of the weights file (of the generated weights for `random`): the model's
+    /// identity in features files and probe files.
+    pub weights_sha256: String,
+}
+
 /// A feature extractor for `weights` (a file, or `random` for a randomly initialised trunk of
 /// `arch`), with the input side `size` when given (shorter side resized to size × 256/224)
-/// and the evaluation `transform`, and an id of the weights and preprocessing for feature
-/// caches.
+/// and the evaluation `transform`.
 pub fn load_extractor(
     weights: &str,
     arch: Option<Arch>,
     size: Option<u32>,
     transform: EvalTransform,
-) -> Result<(FeatureExtractor, u64)> {
+) -> Result<LoadedExtractor> {
     let device = Device::Cpu;
     let weights = crate::released::resolve_weights(weights)?;
     let weights = weights.as_str();
-    let (mut extractor, weights_hash) = if weights == "random" {
+    let (mut extractor, weights_hash, weights_sha256) = if weights == "random" {
         let arch = arch.unwrap_or(Arch::ResNet18);
         let net_spec = NetworkSpec::trunk(arch);
         let net = Network::new(net_spec.clone(), &device, 0)?;
@@ -39,6 +50,7 @@ pub fn load_extractor(
         (
             FeatureExtractor::from_safetensors_bytes(&bytes, "random", &device)?,
             fnv1a(format!("random-{arch}").as_bytes()),
+            sha256_hex(&bytes),
         )
     } else {
         let path = PathBuf::from(weights);
@@ -48,6 +60,7 @@ pub fn load_extractor(
         (
             FeatureExtractor::from_tensor_file(&file, arch, &device)?,
             fnv1a(&bytes),
+            sha256_hex(&bytes),
         )
     };
     if let Some(s) = size {
@@ -60,8 +73,11 @@ pub fn load_extractor(
     if transform != EvalTransform::Resize {
         key.push_str(&format!("-{transform}"));
     }
-    let model_id = fnv1a(key.as_bytes());
-    Ok((extractor, model_id))
+    Ok(LoadedExtractor {
+        extractor,
+        cache_id: fnv1a(key.as_bytes()),
+        weights_sha256,
+    })
 }
 
 /// FNV-1a 64 of some bytes: a stable content hash for cache keys.

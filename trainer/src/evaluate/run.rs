@@ -56,8 +56,8 @@ pub fn evaluate(spec: &EvalSpec) -> Result<EvalOutput> {
     if spec.seeds.is_empty() {
         bail!("--seeds must be at least 1");
     }
-    let (extractor, model_id) =
-        load_extractor(&spec.weights, spec.arch, spec.size, spec.transform)?;
+    let loaded = load_extractor(&spec.weights, spec.arch, spec.size, spec.transform)?;
+    let (extractor, model_id) = (loaded.extractor, loaded.cache_id);
     let cfg = *extractor.preprocess_config();
     std::fs::create_dir_all(&spec.out)
         .with_context(|| format!("{}: cannot create", spec.out.display()))?;
