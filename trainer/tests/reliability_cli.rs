@@ -341,3 +341,28 @@ fn predict_refuses_a_probe_for_another_model_or_input_size() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("input size"), "{}", stderr(&o));
 }
+
+#[test]
+fn an_absurd_batch_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = task(dir.path(), 2);
+    let p = pool(dir.path(), &[&root], "[train]\nsize = 32\n");
+    let run = dir.path().join("run");
+    let o = mtpath(&[
+        "train",
+        "--pool",
+        s(&p),
+        "--out",
+        s(&run),
+        "--batch",
+        "100000000000",
+    ]);
+    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(1), "an error, not an abort");
+    let said = stderr(&o);
+    assert!(
+        said.contains("needs at least") && said.contains("available"),
+        "{said}"
+    );
+    assert!(!run.join("run.json").exists(), "no dead-end run folder");
+}

@@ -4,6 +4,7 @@ pub mod card;
 pub mod checkpoint;
 pub mod config;
 pub mod init;
+pub mod memory;
 pub mod metrics;
 pub mod progress;
 pub mod run;

@@ -411,6 +411,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
     let cfg = &spec.config;
     cfg.validate()?;
     let device = spec.device.clone();
+    super::memory::check(cfg, device.is_cpu(), super::memory::available())?;
     let seed = cfg.seed.unwrap_or(spec.pool.seed);
     let heads = heads_of(&spec.pool);
     let _lock = run_dir::RunLock::acquire(&spec.out)?;
