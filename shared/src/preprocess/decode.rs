@@ -72,7 +72,7 @@ fn decode_inner(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
 
     if format == ImageFormat::Jpeg {
         // Bit-exact with Pillow's libjpeg-turbo for the JPEGs it supports; the general decoder
-        // handles the rest (progressive, CMYK, ...), and reports oversized images.
+        // handles the rest (progressive, 12-bit, arithmetic, ...), and reports oversized images.
         let lim = jpeg::Limits {
             max_side: MAX_IMAGE_SIDE,
             max_bytes: MAX_IMAGE_BYTES,

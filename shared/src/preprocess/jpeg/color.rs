@@ -1,4 +1,5 @@
-//! Fancy chroma upsampling (`jdsample.c`) and YCbCr → RGB conversion (`jdcolor.c`).
+//! Fancy chroma upsampling (`jdsample.c`), YCbCr → RGB and YCCK → CMYK conversion
+//! (`jdcolor.c`), and CMYK → RGB as Pillow's `convert("RGB")` does it.
 
 use image::RgbImage;
 
@@ -104,7 +105,78 @@ fn h2v2_fancy_row(cs: &[i32], out: &mut [u8]) {
     out[2 * n - 1] = ((cs[n - 1] * 4 + 7) >> 4) as u8;
 }
 
-pub(super) fn output(fr: &Frame) -> RgbImage {
+/// How the components code colour (libjpeg's `jpeg_color_space`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Coding {
+    Gray,
+    YCbCr,
+    /// Four components stored as Adobe writes them (inverted: 0 is full ink).
+    Cmyk,
+    /// YCbCr-coded inverted CMY, plus K (Adobe transform 2).
+    Ycck,
+}
+
+/// libjpeg's fixed-point YCbCr → RGB tables (`jdcolor.c` `build_ycc_rgb_table`).
+struct YccTables {
+    cr_r: [i32; 256],
+    cb_b: [i32; 256],
+    cr_g: [i64; 256],
+    cb_g: [i64; 256],
+}
+
+const SCALEBITS: u32 = 16;
+
+impl YccTables {
+    fn new() -> Self {
+        const ONE_HALF: i64 = 1 << (SCALEBITS - 1);
+        let fix = |x: f64| (x * 65536.0 + 0.5) as i64;
+        let mut t = YccTables {
+            cr_r: [0; 256],
+            cb_b: [0; 256],
+            cr_g: [0; 256],
+            cb_g: [0; 256],
+        };
+        for i in 0..256 {
+            let x = i as i64 - 128;
+            t.cr_r[i] = ((fix(1.40200) * x + ONE_HALF) >> SCALEBITS) as i32;
+            t.cb_b[i] = ((fix(1.77200) * x + ONE_HALF) >> SCALEBITS) as i32;
+            t.cr_g[i] = -fix(0.71414) * x;
+            t.cb_g[i] = -fix(0.34414) * x + ONE_HALF;
+        }
+        t
+    }
+
+    /// R, G, B before clamping.
+    fn rgb(&self, y: u8, cb: u8, cr: u8) -> [i32; 3] {
+        let y = i32::from(y);
+        let (cb, cr) = (usize::from(cb), usize::from(cr));
+        [
+            y + self.cr_r[cr],
+            y + ((self.cb_g[cb] + self.cr_g[cr]) >> SCALEBITS) as i32,
+            y + self.cb_b[cb],
+        ]
+    }
+}
+
+fn clamp(v: i32) -> u8 {
+    v.clamp(0, 255) as u8
+}
+
+/// Pillow's `convert("RGB")` of a CMYK pixel read with the Adobe convention (`CMYK;I`: ink is
+/// `255 - sample`): `R = (255 - K) - C (255 - K) / 255` with its rounding (`MULDIV255`).
+fn pillow_cmyk_to_rgb(samples: [u8; 4]) -> [u8; 3] {
+    let nk = i32::from(samples[3]);
+    let muldiv255 = |a: i32, b: i32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    [0, 1, 2].map(|i| {
+        let ink = 255 - i32::from(samples[i]);
+        clamp(nk - muldiv255(ink, nk))
+    })
+}
+
+pub(super) fn output(fr: &Frame, coding: Coding) -> RgbImage {
     let (w, h) = (fr.width, fr.height);
     let mut planes = Vec::with_capacity(fr.comps.len());
     for c in &fr.comps {
@@ -121,33 +193,38 @@ pub(super) fn output(fr: &Frame) -> RgbImage {
         ));
     }
     let mut rgb = vec![0u8; w * h * 3];
-    if planes.len() == 1 {
-        for (px, &g) in rgb.chunks_exact_mut(3).zip(&planes[0]) {
-            px.fill(g);
+    match coding {
+        Coding::Gray => {
+            for (px, &g) in rgb.chunks_exact_mut(3).zip(&planes[0]) {
+                px.fill(g);
+            }
         }
-    } else {
-        const SCALEBITS: u32 = 16;
-        const ONE_HALF: i64 = 1 << (SCALEBITS - 1);
-        let fix = |x: f64| (x * 65536.0 + 0.5) as i64;
-        let mut cr_r = [0i32; 256];
-        let mut cb_b = [0i32; 256];
-        let mut cr_g = [0i64; 256];
-        let mut cb_g = [0i64; 256];
-        for i in 0..256 {
-            let x = i as i64 - 128;
-            cr_r[i] = ((fix(1.40200) * x + ONE_HALF) >> SCALEBITS) as i32;
-            cb_b[i] = ((fix(1.77200) * x + ONE_HALF) >> SCALEBITS) as i32;
-            cr_g[i] = -fix(0.71414) * x;
-            cb_g[i] = -fix(0.34414) * x + ONE_HALF;
+        Coding::YCbCr => {
+            let t = YccTables::new();
+            for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
+                let v = t.rgb(planes[0][i], planes[1][i], planes[2][i]);
+                px.copy_from_slice(&v.map(clamp));
+            }
         }
-        let clamp = |v: i32| v.clamp(0, 255) as u8;
-        for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
-            let y = i32::from(planes[0][i]);
-            let cb = usize::from(planes[1][i]);
-            let cr = usize::from(planes[2][i]);
-            px[0] = clamp(y + cr_r[cr]);
-            px[1] = clamp(y + ((cb_g[cb] + cr_g[cr]) >> SCALEBITS) as i32);
-            px[2] = clamp(y + cb_b[cb]);
+        Coding::Cmyk => {
+            for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
+                let s = [planes[0][i], planes[1][i], planes[2][i], planes[3][i]];
+                px.copy_from_slice(&pillow_cmyk_to_rgb(s));
+            }
+        }
+        Coding::Ycck => {
+            // jdcolor.c ycck_cmyk_convert: CMY = 255 - RGB(YCC), clamped; K unchanged.
+            let t = YccTables::new();
+            for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
+                let v = t.rgb(planes[0][i], planes[1][i], planes[2][i]);
+                let s = [
+                    clamp(255 - v[0]),
+                    clamp(255 - v[1]),
+                    clamp(255 - v[2]),
+                    planes[3][i],
+                ];
+                px.copy_from_slice(&pillow_cmyk_to_rgb(s));
+            }
         }
     }
     // Dimensions were bounded by the frame limits; the buffer has exactly w * h * 3 bytes.

@@ -24,7 +24,7 @@
 
 use image::RgbImage;
 
-use color::output;
+use color::{output, Coding};
 use frame::{corrupt, unsupported, Component, Frame, Res, NATURAL_ORDER};
 use huffman::{extend, find_marker, BitReader, Huffman};
 
@@ -158,9 +158,22 @@ pub(crate) fn decode(bytes: &[u8], limits: Limits) -> Res<RgbImage> {
                 return unsupported("RGB-coded JPEG");
             }
         }
+        4 => {
+            // jdapimin.c default_decompress_parms: Adobe transform 0 is CMYK, any other YCCK;
+            // without an Adobe marker, plain CMYK.
+            let ycck = adobe_transform.is_some_and(|t| t != 0);
+            return Ok(output(&fr, if ycck { Coding::Ycck } else { Coding::Cmyk }));
+        }
         n => return unsupported(format!("{n}-component JPEG")),
     }
-    Ok(output(&fr))
+    Ok(output(
+        &fr,
+        if fr.comps.len() == 1 {
+            Coding::Gray
+        } else {
+            Coding::YCbCr
+        },
+    ))
 }
 
 fn parse_frame(seg: &[u8], limits: Limits) -> Res<Frame> {
@@ -182,7 +195,7 @@ fn parse_frame(seg: &[u8], limits: Limits) -> Res<Frame> {
     if n == 0 || seg.len() < 6 + 3 * n {
         return corrupt("bad frame header");
     }
-    if n != 1 && n != 3 {
+    if n != 1 && n != 3 && n != 4 {
         return unsupported(format!("{n}-component JPEG"));
     }
     let mut comps = Vec::with_capacity(n);

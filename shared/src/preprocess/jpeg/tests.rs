@@ -55,7 +55,7 @@ fn check(path: &Path, w: u32, h: u32, crc: u32) -> std::result::Result<(), Strin
 /// data sets lack: grayscale, 4:2:2, restart markers, chroma only 1-2 samples wide.
 #[test]
 fn jpeg_synthetic_files_bit_exact_with_pillow() {
-    let cases: [(&str, u32, u32, u32); 7] = [
+    let cases: [(&str, u32, u32, u32); 9] = [
         ("gray_37x29.jpg", 37, 29, 0xd1cfb34f),
         ("s422_41x23.jpg", 41, 23, 0x29fa2ebc),
         ("s420_45x31_rst.jpg", 45, 31, 0x05fc9303),
@@ -63,6 +63,10 @@ fn jpeg_synthetic_files_bit_exact_with_pillow() {
         ("s420_3x5.jpg", 3, 5, 0x2dfa902a),
         ("s422_4x9.jpg", 4, 9, 0x1856db16),
         ("gray_rst_33x20.jpg", 33, 20, 0xa20b116a),
+        // CMYK (Adobe, inverted samples) through Pillow's convert("RGB"), 4:4:4 and with
+        // Pillow's 4:2:0 (the first component full size, the others halved).
+        ("cmyk_29x21.jpg", 29, 21, 0x18dda382),
+        ("cmyk_s420_35x27.jpg", 35, 27, 0x118235b2),
     ];
     let failures: Vec<String> = cases
         .iter()

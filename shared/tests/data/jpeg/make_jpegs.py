@@ -22,6 +22,9 @@ cases=[
  ('s422_4x9.jpg', img(4,9), dict(quality=90, subsampling='4:2:2')),
  ('gray_rst_33x20.jpg', img(33,20,'L'), dict(quality=75, restart_marker_blocks=2)),
  ('progressive_24x16.jpg', img(24,16), dict(quality=90, progressive=True)),
+ # CMYK: Pillow writes an Adobe marker (transform 0) and inverted samples.
+ ('cmyk_29x21.jpg', img(29,21,'CMYK'), dict(quality=90)),
+ ('cmyk_s420_35x27.jpg', img(35,27,'CMYK'), dict(quality=85, subsampling='4:2:0')),
 ]
 for name,im,kw in cases:
     buf=io.BytesIO(); im.save(buf,'JPEG',**kw); d=buf.getvalue()
