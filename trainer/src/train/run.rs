@@ -661,10 +661,8 @@ pub fn train_resumable(mut spec: RunSpec, stop: Arc<AtomicBool>) -> Result<RunOu
                 });
             }
             spec.resume = true;
-        } else {
-            std::fs::remove_dir_all(&out)
-                .with_context(|| format!("{}: cannot restart the run", out.display()))?;
         }
+        // Without a checkpoint, `train` starts the run over (run_dir::prepare).
     }
     train(&spec, stop)
 }
