@@ -45,9 +45,9 @@ pub struct LoadedTask {
 }
 
 /// A row of the manifest or a file of an image folder, label not yet indexed.
-struct Entry {
+pub(super) struct Entry {
     rel: String,
-    path: PathBuf,
+    pub(super) path: PathBuf,
     label: String,
     group: String,
     given: Given,
@@ -223,13 +223,23 @@ fn normalise_rel(rel: &str) -> Result<String, String> {
 }
 
 /// Entries and per-row problems (with their line) of a manifest.
-type ManifestRows = (Vec<Entry>, Vec<(u64, Skipped)>);
+pub(super) type ManifestRows = (Vec<Entry>, Vec<(u64, Skipped)>);
 
 fn read_manifest(root: &Path, manifest: &Path) -> Result<ManifestRows> {
+    let file = std::fs::File::open(manifest)
+        .with_context(|| format!("{}: cannot read the manifest", manifest.display()))?;
+    parse_manifest(root, manifest, file)
+}
+
+/// The rows of a manifest read from `input`; `manifest` names it in messages and problems.
+pub(super) fn parse_manifest(
+    root: &Path,
+    manifest: &Path,
+    input: impl std::io::Read,
+) -> Result<ManifestRows> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(manifest)
-        .with_context(|| format!("{}: cannot read the manifest", manifest.display()))?;
+        .from_reader(input);
     let headers = reader
         .headers()
         .with_context(|| format!("{}: cannot read the header line", manifest.display()))?
