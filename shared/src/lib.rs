@@ -12,6 +12,9 @@ pub mod eval;
 pub mod export;
 pub mod features_file;
 pub mod fsutil;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inference;
 pub mod layers;
 pub(crate) mod linalg;

@@ -31,7 +31,7 @@
 
 mod decode;
 mod extensions;
-mod jpeg;
+pub(crate) mod jpeg;
 mod resize;
 #[cfg(test)]
 mod tests;

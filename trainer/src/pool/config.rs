@@ -135,7 +135,13 @@ impl PoolConfig {
                 path.display()
             )
         })?;
-        let mut config: PoolConfig = toml::from_str(&text).map_err(|e| {
+        Self::from_toml(&text, path)
+    }
+
+    /// Parse pool TOML read from `path` (which names it in errors and anchors relative task
+    /// paths), as [`PoolConfig::from_file`] does.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        let mut config: PoolConfig = toml::from_str(text).map_err(|e| {
             let msg = e.to_string();
             let hint = if msg.contains("unknown field") {
                 "remove or correct the key; a pool file has `seed`, `[[task]]` entries \

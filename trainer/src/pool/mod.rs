@@ -238,4 +238,6 @@ impl Pool {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;

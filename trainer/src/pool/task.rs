@@ -45,9 +45,9 @@ pub struct LoadedTask {
 }
 
 /// A row of the manifest or a file of an image folder, label not yet indexed.
-struct Entry {
+pub(super) struct Entry {
     rel: String,
-    path: PathBuf,
+    pub(super) path: PathBuf,
     label: String,
     group: String,
     given: Given,
@@ -224,13 +224,23 @@ fn normalise_rel(rel: &str) -> Result<String, String> {
 }
 
 /// Entries and per-entry problems (with their manifest line or file index) of a task.
-type TaskRows = (Vec<Entry>, Vec<(u64, Skipped)>);
+pub(super) type TaskRows = (Vec<Entry>, Vec<(u64, Skipped)>);
 
 fn read_manifest(root: &Path, manifest: &Path) -> Result<TaskRows> {
+    let file = std::fs::File::open(manifest)
+        .with_context(|| format!("{}: cannot read the manifest", manifest.display()))?;
+    parse_manifest(root, manifest, file)
+}
+
+/// The rows of a manifest read from `input`; `manifest` names it in messages and problems.
+pub(super) fn parse_manifest(
+    root: &Path,
+    manifest: &Path,
+    input: impl std::io::Read,
+) -> Result<TaskRows> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(manifest)
-        .with_context(|| format!("{}: cannot read the manifest", manifest.display()))?;
+        .from_reader(input);
     let headers = reader
         .headers()
         .with_context(|| format!("{}: cannot read the header line", manifest.display()))?

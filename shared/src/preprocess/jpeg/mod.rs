@@ -95,7 +95,7 @@ pub(crate) fn decode(bytes: &[u8], limits: Limits) -> Res<RgbImage> {
                 if frame.is_some() {
                     return corrupt("more than one frame header");
                 }
-                frame = Some(parse_frame(seg, limits)?);
+                frame = Some(parse_frame(seg, limits, bytes.len() - seg_end)?);
             }
             0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
                 return unsupported(format!("JPEG process SOF{}", marker - 0xC0));
@@ -176,7 +176,12 @@ pub(crate) fn decode(bytes: &[u8], limits: Limits) -> Res<RgbImage> {
     ))
 }
 
-fn parse_frame(seg: &[u8], limits: Limits) -> Res<Frame> {
+/// Parse a frame header and allocate its coefficient buffers. `data_len` is what the file
+/// holds after the header: a frame needs at least one scan, and every block of a scan takes
+/// at least two bits (a DC and an AC code), so a frame whose smallest component has more than
+/// `4 * data_len` blocks cannot be complete, and is rejected before anything is allocated
+/// (a few corrupted header bytes must not cost hundreds of megabytes).
+fn parse_frame(seg: &[u8], limits: Limits, data_len: usize) -> Res<Frame> {
     if seg.len() < 6 {
         return corrupt("short frame header");
     }
@@ -237,6 +242,19 @@ fn parse_frame(seg: &[u8], limits: Limits) -> Res<Frame> {
         if hmax % c.h != 0 || vmax % c.v != 0 || hmax / c.h > 2 || vmax / c.v > 2 {
             return unsupported("unusual sampling factors");
         }
+    }
+    let min_blocks = comps
+        .iter()
+        .map(|c| {
+            ceil_div(ceil_div(width * c.h, hmax), 8) * ceil_div(ceil_div(height * c.v, vmax), 8)
+        })
+        .min()
+        .unwrap_or(0);
+    if min_blocks > data_len.saturating_mul(4) {
+        return corrupt(format!(
+            "the frame header declares {width}x{height} pixels, more than the {data_len} bytes \
+             after it can encode (truncated or corrupt header)"
+        ));
     }
     let mcux = ceil_div(width, 8 * hmax);
     let mcuy = ceil_div(height, 8 * vmax);

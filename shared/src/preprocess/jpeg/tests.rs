@@ -165,6 +165,44 @@ fn jpeg_all_data_set_files_against_reference_list() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// A frame header declaring far more pixels than the file's data can encode (10000 x 10000
+/// grey in a 919-byte file: 200 MB of coefficients) is corrupt, found before allocating.
+#[test]
+fn jpeg_frame_larger_than_its_data_is_rejected_before_allocating() {
+    let mut bytes = std::fs::read(synthetic("gray_37x29.jpg")).unwrap();
+    let sof = bytes
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("SOF0");
+    // FF C0, length (2), precision (1), height (2), width (2)
+    bytes[sof + 5..sof + 9].copy_from_slice(&[0x27, 0x10, 0x27, 0x10]);
+    match decode(&bytes, LIMITS) {
+        Err(JpegError::Corrupt(m)) => assert!(m.contains("10000x10000"), "{m}"),
+        other => panic!("{:?}", other.map(|i| i.dimensions())),
+    }
+    // The original size still decodes.
+    bytes[sof + 5..sof + 9].copy_from_slice(&[0, 29, 0, 37]);
+    assert!(decode(&bytes, LIMITS).is_ok());
+}
+
+/// Found by the differential fuzz target (`fuzz/`): `s420_45x31_rst.jpg` with 4 bytes
+/// inserted into its luma AC Huffman table (duplicated symbols, the table's last 4 values
+/// pushed out of the segment). libjpeg-turbo 2.1.5's `djpeg` decodes it (CRC-32 below, only a
+/// warning about the extraneous bytes), and so does zune-jpeg within ~2 levels on average;
+/// ours decodes it too but differs in the second restart interval (up to 255 levels, mean
+/// 11). Not yet explained: kept as an open case until the divergence is found.
+#[test]
+#[ignore = "open: differs from libjpeg-turbo on a damaged Huffman table (fuzz finding)"]
+fn jpeg_damaged_ac_table_matches_libjpeg() {
+    check(
+        &synthetic("fuzz_damaged_ac_table_45x31.jpg"),
+        45,
+        31,
+        0xed98edc3,
+    )
+    .unwrap();
+}
+
 fn fuzz_one(bytes: &[u8]) {
     // Either result is fine; panicking is not.
     let _ = decode(bytes, LIMITS);
