@@ -213,9 +213,13 @@ fn serve_isolates_the_page_and_serves_models() {
     assert_eq!(index["models"][0]["url"], "models/export.safetensors");
     assert_eq!(index["models"][0]["bytes"], 7);
     assert_eq!(index["models"][0]["card"]["architecture"], "resnet18");
+    let r = send(&addr, "HEAD", "/models/index.json", "");
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
     let r = get(&addr, "/models/export.safetensors");
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"weights");
+    assert_eq!(r.header("Content-Type"), Some("application/octet-stream"));
     r.assert_isolated();
 
     for bad in [
@@ -290,6 +294,12 @@ fn serve_refuses_other_host_names() {
         );
         assert_eq!(r.status, 200, "{host}: {}", r.head);
     }
+    // An absolute-form target names the host too.
+    let r = raw(
+        &server.addr,
+        "GET http://evil.example/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 421, "{}", r.head);
     let r = raw(&server.addr, "GET / HTTP/1.0\r\n\r\n");
     assert_eq!(r.status, 400, "{}", r.head);
     r.assert_isolated();

@@ -174,22 +174,36 @@ async fn get_and_head_only(req: Request, next: Next) -> Response {
     res
 }
 
-/// 421 unless `Host` names this server (see [`host::allowed`]); 400 without a `Host`.
+/// 421 unless `Host` (and the authority of an absolute-form target, which HTTP/1.1 puts
+/// before `Host`) names this server (see [`host::allowed`]); 400 without a `Host`.
 async fn check_host(State(served): State<Arc<Served>>, req: Request, next: Next) -> Response {
     let local = req.extensions().get::<LocalAddr>().map(|a| a.0.ip());
     let Some(value) = req.headers().get(header::HOST) else {
         return text(StatusCode::BAD_REQUEST, "a Host header is required\n");
     };
-    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-    if host::allowed(&value, &served.extra_hosts, local) {
-        return next.run(req).await;
+    let mut names = vec![String::from_utf8_lossy(value.as_bytes()).into_owned()];
+    names.extend(req.uri().authority().map(|a| a.host().to_string()));
+    match names
+        .iter()
+        .find(|name| !host::allowed(name, &served.extra_hosts, local))
+    {
+        None => next.run(req).await,
+        Some(refused) => misdirected(refused, &served.extra_hosts),
     }
-    let mut names: Vec<String> = host::LOOPBACK_NAMES.iter().map(|s| s.to_string()).collect();
-    names.extend(served.extra_hosts.iter().cloned());
+}
+
+/// 421 Misdirected Request, saying which names are served and why others are not.
+fn misdirected(host: &str, extra_hosts: &[String]) -> Response {
+    let mut names: Vec<&str> = host::LOOPBACK_NAMES.to_vec();
+    for extra in extra_hosts {
+        if !names.contains(&extra.as_str()) {
+            names.push(extra);
+        }
+    }
     text(
         StatusCode::MISDIRECTED_REQUEST,
         &format!(
-            "this server answers to {} (any port), not to Host {value:?}: pages reached \
+            "this server answers to {} (any port), not to Host {host:?}: pages reached \
              through other names are refused against DNS rebinding; open the URL the server \
              printed, or name this address with --host\n",
             names.join(", ")
