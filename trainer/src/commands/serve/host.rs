@@ -38,7 +38,7 @@ pub fn host_form(address: &str) -> String {
 /// opened by the address itself, as when `--host 0.0.0.0` is reached through the LAN address).
 pub fn allowed(host: &str, extra: &[String], local: Option<IpAddr>) -> bool {
     let name = name_of(host);
-    if LOOPBACK_NAMES.contains(&name.as_str()) || extra.iter().any(|e| *e == name) {
+    if LOOPBACK_NAMES.contains(&name.as_str()) || extra.contains(&name) {
         return true;
     }
     local.is_some_and(|ip| host_form(&ip.to_string()) == name)
