@@ -541,6 +541,31 @@ fn serve_drops_silent_connections_and_serves_others_meanwhile() {
 }
 
 #[test]
+fn serve_drops_clients_that_stop_reading() {
+    let (_dir, www, _) = site();
+    let size = 64usize << 20;
+    std::fs::write(www.join("big.bin"), vec![7u8; size]).unwrap();
+    let mut server = Server::start(&www, &["--idle-timeout-secs", "2"]);
+    let mut s = connect(&server.addr);
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // Read nothing past the idle timeout: the server gives up on this client.
+    std::thread::sleep(Duration::from_secs(5));
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("after {got} bytes: {e}"),
+        }
+    }
+    assert!(got < size, "the whole file came after a stall: {got} bytes");
+    server.assert_alive();
+}
+
+#[test]
 fn serve_keeps_serving_past_the_connection_cap() {
     let (_dir, www, _) = site();
     let mut server = Server::start(
