@@ -348,8 +348,10 @@ fn kind_of(name: &str) -> Result<ModelKind, JsError> {
 
 /// Grouped, stratified k-fold cross-validation over `c_grid` (the shared solver, as the CLI):
 /// returns JSON `{best_c, folds, scores: [{c, balanced_accuracy, accuracy, folds_used}],
-/// confusion: [[…]], oof_pred: [class or -1], accuracy, balanced_accuracy}` where the last two
-/// are the out-of-fold scores at `best_c`.
+/// widened: [C added], confusion: [[…]], oof_pred: [class or -1], accuracy,
+/// balanced_accuracy}` where the last two are the out-of-fold scores at `best_c`. When the
+/// best C is at an edge of the grid and beats its neighbour, up to two more C values beyond
+/// it are tried (`widened`), so that the page never settles on the edge of its own grid.
 #[allow(clippy::too_many_arguments)]
 #[wasm_bindgen(js_name = probeCrossValidate)]
 pub fn probe_cross_validate(
@@ -369,6 +371,7 @@ pub fn probe_cross_validate(
         kind: kind_of(kind)?,
         folds,
         seed,
+        widen: 2,
         ..GridConfig::default()
     };
     if !c_grid.is_empty() {
@@ -384,6 +387,7 @@ pub fn probe_cross_validate(
             "accuracy": s.accuracy,
             "folds_used": s.folds_used,
         })).collect::<Vec<_>>(),
+        "widened": r.widened,
         "confusion": r.confusion.rows(),
         "accuracy": r.confusion.accuracy(),
         "balanced_accuracy": r.confusion.balanced_accuracy(),

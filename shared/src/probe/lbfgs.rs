@@ -4,14 +4,17 @@
 use std::collections::VecDeque;
 
 /// Stopping rules and memory.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Options {
     /// Iteration limit.
     pub max_iter: usize,
-    /// Stop when `‖g‖₂ ≤ gtol · ‖g(x₀)‖₂`.
+    /// Stop when `‖g‖₂ ≤ gtol · ‖g_ref‖₂`.
     pub gtol: f64,
     /// Correction pairs kept.
     pub memory: usize,
+    /// `‖g_ref‖₂`, the gradient norm the tolerance is relative to; `None`: at `x₀`. A warm
+    /// start passes the norm at the cold start, so that it stops where a cold start would.
+    pub gref_norm: Option<f64>,
 }
 
 /// Where the minimiser stopped.
@@ -50,7 +53,7 @@ where
     let mut x = x0;
     let mut g = vec![0.0; n];
     let mut f = fg(&x, &mut g);
-    let target = opts.gtol * norm(&g);
+    let target = opts.gtol * opts.gref_norm.unwrap_or_else(|| norm(&g));
     let mut hist: VecDeque<(Vec<f64>, Vec<f64>, f64)> = VecDeque::with_capacity(opts.memory);
     let mut dir = vec![0.0; n];
     let mut x_new = vec![0.0; n];
@@ -258,6 +261,7 @@ mod tests {
                 max_iter: 500,
                 gtol: 1e-10,
                 memory: 10,
+                ..Options::default()
             },
         );
         assert!(out.converged, "{out:?}");
@@ -283,6 +287,7 @@ mod tests {
                 max_iter: 1000,
                 gtol: 1e-12,
                 memory: 10,
+                ..Options::default()
             },
         );
         assert!(out.converged);

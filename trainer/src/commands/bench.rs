@@ -25,6 +25,10 @@ enum Mode {
     Both,
     /// The training data pipeline alone (decode, augment, batch) over real task folders.
     Pipeline,
+    /// The linear probe's model selection (grouped 5-fold cross-validation over the default
+    /// C grid, then the final fit) on a labelled features file (`--features`), as `eval` and
+    /// the browser explorer run it.
+    Probe,
 }
 
 /// Time forward (inference) and forward+backward (training) passes on random inputs and
@@ -73,6 +77,95 @@ pub struct Args {
     /// `allow_tf32`); off by default, as the parity tests need.
     #[arg(long)]
     tf32: bool,
+    /// Probe mode: a features file with labels (`mtpath features --task ...`).
+    #[arg(long)]
+    features: Option<PathBuf>,
+    /// Probe mode: logistic or svm.
+    #[arg(long, value_enum, default_value_t = ProbeKind::Logistic)]
+    probe_kind: ProbeKind,
+}
+
+/// The probe's model in probe mode.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum ProbeKind {
+    Logistic,
+    Svm,
+}
+
+impl From<ProbeKind> for mtpath_shared::probe::ModelKind {
+    fn from(k: ProbeKind) -> Self {
+        match k {
+            ProbeKind::Logistic => Self::Logistic,
+            ProbeKind::Svm => Self::Svm,
+        }
+    }
+}
+
+/// Seconds for the probe's cross-validated choice of C and final fit on a labelled features
+/// file, with what was chosen.
+fn run_probe(args: &Args) -> Result<()> {
+    use mtpath_shared::features_file::FeaturesFile;
+    use mtpath_shared::probe::{fit_linear, grid_search_c, GridConfig};
+    let path = args
+        .features
+        .as_ref()
+        .context("probe mode times the probe on real features: give --features FILE")?;
+    let file = FeaturesFile::read(path)?;
+    let labels = file.labels.as_ref().with_context(|| {
+        format!(
+            "{}: no labels; write it with `mtpath features --task DIR ...`",
+            path.display()
+        )
+    })?;
+    let y: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+    let n_classes = y.iter().max().map_or(0, |&m| m as usize + 1);
+    let groups: Vec<String> = file
+        .metadata
+        .get("groups")
+        .and_then(|g| serde_json::from_str(g).ok())
+        .unwrap_or_else(|| vec![String::new(); file.n]);
+    let cfg = GridConfig {
+        kind: args.probe_kind.into(),
+        ..GridConfig::default()
+    };
+    println!(
+        "probe ({:?}): {} tiles x {} features, {n_classes} classes, {}-fold CV over C in {:?}",
+        args.probe_kind, file.n, file.dim, cfg.folds, cfg.c_grid
+    );
+    let start = std::time::Instant::now();
+    let search = grid_search_c(
+        &file.features,
+        file.n,
+        file.dim,
+        &y,
+        n_classes,
+        &groups,
+        &cfg,
+    )?;
+    let cv_s = start.elapsed().as_secs_f64();
+    let start = std::time::Instant::now();
+    fit_linear(
+        args.probe_kind.into(),
+        search.best_c,
+        &file.features,
+        file.n,
+        file.dim,
+        &y,
+        n_classes,
+    )?;
+    let fit_s = start.elapsed().as_secs_f64();
+    for s in &search.scores {
+        println!(
+            "  C {:<8} balanced accuracy {:.4}",
+            s.c, s.balanced_accuracy
+        );
+    }
+    println!(
+        "probe: cross-validation {cv_s:.2} s, final fit {fit_s:.2} s, total {:.2} s (best C {})",
+        cv_s + fit_s,
+        search.best_c
+    );
+    Ok(())
 }
 
 /// The training splits of every task folder under `root` (as the demo reads a data folder),
@@ -140,6 +233,10 @@ fn run_pipeline(args: &Args) -> Result<()> {
 pub fn run(args: Args) -> Result<()> {
     if args.mode == Mode::Pipeline {
         return run_pipeline(&args);
+    }
+    if args.mode == Mode::Probe {
+        crate::session::set_threads(args.threads);
+        return run_probe(&args);
     }
     crate::session::set_threads(args.threads);
     let dev = parse_device(&args.device)?;

@@ -193,6 +193,8 @@ fn select_c(
         c_grid: C_GRID.to_vec(),
         folds: CV_FOLDS,
         seed,
+        // The protocol's grid is fixed (as in the paper), edges included.
+        widen: 0,
     };
     Ok(grid_search_c(x, y.len(), dim, y, n_classes, groups, &cfg)
         .map(|r| r.best_c)
