@@ -6,6 +6,14 @@
 //! do not depend on the `rand` crate's version or on the platform: only integer arithmetic
 //! decides the stream.
 
+/// FNV-1a 64 of some bytes: a stable, platform-independent hash for cache keys and file names
+/// (not a generator, but kept beside the one whose streams it keys).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The Weyl-sequence increment of SplitMix64 (2⁶⁴ / φ, odd).
 pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -71,6 +79,12 @@ impl SplitMix64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fnv1a_reference_values() {
+        assert_eq!(super::fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(super::fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
     use super::*;
 
     #[test]

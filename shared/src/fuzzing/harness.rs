@@ -158,13 +158,6 @@ pub fn seed() -> u64 {
     }
 }
 
-/// FNV-1a, for file names and per-target seeds.
-pub fn fnv64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// The input running on a harness thread, for the watchdog and the allocator.
 struct Slot {
     target: String,
@@ -181,7 +174,7 @@ thread_local! {
 fn save(target: &str, kind: &str, input: &[u8]) -> PathBuf {
     let dir = findings_dir(target);
     let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!("{kind}-{:016x}.bin", fnv64(input)));
+    let path = dir.join(format!("{kind}-{:016x}.bin", crate::rng::fnv1a(input)));
     if let Err(e) = std::fs::write(&path, input) {
         eprintln!("fuzz: cannot write {}: {e}", path.display());
     }
@@ -422,7 +415,11 @@ pub fn fuzz(t: &Target, extra_seeds: Vec<Vec<u8>>) -> Report {
     );
     let seeds = corpus.len();
 
-    let mut m = Mutator::new(seed ^ fnv64(t.name.as_bytes()), t.dict, t.max_len);
+    let mut m = Mutator::new(
+        seed ^ crate::rng::fnv1a(t.name.as_bytes()),
+        t.dict,
+        t.max_len,
+    );
     let deadline = Instant::now() + budget();
     let mut input = Vec::new();
     while Instant::now() < deadline {

@@ -1,25 +1,21 @@
 //! A deterministic byte mutator in the spirit of libFuzzer's and AFL's havoc stage.
 
-/// A small, fast, seedable generator (xorshift64*); the same seed gives the same inputs.
+use crate::rng::SplitMix64;
+
+/// The mutator's random choices: the workspace's one generator ([`SplitMix64`]) with the two
+/// draws a mutator needs; the same seed gives the same inputs.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator from `seed` (any value, 0 included).
     pub fn new(seed: u64) -> Self {
-        // splitmix64 of the seed, so that nearby seeds give unrelated streams.
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Rng((z ^ (z >> 31)) | 1)
+        Rng(SplitMix64::new(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next_u64()
     }
 
     /// A number in `0..n` (0 when `n` is 0).
@@ -27,7 +23,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            (self.next_u64() % n as u64) as usize
+            self.0.below_mod(n as u64) as usize
         }
     }
 

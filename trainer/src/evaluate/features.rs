@@ -11,6 +11,7 @@ use mtpath_shared::export::sha256_hex;
 use mtpath_shared::features_file::FeaturesFile;
 use mtpath_shared::inference::FeatureExtractor;
 use mtpath_shared::preprocess::{preprocess_file_views, EvalTransform};
+use mtpath_shared::rng::fnv1a;
 use mtpath_shared::weights::read_weights_file;
 use rayon::prelude::*;
 
@@ -78,16 +79,6 @@ pub fn load_extractor(
         cache_id: fnv1a(key.as_bytes()),
         weights_sha256,
     })
-}
-
-/// FNV-1a 64 of some bytes: a stable content hash for cache keys.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// What identifies a file's contents without reading them, as make and ccache's direct mode
@@ -189,15 +180,4 @@ pub fn task_features(
         dim,
         rows: paths.into_iter().zip(all).collect(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fnv1a;
-
-    #[test]
-    fn fnv_reference_values() {
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-    }
 }
