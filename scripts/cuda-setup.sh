@@ -9,7 +9,8 @@
 # The toolkit has nvcc, the headers, cudart/cublas/curand/nvrtc and a libcuda.so *stub*
 # generated from cuda.h: the linker needs every driver symbol, but the real libcuda comes
 # with the NVIDIA driver of the machine that runs the binary. MTPATH_CUDA_DIR moves the
-# folder; MTPATH_CUDNN=1 adds cuDNN 9 (for `--features cudnn`).
+# folder; MTPATH_CUDNN=1 adds cuDNN 9 (for `--features cudnn`), MTPATH_NCCL=1 adds NCCL 2 (for
+# `--features nccl`, data-parallel training on several GPUs).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -38,6 +39,9 @@ packages=(
 )
 if [ "${MTPATH_CUDNN:-0}" = 1 ]; then
   packages+=("nvidia-cudnn-cu13==9.*")
+fi
+if [ "${MTPATH_NCCL:-0}" = 1 ]; then
+  packages+=("nvidia-nccl-cu13==2.*")
 fi
 echo "cuda-setup: downloading ${#packages[@]} wheels into $wheels" >&2
 "$py" -m pip download --quiet --no-deps --only-binary=:all: \
@@ -70,7 +74,8 @@ ln -s "$cu/bin" "$tk/bin"
 ln -s "$cu/nvvm" "$tk/nvvm"
 ln -s "$cu/include" "$tk/include"
 [ -d "$unpacked/nvidia/cudnn" ] && cp -rs "$unpacked/nvidia/cudnn/include/." "$cu/include/" 2>/dev/null || true
-for lib in "$cu"/lib/lib*.so.* "$unpacked"/nvidia/cudnn/lib/lib*.so.* ; do
+for lib in "$cu"/lib/lib*.so.* "$unpacked"/nvidia/cudnn/lib/lib*.so.* \
+  "$unpacked"/nvidia/nccl/lib/lib*.so.* ; do
   [ -e "$lib" ] || continue
   base="$(basename "$lib")"
   ln -sf "$lib" "$tk/lib64/$base"

@@ -27,12 +27,24 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   fi
 fi
 
+# OpenMPI (mpirun, and the library the `mpi` feature links) and libclang (rsmpi's bindgen):
+# the data-parallel tests run `mpirun -n 2 mtpath train ...`.
+if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null \
+  || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+  sudo_=""
+  [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ apt-get update -qq
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenmpi-dev openmpi-bin libclang-dev
+fi
+# Every native build below has the same features, so each crate is compiled once.
+features="mtpath/mpi"
+
 step "format and lints"
 cargo fmt --all --check
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features "$features" -- -D warnings
 
 step "native tests"
-cargo test --workspace
+cargo test --workspace --features "$features"
 
 step "browser tests (headless Chromium)"
 bundle="$root/target/wasm-parity/bundle.safetensors"
@@ -48,5 +60,5 @@ bash scripts/build-web.sh
 # --workspace keeps the feature set of the native tests above: nothing is rebuilt, and
 # target/debug/mtpath is the binary they built.
 MTPATH_E2E=1 MTPATH_BIN="$root/target/debug/mtpath" \
-  cargo test --workspace --test browser_e2e -- --nocapture
+  cargo test --workspace --features "$features" --test browser_e2e -- --nocapture
 step "all tests passed"

@@ -22,14 +22,29 @@ pub struct TaskBatch {
     pub tasks: Vec<usize>,
     /// Class index of each sample within its task.
     pub labels: Vec<u32>,
+    /// When these samples are one process's share of a larger batch (data-parallel
+    /// training): that batch. `None`: the samples are the whole batch.
+    pub whole: Option<WholeBatch>,
+}
+
+/// The batch a data-parallel share belongs to. Its size is the loss's divisor `B` and its
+/// per-task counts the heads' `n_t`, so that the shares' gradients sum to the gradient of
+/// the whole batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WholeBatch {
+    /// Samples in the whole batch.
+    pub size: usize,
+    /// Samples of each task (head order) in the whole batch.
+    pub per_task: Vec<usize>,
 }
 
 /// What one forward/backward pass measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepStats {
-    /// The optimised loss: sum of cross-entropies / B.
+    /// The optimised loss: sum of cross-entropies / B (of a share: its part of the whole
+    /// batch's loss).
     pub loss: f32,
-    /// Samples per task in the batch (`n_t`).
+    /// Samples per task in these samples (of a share: the share's own).
     pub samples_per_task: Vec<usize>,
     /// Mean cross-entropy per task (NaN for tasks absent from the batch).
     pub loss_per_task: Vec<f32>,
@@ -63,6 +78,19 @@ fn validate(net: &Network, batch: &TaskBatch) -> Result<usize> {
             return Err(Error::invalid(format!(
                 "sample {i}: label {y} out of range for task {t} ({} classes)",
                 head.out_features()
+            )));
+        }
+    }
+    if let Some(whole) = &batch.whole {
+        let n_tasks = net.heads().len();
+        let fits = whole.per_task.len() == n_tasks
+            && whole.per_task.iter().sum::<usize>() == whole.size
+            && (0..n_tasks)
+                .all(|t| batch.tasks.iter().filter(|&&x| x == t).count() <= whole.per_task[t]);
+        if !fits {
+            return Err(Error::invalid(format!(
+                "a share of {b} samples does not fit its whole batch ({} samples, {:?} per task)",
+                whole.size, whole.per_task
             )));
         }
     }
@@ -100,6 +128,15 @@ fn heads_loss_backward(
     batch: &TaskBatch,
 ) -> Result<(StepStats, GradStore)> {
     let b = batch.tasks.len();
+    // The whole batch's size and per-task counts set the loss's scale (see `WholeBatch`).
+    let (b_whole, n_whole) = match &batch.whole {
+        Some(w) => (w.size, w.per_task.clone()),
+        None => {
+            let mut n = vec![0; net.heads().len()];
+            batch.tasks.iter().for_each(|&t| n[t] += 1);
+            (b, n)
+        }
+    };
     let device = features.device();
     let n_tasks = net.heads().len();
     let mut total: Option<Tensor> = None;
@@ -136,15 +173,14 @@ fn heads_loss_backward(
         });
     }
     let total = total.ok_or_else(|| Error::invalid("empty batch"))?;
-    let loss = (total / b as f64)?;
+    let loss = (total / b_whole as f64)?;
     stats.loss = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     let mut grads = loss.backward()?;
     for (t, head) in net.heads().iter().enumerate() {
-        let n_t = stats.samples_per_task[t];
-        if n_t == 0 {
+        if stats.samples_per_task[t] == 0 {
             continue;
         }
-        let scale = b as f64 / n_t as f64;
+        let scale = b_whole as f64 / n_whole[t] as f64;
         for var in [head.weight(), head.bias()] {
             if let Some(g) = grads.remove(var.as_tensor()) {
                 grads.insert(var.as_tensor(), (g * scale)?);

@@ -4,6 +4,7 @@ mod block_cache;
 mod commands;
 mod data;
 mod device;
+mod dist;
 mod evaluate;
 mod images;
 mod plots;

@@ -40,6 +40,19 @@ pub fn stop_flag() -> Arc<AtomicBool> {
     flag
 }
 
+/// Give SIGINT, SIGTERM and SIGHUP their default action (end the process) back: for a rank
+/// that aborts a data-parallel run, whose launcher then stops the other ranks with SIGTERM,
+/// which [`stop_flag`]'s handler would otherwise hold up until the launcher's SIGKILL.
+pub fn default_termination_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: resetting a signal's disposition to SIG_DFL has no memory-safety
+        // requirements; the previous handler (ctrlc's) is simply no longer called.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+    }
+}
+
 /// Load a pool for training, printing what was skipped.
 pub fn load_pool(config: &PoolConfig, skip_bad: bool) -> Result<Pool> {
     let pool = Pool::load(

@@ -176,7 +176,7 @@ impl BatchNorm2d {
     }
 
     /// The fused CPU kernel, when it serves `xs` (contiguous-able f32 on the CPU with more
-    /// than one value per channel).
+    /// than one value per channel, or any count when synchronised over processes).
     fn forward_train_fused(
         &self,
         xs: &Tensor,
@@ -184,26 +184,38 @@ impl BatchNorm2d {
         relu: bool,
     ) -> candle_core::Result<Option<Tensor>> {
         let (n, c, h, w) = xs.dims4()?;
-        let fusable = n * h * w >= 2
+        let sync = super::batchnorm_sync::current();
+        // Synchronised, one value per channel here is fine: the statistics are the batch's.
+        let fusable = (n * h * w >= 2 || sync.is_some())
             && super::use_fused_cpu(xs)
             && xs.dtype() == DType::F32
             && residual.is_none_or(|r| r.dtype() == DType::F32 && r.device().is_cpu());
         if !fusable {
+            if sync.is_some() {
+                candle_core::bail!(
+                    "synchronised BatchNorm runs in the CPU's fused f32 kernel only (input \
+                     {:?} of {:?} on {:?}); train without --sync-bn here",
+                    xs.dims(),
+                    xs.dtype(),
+                    xs.device().location()
+                );
+            }
             return Ok(None);
         }
-        let (ys, mean, var) = super::batchnorm_op::batch_norm_train_cpu(
+        let (ys, mean, var, count) = super::batchnorm_op::batch_norm_train_cpu(
             xs,
             self.weight.as_tensor(),
             self.bias.as_tensor(),
             residual,
             relu,
             self.eps,
+            sync,
         )?;
         let dev = xs.device();
         self.update_running_stats(
             &Tensor::from_vec(mean, c, dev)?,
             &Tensor::from_vec(var, c, dev)?,
-            n * h * w,
+            count,
         )?;
         Ok(Some(ys))
     }

@@ -9,6 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::batchnorm_sync::SyncHandle;
 use super::contiguous_slice;
 use super::fill::{par_chunks_zeroed, par_zeros};
 use super::reduce::{sum_dev, sums_grad, Gate};
@@ -56,6 +57,62 @@ impl CustomOp1 for ChannelStats {
     }
 }
 
+/// Per-channel sums of an NCHW tensor, as a [C] f64 tensor: of the values themselves, or
+/// with `centre`, of their squared deviations from it (the two passes of synchronised
+/// statistics, whose mean is only known once every process's sums are in).
+struct ChannelSums {
+    centre: Option<Vec<f64>>,
+}
+
+impl CustomOp1 for ChannelSums {
+    fn name(&self) -> &'static str {
+        "mtpath-bn-channel-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let hw = h * w;
+        let x = contiguous_slice::<f32>(s, l, "fused batch-norm: input")?;
+        let sums: Vec<f64> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (centre, squared) = match &self.centre {
+                    Some(m) => (m[ch], true),
+                    None => (0.0, false),
+                };
+                channel_planes(x, n, c, hw, ch)
+                    .map(|p| sum_dev(p, centre, squared))
+                    .sum()
+            })
+            .collect();
+        Ok((CpuStorage::F64(sums), Shape::from(c)))
+    }
+}
+
+/// The whole batch's per-channel mean and biased variance, and its value count per channel,
+/// with every process's share summed through `sync` (two passes, as [`ChannelStats`]).
+fn synced_stats(
+    xs: &Tensor,
+    sync: &SyncHandle,
+) -> candle_core::Result<(Vec<f64>, Vec<f64>, usize)> {
+    let (n, c, h, w) = xs.dims4()?;
+    let mut sums = xs
+        .apply_op1_no_bwd(&ChannelSums { centre: None })?
+        .to_vec1::<f64>()?;
+    sums.push((n * h * w) as f64);
+    sync.sum(&mut sums)?;
+    let count = sums[c];
+    let mean: Vec<f64> = sums[..c].iter().map(|s| s / count).collect();
+    let mut ss = xs
+        .apply_op1_no_bwd(&ChannelSums {
+            centre: Some(mean.clone()),
+        })?
+        .to_vec1::<f64>()?;
+    sync.sum(&mut ss)?;
+    let var = ss.iter().map(|s| s / count).collect();
+    Ok((mean, var, count as usize))
+}
+
 /// `y = (x - mean) * invstd * weight + bias` with batch statistics fixed in the op, then
 /// optionally `+ residual` and `max(0, ·)`, and the exact backward of the whole (gradients
 /// flow through the statistics). Fusing the residual add and ReLU saves their passes over the
@@ -65,6 +122,9 @@ struct BatchNormTrain {
     mean: Vec<f64>,
     invstd: Vec<f64>,
     relu: bool,
+    /// Synchronised BatchNorm: the statistics are the whole batch's, and the backward pass
+    /// sums its per-channel terms over the processes too.
+    sync: Option<SyncHandle>,
 }
 
 impl BatchNormTrain {
@@ -334,6 +394,19 @@ impl CustomOp3 for BatchNormBackward {
                 (sd, sdxm * invstd[ch])
             })
             .collect();
+        // Synchronised: dx needs the whole batch's sums and count. The parameter gradients
+        // stay this process's own share (the gradient all-reduce sums them).
+        let (whole, count) = match &self.fwd.sync {
+            None => (sums.clone(), count),
+            Some(sync) => {
+                let mut buf: Vec<f64> = sums.iter().map(|s| s.0).collect();
+                buf.extend(sums.iter().map(|s| s.1));
+                buf.push(count);
+                sync.sum(&mut buf)?;
+                let whole = (0..c).map(|ch| (buf[ch], buf[c + ch])).collect();
+                (whole, buf[2 * c])
+            }
+        };
         let dz: &[f32] = if self.residual { dr } else { dy };
         dx.par_chunks_mut(hw)
             .zip(x.par_chunks(hw).zip(dz.par_chunks(hw)))
@@ -342,9 +415,9 @@ impl CustomOp3 for BatchNormBackward {
                 let ch = plane % c;
                 let (m, is) = (centre(ch), invstd[ch]);
                 let k = scale(ch);
-                let mean_dy = (sums[ch].0 / count) as f32;
+                let mean_dy = (whole[ch].0 / count) as f32;
                 // x̂·mean(dz·x̂) = (x − m)·(is·mean(dz·x̂)).
-                let slope = (is * sums[ch].1 / count) as f32;
+                let slope = (is * whole[ch].1 / count) as f32;
                 if masked {
                     let gate = gate(ch);
                     for ((o, &xv), &g) in dxp.iter_mut().zip(xp).zip(gp) {
@@ -369,8 +442,11 @@ impl CustomOp3 for BatchNormBackward {
 /// Training-mode batch norm of a contiguous f32 NCHW tensor on the CPU, optionally followed
 /// by `+ residual` and a ReLU in the same pass.
 ///
-/// Returns the output and the batch mean and biased variance per channel (for the running
-/// estimates).
+/// With `sync`, the statistics (and the backward pass's sums) are those of the whole batch
+/// over every process ([`super::batchnorm_sync`]).
+///
+/// Returns the output, the batch mean and biased variance per channel (for the running
+/// estimates), and the values per channel they were computed over.
 pub fn batch_norm_train_cpu(
     xs: &Tensor,
     weight: &Tensor,
@@ -378,14 +454,26 @@ pub fn batch_norm_train_cpu(
     residual: Option<&Tensor>,
     relu: bool,
     eps: f64,
-) -> candle_core::Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    sync: Option<SyncHandle>,
+) -> candle_core::Result<(Tensor, Vec<f32>, Vec<f32>, usize)> {
     let xs = xs.contiguous()?;
-    let stats = xs.apply_op1_no_bwd(&ChannelStats)?.to_vec2::<f64>()?;
-    let (mean, var) = (stats[0].clone(), stats[1].clone());
+    let (mean, var, count) = match &sync {
+        None => {
+            let (n, _, h, w) = xs.dims4()?;
+            let stats = xs.apply_op1_no_bwd(&ChannelStats)?.to_vec2::<f64>()?;
+            (stats[0].clone(), stats[1].clone(), n * h * w)
+        }
+        Some(s) => synced_stats(&xs, s)?,
+    };
     let invstd = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
     let to_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     let (mean32, var32) = (to_f32(&mean), to_f32(&var));
-    let op = BatchNormTrain { mean, invstd, relu };
+    let op = BatchNormTrain {
+        mean,
+        invstd,
+        relu,
+        sync,
+    };
     let ys = match residual {
         None => xs.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?,
         Some(r) => {
@@ -393,7 +481,7 @@ pub fn batch_norm_train_cpu(
             xs.apply_op3(&wb, &r.contiguous()?, BatchNormAddTrain(op))?
         }
     };
-    Ok((ys, mean32, var32))
+    Ok((ys, mean32, var32, count))
 }
 
 #[cfg(test)]
@@ -481,13 +569,14 @@ mod tests {
                 r64_arg,
                 relu,
             )?;
-            let (fused, mean, var) = batch_norm_train_cpu(
+            let (fused, mean, var, _) = batch_norm_train_cpu(
                 vars32[0].as_tensor(),
                 vars32[1].as_tensor(),
                 vars32[2].as_tensor(),
                 with_residual.then(|| vars32[3].as_tensor()),
                 relu,
                 1e-5,
+                None,
             )?;
             let case = format!("residual {with_residual} relu {relu}");
             let err = rel_err(&fused, &reference)?;

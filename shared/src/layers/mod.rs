@@ -2,6 +2,7 @@
 
 mod batchnorm;
 mod batchnorm_op;
+mod batchnorm_sync;
 pub mod channel_affine;
 mod concat;
 pub mod conv;
@@ -27,6 +28,7 @@ pub(crate) fn contiguous_slice<'a, T: WithDType>(
 }
 
 pub use batchnorm::{collect_input_moments, BatchNorm2d, InputMoments, BN_EPS};
+pub use batchnorm_sync::{with_synced_batch_norm, BatchStatsSync};
 pub use concat::concat_channels;
 pub use conv::{Conv2d, ConvInit};
 pub use linear::Linear;

@@ -262,6 +262,7 @@ pub fn run(args: Args) -> Result<()> {
         force: false,
         verbose: true,
         device: candle_core::Device::Cpu,
+        dist: None,
     };
     let outcome = if args.resume {
         train_resumable(spec, stop_flag())?

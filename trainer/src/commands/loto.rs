@@ -340,6 +340,7 @@ pub fn run(args: Args) -> Result<()> {
                 force: false,
                 verbose: true,
                 device: candle_core::Device::Cpu,
+                dist: None,
             },
             stop.clone(),
         )?;

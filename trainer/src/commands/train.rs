@@ -97,6 +97,14 @@ pub struct Args {
     /// Compute device: cpu, cuda or cuda:N (CUDA needs a `--features cuda` build).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Data-parallel engine: auto (MPI under mpirun/srun, NCCL under torchrun or Slurm on
+    /// CUDA), off, mpi or nccl. The global batch (--batch) is split over the ranks.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dist: crate::dist::Backend,
+    /// Data-parallel: BatchNorm statistics of the whole global batch instead of each rank's
+    /// share (slower; results then equal one process's). CPU (MPI) only.
+    #[arg(long)]
+    pub sync_bn: bool,
 }
 
 impl Args {
@@ -119,6 +127,34 @@ impl Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let mut device = parse_device(&args.device)?;
+    let collective = crate::dist::join(args.dist, &mut device)?;
+    if args.sync_bn && collective.is_none() {
+        eprintln!("note: --sync-bn has no effect in a single process");
+    }
+    let outcome = run_ranked(args, device, collective.clone());
+    match (collective, outcome) {
+        // One rank's error would leave the others waiting in a collective: stop them all.
+        (Some(c), Err(e)) if c.world() > 1 => {
+            eprintln!("error (rank {} of {}): {e:#}", c.rank(), c.world());
+            crate::session::default_termination_signals();
+            c.abort(1)
+        }
+        (c, Ok(true)) => {
+            drop(c);
+            std::process::exit(130)
+        }
+        (_, outcome) => outcome.map(|_| ()),
+    }
+}
+
+/// The command on this rank (the only one without data parallelism); `Ok(true)` when the
+/// run was interrupted.
+fn run_ranked(
+    args: Args,
+    device: candle_core::Device,
+    collective: Option<std::sync::Arc<dyn crate::dist::Collective>>,
+) -> Result<bool> {
     set_threads(args.threads);
     let (out, resume) = match (&args.out, &args.resume) {
         (Some(o), None) => (o.clone(), false),
@@ -158,12 +194,16 @@ pub fn run(args: Args) -> Result<()> {
         resume,
         force: args.force,
         verbose: !args.quiet,
-        device: parse_device(&args.device)?,
+        device,
+        dist: collective.map(|collective| crate::dist::Distributed {
+            collective,
+            sync_bn: args.sync_bn,
+        }),
     };
+    let lead = spec.dist.as_ref().is_none_or(|d| d.rank() == 0);
     let outcome = train(&spec, stop_flag())?;
-    report(&out, &outcome);
-    if outcome.interrupted {
-        std::process::exit(130);
+    if lead {
+        report(&out, &outcome);
     }
-    Ok(())
+    Ok(outcome.interrupted)
 }

@@ -15,6 +15,8 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Result};
 
+use mtpath_shared::multitask::WholeBatch;
+
 use super::augment::{augment, AugmentConfig};
 use super::sampler::{Sampler, SamplerKind};
 use super::{ImageCache, TaskItems};
@@ -30,6 +32,24 @@ pub struct Batch {
     pub tasks: Vec<usize>,
     /// Class index of each image within its task.
     pub labels: Vec<u32>,
+    /// For one rank's share of a data-parallel batch: the whole batch (its size and
+    /// samples per task). `None` for a whole batch.
+    pub whole: Option<WholeBatch>,
+}
+
+/// Which part of every batch a loader builds: the slots of rank `rank` of `world` (see
+/// [`crate::dist::share`]), or all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This rank.
+    pub rank: usize,
+    /// Ranks in all.
+    pub world: usize,
+}
+
+impl Shard {
+    /// The whole batch.
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
 }
 
 /// What every worker needs to build any batch.
@@ -40,11 +60,22 @@ struct Recipe {
     aug: AugmentConfig,
     batch: usize,
     seed: u64,
+    shard: Shard,
 }
 
 impl Recipe {
     fn build(&self, iter: u64) -> Result<Batch> {
-        let plan = self.sampler.batch_plan(self.seed, iter, self.batch);
+        let mut plan = self.sampler.batch_plan(self.seed, iter, self.batch);
+        let whole = (self.shard != Shard::WHOLE).then(|| {
+            let mut per_task = vec![0; self.tasks.len()];
+            plan.iter().for_each(|&(t, _, _)| per_task[t] += 1);
+            let mine = crate::dist::share(self.batch, self.shard.world, self.shard.rank);
+            plan = plan[mine].to_vec();
+            WholeBatch {
+                size: self.batch,
+                per_task,
+            }
+        });
         let s = self.aug.size as usize;
         let mut images = Vec::with_capacity(self.batch * 3 * s * s);
         let mut tasks = Vec::with_capacity(self.batch);
@@ -72,6 +103,7 @@ impl Recipe {
             images,
             tasks,
             labels,
+            whole,
         })
     }
 }
@@ -121,12 +153,23 @@ impl Loader {
     ) -> Result<Self> {
         let cache = Arc::new(ImageCache::disabled());
         Self::with_cache(
-            tasks, sampler, aug, batch, seed, start_iter, workers, prefetch, cache,
+            tasks,
+            sampler,
+            aug,
+            batch,
+            seed,
+            start_iter,
+            workers,
+            prefetch,
+            cache,
+            Shard::WHOLE,
         )
     }
 
     /// [`Loader::new`] with decoded images taken from (and kept in) `cache`, which must have
-    /// been made for the same `tasks`. The batches are the same as without it, bit for bit.
+    /// been made for the same `tasks`, building only `shard`'s slots of each batch of
+    /// `batch`. The batches are the same as without the cache, bit for bit, and the shards'
+    /// slots are the whole batch's.
     #[allow(clippy::too_many_arguments)]
     pub fn with_cache(
         tasks: Arc<Vec<TaskItems>>,
@@ -138,8 +181,14 @@ impl Loader {
         workers: usize,
         prefetch: usize,
         cache: Arc<ImageCache>,
+        shard: Shard,
     ) -> Result<Self> {
         ensure!(batch > 0, "loader: batch size must be > 0");
+        ensure!(
+            shard.world >= 1 && shard.rank < shard.world && shard.world <= batch,
+            "batch of {batch} over {} ranks: every rank needs at least one image; raise --batch",
+            shard.world
+        );
         aug.validate()?;
         let sampler = Sampler::new(sampler, &tasks)?;
         let recipe = Arc::new(Recipe {
@@ -149,6 +198,7 @@ impl Loader {
             aug,
             batch,
             seed,
+            shard,
         });
         let window = (prefetch + workers) as u64;
         let gate: Arc<Shared> = Arc::new((
@@ -354,6 +404,7 @@ mod tests {
                 2,
                 2,
                 cache.clone(),
+                Shard::WHOLE,
             )
             .unwrap();
             for want in &plain {
@@ -363,6 +414,68 @@ mod tests {
             }
             assert!(cache.len() > 0 && cache.used_bytes() <= budget);
         }
+    }
+
+    /// Three ranks' shares of batches of 4 (2, 1 and 1 images) are the whole batches' slots
+    /// in order, and carry the whole batch's per-task counts.
+    #[test]
+    fn shards_split_the_whole_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = synthetic_tasks(dir.path());
+        let whole = take(&tasks, SamplerKind::UniformTask, 3, 1, 5);
+        let shards: Vec<Vec<Batch>> = (0..3)
+            .map(|rank| {
+                let cache = Arc::new(ImageCache::disabled());
+                let shard = Shard { rank, world: 3 };
+                let mut l = Loader::with_cache(
+                    tasks.clone(),
+                    SamplerKind::UniformTask,
+                    aug(),
+                    4,
+                    99,
+                    3,
+                    1,
+                    1,
+                    cache,
+                    shard,
+                )
+                .unwrap();
+                (0..5).map(|_| l.next_batch().unwrap()).collect()
+            })
+            .collect();
+        for (i, want) in whole.iter().enumerate() {
+            let parts: Vec<&Batch> = shards.iter().map(|s| &s[i]).collect();
+            assert_eq!(
+                parts.iter().map(|b| b.labels.len()).collect::<Vec<_>>(),
+                [2, 1, 1]
+            );
+            let images: Vec<f32> = parts.iter().flat_map(|b| b.images.clone()).collect();
+            let task_ids: Vec<usize> = parts.iter().flat_map(|b| b.tasks.clone()).collect();
+            assert_eq!(images, want.images);
+            assert_eq!(task_ids, want.tasks);
+            let mut per_task = vec![0; tasks.len()];
+            want.tasks.iter().for_each(|&t| per_task[t] += 1);
+            for b in parts {
+                let w = b.whole.as_ref().unwrap();
+                assert_eq!((w.size, &w.per_task), (4, &per_task));
+            }
+            assert!(want.whole.is_none());
+        }
+        let e = Loader::with_cache(
+            tasks,
+            SamplerKind::UniformTask,
+            aug(),
+            2,
+            99,
+            0,
+            0,
+            1,
+            Arc::new(ImageCache::disabled()),
+            Shard { rank: 0, world: 3 },
+        )
+        .err()
+        .unwrap();
+        assert!(format!("{e}").contains("raise --batch"), "{e}");
     }
 
     #[test]

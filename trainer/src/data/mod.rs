@@ -22,7 +22,7 @@ pub use augment::{augment, eval_transform};
 pub use cache::ImageCache;
 #[allow(unused_imports)]
 pub use loader::Batch;
-pub use loader::Loader;
+pub use loader::{Loader, Shard};
 #[allow(unused_imports)]
 pub use sampler::Sampler;
 pub use sampler::SamplerKind;

@@ -119,6 +119,7 @@ pub fn finetune_seed(spec: &FinetuneSpec, seed: u64, check: ImageCheck) -> Resul
                 force: false,
                 verbose: false,
                 device: candle_core::Device::Cpu,
+                dist: None,
             },
             Arc::new(AtomicBool::new(false)),
         )?;

@@ -12,7 +12,7 @@ use mtpath_shared::multitask::{
     heads_forward_backward, multitask_forward_backward, param_groups, StepStats, TaskBatch,
 };
 use mtpath_shared::optim::{Optimizer, Sgd, SgdConfig};
-use mtpath_shared::weights::{read_weights_file, LoadMode, ModelMetadata};
+use mtpath_shared::weights::{read_safetensors_bytes, read_weights_file, LoadMode, ModelMetadata};
 use mtpath_shared::{HeadSpec, Network, NetworkSpec};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,7 @@ use super::progress::Progress;
 use super::run_dir;
 use super::validate::{evaluate, ValSet};
 use crate::data;
+use crate::dist::{grads::all_reduce_gradients, Distributed, StatsSync};
 use crate::pool::{Pool, Split};
 
 /// Iterations per row of training metrics.
@@ -80,6 +81,8 @@ pub struct RunSpec {
     pub verbose: bool,
     /// Where the network trains (batches are decoded on the CPU and copied there).
     pub device: Device,
+    /// Data-parallel training over several processes (`None`: this process alone).
+    pub dist: Option<Distributed>,
 }
 
 fn heads_of(pool: &Pool) -> Vec<HeadSpec> {
@@ -130,6 +133,10 @@ struct Trainer<'a> {
     record: RunRecord,
     /// Checkpoints are written in the background while training goes on.
     writer: checkpoint::CheckpointWriter,
+    /// Data-parallel: the other ranks.
+    dist: Option<Distributed>,
+    /// Rank 0 (or a single process): the one that validates and writes the run directory.
+    lead: bool,
 }
 
 impl Trainer<'_> {
@@ -155,16 +162,55 @@ impl Trainer<'_> {
 
     /// One optimisation step on `batch` at learning rate `lr` (the heads only while the trunk
     /// is frozen). A non-finite loss is returned without touching the weights.
-    fn step(&mut self, batch: &TaskBatch, heads_only: bool, lr: f64) -> Result<StepStats> {
-        let (stats, grads) = if heads_only {
-            heads_forward_backward(&self.net, batch)?
-        } else {
-            multitask_forward_backward(&self.net, batch, true)?
+    ///
+    /// Data-parallel, `batch` is this rank's share: the statistics returned are the whole
+    /// batch's, the gradients are summed over the ranks before the step, and the returned
+    /// flag says whether any rank asked to stop (`stop_here` is this rank's request), so that
+    /// every rank stops after the same iteration.
+    fn step(
+        &mut self,
+        batch: &TaskBatch,
+        heads_only: bool,
+        lr: f64,
+        stop_here: bool,
+    ) -> Result<(StepStats, bool)> {
+        let (mut stats, mut grads) = match &self.dist {
+            _ if heads_only => heads_forward_backward(&self.net, batch)?,
+            Some(d) if d.sync_bn => {
+                let sync = Arc::new(StatsSync(d.collective.clone()));
+                mtpath_shared::layers::with_synced_batch_norm(sync, || {
+                    multitask_forward_backward(&self.net, batch, true)
+                })?
+            }
+            _ => multitask_forward_backward(&self.net, batch, true)?,
         };
+        let mut stop = stop_here;
+        if let Some(d) = &self.dist {
+            // The parameters the optimiser updates, in the same order on every rank.
+            let vars: Vec<candle_core::Var> = self
+                .optimizer
+                .groups()
+                .iter()
+                .filter(|g| !g.frozen)
+                .flat_map(|g| g.params.iter().map(|(_, v)| v.clone()))
+                .collect();
+            let floats: usize = vars.iter().map(|v| v.elem_count()).sum();
+            let (summed, any_stop) = sum_step_stats(d, &stats, stop_here, floats)?;
+            stats = summed;
+            stop = any_stop;
+            if stats.loss.is_finite() {
+                all_reduce_gradients(
+                    d.collective.as_ref(),
+                    &vars,
+                    &mut grads,
+                    crate::dist::grads::BUCKET_FLOATS,
+                )?;
+            }
+        }
         if stats.loss.is_finite() {
             self.optimizer.step(&grads, lr)?;
         }
-        Ok(stats)
+        Ok((stats, stop))
     }
 
     fn card(&self, iteration: usize, validation: &[ValScores]) -> ModelCard {
@@ -197,6 +243,10 @@ impl Trainer<'_> {
     /// the folder `name`; the files are written in the background (see
     /// [`checkpoint::CheckpointWriter`]).
     fn save(&mut self, name: &str, state: &RunState, validation: &[ValScores]) -> Result<PathBuf> {
+        if !self.lead {
+            // Data-parallel: rank 0 writes the run directory.
+            return Ok(self.spec.out.join(name));
+        }
         // A step with a finite loss can still blow the weights up: never checkpoint those.
         for (pname, var) in self.net.named_parameters() {
             let sq = var
@@ -340,6 +390,7 @@ fn adapt_batch_norm(
         cfg.workers,
         cfg.prefetch,
         cache.clone(),
+        data::Shard::WHOLE,
     )?;
     let s = cfg.size as usize;
     let batches: Vec<Tensor> = (0..cfg.bn_adapt_batches)
@@ -405,78 +456,241 @@ fn start_run(
     Ok(record)
 }
 
+/// A run as opened for training: its record, the iteration to start from, whether it was
+/// resumed, and the `last` checkpoint's state when it was.
+struct Opened {
+    record: RunRecord,
+    start: usize,
+    resume: bool,
+    state: Option<RunState>,
+}
+
+/// What the BatchNorm adaptation draws its batches from: the training images, their cache,
+/// the sampler and the augmentation.
+type AdaptInputs<'a> = (
+    &'a Arc<Vec<data::TaskItems>>,
+    &'a Arc<data::ImageCache>,
+    data::SamplerKind,
+    data::AugmentConfig,
+);
+
+/// Start the run in `spec.out` or reopen it (`--resume`, or a dead-end run started over):
+/// the network and `optimizer` get the run's weights and state, and a new run from weights
+/// gets the BatchNorm adaptation.
+fn open_run(
+    spec: &RunSpec,
+    seed: u64,
+    heads: &[HeadSpec],
+    net: &Network,
+    optimizer: &mut Sgd,
+    adapt: AdaptInputs<'_>,
+) -> Result<Opened> {
+    let cfg = &spec.config;
+    let device = net.device().clone();
+    let resume = run_dir::prepare(&spec.out, spec.resume, spec.force)?;
+    let (record, start, checkpoint) = if resume {
+        reopen_run(spec, heads, net, &device)?
+    } else {
+        (start_run(spec, seed, heads, net, &device)?, 0, None)
+    };
+    let mut state = None;
+    if let Some((s, dir)) = checkpoint {
+        optimizer.load_state_tensors(&checkpoint::read_optimizer(&dir, &device)?)?;
+        state = Some(s);
+    }
+    if !resume && record.init != "random" && cfg.bn_adapt_batches > 0 && start < cfg.iters {
+        let (tasks, cache, sampler, aug) = adapt;
+        adapt_batch_norm(net, tasks, cache, sampler, aug, cfg, seed, spec.verbose)?;
+    }
+    Ok(Opened {
+        record,
+        start,
+        resume,
+        state,
+    })
+}
+
+/// What rank 0 tells the other ranks about the run it opened.
+#[derive(Serialize, Deserialize)]
+struct Opening {
+    /// Rank 0 could not open the run: why.
+    error: Option<String>,
+    record: Option<RunRecord>,
+    start: usize,
+    resume: bool,
+}
+
+/// Data-parallel start: rank 0 (which `opened` the run) sends the outcome, its weights and
+/// its optimiser state; the other ranks load them, so every rank starts from rank 0's state
+/// whatever the world size the run had before.
+fn share_opening(
+    d: &Distributed,
+    opened: Result<Opened>,
+    net: &Network,
+    meta: &ModelMetadata,
+    optimizer: &mut Sgd,
+) -> Result<Opened> {
+    let c = d.collective.as_ref();
+    if d.rank() == 0 {
+        let header = match &opened {
+            Ok(o) => Opening {
+                error: None,
+                record: Some(o.record.clone()),
+                start: o.start,
+                resume: o.resume,
+            },
+            Err(e) => Opening {
+                error: Some(format!("{e:#}")),
+                record: None,
+                start: 0,
+                resume: false,
+            },
+        };
+        c.broadcast_bytes(&mut serde_json::to_vec(&header)?)?;
+        let opened = opened?;
+        c.broadcast_bytes(&mut net.to_safetensors_bytes(meta)?)?;
+        c.broadcast_bytes(&mut checkpoint::optimizer_bytes(
+            optimizer.state_tensors()?,
+        )?)?;
+        return Ok(opened);
+    }
+    let mut bytes = Vec::new();
+    c.broadcast_bytes(&mut bytes)?;
+    let header: Opening = serde_json::from_slice(&bytes).context("rank 0's opening message")?;
+    if let Some(e) = header.error {
+        bail!("rank 0 could not open the run: {e}");
+    }
+    let device = net.device().clone();
+    c.broadcast_bytes(&mut bytes)?;
+    let weights = read_safetensors_bytes(&bytes, "rank 0's weights", &device)?;
+    net.load_weights(&weights, LoadMode::Strict)?;
+    c.broadcast_bytes(&mut bytes)?;
+    let state = read_safetensors_bytes(&bytes, "rank 0's optimiser state", &device)?;
+    optimizer.load_state_tensors(&state.tensors.into_iter().collect())?;
+    Ok(Opened {
+        record: header
+            .record
+            .context("rank 0's opening message has no run record")?,
+        start: header.start,
+        resume: header.resume,
+        state: None,
+    })
+}
+
+/// `MTPATH_CHECK_REPLICAS=1`: compare every rank's weights with rank 0's after every step
+/// (they are always compared at checkpoints).
+const CHECK_REPLICAS_ENV: &str = "MTPATH_CHECK_REPLICAS";
+
+/// Data-parallel: check that every rank holds rank 0's parameters bit for bit (BatchNorm's
+/// running statistics may differ: without --sync-bn they are each rank's own). An error on
+/// every rank when any differs.
+fn check_replicas(d: &Distributed, net: &Network, iteration: usize) -> Result<()> {
+    let mut digest = Vec::new();
+    for (_, var) in net.named_parameters() {
+        let values: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        digest.extend(mtpath_shared::rng::fnv1a(&bytes).to_le_bytes());
+    }
+    let mine = mtpath_shared::rng::fnv1a(&digest).to_le_bytes().to_vec();
+    let mut rank0 = mine.clone();
+    d.collective.broadcast_bytes(&mut rank0)?;
+    let mut differing = [f64::from(u8::from(rank0 != mine))];
+    d.collective.all_reduce_sum_f64(&mut differing)?;
+    if differing[0] > 0.0 {
+        bail!(
+            "after iteration {iteration}, the weights of {} rank(s) differ from rank 0's: the \
+             ranks no longer train one model (a mismatched build or a faulty collective)",
+            differing[0]
+        );
+    }
+    Ok(())
+}
+
+/// Sum one step's statistics over the ranks: the whole batch's loss, per-task losses,
+/// correct predictions and counts; whether any rank asked to stop; and a check that every
+/// rank trains the same `floats` parameters (the gradient sum's length).
+fn sum_step_stats(
+    d: &Distributed,
+    stats: &StepStats,
+    stop_here: bool,
+    floats: usize,
+) -> Result<(StepStats, bool)> {
+    let t = stats.samples_per_task.len();
+    let mut buf = vec![0f64; 3 + 3 * t];
+    buf[0] = f64::from(stats.loss);
+    for k in 0..t {
+        let n = stats.samples_per_task[k];
+        if n > 0 {
+            buf[1 + k] = f64::from(stats.loss_per_task[k]) * n as f64;
+        }
+        buf[1 + t + k] = stats.correct_per_task[k] as f64;
+        buf[1 + 2 * t + k] = n as f64;
+    }
+    buf[1 + 3 * t] = f64::from(u8::from(stop_here));
+    buf[2 + 3 * t] = floats as f64;
+    d.collective.all_reduce_sum_f64(&mut buf)?;
+    let expected = (d.world() * floats) as f64;
+    if buf[2 + 3 * t] != expected {
+        bail!(
+            "the ranks train different parameters ({floats} values here, {} over {} ranks): \
+             every rank must run the same mtpath with the same pool and settings",
+            buf[2 + 3 * t],
+            d.world()
+        );
+    }
+    let samples_per_task: Vec<usize> = (0..t).map(|k| buf[1 + 2 * t + k] as usize).collect();
+    let summed = StepStats {
+        loss: buf[0] as f32,
+        loss_per_task: (0..t)
+            .map(|k| match samples_per_task[k] {
+                0 => f32::NAN,
+                n => (buf[1 + k] / n as f64) as f32,
+            })
+            .collect(),
+        correct_per_task: (0..t).map(|k| buf[1 + t + k] as usize).collect(),
+        samples_per_task,
+    };
+    Ok((summed, buf[1 + 3 * t] > 0.0))
+}
+
 /// Train (or continue training) a multi-task model. `stop` is polled between iterations: when
 /// set, the `last` checkpoint is written and the function returns with `interrupted`.
 pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
     let cfg = &spec.config;
     cfg.validate()?;
     let device = spec.device.clone();
-    super::memory::check(cfg, device.is_cpu(), super::memory::available())?;
+    let (rank, world) = spec.dist.as_ref().map_or((0, 1), |d| (d.rank(), d.world()));
+    let lead = rank == 0;
+    if world > cfg.batch {
+        bail!(
+            "a batch of {} images cannot be shared by {world} ranks; give each at least one (--batch {world} or more)",
+            cfg.batch
+        );
+    }
+    let share = crate::dist::share(cfg.batch, world, rank);
+    let mut share_cfg = cfg.clone();
+    share_cfg.batch = share.len();
+    super::memory::check(&share_cfg, device.is_cpu(), super::memory::available())?;
     let seed = cfg.seed.unwrap_or(spec.pool.seed);
     let heads = heads_of(&spec.pool);
-    let _lock = run_dir::RunLock::acquire(&spec.out)?;
-    let resume = run_dir::prepare(&spec.out, spec.resume, spec.force)?;
-
     let net_spec = NetworkSpec::multitask(cfg.arch, heads.clone());
     let net = Network::new(net_spec.clone(), &device, seed)?;
     let mut meta = ModelMetadata::imagenet(&net_spec);
     meta.trunk.input_size = cfg.size;
     meta.trunk.resize_shorter = ((cfg.size as f64) * 256.0 / 224.0).round() as u32;
-
-    let (record, start, mut state) = if resume {
-        reopen_run(spec, &heads, &net, &device)?
-    } else {
-        (start_run(spec, seed, &heads, &net, &device)?, 0, None)
-    };
-    if start >= cfg.iters {
-        bail!(
-            "the run already has {start} iterations (asked: {}); pass a larger --iters to continue",
-            cfg.iters
-        );
-    }
-
-    if cfg.head_warmup_iters >= cfg.iters && spec.verbose {
-        eprintln!(
-            "note: head_warmup_iters ({}) >= iters ({}): the trunk stays frozen in this run",
-            cfg.head_warmup_iters, cfg.iters
-        );
-    }
     let groups = param_groups(
         &net,
         cfg.head_lr_scale,
         cfg.weight_decay,
         cfg.no_decay_norm_bias,
     );
-    let optimizer = Sgd::new(
+    let mut optimizer = Sgd::new(
         groups,
         SgdConfig {
             momentum: cfg.momentum,
             nesterov: cfg.nesterov,
         },
     )?;
-    let mut trainer = Trainer {
-        spec,
-        seed,
-        net,
-        meta,
-        optimizer,
-        record,
-        writer: checkpoint::CheckpointWriter::new(&spec.out),
-    };
-    let mut run_state = RunState {
-        iteration: start,
-        seed,
-        sampler: cfg.sampler.clone(),
-        best: None,
-        elapsed_s: 0.0,
-    };
-    if let Some((state, dir)) = state.take() {
-        let opt_state = checkpoint::read_optimizer(&dir, &device)?;
-        trainer.optimizer.load_state_tensors(&opt_state)?;
-        run_state = state;
-    }
-    let elapsed_before = run_state.elapsed_s;
-
     let sampler: data::SamplerKind = cfg
         .sampler
         .parse()
@@ -490,8 +704,83 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         rrc_scale: (cfg.rrc_min_scale, 1.0),
     };
     let tasks = Arc::new(spec.pool.train_items()?);
-    let record_init = trainer.record.init.clone();
     let cache = Arc::new(data::ImageCache::new(&tasks, cfg.image_cache_mb << 20));
+
+    // Rank 0 (or the only process) owns the run directory: it starts or reopens the run,
+    // and data-parallel ranks then take its weights, optimiser state and starting point.
+    let (_lock, opened) = if lead {
+        match run_dir::RunLock::acquire(&spec.out) {
+            Ok(lock) => {
+                let opened = open_run(
+                    spec,
+                    seed,
+                    &heads,
+                    &net,
+                    &mut optimizer,
+                    (&tasks, &cache, sampler, aug),
+                );
+                (Some(lock), opened)
+            }
+            Err(e) => (None, Err(e)),
+        }
+    } else {
+        (None, Err(anyhow::anyhow!("not rank 0")))
+    };
+    let opened = match &spec.dist {
+        Some(d) => share_opening(d, opened, &net, &meta, &mut optimizer)?,
+        None => opened?,
+    };
+    let Opened {
+        record,
+        start,
+        resume,
+        state,
+    } = opened;
+    if start >= cfg.iters {
+        bail!(
+            "the run already has {start} iterations (asked: {}); pass a larger --iters to continue",
+            cfg.iters
+        );
+    }
+    let verbose = spec.verbose && lead;
+    if cfg.head_warmup_iters >= cfg.iters && verbose {
+        eprintln!(
+            "note: head_warmup_iters ({}) >= iters ({}): the trunk stays frozen in this run",
+            cfg.head_warmup_iters, cfg.iters
+        );
+    }
+    if verbose && world > 1 {
+        eprintln!(
+            "data-parallel over {world} ranks ({}): {} images per rank and step{}",
+            spec.dist.as_ref().map_or("", |d| d.collective.engine()),
+            share.len(),
+            if spec.dist.as_ref().is_some_and(|d| d.sync_bn) {
+                ", BatchNorm synchronised"
+            } else {
+                ", BatchNorm statistics per rank"
+            }
+        );
+    }
+    let mut trainer = Trainer {
+        spec,
+        seed,
+        net,
+        meta,
+        optimizer,
+        record,
+        writer: checkpoint::CheckpointWriter::new(&spec.out),
+        dist: spec.dist.clone(),
+        lead,
+    };
+    let mut run_state = state.unwrap_or(RunState {
+        iteration: start,
+        seed,
+        sampler: cfg.sampler.clone(),
+        best: None,
+        elapsed_s: 0.0,
+    });
+    let elapsed_before = run_state.elapsed_s;
+
     let mut loader = data::Loader::with_cache(
         tasks.clone(),
         sampler,
@@ -502,21 +791,14 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         cfg.workers,
         cfg.prefetch,
         cache.clone(),
+        data::Shard { rank, world },
     )?;
-    if !resume && record_init != "random" && cfg.bn_adapt_batches > 0 {
-        adapt_batch_norm(
-            &trainer.net,
-            &tasks,
-            &cache,
-            sampler,
-            aug,
-            cfg,
-            trainer.seed,
-            spec.verbose,
-        )?;
-    }
     let vals = val_sets(&spec.pool, cfg.val_max_per_task);
-    let mut metrics = MetricsWriter::open(&spec.out, resume.then_some(start))?;
+    let mut metrics = if lead {
+        Some(MetricsWriter::open(&spec.out, resume.then_some(start))?)
+    } else {
+        None
+    };
     let schedule = cfg.lr_schedule();
     let mut progress = Progress::new(start, cfg.iters);
     let session = Instant::now();
@@ -525,15 +807,28 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
     let mut best_dir = checkpoint::find_checkpoint_dir(&spec.out, "best");
     let mut frozen = None;
     let s = cfg.size as usize;
+    // Data-parallel: whether any rank asked to stop, as of the last step.
+    let mut stop_agreed = false;
+    let check_every_step = std::env::var(CHECK_REPLICAS_ENV).is_ok_and(|v| v == "1");
 
     for it in start..cfg.iters {
-        if stop.load(Ordering::SeqCst) {
+        let stopping = match &spec.dist {
+            None => stop.load(Ordering::SeqCst),
+            Some(_) => stop_agreed,
+        };
+        if stopping {
             run_state.iteration = it;
             run_state.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
             let last = trainer.save("last", &run_state, &last_val)?;
             trainer.writer.finish()?;
+            // Every rank returns once rank 0's checkpoint is complete.
+            if let Some(d) = &spec.dist {
+                d.collective.barrier()?;
+            }
             progress.finish();
-            draw_curves(&spec.out);
+            if lead {
+                draw_curves(&spec.out);
+            }
             return Ok(RunOutcome {
                 iterations: it,
                 last,
@@ -547,7 +842,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         if frozen != Some(heads_only) {
             trainer.set_trunk_frozen(heads_only)?;
             frozen = Some(heads_only);
-            if heads_only && spec.verbose {
+            if heads_only && verbose {
                 progress.message(&format!(
                     "iterations {it}..{}: heads only, trunk frozen",
                     cfg.head_warmup_iters
@@ -564,9 +859,11 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
             images,
             tasks: batch.tasks,
             labels: batch.labels,
+            whole: batch.whole,
         };
         let lr = schedule.lr_at(it);
-        let stats = trainer.step(&tb, heads_only, lr)?;
+        let (stats, any_stop) = trainer.step(&tb, heads_only, lr, stop.load(Ordering::SeqCst))?;
+        stop_agreed = any_stop;
         if !stats.loss.is_finite() {
             progress.finish();
             bail!(
@@ -578,20 +875,25 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
                 spec.out.join("last").display()
             );
         }
-        window.add(&stats, n);
+        window.add(&stats, stats.samples_per_task.iter().sum());
         let done = it + 1;
         if done % LOG_EVERY == 0 || done == cfg.iters {
             let row = window.row(done, lr, &spec.pool);
-            progress.update(done, row.loss, row.images_per_s, false);
-            metrics.train(&row)?;
+            if let Some(metrics) = metrics.as_mut() {
+                progress.update(done, row.loss, row.images_per_s, false);
+                metrics.train(&row)?;
+            }
             window.reset();
         }
-        let validate_now = (cfg.val_every > 0 && done % cfg.val_every == 0) || done == cfg.iters;
+        let validate_now =
+            lead && ((cfg.val_every > 0 && done % cfg.val_every == 0) || done == cfg.iters);
         if validate_now {
             last_val = evaluate(&trainer.net, &vals, cfg.size, cfg.batch, &device)?;
-            metrics.validation(done, &last_val)?;
+            if let Some(metrics) = metrics.as_mut() {
+                metrics.validation(done, &last_val)?;
+            }
             if let Some(score) = mean_balanced_accuracy(&last_val) {
-                if spec.verbose {
+                if verbose {
                     progress.message(&validation_line(done, score, &last_val));
                 }
                 let elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
@@ -602,15 +904,24 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
                 }
             }
         }
-        if done % cfg.checkpoint_every == 0 || done == cfg.iters {
+        let checkpoint_now = done % cfg.checkpoint_every == 0 || done == cfg.iters;
+        if let Some(d) = &spec.dist {
+            if checkpoint_now || check_every_step {
+                check_replicas(d, &trainer.net, done)?;
+            }
+        }
+        if checkpoint_now {
             run_state.iteration = done;
             run_state.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
             trainer.save("last", &run_state, &last_val)?;
         }
     }
     trainer.writer.finish()?;
+    if let Some(d) = &spec.dist {
+        d.collective.barrier()?;
+    }
     progress.finish();
-    if spec.verbose && cfg.image_cache_mb > 0 {
+    if verbose && cfg.image_cache_mb > 0 {
         eprintln!(
             "decoded-image cache: {} images ({} MiB of {} MiB) kept in RAM",
             cache.len(),
@@ -618,7 +929,9 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
             cfg.image_cache_mb
         );
     }
-    draw_curves(&spec.out);
+    if lead {
+        draw_curves(&spec.out);
+    }
     Ok(RunOutcome {
         iterations: cfg.iters,
         last: spec.out.join("last"),

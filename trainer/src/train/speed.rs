@@ -71,6 +71,7 @@ pub fn train_step_rate(
         images: Tensor::randn(0f32, 1.0, (batch, 3, size, size), device)?,
         tasks: (0..batch).map(|i| i % HEADS).collect(),
         labels: (0..batch).map(|i| ((i / HEADS) % CLASSES) as u32).collect(),
+        whole: None,
     };
     let s = time_per_call(device, warmup, iters, || {
         let (_, grads) = multitask_forward_backward(&net, &data, true)?;

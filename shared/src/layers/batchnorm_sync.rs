@@ -1,0 +1,227 @@
+//! Synchronised BatchNorm for data-parallel training: the per-channel sums behind a training
+//! batch's statistics, and behind their backward pass, are summed over every process before
+//! use, so each process normalises with the statistics of the whole batch (PyTorch's
+//! `SyncBatchNorm`). The transport is the caller's (MPI, NCCL, …): this module only asks for
+//! element-wise sums of f64 buffers.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::Result;
+
+/// Sums per-channel statistics over the processes of a data-parallel run.
+pub trait BatchStatsSync: Send + Sync {
+    /// Replace `values` by their element-wise sum over all processes. Every process calls
+    /// this in the same order with buffers of the same length.
+    fn sum(&self, values: &mut [f64]) -> std::result::Result<(), String>;
+}
+
+/// A shared [`BatchStatsSync`], kept by the BatchNorm ops from the forward pass to the
+/// backward pass.
+#[derive(Clone)]
+pub struct SyncHandle(Arc<dyn BatchStatsSync>);
+
+impl SyncHandle {
+    /// Sum `values` over the processes; a failure becomes a candle error naming BatchNorm.
+    pub(crate) fn sum(&self, values: &mut [f64]) -> candle_core::Result<()> {
+        self.0.sum(values).map_err(|e| {
+            candle_core::Error::Msg(format!("synchronised BatchNorm: summing over ranks: {e}"))
+        })
+    }
+}
+
+impl fmt::Debug for SyncHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SyncHandle")
+    }
+}
+
+thread_local! {
+    /// While [`with_synced_batch_norm`] runs on this thread: the sync of training-mode
+    /// BatchNorm layers.
+    static SYNC: RefCell<Option<SyncHandle>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with every training-mode BatchNorm forward on this thread synchronised through
+/// `sync` (the ops keep it for their backward pass, wherever that runs). Only the CPU's fused
+/// kernel can synchronise: other devices get an error instead of silently local statistics.
+pub fn with_synced_batch_norm<T>(
+    sync: Arc<dyn BatchStatsSync>,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let previous = SYNC.with(|s| s.replace(Some(SyncHandle(sync))));
+    // Restored even when `f` panics, so a caught panic cannot leave the sync installed.
+    struct Restore(Option<SyncHandle>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            SYNC.with(|s| *s.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(previous);
+    f()
+}
+
+/// The sync installed by [`with_synced_batch_norm`] on this thread, if any.
+pub(crate) fn current() -> Option<SyncHandle> {
+    SYNC.with(|s| s.borrow().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Barrier, Mutex};
+
+    use candle_core::{DType, Device, Tensor, Var};
+
+    use super::*;
+    use crate::layers::batchnorm_op::batch_norm_train_cpu;
+
+    /// Threads standing in for processes: `sum` adds every thread's buffer.
+    struct ThreadSum {
+        acc: Mutex<Vec<f64>>,
+        barrier: Barrier,
+    }
+
+    impl BatchStatsSync for ThreadSum {
+        fn sum(&self, values: &mut [f64]) -> std::result::Result<(), String> {
+            {
+                let mut acc = self.acc.lock().map_err(|e| e.to_string())?;
+                acc.resize(values.len(), 0.0);
+                acc.iter_mut().zip(values.iter()).for_each(|(a, v)| *a += v);
+            }
+            self.barrier.wait();
+            values.copy_from_slice(&self.acc.lock().map_err(|e| e.to_string())?);
+            if self.barrier.wait().is_leader() {
+                self.acc.lock().map_err(|e| e.to_string())?.clear();
+            }
+            self.barrier.wait();
+            Ok(())
+        }
+    }
+
+    /// `(y, dx, dweight, dbias, dresidual, mean, var, count)` of the fused op on `x`, for the
+    /// loss `sum(y * g)`.
+    type Outcome = (
+        Tensor,
+        Tensor,
+        Tensor,
+        Tensor,
+        Tensor,
+        Vec<f32>,
+        Vec<f32>,
+        usize,
+    );
+
+    fn run(
+        (x, r, g): (&Tensor, &Tensor, &Tensor),
+        (w, b): (&Tensor, &Tensor),
+        residual: bool,
+        sync: Option<Arc<dyn BatchStatsSync>>,
+    ) -> Outcome {
+        let go = || -> Result<Outcome> {
+            let vars: Vec<Var> = [x, w, b, r]
+                .iter()
+                .map(|t| Var::from_tensor(t))
+                .collect::<candle_core::Result<_>>()?;
+            let (y, mean, var, count) = batch_norm_train_cpu(
+                vars[0].as_tensor(),
+                vars[1].as_tensor(),
+                vars[2].as_tensor(),
+                residual.then(|| vars[3].as_tensor()),
+                true,
+                1e-5,
+                current(),
+            )?;
+            let grads = y.mul(g)?.sum_all()?.backward()?;
+            // Without a residual, its gradient is zero.
+            let grad = |i: usize| match grads.get(vars[i].as_tensor()) {
+                Some(g) => g.clone(),
+                None => vars[i].as_tensor().zeros_like().unwrap(),
+            };
+            Ok((y, grad(0), grad(1), grad(2), grad(3), mean, var, count))
+        };
+        match sync {
+            Some(s) => with_synced_batch_norm(s, go).unwrap(),
+            None => go().unwrap(),
+        }
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Two "processes" holding shares of 1 and 3 samples of a batch of 4, synchronised,
+    /// compute what one process computes on the whole batch (with and without a residual):
+    /// outputs and input gradients row for row, the statistics, and parameter gradients
+    /// that sum to the whole's.
+    #[test]
+    fn synchronised_shares_equal_the_whole_batch() {
+        let dev = Device::Cpu;
+        let (n, c, h, w) = (4, 3, 5, 5);
+        let x = (Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap() + 2.0).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
+        let wt = Tensor::randn(1f32, 0.3, c, &dev).unwrap();
+        let bt = Tensor::randn(0f32, 0.3, c, &dev).unwrap();
+        for residual in [true, false] {
+            let whole = run((&x, &r, &g), (&wt, &bt), residual, None);
+            let sync = Arc::new(ThreadSum {
+                acc: Mutex::new(Vec::new()),
+                barrier: Barrier::new(2),
+            });
+            let shares: Vec<Outcome> = std::thread::scope(|s| {
+                let handles: Vec<_> = [(0, 1), (1, 3)]
+                    .into_iter()
+                    .map(|(start, len)| {
+                        let part = |t: &Tensor| t.narrow(0, start, len).unwrap();
+                        let (x, r, g) = (part(&x), part(&r), part(&g));
+                        let (wt, bt) = (&wt, &bt);
+                        let sync: Arc<dyn BatchStatsSync> = sync.clone();
+                        s.spawn(move || run((&x, &r, &g), (wt, bt), residual, Some(sync)))
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let cat = |i: usize| {
+                let parts: Vec<Tensor> = shares
+                    .iter()
+                    .map(|o| [&o.0, &o.1, &o.4][i].clone())
+                    .collect();
+                Tensor::cat(&parts, 0).unwrap()
+            };
+            assert!(max_diff(&cat(0), &whole.0) < 1e-5, "outputs");
+            assert!(max_diff(&cat(1), &whole.1) < 1e-5, "input gradients");
+            assert!(max_diff(&cat(2), &whole.4) < 1e-6, "residual gradients");
+            let dw = (&shares[0].2 + &shares[1].2).unwrap();
+            let db = (&shares[0].3 + &shares[1].3).unwrap();
+            assert!(max_diff(&dw, &whole.2) < 1e-4, "weight gradients");
+            assert!(max_diff(&db, &whole.3) < 1e-4, "bias gradients");
+            for o in &shares {
+                assert_eq!(o.7, n * h * w);
+                for (a, b) in o.5.iter().zip(&whole.5).chain(o.6.iter().zip(&whole.6)) {
+                    assert!((a - b).abs() < 1e-6, "statistics {a} vs {b}");
+                }
+            }
+            // Without the sync, a share's statistics are its own: the checks above can fail.
+            let part = |t: &Tensor| t.narrow(0, 0, 1).unwrap();
+            let alone = run(
+                (&part(&x), &part(&r), &part(&g)),
+                (&wt, &bt),
+                residual,
+                None,
+            );
+            assert!(max_diff(&alone.0, &part(&whole.0)) > 1e-3);
+            assert_eq!(alone.0.dtype(), DType::F32);
+        }
+    }
+}
