@@ -176,7 +176,8 @@ impl BatchNorm2d {
     }
 
     /// The fused CPU kernel, when it serves `xs` (contiguous-able f32 on the CPU with more
-    /// than one value per channel, or any count when synchronised over processes).
+    /// than one value per channel, or any count when synchronised over processes); when
+    /// synchronised on other devices, the synchronised composition. `None`: compose here.
     fn forward_train_fused(
         &self,
         xs: &Tensor,
@@ -190,27 +191,35 @@ impl BatchNorm2d {
             && super::use_fused_cpu(xs)
             && xs.dtype() == DType::F32
             && residual.is_none_or(|r| r.dtype() == DType::F32 && r.device().is_cpu());
-        if !fusable {
-            if sync.is_some() {
-                candle_core::bail!(
-                    "synchronised BatchNorm runs in the CPU's fused f32 kernel only (input \
-                     {:?} of {:?} on {:?}); train without --sync-bn here",
-                    xs.dims(),
-                    xs.dtype(),
-                    xs.device().location()
-                );
+        let (ys, mean, var, count) = match (fusable, &sync) {
+            (false, None) => return Ok(None),
+            (false, Some(sync)) => {
+                // Other devices and dtypes, synchronised: the composition, then the epilogue.
+                let (mut ys, mean, var, count) = super::batchnorm_sync::batch_norm_train_synced(
+                    xs,
+                    self.weight.as_tensor(),
+                    self.bias.as_tensor(),
+                    self.eps,
+                    sync,
+                )?;
+                if let Some(r) = residual {
+                    ys = (ys + r)?;
+                }
+                if relu {
+                    ys = ys.relu()?;
+                }
+                (ys, mean, var, count)
             }
-            return Ok(None);
-        }
-        let (ys, mean, var, count) = super::batchnorm_op::batch_norm_train_cpu(
-            xs,
-            self.weight.as_tensor(),
-            self.bias.as_tensor(),
-            residual,
-            relu,
-            self.eps,
-            sync,
-        )?;
+            (true, _) => super::batchnorm_op::batch_norm_train_cpu(
+                xs,
+                self.weight.as_tensor(),
+                self.bias.as_tensor(),
+                residual,
+                relu,
+                self.eps,
+                sync,
+            )?,
+        };
         let dev = xs.device();
         self.update_running_stats(
             &Tensor::from_vec(mean, c, dev)?,

@@ -8,6 +8,8 @@ use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+
 use crate::Result;
 
 /// Sums per-channel statistics over the processes of a data-parallel run.
@@ -44,8 +46,8 @@ thread_local! {
 }
 
 /// Run `f` with every training-mode BatchNorm forward on this thread synchronised through
-/// `sync` (the ops keep it for their backward pass, wherever that runs). Only the CPU's fused
-/// kernel can synchronise: other devices get an error instead of silently local statistics.
+/// `sync` (the ops keep it for their backward pass, wherever that runs): the CPU's fused
+/// kernel, or on other devices the composition of [`batch_norm_train_synced`].
 pub fn with_synced_batch_norm<T>(
     sync: Arc<dyn BatchStatsSync>,
     f: impl FnOnce() -> Result<T>,
@@ -66,6 +68,101 @@ pub fn with_synced_batch_norm<T>(
 /// The sync installed by [`with_synced_batch_norm`] on this thread, if any.
 pub(crate) fn current() -> Option<SyncHandle> {
     SYNC.with(|s| s.borrow().clone())
+}
+
+/// A sum over the processes that autograd can go through: the forward pass sums the
+/// (f64) values over the ranks, and so does the backward pass with the gradient, since every
+/// rank's loss depends on the sum (PyTorch's differentiable all-reduce in SyncBatchNorm).
+/// The values travel through host memory.
+struct SyncSum(SyncHandle);
+
+impl SyncSum {
+    fn summed(&self, mut values: Vec<f64>) -> candle_core::Result<Vec<f64>> {
+        self.0.sum(&mut values)?;
+        Ok(values)
+    }
+}
+
+impl CustomOp1 for SyncSum {
+    fn name(&self) -> &'static str {
+        "mtpath-sync-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let values = super::contiguous_slice::<f64>(s, l, "synchronised sum")?.to_vec();
+        Ok((CpuStorage::F64(self.summed(values)?), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("synchronised sum: the values must be contiguous");
+        };
+        let device = s.device().clone();
+        let stream = device.cuda_stream();
+        let values = stream
+            .clone_dtoh(&s.as_cuda_slice::<f64>()?.slice(start..end))
+            .map_err(candle_core::Error::wrap)?;
+        let summed = stream
+            .clone_htod(&self.summed(values)?)
+            .map_err(candle_core::Error::wrap)?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(summed, device),
+            l.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op1_no_bwd(&SyncSum(self.0.clone()))?,
+        ))
+    }
+}
+
+/// Training-mode BatchNorm composed from candle's ops (any device and dtype) with the whole
+/// batch's statistics over every process: per-channel sums of `x` and `x²` (in f64) go
+/// through [`SyncSum`], so autograd's backward sums their gradients over the processes too.
+/// Returns the output and the mean, biased variance and value count per channel.
+pub(crate) fn batch_norm_train_synced(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    sync: &SyncHandle,
+) -> candle_core::Result<(Tensor, Vec<f32>, Vec<f32>, usize)> {
+    let (n, c, h, w) = xs.dims4()?;
+    let dtype = xs.dtype();
+    let flat = xs.transpose(0, 1)?.reshape((c, n * h * w))?;
+    let flat64 = flat.to_dtype(DType::F64)?;
+    let local = Tensor::cat(&[flat64.sum(1)?, flat64.sqr()?.sum(1)?], 0)?;
+    let mut count = [(n * h * w) as f64];
+    sync.sum(&mut count)?;
+    let count = count[0];
+    let total = local.contiguous()?.apply_op1(SyncSum(sync.clone()))?;
+    let mean = (total.narrow(0, 0, c)? / count)?;
+    // E[x²] − mean² in f64; a variance that rounds below zero is zero.
+    let var = ((total.narrow(0, c, c)? / count)? - mean.sqr()?)?.relu()?;
+    let scale = ((var.clone() + eps)?.sqrt()?.recip()? * weight.to_dtype(DType::F64)?)?;
+    let ys = flat
+        .broadcast_sub(&mean.to_dtype(dtype)?.reshape((c, 1))?)?
+        .broadcast_mul(&scale.to_dtype(dtype)?.reshape((c, 1))?)?
+        .broadcast_add(&bias.reshape((c, 1))?)?
+        .reshape((c, n, h, w))?
+        .transpose(0, 1)?
+        .contiguous()?;
+    let to_f32 = |t: &Tensor| t.detach().to_dtype(DType::F32)?.to_vec1::<f32>();
+    Ok((ys, to_f32(&mean)?, to_f32(&var)?, count as usize))
 }
 
 #[cfg(test)]
@@ -116,7 +213,7 @@ mod tests {
     fn run(
         (x, r, g): (&Tensor, &Tensor, &Tensor),
         (w, b): (&Tensor, &Tensor),
-        residual: bool,
+        (residual, composed): (bool, bool),
         sync: Option<Arc<dyn BatchStatsSync>>,
     ) -> Outcome {
         let go = || -> Result<Outcome> {
@@ -124,15 +221,32 @@ mod tests {
                 .iter()
                 .map(|t| Var::from_tensor(t))
                 .collect::<candle_core::Result<_>>()?;
-            let (y, mean, var, count) = batch_norm_train_cpu(
-                vars[0].as_tensor(),
-                vars[1].as_tensor(),
-                vars[2].as_tensor(),
-                residual.then(|| vars[3].as_tensor()),
-                true,
-                1e-5,
-                current(),
-            )?;
+            let (y, mean, var, count) = match (composed, current()) {
+                (true, Some(sync)) => {
+                    let (y, mean, var, count) = batch_norm_train_synced(
+                        vars[0].as_tensor(),
+                        vars[1].as_tensor(),
+                        vars[2].as_tensor(),
+                        1e-5,
+                        &sync,
+                    )?;
+                    let y = if residual {
+                        (y + vars[3].as_tensor())?
+                    } else {
+                        y
+                    };
+                    (y.relu()?, mean, var, count)
+                }
+                (_, sync) => batch_norm_train_cpu(
+                    vars[0].as_tensor(),
+                    vars[1].as_tensor(),
+                    vars[2].as_tensor(),
+                    residual.then(|| vars[3].as_tensor()),
+                    true,
+                    1e-5,
+                    sync,
+                )?,
+            };
             let grads = y.mul(g)?.sum_all()?.backward()?;
             // Without a residual, its gradient is zero.
             let grad = |i: usize| match grads.get(vars[i].as_tensor()) {
@@ -161,9 +275,10 @@ mod tests {
     }
 
     /// Two "processes" holding shares of 1 and 3 samples of a batch of 4, synchronised,
-    /// compute what one process computes on the whole batch (with and without a residual):
-    /// outputs and input gradients row for row, the statistics, and parameter gradients
-    /// that sum to the whole's.
+    /// compute what one process computes on the whole batch (with and without a residual,
+    /// in the fused CPU kernel and in the composition other devices run): outputs and input
+    /// gradients row for row, the statistics, and parameter gradients that sum to the
+    /// whole's.
     #[test]
     fn synchronised_shares_equal_the_whole_batch() {
         let dev = Device::Cpu;
@@ -173,8 +288,8 @@ mod tests {
         let g = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
         let wt = Tensor::randn(1f32, 0.3, c, &dev).unwrap();
         let bt = Tensor::randn(0f32, 0.3, c, &dev).unwrap();
-        for residual in [true, false] {
-            let whole = run((&x, &r, &g), (&wt, &bt), residual, None);
+        for (residual, composed) in [(true, false), (false, false), (true, true), (false, true)] {
+            let whole = run((&x, &r, &g), (&wt, &bt), (residual, false), None);
             let sync = Arc::new(ThreadSum {
                 acc: Mutex::new(Vec::new()),
                 barrier: Barrier::new(2),
@@ -187,7 +302,9 @@ mod tests {
                         let (x, r, g) = (part(&x), part(&r), part(&g));
                         let (wt, bt) = (&wt, &bt);
                         let sync: Arc<dyn BatchStatsSync> = sync.clone();
-                        s.spawn(move || run((&x, &r, &g), (wt, bt), residual, Some(sync)))
+                        s.spawn(move || {
+                            run((&x, &r, &g), (wt, bt), (residual, composed), Some(sync))
+                        })
                     })
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -217,7 +334,7 @@ mod tests {
             let alone = run(
                 (&part(&x), &part(&r), &part(&g)),
                 (&wt, &bt),
-                residual,
+                (residual, false),
                 None,
             );
             assert!(max_diff(&alone.0, &part(&whole.0)) > 1e-3);

@@ -102,7 +102,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     pub dist: crate::dist::Backend,
     /// Data-parallel: BatchNorm statistics of the whole global batch instead of each rank's
-    /// share (slower; results then equal one process's). CPU (MPI) only.
+    /// share (slower; results then equal one process's).
     #[arg(long)]
     pub sync_bn: bool,
 }
@@ -132,6 +132,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.sync_bn && collective.is_none() {
         eprintln!("note: --sync-bn has no effect in a single process");
     }
+
     let outcome = run_ranked(args, device, collective.clone());
     match (collective, outcome) {
         // One rank's error would leave the others waiting in a collective: stop them all.
