@@ -86,6 +86,12 @@ pub fn join(backend: Backend, device: &mut Device) -> Result<Option<Arc<dyn Coll
     let engine = launch::choose(backend, launch.as_ref(), device.is_cuda())?;
     match engine {
         None => Ok(None),
+        // One MPI rank in a build without MPI: nothing to share, so train alone.
+        Some(Backend::Mpi)
+            if !cfg!(feature = "mpi") && launch.as_ref().is_some_and(|l| l.world == 1) =>
+        {
+            Ok(None)
+        }
         Some(Backend::Mpi) => join_mpi(),
         Some(Backend::Nccl) => {
             let Some(launch) = launch else {
