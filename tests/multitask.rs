@@ -229,29 +229,6 @@ fn heads_only_step_touches_nothing_in_the_trunk() {
     }
 }
 
-/// Threads standing in for data-parallel ranks: `sum` adds every thread's buffer.
-struct ThreadSum {
-    acc: std::sync::Mutex<Vec<f64>>,
-    barrier: std::sync::Barrier,
-}
-
-impl mtpath_shared::layers::BatchStatsSync for ThreadSum {
-    fn sum(&self, values: &mut [f64]) -> Result<(), String> {
-        {
-            let mut acc = self.acc.lock().unwrap();
-            acc.resize(values.len(), 0.0);
-            acc.iter_mut().zip(values.iter()).for_each(|(a, v)| *a += v);
-        }
-        self.barrier.wait();
-        values.copy_from_slice(&self.acc.lock().unwrap());
-        if self.barrier.wait().is_leader() {
-            self.acc.lock().unwrap().clear();
-        }
-        self.barrier.wait();
-        Ok(())
-    }
-}
-
 /// Data parallelism's step: two shares of one batch (4 images each, of different tasks),
 /// each scaled by the whole batch (`WholeBatch`) and with synchronised BatchNorm, give
 /// gradients and losses that sum to the whole batch's; without the whole batch's counts they
@@ -289,10 +266,7 @@ fn shares_of_a_batch_sum_to_the_whole_batch_step() {
     };
     let (whole_stats, whole_grads) = multitask_forward_backward(&whole_net, &whole, true).unwrap();
 
-    let sync = Arc::new(ThreadSum {
-        acc: std::sync::Mutex::new(Vec::new()),
-        barrier: std::sync::Barrier::new(2),
-    });
+    let sync = Arc::new(mtpath_shared::testdata::ThreadSum::new(2));
     let shares: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = [(0usize, 4usize), (4, 4)]
             .into_iter()

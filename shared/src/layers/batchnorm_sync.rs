@@ -167,35 +167,11 @@ pub(crate) fn batch_norm_train_synced(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Barrier, Mutex};
-
     use candle_core::{DType, Device, Tensor, Var};
 
     use super::*;
     use crate::layers::batchnorm_op::batch_norm_train_cpu;
-
-    /// Threads standing in for processes: `sum` adds every thread's buffer.
-    struct ThreadSum {
-        acc: Mutex<Vec<f64>>,
-        barrier: Barrier,
-    }
-
-    impl BatchStatsSync for ThreadSum {
-        fn sum(&self, values: &mut [f64]) -> std::result::Result<(), String> {
-            {
-                let mut acc = self.acc.lock().map_err(|e| e.to_string())?;
-                acc.resize(values.len(), 0.0);
-                acc.iter_mut().zip(values.iter()).for_each(|(a, v)| *a += v);
-            }
-            self.barrier.wait();
-            values.copy_from_slice(&self.acc.lock().map_err(|e| e.to_string())?);
-            if self.barrier.wait().is_leader() {
-                self.acc.lock().map_err(|e| e.to_string())?.clear();
-            }
-            self.barrier.wait();
-            Ok(())
-        }
-    }
+    use crate::testdata::ThreadSum;
 
     /// `(y, dx, dweight, dbias, dresidual, mean, var, count)` of the fused op on `x`, for the
     /// loss `sum(y * g)`.
@@ -290,10 +266,7 @@ mod tests {
         let bt = Tensor::randn(0f32, 0.3, c, &dev).unwrap();
         for (residual, composed) in [(true, false), (false, false), (true, true), (false, true)] {
             let whole = run((&x, &r, &g), (&wt, &bt), (residual, false), None);
-            let sync = Arc::new(ThreadSum {
-                acc: Mutex::new(Vec::new()),
-                barrier: Barrier::new(2),
-            });
+            let sync = Arc::new(ThreadSum::new(2));
             let shares: Vec<Outcome> = std::thread::scope(|s| {
                 let handles: Vec<_> = [(0, 1), (1, 3)]
                     .into_iter()

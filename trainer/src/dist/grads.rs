@@ -63,55 +63,22 @@ fn reduce_bucket(collective: &dyn Collective, vars: &[Var], grads: &mut GradStor
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Barrier, Mutex};
+    use std::sync::Arc;
 
     use candle_core::Device;
+    use mtpath_shared::testdata::ThreadSum;
 
     use super::*;
 
-    /// Threads standing in for ranks (sums and broadcasts through shared memory), counting
-    /// the all-reduce calls.
-    pub struct ThreadRanks {
-        world: usize,
-        acc: Mutex<Vec<f64>>,
-        barrier: Barrier,
-        pub calls: Mutex<usize>,
-    }
-
-    impl ThreadRanks {
-        pub fn new(world: usize) -> Arc<Self> {
-            Arc::new(Self {
-                world,
-                acc: Mutex::new(Vec::new()),
-                barrier: Barrier::new(world),
-                calls: Mutex::new(0),
-            })
-        }
-
-        fn sum(&self, values: &mut [f64]) {
-            {
-                let mut acc = self.acc.lock().unwrap();
-                acc.resize(values.len(), 0.0);
-                acc.iter_mut().zip(values.iter()).for_each(|(a, v)| *a += v);
-            }
-            self.barrier.wait();
-            values.copy_from_slice(&self.acc.lock().unwrap());
-            if self.barrier.wait().is_leader() {
-                self.acc.lock().unwrap().clear();
-                *self.calls.lock().unwrap() += 1;
-            }
-            self.barrier.wait();
-        }
-    }
-
-    struct Rank(Arc<ThreadRanks>, usize);
+    /// Rank `.1` of the threads `.0`.
+    struct Rank(Arc<ThreadSum>, usize, usize);
 
     impl Collective for Rank {
         fn rank(&self) -> usize {
             self.1
         }
         fn world(&self) -> usize {
-            self.0.world
+            self.2
         }
         fn engine(&self) -> &'static str {
             "threads"
@@ -129,7 +96,7 @@ mod tests {
             unimplemented!("not used here")
         }
         fn barrier(&self) -> Result<()> {
-            self.0.barrier.wait();
+            self.0.barrier();
             Ok(())
         }
         fn abort(&self, code: i32) -> ! {
@@ -145,7 +112,7 @@ mod tests {
             .iter()
             .map(|s| Var::zeros(*s, DType::F32, &dev).unwrap())
             .collect();
-        let ranks = ThreadRanks::new(2);
+        let ranks = Arc::new(ThreadSum::new(2));
         let grad = |rank: usize, i: usize| {
             let n: usize = shapes[i].iter().product();
             let v: Vec<f32> = (0..n).map(|k| (rank * 100 + i * 10 + k) as f32).collect();
@@ -173,14 +140,14 @@ mod tests {
                             }
                         }
                         // Buckets of at most 13 floats: [12], [5, 8], [7].
-                        all_reduce_gradients(&Rank(ranks, rank), vars, &mut grads, 13).unwrap();
+                        all_reduce_gradients(&Rank(ranks, rank, 2), vars, &mut grads, 13).unwrap();
                         grads
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        assert_eq!(*ranks.calls.lock().unwrap(), 3);
+        assert_eq!(ranks.calls(), 3);
         for grads in &results {
             for (i, v) in vars.iter().enumerate() {
                 let want = if i == 2 {

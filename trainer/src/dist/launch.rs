@@ -17,6 +17,15 @@ pub enum Backend {
     Nccl,
 }
 
+/// A data-parallel engine, as chosen by [`choose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// MPI (CPU).
+    Mpi,
+    /// NCCL (NVIDIA GPUs).
+    Nccl,
+}
+
 /// The launcher that set the rank variables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Launcher {
@@ -124,22 +133,22 @@ impl Launch {
 
 /// The engine for `backend` in `launch` (`None`: one process). An MPI launcher means MPI
 /// even with one rank, so that `mpirun -n 1` goes through the same code.
-pub fn choose(backend: Backend, launch: Option<&Launch>, cuda: bool) -> Result<Option<Backend>> {
+pub fn choose(backend: Backend, launch: Option<&Launch>, cuda: bool) -> Result<Option<Engine>> {
     let several = launch.is_some_and(|l| l.world != 1);
     match backend {
         Backend::Off => Ok(None),
-        Backend::Mpi => Ok(Some(Backend::Mpi)),
+        Backend::Mpi => Ok(Some(Engine::Mpi)),
         Backend::Nccl => {
             if !cuda {
                 bail!("--dist nccl needs a CUDA device (--device cuda)");
             }
-            Ok(Some(Backend::Nccl))
+            Ok(Some(Engine::Nccl))
         }
         Backend::Auto => match launch {
             None => Ok(None),
-            Some(l) if l.launcher.is_mpi() => Ok(Some(Backend::Mpi)),
+            Some(l) if l.launcher.is_mpi() => Ok(Some(Engine::Mpi)),
             Some(_) if !several => Ok(None),
-            Some(_) if cuda => Ok(Some(Backend::Nccl)),
+            Some(_) if cuda => Ok(Some(Engine::Nccl)),
             Some(l) => bail!(
                 "launched as rank {} of {} ({:?} variables) on the CPU: CPU ranks train over MPI; \
                  launch with `mpirun -n N mtpath train ...` (a `--features mpi` build), or pass \
@@ -241,7 +250,7 @@ mod tests {
         assert_eq!(choose(Backend::Auto, None, false).unwrap(), None);
         assert_eq!(
             choose(Backend::Auto, Some(&mpi), false).unwrap(),
-            Some(Backend::Mpi)
+            Some(Engine::Mpi)
         );
         assert_eq!(
             choose(Backend::Auto, Some(&torchrun(1)), true).unwrap(),
@@ -249,7 +258,7 @@ mod tests {
         );
         assert_eq!(
             choose(Backend::Auto, Some(&torchrun(4)), true).unwrap(),
-            Some(Backend::Nccl)
+            Some(Engine::Nccl)
         );
         let e = choose(Backend::Auto, Some(&torchrun(4)), false).unwrap_err();
         assert!(format!("{e}").contains("mpirun"), "{e}");

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
-pub use launch::{Backend, Launch};
+pub use launch::{Backend, Engine, Launch};
 
 /// The collective operations data-parallel training needs, over all ranks of one run. Every
 /// rank calls the same operations in the same order with buffers of the same length.
@@ -87,19 +87,18 @@ pub fn join(backend: Backend, device: &mut Device) -> Result<Option<Arc<dyn Coll
     match engine {
         None => Ok(None),
         // One MPI rank in a build without MPI: nothing to share, so train alone.
-        Some(Backend::Mpi)
+        Some(Engine::Mpi)
             if !cfg!(feature = "mpi") && launch.as_ref().is_some_and(|l| l.world == 1) =>
         {
             Ok(None)
         }
-        Some(Backend::Mpi) => join_mpi(),
-        Some(Backend::Nccl) => {
+        Some(Engine::Mpi) => join_mpi(),
+        Some(Engine::Nccl) => {
             let Some(launch) = launch else {
                 bail!("--dist nccl: no rank in the environment (set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, or launch with torchrun or srun)")
             };
             join_nccl(&launch, device)
         }
-        Some(other) => bail!("internal: no engine for {other:?}"),
     }
 }
 

@@ -133,13 +133,14 @@ struct Trainer<'a> {
     record: RunRecord,
     /// Checkpoints are written in the background while training goes on.
     writer: checkpoint::CheckpointWriter,
-    /// Data-parallel: the other ranks.
-    dist: Option<Distributed>,
-    /// Rank 0 (or a single process): the one that validates and writes the run directory.
-    lead: bool,
 }
 
 impl Trainer<'_> {
+    /// Rank 0, or a single process: the one that validates and writes the run directory.
+    fn lead(&self) -> bool {
+        self.spec.dist.as_ref().is_none_or(|d| d.rank() == 0)
+    }
+
     /// After validation at iteration `done` scored `score` (mean balanced accuracy): when it
     /// beats the best so far, record it in `state` and save the `best` checkpoint, returning
     /// its folder.
@@ -174,7 +175,7 @@ impl Trainer<'_> {
         lr: f64,
         stop_here: bool,
     ) -> Result<(StepStats, bool)> {
-        let (mut stats, mut grads) = match &self.dist {
+        let (mut stats, mut grads) = match &self.spec.dist {
             _ if heads_only => heads_forward_backward(&self.net, batch)?,
             Some(d) if d.sync_bn => {
                 let sync = Arc::new(StatsSync(d.collective.clone()));
@@ -185,7 +186,7 @@ impl Trainer<'_> {
             _ => multitask_forward_backward(&self.net, batch, true)?,
         };
         let mut stop = stop_here;
-        if let Some(d) = &self.dist {
+        if let Some(d) = &self.spec.dist {
             // The parameters the optimiser updates, in the same order on every rank.
             let vars: Vec<candle_core::Var> = self
                 .optimizer
@@ -243,7 +244,7 @@ impl Trainer<'_> {
     /// the folder `name`; the files are written in the background (see
     /// [`checkpoint::CheckpointWriter`]).
     fn save(&mut self, name: &str, state: &RunState, validation: &[ValScores]) -> Result<PathBuf> {
-        if !self.lead {
+        if !self.lead() {
             // Data-parallel: rank 0 writes the run directory.
             return Ok(self.spec.out.join(name));
         }
@@ -520,18 +521,18 @@ struct Opening {
     resume: bool,
 }
 
-/// Data-parallel start: rank 0 (which `opened` the run) sends the outcome, its weights and
-/// its optimiser state; the other ranks load them, so every rank starts from rank 0's state
-/// whatever the world size the run had before.
+/// Data-parallel start: rank 0 (which `opened` the run; `None` on the other ranks) sends the
+/// outcome, its weights and its optimiser state; the other ranks load them, so every rank
+/// starts from rank 0's state whatever the world size the run had before.
 fn share_opening(
     d: &Distributed,
-    opened: Result<Opened>,
+    opened: Option<Result<Opened>>,
     net: &Network,
     meta: &ModelMetadata,
     optimizer: &mut Sgd,
 ) -> Result<Opened> {
     let c = d.collective.as_ref();
-    if d.rank() == 0 {
+    if let Some(opened) = opened {
         let header = match &opened {
             Ok(o) => Opening {
                 error: None,
@@ -719,16 +720,17 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
                     &mut optimizer,
                     (&tasks, &cache, sampler, aug),
                 );
-                (Some(lock), opened)
+                (Some(lock), Some(opened))
             }
-            Err(e) => (None, Err(e)),
+            Err(e) => (None, Some(Err(e))),
         }
     } else {
-        (None, Err(anyhow::anyhow!("not rank 0")))
+        (None, None)
     };
-    let opened = match &spec.dist {
-        Some(d) => share_opening(d, opened, &net, &meta, &mut optimizer)?,
-        None => opened?,
+    let opened = match (&spec.dist, opened) {
+        (Some(d), opened) => share_opening(d, opened, &net, &meta, &mut optimizer)?,
+        (None, Some(opened)) => opened?,
+        (None, None) => unreachable!("a single process is rank 0"),
     };
     let Opened {
         record,
@@ -769,8 +771,6 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         optimizer,
         record,
         writer: checkpoint::CheckpointWriter::new(&spec.out),
-        dist: spec.dist.clone(),
-        lead,
     };
     let mut run_state = state.unwrap_or(RunState {
         iteration: start,
