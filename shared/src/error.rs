@@ -31,6 +31,10 @@ pub enum Error {
     #[error("{0}")]
     Image(String),
 
+    /// A whole-slide image could not be read.
+    #[error(transparent)]
+    Slide(#[from] crate::slide::SlideError),
+
     /// A caller passed an invalid argument or configuration.
     #[error("{0}")]
     Invalid(String),

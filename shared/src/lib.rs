@@ -24,6 +24,7 @@ pub mod optim;
 pub mod preprocess;
 pub mod probe;
 pub mod rng;
+pub mod slide;
 #[cfg(any(test, feature = "testdata"))]
 #[doc(hidden)]
 pub mod testdata;
