@@ -11,6 +11,7 @@ mod plots;
 mod pool;
 mod released;
 mod session;
+mod slides;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +53,9 @@ enum Command {
     Plot(commands::plot::Args),
     /// Classify features or images with a probe file exported by the browser explorer.
     Predict(commands::predict::Args),
+    /// Cut whole-slide images (SVS, pyramidal TIFF, OME-TIFF) into a task folder of tiles
+    /// where there is tissue, at a resolution (--mpp) or pyramid level.
+    Tile(commands::tile::Args),
     /// Serve the browser explorer and models on 127.0.0.1 (cross-origin isolated).
     Serve(commands::serve::Args),
 }
@@ -131,6 +135,7 @@ fn main() {
         Command::Loto(a) => commands::loto::run(a),
         Command::Predict(a) => commands::predict::run(a),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Tile(a) => commands::tile::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

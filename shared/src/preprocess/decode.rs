@@ -103,6 +103,30 @@ fn decode_inner(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     to_rgb8(img)
 }
 
+/// Decode one JPEG-compressed tile of a TIFF with the colour transform its
+/// PhotometricInterpretation implies, as libtiff does: `rgb_coded` (Photometric RGB) takes the
+/// components as R, G, B; otherwise YCbCr (or grey) is converted as usual. Bit-exact with
+/// libjpeg-turbo for baseline streams; other JPEG processes go through the general decoder.
+pub(crate) fn decode_tiff_jpeg(
+    bytes: &[u8],
+    rgb_coded: bool,
+) -> std::result::Result<RgbImage, String> {
+    let lim = jpeg::Limits {
+        max_side: MAX_IMAGE_SIDE,
+        max_bytes: MAX_IMAGE_BYTES,
+    };
+    let transform = if rgb_coded {
+        jpeg::ColourTransform::Raw
+    } else {
+        jpeg::ColourTransform::YCbCr
+    };
+    match jpeg::decode_as(bytes, lim, transform) {
+        Ok(img) => Ok(img),
+        Err(jpeg::JpegError::Corrupt(m)) => Err(format!("corrupt JPEG data: {m}")),
+        Err(jpeg::JpegError::Unsupported(_)) => decode_inner(bytes),
+    }
+}
+
 fn describe_decode_error(name: &str, e: ImageError) -> String {
     match e {
         ImageError::Limits(e) => format!(

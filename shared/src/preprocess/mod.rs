@@ -22,8 +22,8 @@
 //! integer IDCT, fancy chroma upsampling, fixed-point YCbCr conversion), so they decode to
 //! exactly the pixels Pillow gets from libjpeg-turbo. Everything else goes through the `image`
 //! crate: PNG and TIFF (which decode exactly as Pillow does), and the JPEG variants our
-//! decoder leaves alone (progressive, arithmetic, 12-bit, lossless, CMYK/YCCK, RGB-coded,
-//! unusual sampling ratios), which `zune-jpeg` decodes within a few levels of libjpeg-turbo.
+//! decoder leaves alone (progressive, arithmetic, 12-bit, lossless, unusual sampling
+//! ratios), which `zune-jpeg` decodes within a few levels of libjpeg-turbo.
 //! The whole transform is therefore bit-exact with torchvision for PNG, TIFF and baseline
 //! JPEG.
 //!
@@ -37,6 +37,7 @@ mod resize;
 mod tests;
 mod transform;
 
+pub(crate) use decode::decode_tiff_jpeg;
 pub use decode::{decode_image, load_image, MAX_IMAGE_BYTES, MAX_IMAGE_SIDE};
 pub use extensions::{has_image_extension, IMAGE_EXTENSIONS};
 pub use resize::{resize_exact, resize_shorter_side, resized_size};

@@ -3,7 +3,7 @@
 use std::io::Read;
 
 use super::tiff::Page;
-use crate::preprocess::decode_image;
+use crate::preprocess::decode_tiff_jpeg;
 
 /// Largest decoded chunk accepted (256 MiB): a tile larger than this is a corrupt header.
 const MAX_CHUNK_BYTES: u64 = 256 << 20;
@@ -144,8 +144,9 @@ fn to_rgb(raw: Vec<u8>, photometric: u16, spp: usize) -> Vec<u8> {
 
 /// A JPEG chunk: the page's shared tables (JPEGTables, as Aperio writes them) are spliced in
 /// front of the abbreviated stream, and the result goes through the crate's JPEG decoder,
-/// which is bit-exact with libjpeg-turbo. The colour transform follows the stream itself (no
-/// Adobe marker: YCbCr), which is right for Aperio's tiles labelled RGB.
+/// which is bit-exact with libjpeg-turbo. The colour transform follows the photometric
+/// interpretation, as libtiff's does: RGB means RGB-coded components (Aperio), YCbCr is
+/// converted; whatever markers the stream carries.
 fn decode_jpeg_chunk(
     page: &Page,
     data: &[u8],
@@ -171,7 +172,7 @@ fn decode_jpeg_chunk(
         }
         _ => data,
     };
-    let img = decode_image(stream).map_err(|e| e.to_string())?;
+    let img = decode_tiff_jpeg(stream, page.photometric == 2)?;
     let (w, h) = img.dimensions();
     if (w as usize) < width || (h as usize) < rows {
         return Err(format!(

@@ -11,6 +11,7 @@
 
 mod codec;
 pub mod grid;
+pub mod heatmap;
 mod meta;
 mod source;
 #[cfg(test)]
@@ -27,6 +28,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 pub use grid::{plan_tiles, Magnification, TilePlan, TilePosition, TileSpec};
+pub use heatmap::{class_colour, probability_colour, render_heatmap, render_tiles, TileValues};
 pub use meta::SlideFormat;
 pub use source::ByteSource;
 #[cfg(not(target_arch = "wasm32"))]

@@ -1,6 +1,7 @@
 //! Random access to a slide's bytes: a slide is gigabytes, so only the directories and the
 //! tiles that are needed are ever read.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 use std::sync::Arc;
 

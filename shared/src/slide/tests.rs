@@ -5,7 +5,8 @@ use std::sync::{Arc, OnceLock};
 use image::RgbImage;
 
 use super::writer::{
-    pyramid_levels, real_tissue_image, split_jpeg_tables, write_slide, Codec, Layout, WriteOptions,
+    encode_jpeg, encode_rgb_jpeg, pyramid_levels, real_tissue_image, split_jpeg_tables,
+    write_slide, Codec, Layout, WriteOptions,
 };
 use super::*;
 
@@ -93,57 +94,71 @@ fn lossless_slides_read_back_exactly_in_every_layout() {
 }
 
 #[test]
-fn aperio_jpeg_tiles_with_shared_tables_decode_like_their_complete_streams() {
+fn jpeg_tiles_with_shared_tables_decode_like_their_complete_streams() {
     let img = image();
-    let opts = WriteOptions {
-        tile: 256,
-        codec: Codec::Jpeg(85),
-        ..WriteOptions::default()
-    };
-    let bytes = write_slide(img, &opts);
-    let slide = open(bytes);
-    assert_eq!(slide.format(), SlideFormat::Aperio);
-    assert_eq!(slide.mpp(), Some(0.5));
-    // Level 0, two levels; the thumbnail, label and macro are not levels.
-    assert_eq!(slide.levels().len(), 3);
-    assert_eq!(slide.levels()[0].compression, "JPEG");
-    let level0 = whole(&slide, 0);
-    // Every tile equals the decoding of the same pixels as one complete JPEG stream.
-    for ty in 0..1152u32.div_ceil(256) {
-        for tx in 0..1536u32.div_ceil(256) {
-            let mut raw = Vec::new();
-            for y in ty * 256..ty * 256 + 256 {
-                for x in tx * 256..tx * 256 + 256 {
-                    raw.extend_from_slice(&img.get_pixel(x.min(1535), y.min(1151)).0);
+    // Aperio's RGB-coded tiles labelled RGB, and libtiff's YCbCr-coded ones labelled YCbCr.
+    for codec in [Codec::JpegRgb(85), Codec::Jpeg(85)] {
+        let opts = WriteOptions {
+            tile: 256,
+            codec,
+            ..WriteOptions::default()
+        };
+        let slide = open(write_slide(img, &opts));
+        assert_eq!(slide.format(), SlideFormat::Aperio);
+        assert_eq!(slide.mpp(), Some(0.5));
+        // Level 0, two levels; the thumbnail, label and macro are not levels.
+        assert_eq!(slide.levels().len(), 3);
+        assert_eq!(slide.levels()[0].compression, "JPEG");
+        let level0 = whole(&slide, 0);
+        // Every tile equals the decoding of the same pixels as one complete JPEG stream.
+        for ty in 0..1152u32.div_ceil(256) {
+            for tx in 0..1536u32.div_ceil(256) {
+                let mut raw = Vec::new();
+                for y in ty * 256..ty * 256 + 256 {
+                    for x in tx * 256..tx * 256 + 256 {
+                        raw.extend_from_slice(&img.get_pixel(x.min(1535), y.min(1151)).0);
+                    }
                 }
-            }
-            let mut full = Vec::new();
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut full, 85)
-                .encode(&raw, 256, 256, image::ExtendedColorType::Rgb8)
+                let want = match codec {
+                    Codec::JpegRgb(q) => crate::preprocess::decode_tiff_jpeg(
+                        &encode_rgb_jpeg(&raw, 256, 256, q),
+                        true,
+                    ),
+                    _ => crate::preprocess::decode_image(&encode_jpeg(&raw, 256, 256, 85))
+                        .map_err(|e| e.to_string()),
+                }
                 .unwrap();
-            let (_, abbreviated) = split_jpeg_tables(&full);
-            assert!(abbreviated.len() < full.len());
-            let want = crate::preprocess::decode_image(&full).unwrap();
-            for y in 0..256.min(1152 - ty * 256) {
-                for x in 0..256.min(1536 - tx * 256) {
-                    assert_eq!(
-                        level0.get_pixel(tx * 256 + x, ty * 256 + y),
-                        want.get_pixel(x, y),
-                        "tile ({tx}, {ty}) pixel ({x}, {y})"
-                    );
+                for y in 0..256.min(1152 - ty * 256) {
+                    for x in 0..256.min(1536 - tx * 256) {
+                        assert_eq!(
+                            level0.get_pixel(tx * 256 + x, ty * 256 + y),
+                            want.get_pixel(x, y),
+                            "{codec:?} tile ({tx}, {ty}) pixel ({x}, {y})"
+                        );
+                    }
                 }
             }
         }
+        // And it is the image, up to JPEG's loss (no colour mix-up).
+        let diff: f64 = level0
+            .as_raw()
+            .iter()
+            .zip(img.as_raw())
+            .map(|(a, b)| f64::from(a.abs_diff(*b)))
+            .sum::<f64>()
+            / img.as_raw().len() as f64;
+        assert!(diff < 4.0, "{codec:?}: mean absolute difference {diff}");
     }
-    // And it is the image, up to JPEG's loss.
-    let diff: f64 = level0
-        .as_raw()
-        .iter()
-        .zip(img.as_raw())
-        .map(|(a, b)| f64::from(a.abs_diff(*b)))
-        .sum::<f64>()
-        / img.as_raw().len() as f64;
-    assert!(diff < 4.0, "mean absolute difference {diff}");
+}
+
+#[test]
+fn abbreviated_streams_carry_no_tables() {
+    let raw = vec![128u8; 16 * 16 * 3];
+    let full = encode_jpeg(&raw, 16, 16, 90);
+    let (tables, stream) = split_jpeg_tables(&full);
+    let has = |b: &[u8], m: u8| b.windows(2).any(|w| w == [0xFF, m]);
+    assert!(has(&tables, 0xDB) && has(&tables, 0xC4) && !has(&tables, 0xDA));
+    assert!(!has(&stream, 0xDB) && has(&stream, 0xDA));
 }
 
 #[test]
@@ -268,7 +283,7 @@ fn bad_slides_are_refused_with_the_file_named() {
     let bytes = write_slide(
         img,
         &WriteOptions {
-            codec: Codec::Jpeg(80),
+            codec: Codec::JpegRgb(80),
             ..WriteOptions::default()
         },
     );

@@ -16,8 +16,14 @@ pub enum Codec {
     None,
     Lzw,
     Deflate,
-    /// Baseline JPEG at this quality, as abbreviated streams with shared tables.
+    /// Baseline JPEG at this quality, YCbCr-coded (PhotometricInterpretation YCbCr, 4:4:4),
+    /// as abbreviated streams with shared tables: what libtiff and vips write.
     Jpeg(u8),
+    /// Baseline JPEG at this quality, RGB-coded (no colour transform, no subsampling) and
+    /// labelled PhotometricInterpretation RGB, as abbreviated streams with shared tables: what
+    /// Aperio's scanners write ("JPEG/RGB"). Component ids are 1, 2, 3 with no Adobe marker,
+    /// so only the photometric tag says the components are not YCbCr.
+    JpegRgb(u8),
 }
 
 impl Codec {
@@ -26,7 +32,7 @@ impl Codec {
             Codec::None => 1,
             Codec::Lzw => 5,
             Codec::Deflate => 8,
-            Codec::Jpeg(_) => 7,
+            Codec::Jpeg(_) | Codec::JpegRgb(_) => 7,
         }
     }
 }
@@ -60,7 +66,7 @@ impl Default for WriteOptions {
     fn default() -> Self {
         Self {
             tile: 256,
-            codec: Codec::Jpeg(90),
+            codec: Codec::JpegRgb(90),
             layout: Layout::Aperio { mpp: 0.5 },
             levels: 3,
             big_tiff: false,
@@ -119,7 +125,7 @@ pub fn write_slide(img: &RgbImage, opts: &WriteOptions) -> Vec<u8> {
     match opts.layout {
         Layout::Aperio { mpp } => {
             let q = match opts.codec {
-                Codec::Jpeg(q) => q,
+                Codec::Jpeg(q) | Codec::JpegRgb(q) => q,
                 _ => 100,
             };
             let head = format!(
@@ -381,11 +387,12 @@ impl Encoder {
                     z.write_all(&raw).expect("in memory");
                     z.finish().expect("in memory")
                 }
-                Codec::Jpeg(q) => {
-                    let mut full = Vec::new();
-                    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut full, q)
-                        .encode(&raw, cw, rows, image::ExtendedColorType::Rgb8)
-                        .expect("JPEG encodes");
+                Codec::Jpeg(q) | Codec::JpegRgb(q) => {
+                    let full = if let Codec::Jpeg(_) = p.codec {
+                        encode_jpeg(&raw, cw, rows, q)
+                    } else {
+                        encode_rgb_jpeg(&raw, cw, rows, q)
+                    };
                     let (t, stream) = split_jpeg_tables(&full);
                     match &tables {
                         Some(existing) => assert_eq!(existing, &t, "tiles share their tables"),
@@ -405,7 +412,10 @@ impl Encoder {
             (257, Value::Long(vec![h])),
             (258, Value::Short(vec![8, 8, 8])),
             (259, Value::Short(vec![p.codec.code()])),
-            (262, Value::Short(vec![2])),
+            (
+                262,
+                Value::Short(vec![if let Codec::Jpeg(_) = p.codec { 6 } else { 2 }]),
+            ),
             (277, Value::Short(vec![3])),
             (284, Value::Short(vec![1])),
         ];
@@ -440,6 +450,10 @@ impl Encoder {
         }
         if let Some(t) = tables {
             tags.push((347, Value::Undefined(t)));
+        }
+        if let Codec::Jpeg(_) = p.codec {
+            // The `image` crate encodes without chroma subsampling.
+            tags.push((530, Value::Short(vec![1, 1])));
         }
         tags.sort_by_key(|(t, _)| *t);
         // Values that do not fit in the entry go before the directory.
@@ -529,6 +543,65 @@ impl Encoder {
     }
 }
 
+/// A complete baseline JPEG of RGB pixels, YCbCr-coded by the `image` crate's encoder.
+pub fn encode_jpeg(raw: &[u8], w: u32, h: u32, quality: u8) -> Vec<u8> {
+    let mut full = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut full, quality)
+        .encode(raw, w, h, image::ExtendedColorType::Rgb8)
+        .expect("JPEG encodes");
+    full
+}
+
+/// A complete baseline JPEG of RGB pixels, RGB-coded: each channel is encoded as a greyscale
+/// image (same quantisation and Huffman tables), and the three scans become the
+/// non-interleaved scans of one three-component frame (ids 1, 2, 3, full resolution).
+pub fn encode_rgb_jpeg(raw: &[u8], w: u32, h: u32, quality: u8) -> Vec<u8> {
+    let mut tables: Option<Vec<u8>> = None;
+    let mut sof: Option<Vec<u8>> = None;
+    let mut scans = Vec::new();
+    for c in 0..3 {
+        let plane: Vec<u8> = raw.iter().skip(c).step_by(3).copied().collect();
+        let mut grey = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut grey, quality)
+            .encode(&plane, w, h, image::ExtendedColorType::L8)
+            .expect("JPEG encodes");
+        let (t, stream) = split_jpeg_tables(&grey);
+        match &tables {
+            Some(existing) => assert_eq!(existing, &t, "channels share their tables"),
+            None => tables = Some(t),
+        }
+        // stream: SOI, SOF0, SOS + entropy data, EOI.
+        let sof_len = usize::from(u16::from_be_bytes([stream[4], stream[5]]));
+        let sof0 = &stream[2..4 + sof_len];
+        assert_eq!(sof0[1], 0xC0, "a baseline frame");
+        sof.get_or_insert_with(|| sof0.to_vec());
+        let sos_at = 4 + sof_len;
+        assert_eq!(stream[sos_at + 1], 0xDA, "the scan follows the frame");
+        let sos_len = usize::from(u16::from_be_bytes([stream[sos_at + 2], stream[sos_at + 3]]));
+        let data = &stream[sos_at + 2 + sos_len..stream.len() - 2];
+        let id = c as u8 + 1;
+        let mut scan = vec![0xFF, 0xDA, 0, 8, 1, id, 0x00, 0, 63, 0];
+        scan.extend_from_slice(data);
+        scans.push(scan);
+    }
+    let tables = tables.expect("three channels");
+    let sof = sof.expect("three channels");
+    // SOF0: FF C0, length, P, Y, X, Nf = 3, then (id, 1x1, table 0) per component.
+    let mut frame = vec![0xFF, 0xC0, 0, 17];
+    frame.extend_from_slice(&sof[4..9]);
+    frame.push(3);
+    for id in 1..=3u8 {
+        frame.extend_from_slice(&[id, 0x11, 0]);
+    }
+    let mut out = tables[..tables.len() - 2].to_vec();
+    out.extend_from_slice(&frame);
+    for scan in scans {
+        out.extend_from_slice(&scan);
+    }
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    out
+}
+
 /// Split a complete baseline JPEG into its tables (SOI, DQT and DHT segments, EOI) and the
 /// abbreviated stream of the image (SOI, SOF, SOS and the scan, EOI), dropping APPn segments
 /// as Aperio's tiles have none.
@@ -556,9 +629,48 @@ pub fn split_jpeg_tables(full: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (tables, stream)
 }
 
+/// The image files of a folder of the real tasks (`lc25000-lung/images/lung_aca`), sorted.
+pub fn real_tiles(folder: &str) -> Vec<std::path::PathBuf> {
+    let dir = crate::testdata::data_dir().join(folder);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (the real tasks are needed)", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// A slide-like image: `files` (row-major, `cols` per row) side by side as one piece of
+/// tissue at `at` on bright, slightly noisy glass of `width` × `height` pixels.
+pub fn tissue_from_tiles(
+    files: &[std::path::PathBuf],
+    width: u32,
+    height: u32,
+    cols: u32,
+    at: (u32, u32),
+) -> RgbImage {
+    let mut canvas = RgbImage::from_fn(width, height, |x, y| {
+        let n = ((x * 7 + y * 13) % 5) as u8;
+        image::Rgb([238 + n, 239, 241 - n])
+    });
+    for (i, file) in files.iter().enumerate() {
+        let (c, r) = (i as u32 % cols, i as u32 / cols);
+        let tile = crate::preprocess::load_image(file).expect("a real tile decodes");
+        let (tw, th) = tile.dimensions();
+        for y in 0..th {
+            for x in 0..tw {
+                let (cx, cy) = (at.0 + c * tw + x, at.1 + r * th + y);
+                if cx < width && cy < height {
+                    canvas.put_pixel(cx, cy, *tile.get_pixel(x, y));
+                }
+            }
+        }
+    }
+    canvas
+}
+
 /// A slide-like image from real tiles: `cols` × `rows` tiles of the real lc25000-lung task
-/// (224 px H&E), side by side as one piece of tissue at (`at_x`, `at_y`) on bright, slightly
-/// noisy glass of `width` × `height` pixels.
+/// (224 px H&E adenocarcinoma), as one piece of tissue at `at` on glass of `width` × `height`.
 pub fn real_tissue_image(
     width: u32,
     height: u32,
@@ -566,30 +678,6 @@ pub fn real_tissue_image(
     rows: u32,
     at: (u32, u32),
 ) -> RgbImage {
-    let dir = crate::testdata::data_dir().join("lc25000-lung/images/lung_aca");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (the real tasks are needed)", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
-    let mut canvas = RgbImage::from_fn(width, height, |x, y| {
-        let n = ((x * 7 + y * 13) % 5) as u8;
-        image::Rgb([238 + n, 239, 241 - n])
-    });
-    for r in 0..rows {
-        for c in 0..cols {
-            let tile = crate::preprocess::load_image(&files[(r * cols + c) as usize])
-                .expect("a real tile decodes");
-            let (tw, th) = tile.dimensions();
-            for y in 0..th {
-                for x in 0..tw {
-                    let (cx, cy) = (at.0 + c * tw + x, at.1 + r * th + y);
-                    if cx < width && cy < height {
-                        canvas.put_pixel(cx, cy, *tile.get_pixel(x, y));
-                    }
-                }
-            }
-        }
-    }
-    canvas
+    let files = real_tiles("lc25000-lung/images/lung_aca");
+    tissue_from_tiles(&files[..(cols * rows) as usize], width, height, cols, at)
 }

@@ -433,7 +433,9 @@ impl Network {
                 Ok((e.name.clone(), t))
             })
             .collect::<Result<_>>()?;
-        safetensors::serialize(tensors, Some(info)).map_err(|e| Error::invalid(e.to_string()))
+        let bytes = safetensors::serialize(tensors, Some(info))
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        Ok(with_sorted_header(bytes))
     }
 
     /// Write [`Network::to_safetensors_bytes`] to `path` atomically (temporary file, then rename).
@@ -479,11 +481,59 @@ impl Network {
     }
 }
 
+/// `bytes` (a safetensors file) with its JSON header's keys in sorted order. The safetensors
+/// crate writes its metadata from a `HashMap`, whose order changes from one process to the
+/// next, so the same weights would get a different file (and SHA-256, which probes record as
+/// their model's identity) each time. Reordering keeps the header's length; the padding
+/// spaces that align the data are kept.
+fn with_sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    else {
+        return bytes;
+    };
+    let Some(end) = usize::try_from(len).ok().and_then(|l| l.checked_add(8)) else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..end) else {
+        return bytes;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return bytes;
+    };
+    // serde_json's map is a BTreeMap here (no preserve_order feature): keys come out sorted.
+    let Ok(sorted) = serde_json::to_vec(&value) else {
+        return bytes;
+    };
+    if sorted.len() > header.len() {
+        return bytes;
+    }
+    let mut padded = sorted;
+    padded.resize(header.len(), b' ');
+    bytes[8..end].copy_from_slice(&padded);
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use safetensors::tensor::TensorView;
     use safetensors::Dtype;
+
+    #[test]
+    fn the_same_weights_always_serialise_to_the_same_bytes() {
+        let spec = NetworkSpec::trunk(Arch::ResNet18);
+        let net = Network::new(spec.clone(), &Device::Cpu, 0).unwrap();
+        let meta = ModelMetadata::imagenet(&spec);
+        let first = net.to_safetensors_bytes(&meta).unwrap();
+        // Each serialisation's metadata map has its own hash order.
+        for _ in 0..6 {
+            assert!(net.to_safetensors_bytes(&meta).unwrap() == first);
+        }
+        let read = read_safetensors_bytes(&first, "x", &Device::Cpu).unwrap();
+        assert_eq!(read.metadata.get("format").map(String::as_str), Some("pt"));
+    }
 
     fn file_with(dtype: Dtype, values: &[u8]) -> Vec<u8> {
         let width = match dtype {

@@ -22,8 +22,13 @@ use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig, Split};
 /// the classes, groups and split to the metadata, and caches each task's features (by
 /// weights, preprocessing and task content) in --cache.
 ///
+/// With --slide, embeds the tiles of a whole-slide image where there is tissue, without
+/// writing them: rows are named SLIDE@x=X,y=Y and the file's `slide` metadata records the
+/// cutting and every row's tile (level-0 x, y, tissue fraction).
+///
 /// Examples: mtpath features --weights resnet50.safetensors --out feats.safetensors tiles/
 ///           mtpath features --weights run/best/trunk.safetensors --pool pool.toml --split test --out test.safetensors
+///           mtpath features --weights pool-r18 --slide case1.svs --mpp 0.5 --out case1.safetensors
 #[derive(Parser)]
 pub struct Args {
     /// Weights: safetensors (mtpath checkpoint or torchvision state dict), PyTorch .pth, or
@@ -51,8 +56,16 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Image files or directories (searched recursively for JPEG/PNG/TIFF).
-    #[arg(required_unless_present_any = ["task", "pool"], conflicts_with_all = ["task", "pool"])]
+    #[arg(required_unless_present_any = ["task", "pool", "slide"], conflicts_with_all = ["task", "pool", "slide"])]
     images: Vec<PathBuf>,
+    /// A whole-slide image (SVS, pyramidal TIFF, OME-TIFF): embed its tissue tiles.
+    #[arg(long, conflicts_with_all = ["task", "pool"])]
+    slide: Option<PathBuf>,
+    /// With --slide: tile side in pixels, before the model's preprocessing.
+    #[arg(long, default_value_t = 224)]
+    tile_size: u32,
+    #[command(flatten)]
+    tiling: crate::slides::TileArgs,
     /// Task folders (manifest.csv or one subfolder per class) to embed, split with --seed.
     #[arg(long = "task", conflicts_with = "pool")]
     task: Vec<PathBuf>,
@@ -107,6 +120,12 @@ fn run_tasks(args: &Args) -> Result<()> {
             check: ImageCheck::Header,
         },
     )?;
+    if args.resize.is_some() {
+        bail!(
+            "--resize applies to image files and slides; with --task or --pool the shorter side \
+             is --size × 256/224, as in evaluation (the feature cache is keyed by it)"
+        );
+    }
     let loaded = load_extractor(&args.weights, args.arch, args.size, args.eval_transform)?;
     let (extractor, model_id) = (&loaded.extractor, loaded.cache_id);
     let cfg = *extractor.preprocess_config();
@@ -218,18 +237,13 @@ pub fn run(args: Args) -> Result<()> {
     if !args.task.is_empty() || args.pool.is_some() {
         return run_tasks(&args);
     }
-    let images = collect_images(&args.images)?;
     let mut loaded = load_extractor(&args.weights, args.arch, None, args.eval_transform)?;
-    let extractor = &mut loaded.extractor;
-    if let Some(size) = args.size {
-        let resize = args
-            .resize
-            .unwrap_or((size as f64 * 256.0 / 224.0).round() as u32);
-        extractor.set_sizes(resize, size)?;
-    } else if let Some(resize) = args.resize {
-        let crop = extractor.preprocess_config().crop;
-        extractor.set_sizes(resize, crop)?;
+    set_sizes(&mut loaded.extractor, args.size, args.resize)?;
+    if let Some(slide) = &args.slide {
+        return run_slide(&args, slide, &loaded);
     }
+    let images = collect_images(&args.images)?;
+    let extractor = &loaded.extractor;
     let cfg = *extractor.preprocess_config();
     let batch = args.batch.max(1);
     eprintln!(
@@ -256,5 +270,53 @@ pub fn run(args: Args) -> Result<()> {
     .write(&args.out)
     .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {} ({n} x {dim})", args.out.display());
+    Ok(())
+}
+
+/// `--slide`: the features of a slide's tissue tiles.
+fn run_slide(args: &Args, path: &std::path::Path, loaded: &LoadedExtractor) -> Result<()> {
+    let opened = crate::slides::open_slide(path, &args.tiling, args.tile_size)?;
+    if opened.plan.tiles.is_empty() {
+        bail!(
+            "{}: no tile has {} tissue or more; lower --min-tissue (0 keeps every tile)",
+            path.display(),
+            args.tiling.min_tissue
+        );
+    }
+    let extractor = &loaded.extractor;
+    let rows = crate::slides::embed_slide(extractor, &opened, args.batch)?;
+    let (n, dim) = (rows.len(), extractor.feature_dim());
+    let names = opened
+        .plan
+        .tiles
+        .iter()
+        .map(|t| crate::slides::tile_name(path, t.x, t.y))
+        .collect();
+    let record = crate::slides::tiles_record(path, &opened);
+    with_model(
+        FeaturesFile::new(rows.concat(), n, dim, names)?,
+        loaded,
+        &args.weights,
+    )
+    .with("slide", record.to_string())
+    .write(&args.out)
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("wrote {} ({n} tiles x {dim})", args.out.display());
+    Ok(())
+}
+
+/// Apply --size/--resize to the extractor's preprocessing.
+pub(crate) fn set_sizes(
+    extractor: &mut FeatureExtractor,
+    size: Option<u32>,
+    resize: Option<u32>,
+) -> Result<()> {
+    if let Some(size) = size {
+        let resize = resize.unwrap_or((size as f64 * 256.0 / 224.0).round() as u32);
+        extractor.set_sizes(resize, size)?;
+    } else if let Some(resize) = resize {
+        let crop = extractor.preprocess_config().crop;
+        extractor.set_sizes(resize, crop)?;
+    }
     Ok(())
 }

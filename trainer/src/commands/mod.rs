@@ -12,4 +12,5 @@ pub mod plot;
 pub mod pool;
 pub mod predict;
 pub mod serve;
+pub mod tile;
 pub mod train;

@@ -246,9 +246,14 @@ pub(super) fn parse_manifest(
         .with_context(|| format!("{}: cannot read the header line", manifest.display()))?
         .clone();
     let expected = ["path", "label", "group", "split"];
+    // Where a tile came from, as `mtpath tile` writes it: kept for the reader, not used here.
+    let informational = ["slide", "x", "y", "size"];
     let mut col: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, h) in headers.iter().enumerate() {
         let h = h.trim_start_matches('\u{feff}');
+        if informational.iter().any(|e| e.eq_ignore_ascii_case(h)) {
+            continue;
+        }
         match expected.iter().find(|e| e.eq_ignore_ascii_case(h)) {
             Some(e) => {
                 if col.insert(e, i).is_some() {
@@ -260,7 +265,8 @@ pub(super) fn parse_manifest(
             }
             None => bail!(
                 "{}: unknown column `{h}` in the header; the columns are path,label,group,split \
-                 (group and split may be left out)",
+                 (group and split may be left out; slide,x,y,size as `mtpath tile` writes them \
+                 are allowed too)",
                 manifest.display()
             ),
         }

@@ -110,6 +110,8 @@ fn h2v2_fancy_row(cs: &[i32], out: &mut [u8]) {
 pub(super) enum Coding {
     Gray,
     YCbCr,
+    /// Three components that are R, G and B already.
+    Rgb,
     /// Four components stored as Adobe writes them (inverted: 0 is full ink).
     Cmyk,
     /// YCbCr-coded inverted CMY, plus K (Adobe transform 2).
@@ -204,6 +206,11 @@ pub(super) fn output(fr: &Frame, coding: Coding) -> RgbImage {
             for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
                 let v = t.rgb(planes[0][i], planes[1][i], planes[2][i]);
                 px.copy_from_slice(&v.map(clamp));
+            }
+        }
+        Coding::Rgb => {
+            for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
+                px.copy_from_slice(&[planes[0][i], planes[1][i], planes[2][i]]);
             }
         }
         Coding::Cmyk => {

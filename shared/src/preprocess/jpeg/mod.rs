@@ -15,9 +15,11 @@
 //!   (`jdsample.c`: `h2v1_fancy_upsample`, `h1v2_fancy_upsample`, `h2v2_fancy_upsample`,
 //!   with the plain replicating upsamplers when the subsampled width is at most 2), with the
 //!   context rows replicated at the top and bottom edges as `jdmainct.c` does;
-//! * YCbCr → RGB with the 16-bit fixed-point tables of `jdcolor.c`.
+//! * YCbCr → RGB with the 16-bit fixed-point tables of `jdcolor.c`; RGB-coded streams (Adobe
+//!   transform 0, ids `R G B`, or forced by the caller as libtiff does for Aperio's tiles)
+//!   pass through unconverted; CMYK and YCCK as Pillow converts them.
 //!
-//! Anything else (progressive, lossless, arithmetic coding, 12-bit, RGB / CMYK / YCCK colour,
+//! Anything else (progressive, lossless, arithmetic coding, 12-bit,
 //! other sampling ratios, files without Huffman tables, oversized images) is reported as
 //! [`JpegError::Unsupported`], and the caller falls back to the general decoder. Malformed
 //! data gives [`JpegError::Corrupt`]; no input makes this module panic.
@@ -55,8 +57,25 @@ fn ceil_div(a: usize, b: usize) -> usize {
     a.div_ceil(b)
 }
 
+/// How three components become RGB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ColourTransform {
+    /// As the stream says (`jdapimin.c`: JFIF, Adobe transform, component ids `R G B`).
+    FromStream,
+    /// No transform: the components are R, G and B, whatever the stream says (libtiff's
+    /// JPEG codec for PhotometricInterpretation RGB, which Aperio's tiles rely on).
+    Raw,
+    /// YCbCr → RGB, whatever the stream says (libtiff with PhotometricInterpretation YCbCr).
+    YCbCr,
+}
+
 /// Decode `bytes` (a complete JPEG file) to 8-bit RGB like Pillow with libjpeg-turbo.
 pub(crate) fn decode(bytes: &[u8], limits: Limits) -> Res<RgbImage> {
+    decode_as(bytes, limits, ColourTransform::FromStream)
+}
+
+/// [`decode`] with the colour transform of three-component images chosen by the caller.
+pub(crate) fn decode_as(bytes: &[u8], limits: Limits, transform: ColourTransform) -> Res<RgbImage> {
     if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != 0xD8 {
         return corrupt("not a JPEG file (no start-of-image marker)");
     }
@@ -147,15 +166,18 @@ pub(crate) fn decode(bytes: &[u8], limits: Limits) -> Res<RgbImage> {
         3 => {
             // jdapimin.c default_decompress_parms
             let ids: Vec<u8> = fr.comps.iter().map(|c| c.id).collect();
-            let rgb = if jfif {
-                false
-            } else if let Some(t) = adobe_transform {
-                t != 1
-            } else {
-                ids == [82, 71, 66]
+            let rgb = match transform {
+                ColourTransform::Raw => true,
+                ColourTransform::YCbCr => false,
+                ColourTransform::FromStream if jfif => false,
+                ColourTransform::FromStream => match adobe_transform {
+                    Some(t) => t != 1,
+                    None => ids == [82, 71, 66],
+                },
             };
             if rgb {
-                return unsupported("RGB-coded JPEG");
+                // jdcolor.c rgb_rgb_convert: the (upsampled) components as they are.
+                return Ok(output(&fr, Coding::Rgb));
             }
         }
         4 => {
