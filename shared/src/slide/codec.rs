@@ -30,12 +30,12 @@ pub(crate) fn compression_name(code: u16) -> String {
 /// Whether this reader decodes pages with `page`'s encoding; `Err` says why not.
 pub(crate) fn check_supported(page: &Page) -> Result<(), String> {
     match page.compression {
-        1 | 5 | 7 | 8 | 32946 | 32773 => {}
+        1 | 5 | 7 | 8 | 32946 | 32773 | 33003 | 33005 | 34712 => {}
         code => {
             return Err(format!(
-                "{} tiles are not supported (JPEG, LZW, Deflate, PackBits and uncompressed \
-                 are); convert the slide, e.g. `vips tiffsave in out.tif --tile --pyramid \
-                 --compression jpeg --bigtiff`",
+                "{} tiles are not supported (JPEG, JPEG 2000, LZW, Deflate, PackBits and \
+                 uncompressed are); convert the slide, e.g. `vips tiffsave in out.tif --tile \
+                 --pyramid --compression jpeg --bigtiff`",
                 compression_name(code)
             ))
         }
@@ -46,7 +46,7 @@ pub(crate) fn check_supported(page: &Page) -> Result<(), String> {
             page.bits, page.sample_format
         ));
     }
-    if page.compression != 7 {
+    if !matches!(page.compression, 7 | 33003 | 33005 | 34712) {
         if page.planar != 1 && page.samples != 1 {
             return Err("separate colour planes (PlanarConfiguration 2) are not supported".into());
         }
@@ -84,6 +84,9 @@ pub(crate) fn decode_chunk(page: &Page, index: usize, data: &[u8]) -> Result<Vec
     let rows = chunk_rows(page, index) as usize;
     if page.compression == 7 {
         return decode_jpeg_chunk(page, data, width, rows);
+    }
+    if matches!(page.compression, 33003 | 33005 | 34712) {
+        return decode_jpeg2000_chunk(page, data, width, rows);
     }
     let spp = usize::from(page.samples.max(1));
     let expected = width * rows * spp;
@@ -189,6 +192,61 @@ fn decode_jpeg_chunk(
         out.extend_from_slice(&src[start..start + width * 3]);
     }
     Ok(out)
+}
+
+/// A JPEG 2000 chunk (a raw codestream, or JP2), through `hayro-jpeg2000`. Aperio's 33003
+/// holds Y, Cb, Cr components without the codestream's own colour transform, converted here
+/// as OpenSlide does (full-range BT.601); 33005 and 34712 with Photometric RGB are RGB.
+fn decode_jpeg2000_chunk(
+    page: &Page,
+    data: &[u8],
+    width: usize,
+    rows: usize,
+) -> Result<Vec<u8>, String> {
+    use hayro_jpeg2000::{DecodeSettings, DecoderContext, Image};
+    let image = Image::new(data, &DecodeSettings::default())
+        .map_err(|e| format!("corrupt JPEG 2000 data ({e:?})"))?;
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    if w < width || h < rows {
+        return Err(format!(
+            "JPEG 2000 data is {w}x{h} pixels where the chunk is {width}x{rows}"
+        ));
+    }
+    let mut ctx = DecoderContext::default();
+    let decoded = image
+        .decode(&mut ctx)
+        .map_err(|e| format!("corrupt JPEG 2000 data ({e:?})"))?;
+    let channels = decoded.components().len();
+    let samples = decoded.data_u8();
+    if channels == 0 || samples.len() < w * h * channels {
+        return Err("JPEG 2000 data decodes to fewer samples than its size".into());
+    }
+    let ycbcr = page.compression == 33003 || page.photometric == 6;
+    let mut out = Vec::with_capacity(width * rows * 3);
+    for y in 0..rows {
+        for x in 0..width {
+            let s = &samples[(y * w + x) * channels..];
+            let px = match channels {
+                1 | 2 => [s[0]; 3],
+                _ if ycbcr => ycbcr_to_rgb(s[0], s[1], s[2]),
+                _ => [s[0], s[1], s[2]],
+            };
+            out.extend_from_slice(&px);
+        }
+    }
+    Ok(out)
+}
+
+/// Full-range BT.601 YCbCr to RGB, rounded and clamped (OpenSlide's conversion for Aperio's
+/// 33003 JPEG 2000 tiles).
+pub(crate) fn ycbcr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
+    let (y, cb, cr) = (f32::from(y), f32::from(cb) - 128.0, f32::from(cr) - 128.0);
+    let c = |v: f32| v.round().clamp(0.0, 255.0) as u8;
+    [
+        c(y + 1.402 * cr),
+        c(y - 0.344_136 * cb - 0.714_136 * cr),
+        c(y + 1.772 * cb),
+    ]
 }
 
 /// PackBits run-length decoding, up to `expected` bytes.

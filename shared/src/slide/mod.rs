@@ -6,8 +6,10 @@
 //! thumbnail ([`tissue`]) and a grid of tiles at a requested resolution ([`grid`]).
 //!
 //! Compression: JPEG (with the shared JPEGTables of Aperio's abbreviated streams; decoded
-//! bit-exactly as libjpeg-turbo does), LZW, Deflate, PackBits and none, 8-bit grey or RGB.
-//! JPEG 2000 (Aperio 33003/33005) is refused with a message saying how to convert.
+//! bit-exactly as libjpeg-turbo does, with libtiff's colour semantics), JPEG 2000 (Aperio
+//! 33003/33005 and 34712, through the pure-Rust `hayro-jpeg2000`), LZW, Deflate, PackBits
+//! and none; 8-bit grey or RGB. Anything else is refused with a message saying how to
+//! convert the slide.
 
 mod codec;
 pub mod grid;

@@ -325,12 +325,12 @@ fn bad_slides_are_refused_with_the_file_named() {
         },
     );
     let tag = find_entry(&odd, 259).expect("a compression entry");
-    odd[tag + 8..tag + 10].copy_from_slice(&33003u16.to_le_bytes());
-    let e = Slide::from_source("j2k.svs", Box::new(odd))
+    odd[tag + 8..tag + 10].copy_from_slice(&34887u16.to_le_bytes());
+    let e = Slide::from_source("lerc.tif", Box::new(odd))
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("j2k.svs") && e.contains("JPEG 2000") && e.contains("convert"),
+        e.contains("lerc.tif") && e.contains("LERC") && e.contains("convert"),
         "{e}"
     );
     // Not a TIFF.
@@ -338,6 +338,15 @@ fn bad_slides_are_refused_with_the_file_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("a.png") && e.contains("not a TIFF"), "{e}");
+}
+
+#[test]
+fn aperio_ycbcr_jpeg2000_components_convert_as_openslide_does() {
+    assert_eq!(super::codec::ycbcr_to_rgb(128, 128, 128), [128, 128, 128]);
+    assert_eq!(super::codec::ycbcr_to_rgb(255, 128, 128), [255, 255, 255]);
+    // Pure red in full-range BT.601: Y 76, Cb 85, Cr 255.
+    let [r, g, b] = super::codec::ycbcr_to_rgb(76, 85, 255);
+    assert!(r >= 253 && g <= 2 && b <= 2, "{r} {g} {b}");
 }
 
 /// Where a little-endian u32 value sits in a directory's tile offsets (the value arrays are
