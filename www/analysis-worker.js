@@ -1,6 +1,6 @@
 // Analysis worker: PCA, t-SNE, nearest neighbours, the linear probe and the features file, off
 // the page's thread. It holds the page's one feature matrix.
-import init, { pca2d, TsneRun, Neighbours, probeCrossValidate, Probe, featuresSafetensors } from "./pkg/mtpath_web.js";
+import init, { pca2d, TsneRun, Neighbours, probeCrossValidate, Probe, featuresSafetensors, slideHeatmap } from "./pkg/mtpath_web.js";
 
 const ready = init();
 let data = null; // { x: Float32Array, n, d }
@@ -76,6 +76,13 @@ self.onmessage = async (event) => {
         const pred = probe.predict(data.x, data.n);
         const json = probe.toJson(msg.card, msg.sha256 || undefined, cv.folds, cv.balanced_accuracy, cv.accuracy, msg.rows.length);
         reply(msg.id, { cv, scores, pred, json, cvMs, fitMs });
+        break;
+      }
+      case "heatmap": {
+        // Per-tile values over a slide's thumbnail (shared::slide::render_heatmap).
+        const pixels = slideHeatmap(msg.thumbnail, msg.width, msg.height, msg.scale, msg.footprint,
+          Float64Array.from(msg.xy), Float32Array.from(msg.values), Uint32Array.from(msg.classes));
+        reply(msg.id, { pixels }, [pixels.buffer]);
         break;
       }
       case "features-safetensors": {

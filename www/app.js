@@ -8,6 +8,7 @@ import { readTiles, walkEntry } from "./app/ingest.js";
 import { project } from "./app/map.js";
 import { offerServerModels, wireModelPanel, workersWanted } from "./app/model.js";
 import { predictionsCsv } from "./app/export.js";
+import { isSlide, planSlides, showSlides } from "./app/slide.js";
 import "./app/probe.js";
 
 const THUMB = 96;
@@ -15,12 +16,19 @@ const THUMB = 96;
 window.mtpathApp = state; // for tests and the curious: the page's state, read-only by convention
 window.mtpathPredictionsCsv = predictionsCsv;
 
-/** Embed the tiles of `entries` ([{ file, path }]) and show what came of them. */
-async function ingest(entries) {
+/** Embed the tiles of `entries` ([{ file, path }]) and of the slides among them (or every
+ * entry when `allSlides`), and show what came of them. */
+async function ingest(entries, allSlides = false) {
   if (!state.modelBytes) { status("input-status", "Load a model first (step 1).", true); return; }
-  const { items, skipped } = await readTiles(entries, state.extensions);
-  await runExtraction(items, skipped);
+  const slideEntries = entries.filter((e) => allSlides || isSlide(e.file));
+  const tileEntries = entries.filter((e) => !slideEntries.includes(e));
+  const { items, skipped } = tileEntries.length ? await readTiles(tileEntries, state.extensions) : { items: [], skipped: [] };
+  const planned = await planSlides(slideEntries.map((e) => e.file));
+  skipped.push(...planned.skipped);
+  pendingSlides = planned.slides;
+  await runExtraction([...items, ...planned.items], skipped);
 }
+let pendingSlides = [];
 
 async function runExtraction(items, skipped) {
   const nWorkers = workersWanted();
@@ -40,7 +48,7 @@ async function runExtraction(items, skipped) {
   $("cancel").onclick = () => extract.cancel();
   let results, cancelled;
   try {
-    ({ results, cancelled } = await extract.extract(items.map((it) => it.file), { count: nWorkers, thumb: THUMB, transform: $("eval-transform").value, onProgress: update }));
+    ({ results, cancelled } = await extract.extract(items.map((it) => it.task ?? it.file), { count: nWorkers, thumb: THUMB, transform: $("eval-transform").value, onProgress: update }));
   } catch (err) {
     $("progress").hidden = true;
     status("input-status", `Extraction failed: ${err.message}`, true);
@@ -58,8 +66,9 @@ async function runExtraction(items, skipped) {
   const features = new Float32Array(kept.length * d);
   const newItems = [];
   for (let i = 0; i < kept.length; i++) {
-    const { r, file, ...meta } = kept[i];
+    const { r, file, task, ...meta } = kept[i];
     features.set(r.features, i * d);
+    if (task) { newItems.push({ ...meta, size: [meta.crop[2], meta.crop[3]] }); continue; } // a slide tile: thumbnail from the slide
     const img = new ImageData(new Uint8ClampedArray(r.thumb.buffer), r.width, r.height);
     const thumb = await createImageBitmap(img);
     newItems.push({ ...meta, file, thumb, thumbSize: [r.width, r.height], size: [r.sourceWidth, r.sourceHeight] });
@@ -67,6 +76,8 @@ async function runExtraction(items, skipped) {
   const seconds = (performance.now() - t0) / 1000;
   const workers = extract.workerCount();
   state.items = newItems; state.features = features; state.dim = d; state.skipped = skipped;
+  state.slides = pendingSlides; pendingSlides = [];
+  showSlides();
   state.evalTransform = $("eval-transform").value;
   state.stats = { seconds, imagesPerSecond: kept.length / Math.max(seconds, 1e-9), workers, cancelled };
   showSkipped();
@@ -114,6 +125,11 @@ $("folder-input").onchange = (e) => {
   const files = [...e.target.files].map((f) => ({ file: f, path: f.webkitRelativePath || f.name }));
   e.target.value = "";
   ingest(files);
+};
+$("slides-input").onchange = (e) => {
+  const files = [...e.target.files].map((f) => ({ file: f, path: f.name }));
+  e.target.value = "";
+  ingest(files, true);
 };
 $("files-input").onchange = (e) => {
   const files = [...e.target.files].map((f) => ({ file: f, path: f.name }));

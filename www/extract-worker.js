@@ -1,9 +1,24 @@
 // Extraction worker: one wasm instance and one model, parsed once per model load and kept for
 // every later drop; embeds the files it is sent, one at a time, and answers with the features and a thumbnail (or the reason a file was skipped).
-import init, { FeatureModel, imageExtensions } from "./pkg/mtpath_web.js";
+import init, { FeatureModel, SlideReader, imageExtensions } from "./pkg/mtpath_web.js";
 
 let model = null;
 const ready = init();
+// The slide this worker reads tiles of, opened once per slide and cut: { key, reader }.
+let slide = null;
+
+/** The reader of `file` planned for `cut` (every grid tile; the page chose which to embed). */
+function slideReader(file, cut) {
+  const key = `${file.name}|${file.size}|${file.lastModified}|${JSON.stringify(cut)}`;
+  if (!slide || slide.key !== key) {
+    if (slide) slide.reader.free();
+    slide = null;
+    const reader = new SlideReader(file, file.name);
+    reader.plan(JSON.stringify(cut), false);
+    slide = { key, reader };
+  }
+  return slide.reader;
+}
 
 self.onmessage = async (event) => {
   const msg = event.data;
@@ -14,6 +29,36 @@ self.onmessage = async (event) => {
       self.postMessage({ type: "model-ready", card: JSON.parse(model.cardJson()), extensions: imageExtensions() });
     } catch (err) {
       self.postMessage({ type: "model-error", error: String(err.message || err) });
+    }
+  } else if (msg.type === "slide-plan") {
+    // Open a slide, find its tissue and plan its tiles; answer with the plan, the thumbnail
+    // and the overview (tissue mask and tiles drawn over it).
+    try {
+      const reader = new SlideReader(msg.file, msg.file.name);
+      const plan = JSON.parse(reader.plan(JSON.stringify(msg.cut), true));
+      const thumbnail = reader.thumbnail();
+      const overview = reader.overview();
+      reader.free();
+      self.postMessage({ type: "slide-planned", plan, thumbnail, overview }, [thumbnail.buffer, overview.buffer]);
+    } catch (err) {
+      self.postMessage({ type: "slide-failed", error: String(err.message || err) });
+    }
+  } else if (msg.type === "slide-zoom") {
+    try {
+      const pixels = slideReader(msg.file, msg.cut).tile(msg.x, msg.y);
+      self.postMessage({ type: "slide-zoomed", pixels }, [pixels.buffer]);
+    } catch (err) {
+      self.postMessage({ type: "slide-failed", error: String(err.message || err) });
+    }
+  } else if (msg.type === "slide-tile") {
+    const t0 = performance.now();
+    try {
+      if (!model) throw new Error("no model loaded");
+      if (msg.transform && model.evalTransform !== msg.transform) model.setEvalTransform(msg.transform);
+      const features = model.extractSlideTile(slideReader(msg.file, msg.cut), msg.x, msg.y);
+      self.postMessage({ type: "done", job: msg.job, id: msg.id, features, ms: performance.now() - t0 }, [features.buffer]);
+    } catch (err) {
+      self.postMessage({ type: "failed", job: msg.job, id: msg.id, error: String(err.message || err) });
     }
   } else if (msg.type === "extract") {
     const t0 = performance.now();

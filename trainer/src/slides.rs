@@ -37,7 +37,7 @@ pub struct TileArgs {
     pub slide_mpp: Option<f64>,
     /// Longer side, in pixels, of the thumbnail that tissue is detected on and pictures are
     /// drawn over.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = mtpath_shared::slide::DEFAULT_THUMBNAIL_SIDE)]
     pub thumbnail: u32,
 }
 
@@ -178,7 +178,8 @@ pub fn tiles_record(path: &Path, opened: &OpenedSlide) -> serde_json::Value {
     })
 }
 
-/// Name of tile `t` of a slide in row lists: `SLIDE@x=X,y=Y`.
+/// Name of a slide's tile at level-0 (`x`, `y`) in row lists: `SLIDE@xX_yY` (no comma, so
+/// CSV files need no quoting; `mtpath tile` names the file of the same tile `SLIDE_xX_yY`).
 pub fn tile_name(path: &Path, x: u64, y: u64) -> String {
-    format!("{}@x={x},y={y}", path.display())
+    format!("{}@x{x}_y{y}", path.display())
 }

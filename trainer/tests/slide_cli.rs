@@ -135,7 +135,7 @@ fn tiles_written_by_tile_have_the_features_of_the_slide_itself() {
     let mut worst = 0f32;
     for (i, name) in direct.images.iter().enumerate() {
         let (_, at) = name.rsplit_once('@').unwrap();
-        let (x, y) = at.trim_start_matches("x=").split_once(",y=").unwrap();
+        let (x, y) = at.trim_start_matches('x').split_once("_y").unwrap();
         let j = by_name[&format!("case-1_x{x}_y{y}.png")];
         for (a, b) in direct.row(i).iter().zip(by_task.row(j)) {
             worst = worst.max((a - b).abs() / (1e-3 + b.abs()));

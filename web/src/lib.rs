@@ -511,3 +511,285 @@ pub fn features_safetensors(
     }
     file.to_bytes().map_err(js_err)
 }
+
+/// A slide (`File` or `Blob`) read in a worker: `Blob.slice` and `FileReaderSync`, so only the
+/// directories and the tiles needed ever cross into memory.
+struct BlobSource {
+    blob: web_sys::Blob,
+    reader: web_sys::FileReaderSync,
+}
+
+impl mtpath_shared::slide::ByteSource for BlobSource {
+    fn len(&self) -> u64 {
+        self.blob.size() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let fail = |e: JsValue| std::io::Error::other(format!("{e:?}"));
+        let end = offset + buf.len() as u64;
+        if end > self.len() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let piece = self
+            .blob
+            .slice_with_f64_and_f64(offset as f64, end as f64)
+            .map_err(fail)?;
+        let buffer = self.reader.read_as_array_buffer(&piece).map_err(fail)?;
+        let bytes = js_sys::Uint8Array::new(&buffer);
+        if bytes.length() as usize != buf.len() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        bytes.copy_to(buf);
+        Ok(())
+    }
+}
+
+/// How a slide is cut, from the page: `{ "size": 224, "mpp": 0.5 | null, "level": null,
+/// "minTissue": 0.5, "slideMpp": null, "thumbnail": null }` (null: the default side, as the
+/// command line's).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlideCut {
+    size: u32,
+    mpp: Option<f64>,
+    level: Option<usize>,
+    min_tissue: f32,
+    slide_mpp: Option<f64>,
+    thumbnail: Option<u32>,
+}
+
+/// An open slide in a worker, with its tile plan once [`SlideReader::plan`] has run.
+#[wasm_bindgen]
+pub struct SlideReader {
+    slide: mtpath_shared::slide::Slide,
+    plan: Option<mtpath_shared::slide::TilePlan>,
+    thumb: Option<(image::RgbImage, f64)>,
+    mask: Option<mtpath_shared::slide::TissueMask>,
+}
+
+fn rgba(img: &image::RgbImage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(img.as_raw().len() / 3 * 4);
+    for p in img.pixels() {
+        out.extend_from_slice(&[p[0], p[1], p[2], 255]);
+    }
+    out
+}
+
+#[wasm_bindgen]
+impl SlideReader {
+    /// Open `file` (a worker's `File`); `name` names it in messages. Only the directories are
+    /// read.
+    #[wasm_bindgen(constructor)]
+    pub fn new(file: web_sys::Blob, name: &str) -> Result<SlideReader, JsError> {
+        let reader = web_sys::FileReaderSync::new()
+            .map_err(|_| JsError::new("slides are read in a worker (FileReaderSync)"))?;
+        let source = BlobSource { blob: file, reader };
+        let slide = mtpath_shared::slide::Slide::from_source(name, Box::new(source))
+            .map_err(|e| JsError::new(&e.to_string()))?;
+        // A worker's share of memory: decoded tiles kept for neighbouring reads.
+        slide.set_cache_bytes(64 << 20);
+        Ok(SlideReader {
+            slide,
+            plan: None,
+            thumb: None,
+            mask: None,
+        })
+    }
+
+    /// Plan the tiles of `cut` (JSON, see `SlideCut`). With `detect`, the thumbnail is read and
+    /// tissue found, and only tiles with enough tissue are kept; without, every grid tile is
+    /// planned (a worker that only reads the tiles another one chose). Returns the plan as
+    /// JSON: the slide's format, size, levels and MPP, the tiles' MPP, level-0 footprint and
+    /// read level, the grid, `tiles` as `[x, y, tissue]`, and the thumbnail's size and scale.
+    pub fn plan(&mut self, cut: &str, detect: bool) -> Result<String, JsError> {
+        use mtpath_shared::slide::{detect_tissue, plan_tiles, Magnification, TileSpec};
+        let cut: SlideCut =
+            serde_json::from_str(cut).map_err(|e| JsError::new(&format!("slide cut: {e}")))?;
+        if let Some(m) = cut.slide_mpp {
+            self.slide.set_mpp(m);
+        }
+        let at = match (cut.mpp, cut.level) {
+            (Some(m), _) => Magnification::Mpp(m),
+            (None, Some(l)) => Magnification::Level(l),
+            (None, None) if self.slide.mpp().is_some() => Magnification::Mpp(0.5),
+            (None, None) => Magnification::Level(0),
+        };
+        let spec = TileSpec {
+            size: cut.size,
+            at,
+            min_tissue: if detect { cut.min_tissue } else { 0.0 },
+        };
+        let err = |e: mtpath_shared::slide::SlideError| JsError::new(&e.to_string());
+        if detect {
+            let (thumb, scale) = self
+                .slide
+                .thumbnail(
+                    cut.thumbnail
+                        .unwrap_or(mtpath_shared::slide::DEFAULT_THUMBNAIL_SIDE),
+                )
+                .map_err(err)?;
+            let mask = detect_tissue(&thumb, scale);
+            self.plan = Some(plan_tiles(&self.slide, spec, Some(&mask)).map_err(err)?);
+            self.thumb = Some((thumb, scale));
+            self.mask = Some(mask);
+        } else {
+            self.plan = Some(plan_tiles(&self.slide, spec, None).map_err(err)?);
+        }
+        let plan = self.plan.as_ref().ok_or_else(|| JsError::new("no plan"))?;
+        let levels: Vec<_> = (self.slide.levels().iter())
+            .map(|l| serde_json::json!([l.width, l.height, l.downsample, l.compression]))
+            .collect();
+        Ok(serde_json::json!({
+            "format": self.slide.format().as_str(),
+            "dimensions": self.slide.dimensions(),
+            "levels": levels,
+            "slideMpp": self.slide.mpp(),
+            "tileMpp": plan.mpp,
+            "footprint": plan.footprint,
+            "readLevel": plan.read_level,
+            "columns": plan.columns,
+            "rows": plan.rows,
+            "size": plan.spec.size,
+            "coverage": self.mask.as_ref().map(|m| m.coverage()),
+            "thumbnail": self.thumb.as_ref().map(|(t, s)| serde_json::json!([t.width(), t.height(), s])),
+            "tiles": if detect {
+                plan.tiles.iter().map(|t| serde_json::json!([t.x, t.y, t.tissue])).collect::<Vec<_>>()
+            } else {
+                Vec::new()
+            },
+        })
+        .to_string())
+    }
+
+    /// The thumbnail (RGBA) with the tissue mask and the planned tiles drawn over it.
+    pub fn overview(&self) -> Result<Vec<u8>, JsError> {
+        match (&self.thumb, &self.mask, &self.plan) {
+            (Some((thumb, _)), Some(mask), Some(plan)) => {
+                Ok(rgba(&mtpath_shared::slide::render_tiles(thumb, mask, plan)))
+            }
+            _ => Err(JsError::new("plan the slide with tissue detection first")),
+        }
+    }
+
+    /// The plain thumbnail (RGBA).
+    pub fn thumbnail(&self) -> Result<Vec<u8>, JsError> {
+        self.thumb
+            .as_ref()
+            .map(|(t, _)| rgba(t))
+            .ok_or_else(|| JsError::new("plan the slide with tissue detection first"))
+    }
+
+    /// The tile at level-0 (`x`, `y`) of the plan, `size` × `size`, RGB.
+    fn tile_rgb(&self, x: f64, y: f64) -> Result<image::RgbImage, JsError> {
+        let plan = self
+            .plan
+            .as_ref()
+            .ok_or_else(|| JsError::new("plan the slide first"))?;
+        let at = mtpath_shared::slide::TilePosition {
+            col: 0,
+            row: 0,
+            x: x as u64,
+            y: y as u64,
+            tissue: 1.0,
+        };
+        self.slide
+            .read_tile(plan, &at)
+            .map_err(|e| JsError::new(&e.to_string()))
+    }
+
+    /// The tile at level-0 (`x`, `y`), RGBA, for a closer look.
+    pub fn tile(&self, x: f64, y: f64) -> Result<Vec<u8>, JsError> {
+        Ok(rgba(&self.tile_rgb(x, y)?))
+    }
+}
+
+#[wasm_bindgen]
+impl FeatureModel {
+    /// Features of the tile at level-0 (`x`, `y`) of `slide`'s plan: the same pixels and
+    /// preprocessing as `mtpath features --slide`.
+    #[wasm_bindgen(js_name = extractSlideTile)]
+    pub fn extract_slide_tile(
+        &self,
+        slide: &SlideReader,
+        x: f64,
+        y: f64,
+    ) -> Result<Vec<f32>, JsError> {
+        let tile = slide.tile_rgb(x, y)?;
+        self.inner.extract_rgb(&tile).map_err(js_err)
+    }
+}
+
+/// A heatmap over a slide's thumbnail (RGBA, `width` × `height`, `scale` level-0 pixels per
+/// thumbnail pixel) for tiles at level-0 `xy` (x0, y0, x1, y1, ...) of side `footprint`:
+/// with `classes` empty, `values` are one class's probabilities (blue to red); otherwise each
+/// tile takes its class's colour, more opaque with its confidence in `values`. RGBA out.
+// Flat typed arrays and numbers are what crosses to JavaScript without copies through JSON.
+#[allow(clippy::too_many_arguments)]
+#[wasm_bindgen(js_name = slideHeatmap)]
+pub fn slide_heatmap(
+    thumbnail: &[u8],
+    width: u32,
+    height: u32,
+    scale: f64,
+    footprint: f64,
+    xy: &[f64],
+    values: &[f32],
+    classes: &[u32],
+) -> Result<Vec<u8>, JsError> {
+    use mtpath_shared::slide::{
+        render_heatmap, Magnification, TilePlan, TilePosition, TileSpec, TileValues,
+    };
+    let n = values.len();
+    if thumbnail.len() != (width * height * 4) as usize
+        || xy.len() != 2 * n
+        || (!classes.is_empty() && classes.len() != n)
+    {
+        return Err(JsError::new("heatmap: sizes do not match"));
+    }
+    let rgb: Vec<u8> = thumbnail
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    let thumb = image::RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| JsError::new("heatmap: bad thumbnail"))?;
+    let plan = TilePlan {
+        spec: TileSpec {
+            size: 1,
+            at: Magnification::Level(0),
+            min_tissue: 0.0,
+        },
+        footprint,
+        read_level: 0,
+        read_downsample: 1.0,
+        mpp: None,
+        columns: 0,
+        rows: 0,
+        tiles: xy
+            .chunks_exact(2)
+            .map(|p| TilePosition {
+                col: 0,
+                row: 0,
+                x: p[0] as u64,
+                y: p[1] as u64,
+                tissue: 1.0,
+            })
+            .collect(),
+    };
+    let predicted: Vec<usize> = classes.iter().map(|&c| c as usize).collect();
+    let tile_values = if classes.is_empty() {
+        TileValues::Probability(values)
+    } else {
+        TileValues::Classes {
+            predicted: &predicted,
+            confidence: values,
+        }
+    };
+    Ok(rgba(&render_heatmap(&thumb, scale, &plan, tile_values)))
+}
+
+/// The colour of class `i` on slide heatmaps, as `#rrggbb`.
+#[wasm_bindgen(js_name = classColour)]
+pub fn class_colour(i: usize) -> String {
+    let [r, g, b] = mtpath_shared::slide::class_colour(i);
+    format!("#{r:02x}{g:02x}{b:02x}")
+}

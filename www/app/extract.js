@@ -65,7 +65,13 @@ function feed(slot) {
   if (job.next >= job.files.length) return;
   const id = job.next++;
   slot.busy = true; slot.tile = { job: job.id, id };
-  slot.w.postMessage({ type: "extract", job: job.id, id, file: job.files[id], thumb: job.thumb, transform: job.transform });
+  const task = job.files[id];
+  if (task instanceof Blob) {
+    slot.w.postMessage({ type: "extract", job: job.id, id, file: task, thumb: job.thumb, transform: job.transform });
+  } else {
+    // A tile of a slide: { slide: { file, cut }, x, y } (level-0 pixels).
+    slot.w.postMessage({ type: "slide-tile", job: job.id, id, file: task.slide.file, cut: task.slide.cut, x: task.x, y: task.y, transform: job.transform });
+  }
 }
 
 function record(job, id, result) {
@@ -94,8 +100,35 @@ function onCrash(slot) {
   if (job && !pool.workers.length) job.finish();
 }
 
+/** Ask one worker (outside any extraction) a slide question: `message` is `slide-plan` or
+ * `slide-zoom`; resolves with its answer. */
+async function askSlide(message) {
+  if (!pool.workers.length) throw new Error("load a model first");
+  const slot = pool.workers.find((s) => !s.busy) ?? pool.workers[0];
+  await slot.ready;
+  return new Promise((resolve, reject) => {
+    const ch = new Worker(new URL("../extract-worker.js", import.meta.url), { type: "module" });
+    ch.onmessage = (e) => {
+      const m = e.data;
+      if (m.type === "slide-planned" || m.type === "slide-zoomed") resolve(m);
+      else if (m.type === "slide-failed") reject(new Error(m.error));
+      else return;
+      ch.terminate();
+    };
+    ch.onerror = (e) => { reject(new Error(e.message || "the slide worker failed")); ch.terminate(); };
+    ch.postMessage(message);
+  });
+}
+
+/** Open a slide, find its tissue and plan its tiles as `cut` says (`{ size, mpp, level,
+ * minTissue, slideMpp, thumbnail }`). Resolves with `{ plan, thumbnail, overview }` (RGBA). */
+export function planSlide(file, cut) { return askSlide({ type: "slide-plan", file, cut }); }
+
+/** The tile at level-0 (`x`, `y`) of a planned slide, RGBA `size` × `size`. */
+export function slideTile(file, cut, x, y) { return askSlide({ type: "slide-zoom", file, cut, x, y }); }
+
 /**
- * Embed `files` (File objects) on `count` workers, each turned into input by `transform`
+ * Embed `files` (File objects, or slide tiles `{ slide: { file, cut }, x, y }`) on `count` workers, each turned into input by `transform`
  * (`resize`, `center-crop` or `grid`; see the model crate's EvalTransform). Resolves with `{ results, cancelled }`:
  * `results[i]` is the worker's reply for file i (features, thumbnail, sizes), `{ error }` for a
  * file the decoder refused, or undefined for a file not reached before `cancel()`.

@@ -68,12 +68,18 @@ export async function readTiles(entries, extensions) {
     const parts = r.split("/");
     const base = parts[parts.length - 1];
     if (base.startsWith(".") || r === "manifest.csv") continue;
+    if (manifest && !manifest.has(r)) {
+      // As natively: a folder with a manifest is the files it lists (mtpath tile's slides/
+      // overviews and records sit beside its tiles).
+      skipped.push({ name: r, reason: "not listed in the folder's manifest.csv" });
+      continue;
+    }
     if (!isImage.has(extOf(base))) {
       skipped.push({ name: r, reason: `not an image the explorer reads (.${extOf(base) || "no extension"}; it reads ${known})` });
       continue;
     }
     let label = null, group = "";
-    if (manifest && manifest.has(r)) ({ label, group } = manifest.get(r));
+    if (manifest) ({ label, group } = manifest.get(r));
     else if (parts.length >= 2 && !UNLABELLED_DIRS.has(parts[0].toLowerCase())) {
       label = parts[0]; group = parts.length >= 3 ? parts.slice(0, -1).join("/") : "";
     }

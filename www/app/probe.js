@@ -3,6 +3,7 @@
 import { $, state, status, setStage, escapeHtml, drawThumb } from "./state.js";
 import { ask } from "./analysis.js";
 import { requestDraw } from "./map.js";
+import { offerHeatmaps } from "./slide.js";
 
 function groupOf(it) {
   const by = $("group-by").value;
@@ -30,6 +31,7 @@ $("run-probe").onclick = async () => {
     $("export-predictions").disabled = false; $("export-probe").disabled = false;
     if ($("colour-by").value === "prediction") requestDraw();
     setStage("probe-done");
+    offerHeatmaps();
   } catch (err) {
     status("probe-status", `Probe failed: ${err.message}`, true);
   }

@@ -7,7 +7,9 @@ export const $ = (id) => document.getElementById(id);
 export const state = {
   modelBytes: null, modelName: "", modelSha256: "", card: null,
   extensions: [],     // file extensions the model crate's decoder reads (from the wasm module)
-  items: [],          // { name, path, label, group, thumb: ImageBitmap, thumbSize: [w, h] }
+  items: [],          // { name, path, label, group, thumb: ImageBitmap, thumbSize: [w, h] }; slide
+                      // tiles add slide (index into slides), x, y and crop (their part of thumb)
+  slides: [],         // { file, cut, plan, thumbnail (RGBA), thumb: ImageBitmap, overview: ImageBitmap, rows: [item index] }
   features: null,     // Float32Array n × d, rows in items order
   evalTransform: "resize", // how the tiles became input (resize, center-crop, grid)
   dim: 0,
@@ -47,6 +49,8 @@ export function escapeHtml(s) {
 export function drawThumb(it, c = document.createElement("canvas"), side = null) {
   const s = side ? side / Math.max(...it.thumbSize) : 1;
   c.width = Math.round(it.thumbSize[0] * s); c.height = Math.round(it.thumbSize[1] * s);
-  c.getContext("2d").drawImage(it.thumb, 0, 0, c.width, c.height);
+  const ctx = c.getContext("2d");
+  if (it.crop) ctx.drawImage(it.thumb, ...it.crop, 0, 0, c.width, c.height); // a slide tile: its part of the slide's thumbnail
+  else ctx.drawImage(it.thumb, 0, 0, c.width, c.height);
   return c;
 }

@@ -27,15 +27,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use image::RgbImage;
+#[cfg(not(target_arch = "wasm32"))]
 use rayon::prelude::*;
 
 pub use grid::{plan_tiles, Magnification, TilePlan, TilePosition, TileSpec};
 pub use heatmap::{class_colour, probability_colour, render_heatmap, render_tiles, TileValues};
 pub use meta::SlideFormat;
-pub use source::ByteSource;
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::FileSource;
-pub use tissue::{detect_tissue, TissueMask};
+pub use source::{ByteSource, ThreadSafe};
+pub use tissue::{detect_tissue, TissueMask, DEFAULT_THUMBNAIL_SIDE};
 
 /// Something wrong with a slide file; the message names the file and, where there is one,
 /// the fix.
@@ -291,10 +292,11 @@ impl Slide {
             indices.iter().map(|&i| cache.get((page, i))).collect()
         };
         let missing: Vec<usize> = (0..indices.len()).filter(|&k| found[k].is_none()).collect();
-        let decoded: Vec<Result<Arc<Vec<u8>>, SlideError>> = missing
-            .par_iter()
-            .map(|&k| self.decode(page, indices[k]).map(Arc::new))
-            .collect();
+        let decode = |&k: &usize| self.decode(page, indices[k]).map(Arc::new);
+        #[cfg(not(target_arch = "wasm32"))]
+        let decoded: Vec<Result<Chunk, SlideError>> = missing.par_iter().map(decode).collect();
+        #[cfg(target_arch = "wasm32")]
+        let decoded: Vec<Result<Chunk, SlideError>> = missing.iter().map(decode).collect();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         for (&k, chunk) in missing.iter().zip(decoded) {
             let chunk = chunk?;

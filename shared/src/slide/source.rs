@@ -5,11 +5,24 @@
 use std::path::Path;
 use std::sync::Arc;
 
-/// Bytes that can be read at any offset, from several threads at once.
+/// `Send + Sync` natively, where tiles are decoded on several threads; nothing on wasm32, where
+/// a browser `File` (a JS object, bound to its worker) is the source.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait ThreadSafe: Send + Sync {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send + Sync + ?Sized> ThreadSafe for T {}
+/// `Send + Sync` natively, where tiles are decoded on several threads; nothing on wasm32, where
+/// a browser `File` (a JS object, bound to its worker) is the source.
+#[cfg(target_arch = "wasm32")]
+pub trait ThreadSafe {}
+#[cfg(target_arch = "wasm32")]
+impl<T: ?Sized> ThreadSafe for T {}
+
+/// Bytes that can be read at any offset (natively from several threads at once).
 ///
 /// Natively a file (positioned reads, no shared cursor); in a browser worker a `File` read
 /// through `Blob.slice` (the web crate implements it); in tests a buffer.
-pub trait ByteSource: Send + Sync {
+pub trait ByteSource: ThreadSafe {
     /// Total length in bytes.
     fn len(&self) -> u64;
 

@@ -3,6 +3,10 @@
 
 use image::RgbImage;
 
+/// Longer side, in pixels, of the thumbnail tissue is found on, unless the caller says
+/// otherwise: the same for the command line and the browser, so both keep the same tiles.
+pub const DEFAULT_THUMBNAIL_SIDE: u32 = 2048;
+
 /// Saturation never counted as tissue, whatever Otsu says (on a slide that is nearly all
 /// glass the threshold would otherwise fall into the noise): 0.06 of full scale.
 const MIN_SATURATION: u8 = 15;

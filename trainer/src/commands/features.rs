@@ -23,7 +23,7 @@ use crate::pool::{ImageCheck, LoadOptions, Pool, PoolConfig, Split};
 /// weights, preprocessing and task content) in --cache.
 ///
 /// With --slide, embeds the tiles of a whole-slide image where there is tissue, without
-/// writing them: rows are named SLIDE@x=X,y=Y and the file's `slide` metadata records the
+/// writing them: rows are named SLIDE@xX_yY and the file's `slide` metadata records the
 /// cutting and every row's tile (level-0 x, y, tissue fraction).
 ///
 /// Examples: mtpath features --weights resnet50.safetensors --out feats.safetensors tiles/
