@@ -66,5 +66,5 @@ bash scripts/build-web.sh
 # --workspace keeps the feature set of the native tests above: nothing is rebuilt, and
 # target/debug/mtpath is the binary they built.
 MTPATH_E2E=1 MTPATH_BIN="$root/target/debug/mtpath" \
-  cargo test --workspace --features "$features" --test browser_e2e -- --nocapture
+  cargo test --workspace --features "$features" --test browser_e2e --test browser_slide_e2e -- --nocapture
 step "all tests passed"

@@ -14,23 +14,19 @@
 //! (www/pkg), chromium and chromedriver; runs when MTPATH_E2E=1 (scripts/test.sh sets it),
 //! otherwise it says why it did not run.
 
+#[path = "e2e/harness.rs"]
+mod harness;
 #[path = "e2e/webdriver.rs"]
 mod webdriver;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
+use harness::{chromium, mtpath_bin, repo, run, serve};
 use mtpath_shared::export::relative_difference;
 use serde_json::{json, Value};
-use webdriver::Session;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn data_dir() -> PathBuf {
     std::env::var_os("MTPATH_DATA")
@@ -42,28 +38,6 @@ fn fixtures_dir() -> PathBuf {
     std::env::var_os("MTPATH_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("../shared/fixtures"))
-}
-
-fn mtpath_bin() -> PathBuf {
-    std::env::var_os("MTPATH_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/debug/mtpath"))
-}
-
-/// Kills the child when dropped.
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// The first `n` images of `task/images/label/`, sorted.
@@ -91,16 +65,6 @@ fn read_features(path: &Path) -> (Vec<String>, Vec<f32>, usize) {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     (names, x, d)
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -188,62 +152,9 @@ fn explorer_end_to_end_in_chromium() {
         .arg(&native)
         .args(&valid_images));
 
-    let mut server = Guard(
-        Command::new(mtpath_bin())
-            .arg("serve")
-            .arg(&www)
-            .arg("--model")
-            .arg(&model_dir)
-            .args(["--port", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mtpath serve"),
-    );
-    let mut first = String::new();
-    BufReader::new(server.0.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let url = first
-        .split_whitespace()
-        .nth(1)
-        .expect("serve prints its URL")
-        .to_string();
+    let (_server, url, server_log) = serve(&www, &model_dir);
     let origin = url.trim_end_matches('/').to_string();
-    let server_log = Arc::new(Mutex::new(Vec::<String>::new()));
-    {
-        let log = Arc::clone(&server_log);
-        let stderr = server.0.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().unwrap().push(line);
-            }
-        });
-    }
-
-    let driver_port = free_port();
-    let chromedriver = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
-    let _driver = Guard(
-        Command::new(&chromedriver)
-            .arg(format!("--port={driver_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("start {chromedriver}: {e} (apt-get install chromium-driver)")
-            }),
-    );
-    let mut session = None;
-    for _ in 0..100 {
-        match Session::chromium(driver_port, "/usr/bin/chromium") {
-            Ok(s) => {
-                session = Some(s);
-                break;
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-    let s = session.expect("a chromedriver session");
+    let (_driver, s) = chromium();
     let shot = |name: &str| {
         let png = s.screenshot().expect("screenshot");
         std::fs::write(artifacts.join(format!("{name}.png")), png).unwrap();
