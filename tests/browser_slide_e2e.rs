@@ -306,6 +306,27 @@ fn slide_heatmap_in_chromium_matches_native_predict() {
             "document.getElementById('slide-zoom').textContent",
         )?;
         shot("slide-3-zoom");
+
+        // Labelling on the map: a box over the whole map selects every tile; "Label these"
+        // gives them one label (then the probe has a single class and is disabled).
+        s.eval(
+            "const c = document.getElementById('map'), r = c.getBoundingClientRect();
+             const ev = (t, x, y) => c.dispatchEvent(new PointerEvent(t, { clientX: x, clientY: y, bubbles: true, pointerId: 1 }));
+             document.getElementById('select-mode').value = 'box';
+             ev('pointerdown', r.left + 1, r.top + 1); ev('pointermove', r.right - 1, r.bottom - 1); ev('pointerup', r.right - 1, r.bottom - 1);
+             document.getElementById('selection-label').value = 'tumour';
+             document.getElementById('label-selection').click();
+             return true;",
+            json!([]),
+        )?;
+        let labelled = s.eval(
+            "const a = window.mtpathApp; return [a.selection.size, a.items.length, a.items.filter((it) => it.label === 'tumour').length, document.getElementById('run-probe').disabled];",
+            json!([]),
+        )?;
+        let n_items = labelled[1].as_u64().unwrap();
+        assert_eq!(labelled[0].as_u64(), Some(n_items), "{labelled}");
+        assert_eq!(labelled[2].as_u64(), Some(n_items), "{labelled}");
+        assert_eq!(labelled[3].as_bool(), Some(true), "{labelled}");
         Ok(())
     })();
     // Nothing left the page's origin: the slide was read where it lies.

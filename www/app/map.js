@@ -260,8 +260,30 @@ function showSelection() {
   const p = document.createElement("p");
   p.textContent = sel.length ? `${sel.length} selected: ` + [...counts].map(([l, c]) => `${l} ${c}`).join(", ") : "Nothing selected.";
   box.appendChild(p);
+  if (sel.length) box.appendChild(labelControls(sel));
   const strip = document.createElement("div"); strip.className = "thumbs";
   for (const i of sel.slice(0, 60)) strip.appendChild(thumbFigure(i, state.items[i].label ?? "unlabelled"));
   box.appendChild(strip);
+}
+
+/** "Label these tiles as …": the selection (box or lasso on the map, e.g. over a slide's
+ * tiles) gets a label, or loses it, so a probe can be trained on tiles labelled here. */
+function labelControls(sel) {
+  const row = document.createElement("div"); row.className = "row";
+  const input = document.createElement("input"); input.id = "selection-label"; input.placeholder = "label"; input.size = 14;
+  const apply = document.createElement("button"); apply.type = "button"; apply.id = "label-selection";
+  apply.textContent = `Label these ${sel.length} tiles`;
+  const clear = document.createElement("button"); clear.type = "button"; clear.textContent = "Unlabel them";
+  const set = (label) => {
+    for (const i of sel) state.items[i].label = label;
+    const labels = new Set(state.items.map((it) => it.label).filter((l) => l !== null));
+    $("run-probe").disabled = labels.size < 2;
+    status("map-status", `${sel.length} tiles ${label === null ? "unlabelled" : `labelled ${label}`}; ${labels.size} labels in all.`);
+    showSelection(); requestDraw();
+  };
+  apply.onclick = () => { const l = input.value.trim(); if (l) set(l); else input.focus(); };
+  clear.onclick = () => set(null);
+  row.append(input, apply, clear);
+  return row;
 }
 
