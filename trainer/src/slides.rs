@@ -127,6 +127,18 @@ pub fn open_slide(path: &Path, args: &TileArgs, size: u32) -> Result<OpenedSlide
     })
 }
 
+/// Refuse a slide none of whose tiles has enough tissue to embed.
+pub fn require_tiles(path: &Path, opened: &OpenedSlide) -> Result<()> {
+    if opened.plan.tiles.is_empty() {
+        bail!(
+            "{}: no tile has {} tissue or more; lower --min-tissue (0 keeps every tile)",
+            path.display(),
+            opened.plan.spec.min_tissue
+        );
+    }
+    Ok(())
+}
+
 /// Features of every planned tile, in the plan's order, `batch` tiles at a time (read and
 /// preprocessed in parallel), with a progress line on stderr.
 pub fn embed_slide(

@@ -276,13 +276,7 @@ pub fn run(args: Args) -> Result<()> {
 /// `--slide`: the features of a slide's tissue tiles.
 fn run_slide(args: &Args, path: &std::path::Path, loaded: &LoadedExtractor) -> Result<()> {
     let opened = crate::slides::open_slide(path, &args.tiling, args.tile_size)?;
-    if opened.plan.tiles.is_empty() {
-        bail!(
-            "{}: no tile has {} tissue or more; lower --min-tissue (0 keeps every tile)",
-            path.display(),
-            args.tiling.min_tissue
-        );
-    }
+    crate::slides::require_tiles(path, &opened)?;
     let extractor = &loaded.extractor;
     let rows = crate::slides::embed_slide(extractor, &opened, args.batch)?;
     let (n, dim) = (rows.len(), extractor.feature_dim());

@@ -121,13 +121,7 @@ fn read_inputs(args: &Args) -> Result<Inputs> {
         (None, Some(w)) if args.slide.is_some() => {
             let path = args.slide.as_deref().unwrap_or(Path::new(""));
             let opened = crate::slides::open_slide(path, &args.tiling, args.tile_size)?;
-            if opened.plan.tiles.is_empty() {
-                bail!(
-                    "{}: no tile has {} tissue or more; lower --min-tissue (0 keeps every tile)",
-                    path.display(),
-                    args.tiling.min_tissue
-                );
-            }
+            crate::slides::require_tiles(path, &opened)?;
             let mut loaded = load_extractor(w, args.arch, None, args.eval_transform)?;
             super::features::set_sizes(&mut loaded.extractor, args.size, args.resize)?;
             let rows = crate::slides::embed_slide(&loaded.extractor, &opened, args.batch)?;
