@@ -101,6 +101,7 @@ fn two_sgd_steps(dtype: DType, later_tol: f64) {
         tasks,
         labels,
         whole: None,
+        label_smoothing: 0.0,
     };
 
     let mut opt = Sgd::new(
@@ -198,6 +199,7 @@ fn heads_only_step_touches_nothing_in_the_trunk() {
         tasks: vec![0, 0, 1, 2, 2, 2, 1, 0],
         labels: vec![2, 0, 1, 7, 3, 0, 0, 1],
         whole: None,
+        label_smoothing: 0.0,
     };
     let rm = |net: &Network| {
         net.store()
@@ -263,6 +265,7 @@ fn shares_of_a_batch_sum_to_the_whole_batch_step() {
         tasks: tasks.clone(),
         labels: labels.clone(),
         whole: None,
+        label_smoothing: 0.1,
     };
     let (whole_stats, whole_grads) = multitask_forward_backward(&whole_net, &whole, true).unwrap();
 
@@ -279,6 +282,7 @@ fn shares_of_a_batch_sum_to_the_whole_batch_step() {
                         size: 8,
                         per_task: vec![3, 2, 3],
                     }),
+                    label_smoothing: 0.1,
                 };
                 let sync: Arc<dyn mtpath_shared::layers::BatchStatsSync> = sync.clone();
                 s.spawn(move || {

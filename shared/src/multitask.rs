@@ -25,6 +25,10 @@ pub struct TaskBatch {
     /// When these samples are one process's share of a larger batch (data-parallel
     /// training): that batch. `None`: the samples are the whole batch.
     pub whole: Option<WholeBatch>,
+    /// Label smoothing ε of the targets (torch's `CrossEntropyLoss(label_smoothing=ε)`): each
+    /// sample's target puts `1 - ε` on its class and `ε / K` on each of its task's `K`
+    /// classes. 0 = one-hot targets.
+    pub label_smoothing: f64,
 }
 
 /// The batch a data-parallel share belongs to. Its size is the loss's divisor `B` and its
@@ -54,12 +58,35 @@ pub struct StepStats {
 
 /// Sum over rows of the cross-entropy of `logits` [n, C] against `labels` [n].
 pub fn cross_entropy_sum(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
+    smoothed_cross_entropy_sum(logits, labels, 0.0)
+}
+
+/// Sum over rows of the cross-entropy of `logits` [n, C] against `labels` [n] smoothed by
+/// `eps`: `(1 - ε)·(−log p_y) + ε·mean_k(−log p_k)` per row, torch's
+/// `CrossEntropyLoss(label_smoothing=ε, reduction="sum")`.
+pub fn smoothed_cross_entropy_sum(
+    logits: &Tensor,
+    labels: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
     let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    log_p.gather(&labels.unsqueeze(1)?, 1)?.sum_all()?.neg()
+    let nll = log_p.gather(&labels.unsqueeze(1)?, 1)?.sum_all()?.neg()?;
+    if eps == 0.0 {
+        return Ok(nll);
+    }
+    let classes = log_p.dim(D::Minus1)? as f64;
+    let uniform = (log_p.sum_all()?.neg()? / classes)?;
+    (nll * (1.0 - eps))? + (uniform * eps)?
 }
 
 fn validate(net: &Network, batch: &TaskBatch) -> Result<usize> {
     let b = batch.images.dim(0)?;
+    if !(0.0..1.0).contains(&batch.label_smoothing) {
+        return Err(Error::invalid(format!(
+            "label smoothing {} must be in [0, 1)",
+            batch.label_smoothing
+        )));
+    }
     if b == 0 || batch.tasks.len() != b || batch.labels.len() != b {
         return Err(Error::invalid(format!(
             "batch of {b} images with {} task ids and {} labels",
@@ -158,7 +185,7 @@ fn heads_loss_backward(
         let idx = Tensor::from_vec(rows, n_t, device)?;
         let labels = Tensor::from_vec(labels, n_t, device)?;
         let logits = net.head_logits(t, &features.index_select(&idx, 0)?)?;
-        let ce = cross_entropy_sum(&logits, &labels)?;
+        let ce = smoothed_cross_entropy_sum(&logits, &labels, batch.label_smoothing)?;
         let pred = logits.argmax(D::Minus1)?;
         stats.correct_per_task[t] = pred
             .eq(&labels)?
@@ -222,4 +249,55 @@ pub fn param_groups(
         }
     }
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// torch's `cross_entropy(logits, y, label_smoothing=eps, reduction="sum")` in f64.
+    fn reference(logits: &[[f64; 3]], labels: &[usize], eps: f64) -> f64 {
+        logits
+            .iter()
+            .zip(labels)
+            .map(|(z, &y)| {
+                let m = z.iter().cloned().fold(f64::MIN, f64::max);
+                let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+                let nll = lse - z[y];
+                let mean_nll = z.iter().map(|v| lse - v).sum::<f64>() / 3.0;
+                (1.0 - eps) * nll + eps * mean_nll
+            })
+            .sum()
+    }
+
+    #[test]
+    fn smoothed_cross_entropy_matches_torch_definition() {
+        let rows = [[2.0, -1.0, 0.5], [0.1, 0.2, 3.0], [-2.0, 4.0, 1.0]];
+        let labels = [0usize, 1, 1];
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&rows, &dev).unwrap();
+        let y = Tensor::new(&[0u32, 1, 1], &dev).unwrap();
+        for eps in [0.0, 0.1, 0.3] {
+            let got = smoothed_cross_entropy_sum(&logits, &y, eps)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            let want = reference(&rows, &labels, eps);
+            assert!((got - want).abs() < 1e-12, "eps {eps}: {got} vs {want}");
+        }
+        // Smoothing raises the loss of a confident right answer and lowers a confident
+        // wrong one's.
+        let sharp = Tensor::new(&[[9.0f64, 0.0, 0.0]], &dev).unwrap();
+        let right = Tensor::new(&[0u32], &dev).unwrap();
+        let wrong = Tensor::new(&[1u32], &dev).unwrap();
+        let ce = |y: &Tensor, eps| {
+            smoothed_cross_entropy_sum(&sharp, y, eps)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        assert!(ce(&right, 0.1) > ce(&right, 0.0));
+        assert!(ce(&wrong, 0.1) < ce(&wrong, 0.0));
+    }
 }

@@ -53,6 +53,15 @@ pub struct Args {
     /// Weight decay.
     #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// Colour jitter strength (brightness, contrast, saturation; 0 = off).
+    #[arg(long)]
+    pub jitter: Option<f32>,
+    /// H&E stain jitter strength σ in optical density (0.05 = Tellez's HED-light; 0 = off).
+    #[arg(long)]
+    pub stain_jitter: Option<f32>,
+    /// Label smoothing ε of the cross-entropy (0 = off).
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
     /// Iterations of heads-only training (trunk and its BatchNorm statistics frozen) first.
     #[arg(long)]
     pub warmup_heads: Option<usize>,
@@ -119,7 +128,8 @@ impl Args {
              warmup_heads => head_warmup_iters, sampler => sampler, val_every => val_every,
              checkpoint_every => checkpoint_every, val_max => val_max_per_task, init => init,
              workers => workers, bn_adapt => bn_adapt_batches,
-             cache_mb => image_cache_mb);
+             cache_mb => image_cache_mb, jitter => jitter, stain_jitter => stain_jitter,
+             label_smoothing => label_smoothing);
         if self.seed.is_some() {
             c.seed = self.seed;
         }

@@ -1,7 +1,8 @@
 //! Training augmentation and the evaluation transform of one decoded image.
 //!
 //! [`augment`]: crop to `size x size` per the task's [`CropPolicy`], then random horizontal
-//! and vertical flips, optional random quarter turns, optional colour jitter, then ImageNet
+//! and vertical flips, optional random quarter turns, optional H&E stain jitter and colour
+//! jitter, then ImageNet
 //! normalisation to a `[3, size, size]` buffer. Every random draw comes from a generator
 //! keyed by the image's augment seed (from the sampler's batch plan), with a separate stream
 //! per step, so enabling one augmentation does not change the draws of another.
@@ -37,6 +38,12 @@ pub struct AugmentConfig {
     /// `[max(0, 1 - j), 1 + j]`, applied in a random order (torchvision `ColorJitter(j, j, j)`
     /// on float tensors; no hue). `0` disables it (default).
     pub jitter: f32,
+    /// H&E stain jitter strength σ (Tellez et al. 2018, "HED" augmentation): the image is
+    /// colour-deconvolved into haematoxylin, eosin and DAB optical densities (Ruifrok &
+    /// Johnston's stain vectors, scikit-image's `rgb2hed`), each density `d` becomes
+    /// `α·d + β` with `α` uniform in `[1 - σ, 1 + σ]` and `β` in `[-σ, σ]`, and the image is
+    /// recomposed. Applied before colour jitter. `0` disables it (default).
+    pub stain_jitter: f32,
     /// Area fraction range of [`CropPolicy::RandomResizedCrop`] (torchvision's
     /// `scale`, default `(0.08, 1.0)`); the aspect ratio range is torchvision's `(3/4, 4/3)`.
     pub rrc_scale: (f32, f32),
@@ -50,6 +57,7 @@ impl Default for AugmentConfig {
             vflip: true,
             rot90: false,
             jitter: 0.0,
+            stain_jitter: 0.0,
             rrc_scale: (0.08, 1.0),
         }
     }
@@ -62,6 +70,11 @@ impl AugmentConfig {
             self.jitter.is_finite() && self.jitter >= 0.0,
             "augment: jitter {} must be finite and >= 0",
             self.jitter
+        );
+        ensure!(
+            self.stain_jitter.is_finite() && (0.0..1.0).contains(&self.stain_jitter),
+            "augment: stain jitter {} must be in [0, 1)",
+            self.stain_jitter
         );
         let (lo, hi) = self.rrc_scale;
         ensure!(
@@ -76,6 +89,7 @@ impl AugmentConfig {
 const TAG_CROP: u64 = 1;
 const TAG_FLIP: u64 = 2;
 const TAG_JITTER: u64 = 3;
+const TAG_STAIN: u64 = 4;
 
 /// The geometric part of [`augment`] (crop, flips, quarter turns): a `size x size` image.
 pub fn augment_image(
@@ -116,8 +130,9 @@ pub fn augment_image(
     Ok(out)
 }
 
-/// The training transform: [`augment_image`], colour jitter, ImageNet normalisation; returns
-/// `[3, size, size]` floats. A pure function of the image, policy, config and `seed`.
+/// The training transform: [`augment_image`], stain jitter, colour jitter, ImageNet
+/// normalisation; returns `[3, size, size]` floats. A pure function of the image, policy,
+/// config and `seed`.
 pub fn augment(
     img: &RgbImage,
     policy: CropPolicy,
@@ -125,12 +140,19 @@ pub fn augment(
     seed: u64,
 ) -> Result<Vec<f32>> {
     let out = augment_image(img, policy, cfg, seed)?;
+    if cfg.jitter == 0.0 && cfg.stain_jitter == 0.0 {
+        return Ok(normalize_chw(&out, IMAGENET_MEAN, IMAGENET_STD));
+    }
+    let mut px = unit_pixels(&out);
+    if cfg.stain_jitter > 0.0 {
+        let mut rng = Rng::keyed(&[TAG_STAIN, seed]);
+        stain_jitter(&mut px, cfg.stain_jitter, &mut rng);
+    }
     if cfg.jitter > 0.0 {
         let mut rng = Rng::keyed(&[TAG_JITTER, seed]);
-        Ok(jitter_normalize(&out, cfg.jitter, &mut rng))
-    } else {
-        Ok(normalize_chw(&out, IMAGENET_MEAN, IMAGENET_STD))
+        colour_jitter(&mut px, cfg.jitter, &mut rng);
     }
+    Ok(normalize_pixels(&px))
 }
 
 /// The deterministic validation transform for images of a task trained with `policy`:
@@ -204,14 +226,94 @@ pub fn rrc_params(
     ((width - w) / 2, (height - h) / 2, w, h)
 }
 
+/// An image's pixels as RGB floats in `[0, 1]`.
+fn unit_pixels(img: &RgbImage) -> Vec<[f32; 3]> {
+    let inv255 = 1.0f32 / 255.0;
+    img.as_raw()
+        .chunks_exact(3)
+        .map(|p| [0, 1, 2].map(|c| f32::from(p[c]) * inv255))
+        .collect()
+}
+
+/// ImageNet normalisation of `[0, 1]` pixels into a `[3, h·w]` plane-major buffer.
+fn normalize_pixels(px: &[[f32; 3]]) -> Vec<f32> {
+    let plane = px.len();
+    let mut out = vec![0f32; 3 * plane];
+    for (i, p) in px.iter().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (p[c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+    out
+}
+
+/// Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB) in RGB optical
+/// density, as scikit-image's `rgb_from_hed`.
+const RGB_FROM_HED: [[f64; 3]; 3] = [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]];
+
+/// The inverse of a 3×3 matrix (by cofactors; the stain matrix is well conditioned).
+fn inverse3(m: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
+    let c = |r: usize, k: usize| {
+        let (r1, r2) = ((r + 1) % 3, (r + 2) % 3);
+        let (k1, k2) = ((k + 1) % 3, (k + 2) % 3);
+        m[r1][k1] * m[r2][k2] - m[r1][k2] * m[r2][k1]
+    };
+    let det: f64 = (0..3).map(|k| m[0][k] * c(0, k)).sum();
+    let mut inv = [[0.0; 3]; 3];
+    for (r, row) in inv.iter_mut().enumerate() {
+        for (k, v) in row.iter_mut().enumerate() {
+            *v = c(k, r) / det;
+        }
+    }
+    inv
+}
+
+/// H&E stain jitter (see [`AugmentConfig::stain_jitter`]) of `[0, 1]` pixels in place.
+///
+/// Draws `α` for haematoxylin, eosin and DAB, then `β` for the three. Densities are natural-log
+/// optical densities of the pixel (floored at 1e-6, as scikit-image does) and are not clipped,
+/// so with `α = 1, β = 0` the image comes back unchanged up to rounding.
+fn stain_jitter(px: &mut [[f32; 3]], sigma: f32, rng: &mut Rng) {
+    let s = f64::from(sigma);
+    let alpha = [0; 3].map(|_| rng.uniform(1.0 - s, 1.0 + s));
+    let beta = [0; 3].map(|_| rng.uniform(-s, s));
+    scale_stains(px, alpha, beta);
+}
+
+/// Each pixel's stain densities `d_k` become `alpha[k]·d_k + beta[k]` (H, E, DAB order).
+fn scale_stains(px: &mut [[f32; 3]], alpha: [f64; 3], beta: [f64; 3]) {
+    let hed_from_rgb = inverse3(&RGB_FROM_HED);
+    // Fold the per-stain affine map into one RGB-density map: od' = od·A + b with
+    // A = hed_from_rgb · diag(α) · rgb_from_hed and b = β · rgb_from_hed.
+    let mut a = [[0f32; 3]; 3];
+    let mut b = [0f32; 3];
+    for (i, row) in a.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = (0..3)
+                .map(|k| hed_from_rgb[i][k] * alpha[k] * RGB_FROM_HED[k][j])
+                .sum::<f64>() as f32;
+        }
+    }
+    for (j, v) in b.iter_mut().enumerate() {
+        *v = (0..3).map(|k| beta[k] * RGB_FROM_HED[k][j]).sum::<f64>() as f32;
+    }
+    for p in px.iter_mut() {
+        let od = p.map(|x| -x.max(1e-6).ln());
+        *p = [0, 1, 2].map(|j| {
+            let d = od[0] * a[0][j] + od[1] * a[1][j] + od[2] * a[2][j] + b[j];
+            (-d).exp().clamp(0.0, 1.0)
+        });
+    }
+}
+
 /// Colour jitter (torchvision `ColorJitter(j, j, j)` semantics on a float tensor in `[0, 1]`,
-/// no hue) fused with ImageNet normalisation.
+/// no hue) of `[0, 1]` pixels in place.
 ///
 /// Draws a random order of the three operations, then the brightness, contrast and saturation
 /// factors, each uniform in `[max(0, 1 - j), 1 + j]`. With `g(p) = 0.2989 R + 0.587 G + 0.114 B`:
 /// brightness `x' = clamp(b x)`; contrast `x' = clamp(c x + (1 - c) mean(g))` (mean over the
 /// image); saturation `x' = clamp(s x + (1 - s) g(p))`; clamps to `[0, 1]`.
-fn jitter_normalize(img: &RgbImage, j: f32, rng: &mut Rng) -> Vec<f32> {
+fn colour_jitter(px: &mut [[f32; 3]], j: f32, rng: &mut Rng) {
     // Random order: a Fisher-Yates shuffle of [0, 1, 2].
     let mut order = [0usize, 1, 2];
     for i in (1..3).rev() {
@@ -221,13 +323,6 @@ fn jitter_normalize(img: &RgbImage, j: f32, rng: &mut Rng) -> Vec<f32> {
     let lo = f64::from((1.0 - j).max(0.0));
     let hi = f64::from(1.0 + j);
     let factors = [0; 3].map(|_| rng.uniform(lo, hi) as f32);
-
-    let inv255 = 1.0f32 / 255.0;
-    let mut px: Vec<[f32; 3]> = img
-        .as_raw()
-        .chunks_exact(3)
-        .map(|p| [0, 1, 2].map(|c| f32::from(p[c]) * inv255))
-        .collect();
     let gray = |p: &[f32; 3]| 0.2989 * p[0] + 0.587 * p[1] + 0.114 * p[2];
     let blend = |x: f32, y: f32, f: f32| (f * x + (1.0 - f) * y).clamp(0.0, 1.0);
     for op in order {
@@ -248,14 +343,6 @@ fn jitter_normalize(img: &RgbImage, j: f32, rng: &mut Rng) -> Vec<f32> {
             }),
         }
     }
-    let plane = px.len();
-    let mut out = vec![0f32; 3 * plane];
-    for (i, p) in px.iter().enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = (p[c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -444,6 +531,110 @@ mod tests {
             pb.sort();
             assert_eq!(pa, pb);
         }
+    }
+
+    /// `scale_stains` step by step in f64: deconvolve, scale and shift, recompose.
+    fn scale_stains_reference(p: [f32; 3], alpha: [f64; 3], beta: [f64; 3]) -> [f64; 3] {
+        let hed_from_rgb = inverse3(&RGB_FROM_HED);
+        let od = p.map(|x| -f64::from(x.max(1e-6)).ln());
+        let hed: [f64; 3] = [0, 1, 2].map(|k| {
+            let d: f64 = (0..3).map(|c| od[c] * hed_from_rgb[c][k]).sum();
+            alpha[k] * d + beta[k]
+        });
+        [0, 1, 2].map(|c| {
+            let d: f64 = (0..3).map(|k| hed[k] * RGB_FROM_HED[k][c]).sum();
+            (-d).exp().clamp(0.0, 1.0)
+        })
+    }
+
+    #[test]
+    fn stain_matrix_inverse_is_an_inverse() {
+        let inv = inverse3(&RGB_FROM_HED);
+        let product =
+            |i: usize, j: usize| -> f64 { (0..3).map(|k| RGB_FROM_HED[i][k] * inv[k][j]).sum() };
+        for (i, j) in (0..3).flat_map(|i| (0..3).map(move |j| (i, j))) {
+            let v = product(i, j);
+            assert!(
+                (v - f64::from(u8::from(i == j))).abs() < 1e-12,
+                "{i},{j}: {v}"
+            );
+        }
+    }
+
+    #[test]
+    fn stain_jitter_scales_each_stain_alone() {
+        // A pixel of pure haematoxylin (density 0.8) and one of pure eosin (0.5).
+        let stain = |k: usize, d: f64| RGB_FROM_HED[k].map(|v| (-(d * v)).exp() as f32);
+        let mut px = vec![stain(0, 0.8), stain(1, 0.5)];
+        scale_stains(&mut px, [1.5, 1.0, 1.0], [0.0, 0.1, 0.0]);
+        // Haematoxylin darkened 1.5× where it is; eosin untouched by that, but shifted by
+        // 0.1 everywhere (β is an offset of the whole image's eosin density).
+        let e = stain(1, 0.6);
+        let h = [0, 1, 2]
+            .map(|c| (-(1.2 * RGB_FROM_HED[0][c] + 0.1 * RGB_FROM_HED[1][c])).exp() as f32);
+        for c in 0..3 {
+            assert!((px[0][c] - h[c]).abs() < 1e-5, "{:?} vs {h:?}", px[0]);
+            assert!((px[1][c] - e[c]).abs() < 1e-5, "{:?} vs {e:?}", px[1]);
+        }
+    }
+
+    #[test]
+    fn stain_jitter_matches_the_stepwise_reference_and_is_identity_at_rest() {
+        let img = coord_image(40, 30);
+        let mut px = unit_pixels(&img);
+        let before = px.clone();
+        scale_stains(&mut px, [1.0; 3], [0.0; 3]);
+        let worst = px
+            .iter()
+            .zip(&before)
+            .flat_map(|(a, b)| (0..3).map(move |c| (a[c] - b[c]).abs()))
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "identity off by {worst}");
+        let (alpha, beta) = ([0.93, 1.07, 1.02], [0.04, -0.03, 0.01]);
+        let mut px = before.clone();
+        scale_stains(&mut px, alpha, beta);
+        for (got, p) in px.iter().zip(&before) {
+            let want = scale_stains_reference(*p, alpha, beta);
+            for c in 0..3 {
+                assert!(
+                    (f64::from(got[c]) - want[c]).abs() < 1e-5,
+                    "{got:?} vs {want:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stain_jitter_is_seeded_bounded_and_changes_the_image() {
+        // A real H&E tile where the data is present, else a synthetic one.
+        let img = std::fs::read_dir(data_dir().join("lymphoma").join("images").join("cll"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| load_image(&e.ok()?.path()).ok())
+            .unwrap_or_else(|| coord_image(120, 90));
+        let cfg = AugmentConfig {
+            size: 64,
+            stain_jitter: 0.05,
+            ..plain(64)
+        };
+        let a = augment(&img, CropPolicy::Resize, &cfg, 11).unwrap();
+        assert_eq!(a, augment(&img, CropPolicy::Resize, &cfg, 11).unwrap());
+        let b = augment(&img, CropPolicy::Resize, &cfg, 12).unwrap();
+        let plain_out = augment(&img, CropPolicy::Resize, &plain(64), 11).unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, plain_out);
+        // Inside the normalised range of [0, 1] pixels.
+        let plane = 64 * 64;
+        for (i, v) in a.iter().enumerate() {
+            let c = i / plane;
+            let x = v * IMAGENET_STD[c] + IMAGENET_MEAN[c];
+            assert!((-1e-5..=1.0 + 1e-5).contains(&x), "{x}");
+        }
+        let bad = AugmentConfig {
+            stain_jitter: 1.5,
+            ..cfg
+        };
+        assert!(augment(&img, CropPolicy::Resize, &bad, 0).is_err());
     }
 
     #[test]

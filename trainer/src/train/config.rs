@@ -52,6 +52,12 @@ pub struct TrainConfig {
     pub rrc_min_scale: f32,
     /// Colour jitter strength (brightness, contrast, saturation in `[1 - j, 1 + j]`); 0 = off.
     pub jitter: f32,
+    /// H&E stain jitter strength σ (Tellez et al. 2018): in colour-deconvolved
+    /// haematoxylin/eosin/DAB optical density, each stain scaled by a factor in
+    /// `[1 - σ, 1 + σ]` and shifted by an amount in `[-σ, σ]` (0.05: "HED-light"); 0 = off.
+    pub stain_jitter: f32,
+    /// Label smoothing ε of the cross-entropy (torch's `label_smoothing`); 0 = off.
+    pub label_smoothing: f64,
     /// Validate every this many iterations (and at the end); 0 = only at the end.
     pub val_every: usize,
     /// At most this many validation images per task (a fixed subset); 0 = all.
@@ -99,6 +105,8 @@ impl Default for TrainConfig {
             vflip: true,
             rot90: false,
             jitter: 0.0,
+            stain_jitter: 0.0,
+            label_smoothing: 0.0,
             rrc_min_scale: 0.08,
             val_every: 500,
             val_max_per_task: 0,
@@ -160,6 +168,15 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.jitter) {
             bail!("`jitter` = {} must be in [0, 1)", self.jitter);
+        }
+        if !(0.0..1.0).contains(&self.stain_jitter) {
+            bail!("`stain_jitter` = {} must be in [0, 1)", self.stain_jitter);
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!(
+                "`label_smoothing` = {} must be in [0, 1)",
+                self.label_smoothing
+            );
         }
         if !(self.rrc_min_scale > 0.0 && self.rrc_min_scale <= 1.0) {
             bail!("`rrc_min_scale` = {} must be in (0, 1]", self.rrc_min_scale);

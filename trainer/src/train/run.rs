@@ -702,6 +702,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
         vflip: cfg.vflip,
         rot90: cfg.rot90,
         jitter: cfg.jitter,
+        stain_jitter: cfg.stain_jitter,
         rrc_scale: (cfg.rrc_min_scale, 1.0),
     };
     let tasks = Arc::new(spec.pool.train_items()?);
@@ -860,6 +861,7 @@ pub fn train(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
             tasks: batch.tasks,
             labels: batch.labels,
             whole: batch.whole,
+            label_smoothing: cfg.label_smoothing,
         };
         let lr = schedule.lr_at(it);
         let (stats, any_stop) = trainer.step(&tb, heads_only, lr, stop.load(Ordering::SeqCst))?;

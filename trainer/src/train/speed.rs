@@ -72,6 +72,7 @@ pub fn train_step_rate(
         tasks: (0..batch).map(|i| i % HEADS).collect(),
         labels: (0..batch).map(|i| ((i / HEADS) % CLASSES) as u32).collect(),
         whole: None,
+        label_smoothing: 0.0,
     };
     let s = time_per_call(device, warmup, iters, || {
         let (_, grads) = multitask_forward_backward(&net, &data, true)?;
