@@ -221,3 +221,99 @@ fn loto_names_unknown_tasks_and_settings() {
     assert!(err.contains("validation split"), "{err}");
     assert!(!out.join("pretrain").exists());
 }
+
+#[test]
+fn loto_one_at_a_time_with_replicate_seeds_pools_their_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool_file(dir.path());
+    let out = dir.path().join("loto");
+    let o = mtpath(&[
+        "loto",
+        "--pool",
+        s(&pool),
+        "--hold-out",
+        "tcga-luad-lusc,lbc-pap",
+        "--design",
+        "one-at-a-time",
+        // 0 is the base value: no run of its own.
+        "--grid",
+        "label_smoothing=0,0.1",
+        "--grid",
+        "stain_jitter=0.05",
+        "--pretrain-seeds",
+        "3,4",
+        "--seeds",
+        "2",
+        "--protocol",
+        "linear",
+        "--single-task-epochs",
+        "0",
+        "--out",
+        s(&out),
+    ]);
+    assert_ok(&o);
+    // Three recipes (base, label smoothing alone, stain jitter alone), two seeds each.
+    let runs = [
+        ("00-seed3", 3, 0.0, 0.0),
+        ("00-seed4", 4, 0.0, 0.0),
+        ("01-seed3", 3, 0.1, 0.0),
+        ("01-seed4", 4, 0.1, 0.0),
+        ("02-seed3", 3, 0.0, 0.05),
+        ("02-seed4", 4, 0.0, 0.05),
+    ];
+    for (run, seed, smoothing, stain) in runs {
+        let rec: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("pretrain").join(run).join("run.json")).unwrap(),
+        )
+        .unwrap();
+        let c = &rec["config"];
+        assert_eq!(c["seed"].as_u64(), Some(seed), "{run}");
+        assert!((c["label_smoothing"].as_f64().unwrap() - smoothing).abs() < 1e-9);
+        assert!((c["stain_jitter"].as_f64().unwrap() - stain).abs() < 1e-6);
+    }
+    assert!(!out.join("pretrain/03-seed3").exists());
+    // Replicates differ (another seed, another trunk).
+    let trunk = |r: &str| {
+        std::fs::read(out.join("pretrain").join(r).join("last/trunk.safetensors")).unwrap()
+    };
+    assert_ne!(trunk("00-seed3"), trunk("00-seed4"));
+    let cmp: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("held-out/comparison.json")).unwrap(),
+    )
+    .unwrap();
+    let models: Vec<&str> = cmp["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        models,
+        [
+            "multi-task [base]",
+            "multi-task [label_smoothing=0.1]",
+            "multi-task [stain_jitter=0.05]",
+            "random init"
+        ]
+    );
+    // A recipe's cell pools its two pre-training runs × two splits; random init has two.
+    for (m, n) in [("multi-task [base]", 4), ("random init", 2)] {
+        let cell = cmp["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["model"] == m && c["protocol"] == "linear" && c["task"] == "lbc-pap")
+            .unwrap();
+        let bacc = cell["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["metric"] == "balanced_accuracy")
+            .unwrap();
+        assert_eq!(bacc["values"].as_array().unwrap().len(), n, "{m}");
+    }
+    let loto: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("loto.json")).unwrap()).unwrap();
+    assert_eq!(loto["combinations"][1]["runs"][1], "pretrain/01-seed4");
+    assert_eq!(loto["ranking"].as_array().unwrap().len(), 4);
+}

@@ -351,11 +351,11 @@ fn held_out_comparison(trunk: &Path, args: &Args, tasks: &[PathBuf], out: &Path)
     let mut models = vec![
         Model::Trunk {
             label: "multi-task".into(),
-            weights: trunk.display().to_string(),
+            weights: vec![trunk.display().to_string()],
         },
         Model::Trunk {
             label: "random init".into(),
-            weights: "random".into(),
+            weights: vec!["random".into()],
         },
     ];
     if args.single_task_epochs > 0 {

@@ -38,6 +38,16 @@ pub struct Args {
     /// combination is trained). One value sets it for all runs.
     #[arg(long = "grid", value_name = "KEY=V1,V2,..")]
     pub grid: Vec<String>,
+    /// How the --grid axes combine: `full` (every combination) or `one-at-a-time` (the pool's
+    /// settings, then each axis value changed alone: fewer runs when the axes are many).
+    #[arg(long, value_enum, default_value = "full")]
+    pub design: Design,
+    /// Pre-train every combination once per seed (e.g. `0,1,2`): replicates whose held-out
+    /// scores are pooled, so that ranks and sds include the spread between pre-training runs
+    /// (one run can land far from another with the same recipe). Default: one run, seeded
+    /// by the pool.
+    #[arg(long, value_delimiter = ',')]
+    pub pretrain_seeds: Vec<u64>,
     /// Frozen-feature probes (repeatable): linear, svm, knn, knn:K.
     #[arg(long = "protocol", default_values = ["linear", "knn"])]
     pub protocols: Vec<Protocol>,
@@ -68,6 +78,16 @@ pub struct Args {
     /// or grid (features averaged over non-overlapping native-resolution crops).
     #[arg(long, default_value = "resize")]
     pub eval_transform: EvalTransform,
+}
+
+/// How grid axes combine into pre-training runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Design {
+    /// Every combination of the axes' values.
+    Full,
+    /// The base settings, then one run per axis value that differs from the base, with every
+    /// other setting at the base.
+    OneAtATime,
 }
 
 /// One grid axis: a [train] key and its values.
@@ -171,6 +191,34 @@ pub fn combinations(base: &TrainConfig, axes: &[Axis]) -> Result<Vec<Combination
             })
         })
         .collect()
+}
+
+/// The base settings (labelled `base`), then every axis value that changes them alone,
+/// labelled `key=value`.
+pub fn one_at_a_time(base: &TrainConfig, axes: &[Axis]) -> Result<Vec<Combination>> {
+    let mut out = vec![Combination {
+        label: "base".into(),
+        config: base.clone(),
+    }];
+    let as_value = |c: &TrainConfig| toml::Value::try_from(c);
+    let base_value = as_value(base)?;
+    for axis in axes {
+        for v in &axis.values {
+            let single = Axis {
+                key: axis.key.clone(),
+                values: vec![v.clone()],
+            };
+            let mut combo = combinations(base, std::slice::from_ref(&single))?
+                .pop()
+                .context("no combination")?;
+            if as_value(&combo.config)? == base_value {
+                continue;
+            }
+            combo.label = format!("{}={}", axis.key, show(v));
+            out.push(combo);
+        }
+    }
+    Ok(out)
 }
 
 /// A cosine schedule that decays to its floor exactly at the end of the base run is
@@ -291,7 +339,20 @@ pub fn run(args: Args) -> Result<()> {
         .iter()
         .map(|g| parse_axis(g))
         .collect::<Result<Vec<_>>>()?;
-    let combos = combinations(&base, &axes)?;
+    let combos = match args.design {
+        Design::Full => combinations(&base, &axes)?,
+        Design::OneAtATime => one_at_a_time(&base, &axes)?,
+    };
+    // Replicate seeds (None: the pool's seed, one run per combination).
+    let replicates: Vec<Option<u64>> = if args.pretrain_seeds.is_empty() {
+        vec![None]
+    } else {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(d) = args.pretrain_seeds.iter().find(|s| !seen.insert(**s)) {
+            bail!("--pretrain-seeds: seed {d} is listed twice");
+        }
+        args.pretrain_seeds.iter().map(|&s| Some(s)).collect()
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
     // The training pool, as a file the runs record (and `mtpath train` can rerun).
@@ -308,8 +369,9 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let pool = load_pool(&train_config, args.skip_bad)?;
     eprintln!(
-        "mtpath loto: {} combination(s) pre-trained on {} ({} held out), then {} seed(s) of {} on the held-out task(s)",
+        "mtpath loto: {} combination(s) × {} pre-training run(s) on {} ({} held out), then {} seed(s) of {} on the held-out task(s)",
         combos.len(),
+        replicates.len(),
         pool.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
         args.hold_out.join(", "),
         args.seeds,
@@ -318,55 +380,75 @@ pub fn run(args: Args) -> Result<()> {
     let stop = stop_flag();
     let mut models = Vec::new();
     for (i, combo) in combos.iter().enumerate() {
-        let out = args.out.join("pretrain").join(format!("{i:02}"));
-        eprintln!(
-            "\npre-training {}/{}{}: {}",
-            i + 1,
-            combos.len(),
-            if combo.label.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", combo.label)
-            },
-            out.display()
-        );
-        let outcome = train_resumable(
-            RunSpec {
-                out: out.clone(),
-                pool_path: train_pool_path.clone(),
-                pool: pool.clone(),
-                config: combo.config.clone(),
-                resume: false,
-                force: false,
-                verbose: true,
-                device: candle_core::Device::Cpu,
-                dist: None,
-            },
-            stop.clone(),
-        )?;
-        if outcome.interrupted {
-            eprintln!("stopped; rerun the same `mtpath loto` command to continue");
-            std::process::exit(130);
+        let mut weights = Vec::new();
+        for (r, seed) in replicates.iter().enumerate() {
+            let (out, config) = match seed {
+                None => (
+                    args.out.join("pretrain").join(format!("{i:02}")),
+                    combo.config.clone(),
+                ),
+                Some(s) => (
+                    args.out.join("pretrain").join(format!("{i:02}-seed{s}")),
+                    TrainConfig {
+                        seed: Some(*s),
+                        ..combo.config.clone()
+                    },
+                ),
+            };
+            eprintln!(
+                "\npre-training {}/{}{}{}: {}",
+                i + 1,
+                combos.len(),
+                if combo.label.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", combo.label)
+                },
+                match seed {
+                    Some(s) => format!(", seed {s} ({} of {})", r + 1, replicates.len()),
+                    None => String::new(),
+                },
+                out.display()
+            );
+            let outcome = train_resumable(
+                RunSpec {
+                    out: out.clone(),
+                    pool_path: train_pool_path.clone(),
+                    pool: pool.clone(),
+                    config,
+                    resume: false,
+                    force: false,
+                    verbose: true,
+                    device: candle_core::Device::Cpu,
+                    dist: None,
+                },
+                stop.clone(),
+            )?;
+            if outcome.interrupted {
+                eprintln!("stopped; rerun the same `mtpath loto` command to continue");
+                std::process::exit(130);
+            }
+            let best = outcome.best.unwrap_or(outcome.last);
+            weights.push(best.join(TRUNK_FILE).display().to_string());
         }
-        let best = outcome.best.unwrap_or(outcome.last);
         models.push(Model::Trunk {
             label: if combos.len() == 1 {
                 "multi-task".into()
             } else {
                 format!("multi-task [{}]", combo.label)
             },
-            weights: best.join(TRUNK_FILE).display().to_string(),
+            weights,
         });
     }
     let n_combos = models.len();
     models.push(Model::Trunk {
         label: "random init".into(),
-        weights: "random".into(),
+        weights: vec!["random".into()],
     });
     if let Some(w) = &args.imagenet {
         models.push(Model::Trunk {
             label: "ImageNet".into(),
-            weights: w.display().to_string(),
+            weights: vec![w.display().to_string()],
         });
     }
     if args.single_task_epochs > 0 {
@@ -430,7 +512,13 @@ pub fn run(args: Args) -> Result<()> {
         .enumerate()
         .map(|(i, k)| {
             serde_json::json!({
-                "run": format!("pretrain/{i:02}"),
+                "runs": replicates
+                    .iter()
+                    .map(|r| match r {
+                        None => format!("pretrain/{i:02}"),
+                        Some(s) => format!("pretrain/{i:02}-seed{s}"),
+                    })
+                    .collect::<Vec<_>>(),
                 "label": c.models[i],
                 "varied": k.label,
                 "config": k.config,
@@ -440,6 +528,8 @@ pub fn run(args: Args) -> Result<()> {
     let json = serde_json::json!({
         "pool": args.pool,
         "held_out": args.hold_out,
+        "design": format!("{:?}", args.design),
+        "pretrain_seeds": args.pretrain_seeds,
         "seeds": args.seeds,
         "protocols": args.protocols.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "combinations": combos_json,
@@ -616,5 +706,27 @@ mod tests {
                 ("random init".into(), 2.5)
             ]
         );
+    }
+
+    #[test]
+    fn one_at_a_time_varies_each_axis_alone_from_the_base() {
+        let base = TrainConfig {
+            lr: 0.01,
+            ..TrainConfig::default()
+        };
+        let axes = [
+            parse_axis("lr=0.01,0.03").unwrap(),
+            parse_axis("label_smoothing=0.1").unwrap(),
+        ];
+        let combos = one_at_a_time(&base, &axes).unwrap();
+        let labels: Vec<&str> = combos.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(labels, ["base", "lr=0.03", "label_smoothing=0.1"]);
+        assert_eq!(combos[1].config.lr, 0.03);
+        assert_eq!(combos[1].config.label_smoothing, 0.0);
+        assert_eq!(combos[2].config.lr, 0.01);
+        assert_eq!(combos[2].config.label_smoothing, 0.1);
+        // The full design crosses them instead.
+        assert_eq!(combinations(&base, &axes).unwrap().len(), 2);
+        assert!(one_at_a_time(&base, &[parse_axis("nope=1").unwrap()]).is_err());
     }
 }

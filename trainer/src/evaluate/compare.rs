@@ -19,12 +19,14 @@ use crate::pool::ImageCheck;
 /// A model to compare.
 #[derive(Debug, Clone)]
 pub enum Model {
-    /// A trunk: a weights file, or `random` (random initialisation).
+    /// A trunk: a weights file, or `random` (random initialisation). Several files are
+    /// replicates of one recipe (pre-training seeds): each is probed over every seed and
+    /// their runs are pooled, so the row's mean and sd cover pre-training and split alike.
     Trunk {
         /// Row label.
         label: String,
-        /// Weights file or `random`.
-        weights: String,
+        /// Weights files (or `random`); more than one = replicates.
+        weights: Vec<String>,
     },
     /// Trained on the held-out task alone — each seed's own training split — from `init`
     /// (`none` or a weights file); then probed like the trunks. Its own head's test scores are
@@ -162,28 +164,45 @@ pub fn compare(spec: &CompareSpec, models: &[Model]) -> Result<Comparison> {
         let slug = plots::slug(model.label());
         match model {
             Model::Trunk { weights, .. } => {
+                if weights.is_empty() {
+                    bail!("{}: no weights to compare", model.label());
+                }
                 for &protocol in &spec.protocols {
-                    eprintln!(
-                        "\n{}: {protocol} probe on the held-out task(s)",
-                        model.label()
-                    );
-                    let out = evaluate(&EvalSpec {
-                        weights: weights.clone(),
-                        arch: Some(spec.arch),
-                        tasks: spec.tasks.clone(),
-                        protocol,
-                        seeds: seeds.clone(),
-                        size: Some(spec.size),
-                        transform: spec.transform,
-                        score_on: spec.score_on,
-                        cache: Some(spec.out.join("features-cache")),
-                        batch: spec.batch,
-                        out: spec.out.join("eval").join(format!("{slug}-{protocol}")),
-                    })?;
+                    let mut runs = Vec::new();
+                    for (r, w) in weights.iter().enumerate() {
+                        eprintln!(
+                            "\n{}{}: {protocol} probe on the held-out task(s)",
+                            model.label(),
+                            if weights.len() > 1 {
+                                format!(" (replicate {} of {})", r + 1, weights.len())
+                            } else {
+                                String::new()
+                            }
+                        );
+                        let dir = if weights.len() > 1 {
+                            format!("{slug}-{protocol}-r{r}")
+                        } else {
+                            format!("{slug}-{protocol}")
+                        };
+                        let out = evaluate(&EvalSpec {
+                            weights: w.clone(),
+                            arch: Some(spec.arch),
+                            tasks: spec.tasks.clone(),
+                            protocol,
+                            seeds: seeds.clone(),
+                            size: Some(spec.size),
+                            transform: spec.transform,
+                            score_on: spec.score_on,
+                            cache: Some(spec.out.join("features-cache")),
+                            batch: spec.batch,
+                            out: spec.out.join("eval").join(dir),
+                        })?;
+                        runs.extend(out.runs);
+                    }
                     cells.extend(cells_from(
                         model.label(),
                         &protocol.to_string(),
-                        out.summaries,
+                        report::summarize(&runs),
                     ));
                 }
             }
