@@ -20,12 +20,13 @@ mod harness;
 mod webdriver;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use harness::{chromium, mtpath_bin, repo, run, serve};
 use mtpath_shared::export::relative_difference;
+use mtpath_shared::features_file::FeaturesFile;
 use serde_json::{json, Value};
 
 fn data_dir() -> PathBuf {
@@ -49,22 +50,6 @@ fn images_of(task: &str, label: &str, n: usize, skip: usize) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files.into_iter().skip(skip).take(n).collect()
-}
-
-fn read_features(path: &Path) -> (Vec<String>, Vec<f32>, usize) {
-    let bytes = std::fs::read(path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let names: Vec<String> =
-        serde_json::from_str(&meta.metadata().as_ref().unwrap()["images"]).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor("features").unwrap();
-    let d = t.shape()[1];
-    let x = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (names, x, d)
 }
 
 #[test]
@@ -232,7 +217,12 @@ fn explorer_end_to_end_in_chromium() {
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
-        let (nat_names, xn, nd) = read_features(&native);
+        let FeaturesFile {
+            images: nat_names,
+            features: xn,
+            dim: nd,
+            ..
+        } = FeaturesFile::read(&native).unwrap();
         assert_eq!(nd, dim);
         let by_name: HashMap<String, usize> = nat_names
             .iter()

@@ -19,33 +19,14 @@ use std::time::Duration;
 
 use harness::{chromium, mtpath_bin, repo, run, serve};
 use mtpath_shared::export::relative_difference;
-use mtpath_shared::slide::writer::{real_tiles, tissue_from_tiles, write_slide, WriteOptions};
-use serde_json::json;
+use mtpath_shared::features_file::FeaturesFile;
+use mtpath_shared::slide::writer::{mosaic_slide, real_tiles, Codec};
 
-/// An Aperio-layout slide (RGB-coded JPEG tiles with shared tables, 0.5 µm/px, 4 levels):
-/// 8 × 4 real 224-px tiles on glass.
+/// An Aperio slide with RGB-coded JPEG tiles (as Aperio writes them) of 8 × 4 real tiles.
 fn slide_of(path: &Path, tiles: &[PathBuf]) {
-    let img = tissue_from_tiles(tiles, 2304, 1280, 8, (256, 192));
-    let opts = WriteOptions {
-        levels: 4,
-        ..WriteOptions::default()
-    };
-    std::fs::write(path, write_slide(&img, &opts)).unwrap();
+    std::fs::write(path, mosaic_slide(tiles, Codec::JpegRgb(90))).unwrap();
 }
-
-fn read_features(path: &Path) -> (Vec<String>, Vec<f32>, usize) {
-    let bytes = std::fs::read(path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let names: Vec<String> =
-        serde_json::from_str(&meta.metadata().as_ref().unwrap()["images"]).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor("features").unwrap();
-    let d = t.shape()[1];
-    let x = (t.data().chunks_exact(4))
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (names, x, d)
-}
+use serde_json::json;
 
 /// `xX_yY` of a tile name `SLIDE@xX_yY`.
 fn at(name: &str) -> String {
@@ -176,7 +157,12 @@ fn slide_heatmap_in_chromium_matches_native_predict() {
         let xb: Vec<f32> = (got["x"].as_array().unwrap().iter())
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
-        let (nat_names, xn, nd) = read_features(&native);
+        let FeaturesFile {
+            images: nat_names,
+            features: xn,
+            dim: nd,
+            ..
+        } = FeaturesFile::read(&native).unwrap();
         assert_eq!(
             (names.len(), dim),
             (nat_names.len(), nd),

@@ -11,25 +11,17 @@ use common::{assert_ok, mtpath, s};
 use mtpath_shared::features_file::FeaturesFile;
 use mtpath_shared::probe::{FeatureSource, LogisticRegression, ProbeFile};
 use mtpath_shared::slide::writer::{
-    real_tiles, tissue_from_tiles, write_slide, Codec, Layout, WriteOptions,
+    mosaic_slide, real_tiles, tissue_from_tiles, write_slide, Codec, Layout, WriteOptions,
 };
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// An Aperio-layout JPEG slide (0.5 µm/px, 4 levels) of 8 × 4 real tiles (224 px) on glass.
+/// An Aperio-layout slide with YCbCr JPEG tiles of 8 × 4 real tiles, written to `dir/name`.
 fn slide_of(dir: &Path, name: &str, tiles: &[PathBuf]) -> PathBuf {
-    let img = tissue_from_tiles(tiles, 2304, 1280, 8, (256, 192));
     let path = dir.join(name);
-    let opts = WriteOptions {
-        tile: 256,
-        codec: Codec::Jpeg(90),
-        layout: Layout::Aperio { mpp: 0.5 },
-        levels: 4,
-        ..WriteOptions::default()
-    };
-    std::fs::write(&path, write_slide(&img, &opts)).unwrap();
+    std::fs::write(&path, mosaic_slide(tiles, Codec::Jpeg(90))).unwrap();
     path
 }
 

@@ -669,6 +669,21 @@ pub fn tissue_from_tiles(
     canvas
 }
 
+/// The slide the end-to-end tests share: `files` (up to 32 real 224-px tiles) as 8 × 4 tiles
+/// of tissue on 2304 × 1280 px of glass, written in Aperio's layout at 0.5 µm/px with four
+/// levels and `codec` (256-px tiles).
+pub fn mosaic_slide(files: &[std::path::PathBuf], codec: Codec) -> Vec<u8> {
+    let img = tissue_from_tiles(files, 2304, 1280, 8, (256, 192));
+    let opts = WriteOptions {
+        tile: 256,
+        codec,
+        layout: Layout::Aperio { mpp: 0.5 },
+        levels: 4,
+        ..WriteOptions::default()
+    };
+    write_slide(&img, &opts)
+}
+
 /// A slide-like image from real tiles: `cols` × `rows` tiles of the real lc25000-lung task
 /// (224 px H&E adenocarcinoma), as one piece of tissue at `at` on glass of `width` × `height`.
 pub fn real_tissue_image(
