@@ -390,7 +390,7 @@ fn demo_runs_on_the_real_tasks_and_says_where_the_run_is() {
         "--out",
         s(&out),
         "--hold-out",
-        "lymphoma",
+        "lymphoma,tcga-luad-lusc",
         "--iters",
         "6",
         "--size",
@@ -405,13 +405,23 @@ fn demo_runs_on_the_real_tasks_and_says_where_the_run_is() {
     assert_ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("holding out lymphoma"), "{stderr}");
+    assert!(
+        stderr.contains("holding out lymphoma, tcga-luad-lusc"),
+        "{stderr}"
+    );
     assert!(stderr.contains("leaving out nct-crc-samples"), "{stderr}");
     assert!(stdout.contains("trunk.safetensors"), "{stdout}");
     assert!(out.join("best/trunk.safetensors").is_file());
     // The held-out comparison: multi-task trunk vs random init vs single-task, linear and kNN
     // probes (and the single-task network's own head), with plots.
     assert!(stdout.contains("held-out tasks, 2 seeds"), "{stdout}");
+    // Two held-out tasks: their mean, and the trunk's lead over each baseline paired by seed.
+    assert!(stdout.contains("mean of tasks"), "{stdout}");
+    assert!(
+        stdout.contains("multi-task − random init (linear, paired by seed): ")
+            && stdout.contains("multi-task − single-task (knn, paired by seed): "),
+        "{stdout}"
+    );
     let table = std::fs::read_to_string(out.join("held-out/comparison.md")).unwrap();
     assert_eq!(table.matches("| multi-task |").count(), 2, "{table}");
     assert_eq!(table.matches("| random init |").count(), 2, "{table}");

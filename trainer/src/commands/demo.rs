@@ -403,8 +403,35 @@ fn held_out_comparison(trunk: &Path, args: &Args, tasks: &[PathBuf], out: &Path)
             }
         }
     }
+    // The lead of the multi-task trunk over each baseline on the held-out tasks together,
+    // paired by seed: the question the demo asks.
+    let mut lead = String::new();
+    if names.len() > 1 {
+        for protocol in c.protocols().iter().filter(|p| *p != "own head") {
+            for m in &c.models {
+                if let Some((mean, sd)) = c.task_mean(m, protocol, "balanced_accuracy") {
+                    lead.push_str(&format!(
+                        "  {:<16} {protocol:<9} {m:<12} {:>34}\n",
+                        "mean of tasks",
+                        format!("{mean:.3} ± {sd:.3}")
+                    ));
+                }
+            }
+            for base in c.models.iter().skip(1) {
+                if let Some((d, sd)) =
+                    c.paired_difference(&c.models[0], base, protocol, "balanced_accuracy")
+                {
+                    lead.push_str(&format!(
+                        "  {} − {base} ({protocol}, paired by seed): {d:+.3} ± {sd:.3}{}\n",
+                        c.models[0],
+                        if d > 2.0 * sd { " (> 2 sd)" } else { "" }
+                    ));
+                }
+            }
+        }
+    }
     println!(
-        "\nheld-out tasks, {seeds} seeds (mean ± sd):\n  {:<16} {:<9} {:<12} {:>15} {:>18} {:>15}\n{printed}\
+        "\nheld-out tasks, {seeds} seeds (mean ± sd):\n  {:<16} {:<9} {:<12} {:>15} {:>18} {:>15}\n{printed}{lead}\
          table: {}\nplots: {}",
         "task",
         "probe",

@@ -116,6 +116,49 @@ impl Comparison {
             .find(|c| c.model == model && c.protocol == protocol && c.task == task)
     }
 
+    /// A model's `metric` averaged over the held-out tasks seed by seed, then mean ± sd over
+    /// the seeds (pairs of runs that share a seed index). `None` unless every task has the
+    /// cell, with the same number of runs.
+    pub fn task_mean(&self, model: &str, protocol: &str, metric: &str) -> Option<(f64, f64)> {
+        let per_seed = self.task_mean_values(model, protocol, metric)?;
+        Some(super::report::mean_sd(&per_seed))
+    }
+
+    /// `a − b` of [`Self::task_mean`]'s per-seed values, paired by seed: mean ± sd of the
+    /// difference (the sd says whether a lead is larger than the seeds' noise).
+    pub fn paired_difference(
+        &self,
+        a: &str,
+        b: &str,
+        protocol: &str,
+        metric: &str,
+    ) -> Option<(f64, f64)> {
+        let xa = self.task_mean_values(a, protocol, metric)?;
+        let xb = self.task_mean_values(b, protocol, metric)?;
+        if xa.len() != xb.len() {
+            return None;
+        }
+        let d: Vec<f64> = xa.iter().zip(&xb).map(|(x, y)| x - y).collect();
+        Some(super::report::mean_sd(&d))
+    }
+
+    fn task_mean_values(&self, model: &str, protocol: &str, metric: &str) -> Option<Vec<f64>> {
+        let columns: Vec<&Vec<f64>> = self
+            .tasks
+            .iter()
+            .map(|t| Some(&self.cell(model, protocol, t)?.metric(metric)?.values))
+            .collect::<Option<_>>()?;
+        let n = columns.first()?.len();
+        if n == 0 || columns.iter().any(|c| c.len() != n) {
+            return None;
+        }
+        Some(
+            (0..n)
+                .map(|i| columns.iter().map(|c| c[i]).sum::<f64>() / columns.len() as f64)
+                .collect(),
+        )
+    }
+
     /// The probes present, in first-seen order.
     pub fn protocols(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
@@ -299,8 +342,15 @@ pub fn markdown(c: &Comparison) -> String {
         for t in &c.tasks {
             s.push_str(&format!(" {t}: balanced accuracy | {t}: accuracy |"));
         }
+        let mean_column = c.tasks.len() > 1;
+        if mean_column {
+            s.push_str(" mean over tasks: balanced accuracy |");
+        }
         s.push_str("\n|---|");
         s.push_str(&"---|---|".repeat(c.tasks.len()));
+        if mean_column {
+            s.push_str("---|");
+        }
         s.push('\n');
         for m in &c.models {
             if c.cells
@@ -317,6 +367,13 @@ pub fn markdown(c: &Comparison) -> String {
                     fmt_metric(cell, "balanced_accuracy"),
                     fmt_metric(cell, "accuracy")
                 ));
+            }
+            if mean_column {
+                let mean = c.task_mean(m, &protocol, "balanced_accuracy");
+                s.push_str(&match mean {
+                    Some((m, sd)) => format!(" {m:.3} ± {sd:.3} |"),
+                    None => " – |".into(),
+                });
             }
             s.push('\n');
         }
@@ -451,5 +508,36 @@ mod tests {
         let written = write(&c, dir.path()).unwrap();
         assert_eq!(written.len(), 4);
         assert!(dir.path().join("comparison.json").is_file());
+    }
+
+    #[test]
+    fn task_mean_pairs_seeds_across_tasks() {
+        let mut c = comparison();
+        c.tasks.push("pbc-blood".into());
+        let cell = |model: &str, v: &[f64]| Cell {
+            model: model.into(),
+            protocol: "linear".into(),
+            task: "pbc-blood".into(),
+            metrics: vec![summary("pbc-blood", "balanced_accuracy", v)],
+        };
+        c.cells.push(cell("multi-task", &[0.8, 0.9]));
+        c.cells.push(cell("random init", &[0.8, 0.7]));
+        // Per seed: multi-task (0.7, 0.8), random init (0.6, 0.6).
+        let (m, sd) = c
+            .task_mean("multi-task", "linear", "balanced_accuracy")
+            .unwrap();
+        assert!((m - 0.75).abs() < 1e-12 && (sd - report::mean_sd(&[0.7, 0.8]).1).abs() < 1e-12);
+        let (d, dsd) = c
+            .paired_difference("multi-task", "random init", "linear", "balanced_accuracy")
+            .unwrap();
+        assert!((d - 0.15).abs() < 1e-12, "{d}");
+        assert!((dsd - report::mean_sd(&[0.1, 0.2]).1).abs() < 1e-12);
+        // A model without every task's cell has no mean.
+        assert!(c
+            .task_mean("single-task", "linear", "balanced_accuracy")
+            .is_none());
+        let md = markdown(&c);
+        assert!(md.contains("mean over tasks: balanced accuracy"), "{md}");
+        assert!(md.contains("| 0.750 ± 0.071 |"), "{md}");
     }
 }
