@@ -36,10 +36,12 @@ if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null \
   $sudo_ apt-get update -qq
   $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenmpi-dev openmpi-bin libclang-dev
 fi
-# tifffile (imagecodecs: libjpeg-turbo, zlib) and Pillow (libtiff): the independent readers
-# the slide tests compare decoded tiles with (trainer/tests/slide_cli.rs).
-if ! python3 -c "import tifffile, imagecodecs, PIL, numpy" 2>/dev/null; then
-  python3 -m pip install -q --disable-pip-version-check tifffile imagecodecs pillow numpy
+# tifffile (imagecodecs: libjpeg-turbo, zlib), Pillow (libtiff) and OpenSlide (its wheel
+# bundles the library): the independent readers the slide tests compare decoded tiles with
+# (trainer/tests/slide_cli.rs).
+if ! python3 -c "import tifffile, imagecodecs, PIL, numpy, openslide" 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check tifffile imagecodecs pillow numpy \
+    openslide-bin openslide-python
 fi
 export MTPATH_SLIDE_CHECK=1
 # Every native build below has the same features, so each crate is compiled once.

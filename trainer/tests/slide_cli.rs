@@ -317,23 +317,28 @@ fn slides_that_cannot_be_read_are_named_with_the_fix() {
     );
 }
 
-/// Whether python3 with tifffile, imagecodecs and Pillow is here; required when
+/// Whether python3 with tifffile, imagecodecs, Pillow and OpenSlide is here; required when
 /// MTPATH_SLIDE_CHECK=1 (scripts/test.sh installs them).
 fn python_readers() -> bool {
     let ok = std::process::Command::new("python3")
-        .args(["-c", "import tifffile, imagecodecs, PIL, numpy"])
+        .args(["-c", "import tifffile, imagecodecs, PIL, numpy, openslide"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok && std::env::var("MTPATH_SLIDE_CHECK").as_deref() == Ok("1") {
-        panic!("MTPATH_SLIDE_CHECK=1 but python3 lacks tifffile, imagecodecs, Pillow or numpy");
+        panic!(
+            "MTPATH_SLIDE_CHECK=1 but python3 lacks tifffile, imagecodecs, Pillow, numpy or \
+             openslide (pip install openslide-bin openslide-python)"
+        );
     }
     ok
 }
 
 #[test]
-fn decoded_tiles_equal_tifffile_and_pillow_exactly() {
+fn decoded_tiles_equal_tifffile_pillow_and_openslide_exactly() {
     if !python_readers() {
-        eprintln!("skipped: python3 with tifffile, imagecodecs and Pillow is not installed");
+        eprintln!(
+            "skipped: python3 with tifffile, imagecodecs, Pillow and OpenSlide is not installed"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -386,9 +391,14 @@ fn decoded_tiles_equal_tifffile_and_pillow_exactly() {
         std::fs::write(&path, write_slide(&img, &opts)).unwrap();
         slides.push((path, vec!["0", "1"], !strips));
     }
-    // JPEG 2000 tiles written by OpenJPEG (lossless), as 34712 and as Aperio's 33005.
+    // JPEG 2000 tiles written by OpenJPEG (lossless), as 34712, as Aperio's 33005 (RGB) and
+    // as Aperio's 33003 (YCbCr components, converted back as OpenSlide does).
     let j2k_script = script.with_file_name("to_jpeg2000.py");
-    for (name, extra) in [("j2k.tif", None), ("j2k.svs", Some("--aperio"))] {
+    for (name, extra) in [
+        ("j2k.tif", None),
+        ("j2k.svs", Some("--aperio")),
+        ("j2k-ycbcr.svs", Some("--aperio-ycbcr")),
+    ] {
         let path = dir.path().join(name);
         let mut cmd = std::process::Command::new("python3");
         cmd.args([s(&j2k_script), s(&slides[2].0), s(&path)]);
@@ -424,7 +434,7 @@ fn decoded_tiles_equal_tifffile_and_pillow_exactly() {
                 "{name} level {level}: {said}{}",
                 stderr(&o)
             );
-            assert!(said.contains("max diff 0)"), "{said}");
+            assert!(said.contains("tiles equal (max diff 0)"), "{said}");
             if level == "0" && *with_pillow {
                 assert!(
                     said.contains("pillow") && !said.contains("pillow: cannot"),
@@ -432,6 +442,24 @@ fn decoded_tiles_equal_tifffile_and_pillow_exactly() {
                 );
                 let pillow = said.lines().find(|l| l.contains(": pillow ")).unwrap();
                 assert!(pillow.ends_with("(max diff 0)"), "{said}");
+            }
+            // OpenSlide reads Aperio SVS (JPEG and JPEG 2000) and tiled generic TIFF, with
+            // their levels and MPP as we do (it skips OME's SubIFD levels and stripped files).
+            let vendor = match name.as_ref() {
+                "aperio.svs" => Some("vendor aperio, 3 levels, mpp 0.25"),
+                "j2k.svs" | "j2k-ycbcr.svs" => Some("vendor aperio"),
+                "ycbcr.tif" => Some("vendor generic-tiff, 3 levels, mpp 0.5"),
+                _ => None,
+            };
+            if let Some(vendor) = vendor {
+                let line = said
+                    .lines()
+                    .find(|l| l.contains(": openslide "))
+                    .unwrap_or_else(|| panic!("{name}: OpenSlide did not read it: {said}"));
+                assert!(
+                    line.contains("tiles equal (max diff 0)") && line.contains(vendor),
+                    "{said}"
+                );
             }
         }
     }

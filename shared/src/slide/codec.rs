@@ -237,16 +237,43 @@ fn decode_jpeg2000_chunk(
     Ok(out)
 }
 
-/// Full-range BT.601 YCbCr to RGB, rounded and clamped (OpenSlide's conversion for Aperio's
-/// 33003 JPEG 2000 tiles).
+/// Full-range BT.601 YCbCr to RGB for Aperio's 33003 JPEG 2000 tiles, in OpenSlide's exact
+/// arithmetic (its `make-tables.c`): R and B add a rounded chroma term to Y; G adds the
+/// floor of two 16-bit fixed-point terms, one carrying the +0.5 of rounding; then clamped.
+/// Tiles then equal OpenSlide's `read_region` bit for bit (tested against OpenSlide 4).
 pub(crate) fn ycbcr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
-    let (y, cb, cr) = (f32::from(y), f32::from(cb) - 128.0, f32::from(cr) - 128.0);
-    let c = |v: f32| v.round().clamp(0.0, 255.0) as u8;
+    let t = ycbcr_tables();
+    let (y, cb, cr) = (i32::from(y), usize::from(cb), usize::from(cr));
+    let c = |v: i32| v.clamp(0, 255) as u8;
     [
-        c(y + 1.402 * cr),
-        c(y - 0.344_136 * cb - 0.714_136 * cr),
-        c(y + 1.772 * cb),
+        c(y + t.r_cr[cr]),
+        c(y + ((t.g_cb[cb] + t.g_cr[cr]) >> 16)),
+        c(y + t.b_cb[cb]),
     ]
+}
+
+/// OpenSlide's YCbCr → RGB lookup tables.
+struct YcbcrTables {
+    r_cr: [i32; 256],
+    g_cb: [i32; 256],
+    g_cr: [i32; 256],
+    b_cb: [i32; 256],
+}
+
+fn ycbcr_tables() -> &'static YcbcrTables {
+    static TABLES: std::sync::OnceLock<YcbcrTables> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        // `f64::round` rounds halves away from zero, as C's `round` does.
+        let table = |f: &dyn Fn(f64) -> f64| -> [i32; 256] {
+            std::array::from_fn(|i| f(i as f64 - 128.0).round() as i32)
+        };
+        YcbcrTables {
+            r_cr: table(&|v| 1.402 * v),
+            g_cb: table(&|v| 65536.0 * (0.5 - 0.34414 * v)),
+            g_cr: table(&|v| 65536.0 * -0.71414 * v),
+            b_cb: table(&|v| 1.772 * v),
+        }
+    })
 }
 
 /// PackBits run-length decoding, up to `expected` bytes.

@@ -347,6 +347,10 @@ fn aperio_ycbcr_jpeg2000_components_convert_as_openslide_does() {
     // Pure red in full-range BT.601: Y 76, Cb 85, Cr 255.
     let [r, g, b] = super::codec::ycbcr_to_rgb(76, 85, 255);
     assert!(r >= 253 && g <= 2 && b <= 2, "{r} {g} {b}");
+    // OpenSlide's tables (make-tables.c) and fixed-point green, worked out by hand.
+    assert_eq!(super::codec::ycbcr_to_rgb(100, 50, 200), [201, 75, 0]);
+    assert_eq!(super::codec::ycbcr_to_rgb(30, 140, 120), [19, 32, 51]);
+    assert_eq!(super::codec::ycbcr_to_rgb(76, 85, 255), [254, 0, 0]);
 }
 
 /// Where a little-endian u32 value sits in a directory's tile offsets (the value arrays are

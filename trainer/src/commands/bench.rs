@@ -29,6 +29,10 @@ enum Mode {
     /// C grid, then the final fit) on a labelled features file (`--features`), as `eval` and
     /// the browser explorer run it.
     Probe,
+    /// Reading a whole-slide image: every `--size` tile of a level (`--slide`, `--level`),
+    /// decoded, as `mtpath tile` and `features --slide` read them (tiles in parallel over
+    /// `--threads`); the peer is OpenSlide (scripts/bench_slide.py).
+    Slide,
 }
 
 /// Time forward (inference) and forward+backward (training) passes on random inputs and
@@ -80,6 +84,12 @@ pub struct Args {
     /// Probe mode: a features file with labels (`mtpath features --task ...`).
     #[arg(long)]
     features: Option<PathBuf>,
+    /// Slide mode: the slide to read.
+    #[arg(long)]
+    slide: Option<PathBuf>,
+    /// Slide mode: the pyramid level to read.
+    #[arg(long, default_value_t = 0)]
+    level: usize,
     /// Probe mode: logistic or svm.
     #[arg(long, value_enum, default_value_t = ProbeKind::Logistic)]
     probe_kind: ProbeKind,
@@ -168,6 +178,76 @@ fn run_probe(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Tiles/s reading every `--size` tile of one level of `--slide`: one untimed pass (the OS
+/// file cache, as for any reader), then `--iters` timed passes, each with a new reader so
+/// that its tile cache starts empty.
+fn run_slide(args: &Args) -> Result<()> {
+    use mtpath_shared::slide::Slide;
+    use rayon::prelude::*;
+    let path = args
+        .slide
+        .as_ref()
+        .context("slide mode reads a slide: give --slide FILE")?;
+    let size = u32::try_from(args.size)?;
+    let open = || Slide::open(path).with_context(|| format!("{}", path.display()));
+    let slide = open()?;
+    let level = slide.levels().get(args.level).with_context(|| {
+        format!(
+            "{}: no level {} (it has {})",
+            path.display(),
+            args.level,
+            slide.levels().len()
+        )
+    })?;
+    let (w, h) = (level.width, level.height);
+    let tiles: Vec<(i64, i64)> = (0..h / size)
+        .flat_map(|r| (0..w / size).map(move |c| (i64::from(c * size), i64::from(r * size))))
+        .collect();
+    if tiles.is_empty() {
+        bail!(
+            "{}: level {} is smaller than one {size}-px tile",
+            path.display(),
+            args.level
+        );
+    }
+    println!(
+        "{}: level {} ({w}x{h}), {} tiles of {size} px, {} threads",
+        path.display(),
+        args.level,
+        tiles.len(),
+        candle_core::utils::get_num_threads()
+    );
+    let read_all = |slide: &Slide| -> Result<u64> {
+        let sums: Vec<u64> = tiles
+            .par_iter()
+            .map(|&(x, y)| {
+                let img = slide.read_region(args.level, x, y, size, size)?;
+                Ok(img.as_raw().iter().map(|&v| u64::from(v)).sum())
+            })
+            .collect::<Result<_>>()?;
+        Ok(sums.iter().sum())
+    };
+    let checksum = read_all(&slide)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..args.iters.max(1) {
+        let fresh = open()?;
+        let start = std::time::Instant::now();
+        let sum = read_all(&fresh)?;
+        best = best.min(start.elapsed().as_secs_f64());
+        if sum != checksum {
+            bail!("{}: two reads of the slide differ", path.display());
+        }
+    }
+    let pixels = tiles.len() as f64 * f64::from(size) * f64::from(size);
+    println!(
+        "slide: {:.1} tiles/s ({:.1} Mpx/s), best of {} passes; pixel sum {checksum}",
+        tiles.len() as f64 / best,
+        pixels / best / 1e6,
+        args.iters.max(1)
+    );
+    Ok(())
+}
+
 /// The training splits of every task folder under `root` (as the demo reads a data folder),
 /// read by the task-pool reader without decoding the images.
 fn task_folders_train_items(root: &Path) -> Result<Vec<TaskItems>> {
@@ -237,6 +317,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.mode == Mode::Probe {
         crate::session::set_threads(args.threads);
         return run_probe(&args);
+    }
+    if args.mode == Mode::Slide {
+        crate::session::set_threads(args.threads);
+        return run_slide(&args);
     }
     crate::session::set_threads(args.threads);
     let dev = parse_device(&args.device)?;
