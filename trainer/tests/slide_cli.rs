@@ -317,6 +317,51 @@ fn slides_that_cannot_be_read_are_named_with_the_fix() {
     );
 }
 
+#[test]
+fn bench_reads_every_tile_of_a_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let aca = real_tiles("lc25000-lung/images/lung_aca");
+    let slide = slide_of(dir.path(), "b.svs", &aca[..32]);
+    let o = mtpath(&[
+        "bench",
+        "--mode",
+        "slide",
+        "--slide",
+        s(&slide),
+        "--level",
+        "1",
+        "--size",
+        "128",
+        "--iters",
+        "1",
+    ]);
+    assert_ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    // Level 1 of 2304 × 1280 px is 1152 × 640: 9 × 5 whole tiles of 128 px.
+    assert!(
+        out.contains("level 1 (1152x640), 45 tiles of 128 px"),
+        "{out}"
+    );
+    assert!(
+        out.contains("tiles/s") && out.contains("pixel sum"),
+        "{out}"
+    );
+    let o = mtpath(&["bench", "--mode", "slide"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--slide"), "{}", stderr(&o));
+    let o = mtpath(&[
+        "bench",
+        "--mode",
+        "slide",
+        "--slide",
+        s(&slide),
+        "--level",
+        "9",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no level 9"), "{}", stderr(&o));
+}
+
 /// Whether python3 with tifffile, imagecodecs, Pillow and OpenSlide is here; required when
 /// MTPATH_SLIDE_CHECK=1 (scripts/test.sh installs them).
 fn python_readers() -> bool {
