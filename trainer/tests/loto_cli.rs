@@ -25,6 +25,43 @@ fn pool_file(dir: &Path) -> PathBuf {
     p
 }
 
+/// A JSON file the run wrote.
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The model labels of a comparison.json, in order.
+fn model_names(cmp: &serde_json::Value) -> Vec<&str> {
+    cmp["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect()
+}
+
+/// Every run's balanced accuracy in one cell of a comparison.json.
+fn balanced_accuracies<'a>(
+    cmp: &'a serde_json::Value,
+    model: &str,
+    protocol: &str,
+    task: &str,
+) -> &'a Vec<serde_json::Value> {
+    let cell = cmp["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["model"] == model && c["protocol"] == protocol && c["task"] == task)
+        .unwrap_or_else(|| panic!("no {model} {protocol} {task} cell"));
+    let bacc = cell["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["metric"] == "balanced_accuracy")
+        .unwrap();
+    bacc["values"].as_array().unwrap()
+}
+
 #[test]
 fn loto_pretrains_a_grid_compares_baselines_ranks_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,9 +92,7 @@ fn loto_pretrains_a_grid_compares_baselines_ranks_and_resumes() {
 
     // Two pre-training runs, neither trained on the held-out task.
     for run in ["pretrain/00", "pretrain/01"] {
-        let record: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join(run).join("run.json")).unwrap())
-                .unwrap();
+        let record = read_json(&out.join(run).join("run.json"));
         let heads: Vec<&str> = record["heads"]
             .as_array()
             .unwrap()
@@ -69,26 +104,16 @@ fn loto_pretrains_a_grid_compares_baselines_ranks_and_resumes() {
     let lrs: Vec<f64> = ["00", "01"]
         .iter()
         .map(|r| {
-            let rec: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(out.join("pretrain").join(r).join("run.json")).unwrap(),
-            )
-            .unwrap();
-            rec["config"]["lr"].as_f64().unwrap()
+            read_json(&out.join("pretrain").join(r).join("run.json"))["config"]["lr"]
+                .as_f64()
+                .unwrap()
         })
         .collect();
     assert_eq!(lrs, [0.01, 0.05]);
 
     // Every model has linear and kNN cells on the held-out task with both seeds' values.
-    let cmp: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("held-out/comparison.json")).unwrap(),
-    )
-    .unwrap();
-    let models: Vec<&str> = cmp["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_str().unwrap())
-        .collect();
+    let cmp = read_json(&out.join("held-out/comparison.json"));
+    let models = model_names(&cmp);
     assert_eq!(
         models,
         [
@@ -100,19 +125,7 @@ fn loto_pretrains_a_grid_compares_baselines_ranks_and_resumes() {
     );
     for m in &models {
         for p in ["linear", "knn"] {
-            let cell = cmp["cells"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["model"] == *m && c["protocol"] == p && c["task"] == "tcga-luad-lusc")
-                .unwrap_or_else(|| panic!("no {m} {p} cell"));
-            let bacc = cell["metrics"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["metric"] == "balanced_accuracy")
-                .unwrap();
-            let values = bacc["values"].as_array().unwrap();
+            let values = balanced_accuracies(&cmp, m, p, "tcga-luad-lusc");
             assert_eq!(values.len(), 2, "{m} {p}");
             assert!(values
                 .iter()
@@ -120,8 +133,7 @@ fn loto_pretrains_a_grid_compares_baselines_ranks_and_resumes() {
         }
     }
     // The ranking lists every model once, by average rank (ascending).
-    let loto: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("loto.json")).unwrap()).unwrap();
+    let loto = read_json(&out.join("loto.json"));
     let ranks: Vec<f64> = loto["ranking"]
         .as_array()
         .unwrap()
@@ -135,10 +147,7 @@ fn loto_pretrains_a_grid_compares_baselines_ranks_and_resumes() {
     // Average ranks of 3 models over 2 criteria sum to 1+2+3.
     assert!((ranks.iter().sum::<f64>() - 6.0).abs() < 1e-9, "{ranks:?}");
     assert_eq!(loto["selection"], "held-out-val/comparison.json");
-    let val: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("held-out-val/comparison.json")).unwrap(),
-    )
-    .unwrap();
+    let val = read_json(&out.join("held-out-val/comparison.json"));
     assert_eq!(val["models"].as_array().unwrap().len(), 3);
     let md = std::fs::read_to_string(out.join("loto.md")).unwrap();
     assert!(
@@ -262,10 +271,7 @@ fn loto_one_at_a_time_with_replicate_seeds_pools_their_scores() {
         ("02-seed4", 4, 0.0, 0.05),
     ];
     for (run, seed, smoothing, stain) in runs {
-        let rec: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(out.join("pretrain").join(run).join("run.json")).unwrap(),
-        )
-        .unwrap();
+        let rec = read_json(&out.join("pretrain").join(run).join("run.json"));
         let c = &rec["config"];
         assert_eq!(c["seed"].as_u64(), Some(seed), "{run}");
         assert!((c["label_smoothing"].as_f64().unwrap() - smoothing).abs() < 1e-9);
@@ -277,16 +283,8 @@ fn loto_one_at_a_time_with_replicate_seeds_pools_their_scores() {
         std::fs::read(out.join("pretrain").join(r).join("last/trunk.safetensors")).unwrap()
     };
     assert_ne!(trunk("00-seed3"), trunk("00-seed4"));
-    let cmp: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("held-out/comparison.json")).unwrap(),
-    )
-    .unwrap();
-    let models: Vec<&str> = cmp["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_str().unwrap())
-        .collect();
+    let cmp = read_json(&out.join("held-out/comparison.json"));
+    let models = model_names(&cmp);
     assert_eq!(
         models,
         [
@@ -298,22 +296,13 @@ fn loto_one_at_a_time_with_replicate_seeds_pools_their_scores() {
     );
     // A recipe's cell pools its two pre-training runs × two splits; random init has two.
     for (m, n) in [("multi-task [base]", 4), ("random init", 2)] {
-        let cell = cmp["cells"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["model"] == m && c["protocol"] == "linear" && c["task"] == "lbc-pap")
-            .unwrap();
-        let bacc = cell["metrics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["metric"] == "balanced_accuracy")
-            .unwrap();
-        assert_eq!(bacc["values"].as_array().unwrap().len(), n, "{m}");
+        assert_eq!(
+            balanced_accuracies(&cmp, m, "linear", "lbc-pap").len(),
+            n,
+            "{m}"
+        );
     }
-    let loto: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("loto.json")).unwrap()).unwrap();
+    let loto = read_json(&out.join("loto.json"));
     assert_eq!(loto["combinations"][1]["runs"][1], "pretrain/01-seed4");
     assert_eq!(loto["ranking"].as_array().unwrap().len(), 4);
 }

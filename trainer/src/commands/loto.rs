@@ -193,6 +193,15 @@ pub fn combinations(base: &TrainConfig, axes: &[Axis]) -> Result<Vec<Combination
         .collect()
 }
 
+/// The folder of combination `i`'s pre-training run with replicate `seed` (None: the only
+/// run, seeded by the pool), relative to the output folder.
+fn run_dir(i: usize, seed: Option<u64>) -> String {
+    match seed {
+        None => format!("pretrain/{i:02}"),
+        Some(s) => format!("pretrain/{i:02}-seed{s}"),
+    }
+}
+
 /// The base settings (labelled `base`), then every axis value that changes them alone,
 /// labelled `key=value`.
 pub fn one_at_a_time(base: &TrainConfig, axes: &[Axis]) -> Result<Vec<Combination>> {
@@ -382,18 +391,10 @@ pub fn run(args: Args) -> Result<()> {
     for (i, combo) in combos.iter().enumerate() {
         let mut weights = Vec::new();
         for (r, seed) in replicates.iter().enumerate() {
-            let (out, config) = match seed {
-                None => (
-                    args.out.join("pretrain").join(format!("{i:02}")),
-                    combo.config.clone(),
-                ),
-                Some(s) => (
-                    args.out.join("pretrain").join(format!("{i:02}-seed{s}")),
-                    TrainConfig {
-                        seed: Some(*s),
-                        ..combo.config.clone()
-                    },
-                ),
+            let out = args.out.join(run_dir(i, *seed));
+            let config = TrainConfig {
+                seed: seed.or(combo.config.seed),
+                ..combo.config.clone()
             };
             eprintln!(
                 "\npre-training {}/{}{}{}: {}",
@@ -512,13 +513,7 @@ pub fn run(args: Args) -> Result<()> {
         .enumerate()
         .map(|(i, k)| {
             serde_json::json!({
-                "runs": replicates
-                    .iter()
-                    .map(|r| match r {
-                        None => format!("pretrain/{i:02}"),
-                        Some(s) => format!("pretrain/{i:02}-seed{s}"),
-                    })
-                    .collect::<Vec<_>>(),
+                "runs": replicates.iter().map(|r| run_dir(i, *r)).collect::<Vec<_>>(),
                 "label": c.models[i],
                 "varied": k.label,
                 "config": k.config,

@@ -2,10 +2,10 @@
 //!
 //! [`augment`]: crop to `size x size` per the task's [`CropPolicy`], then random horizontal
 //! and vertical flips, optional random quarter turns, optional H&E stain jitter and colour
-//! jitter, then ImageNet
-//! normalisation to a `[3, size, size]` buffer. Every random draw comes from a generator
-//! keyed by the image's augment seed (from the sampler's batch plan), with a separate stream
-//! per step, so enabling one augmentation does not change the draws of another.
+//! jitter, then ImageNet normalisation to a `[3, size, size]` buffer. Every random draw comes
+//! from a generator keyed by the image's augment seed (from the sampler's batch plan), with a
+//! separate stream per step, so enabling one augmentation does not change the draws of
+//! another.
 //!
 //! Resampling is Pillow's antialiased bilinear (bit-exact), as in the evaluation transform of
 //! `mtpath_shared::preprocess`.
