@@ -11,6 +11,11 @@
 # the case list ("arch mode batch size" per line), e.g. CASES="resnet18 infer 1 224".
 # Training cases also report each process's peak resident memory (MB; PyTorch's includes
 # its interpreter and libraries, about 0.3 GB here).
+# SIMD=avx2 measures what a CPU without AVX-512 runs, on a machine that has it: mtpath built
+# without gemm's AVX-512 kernels (--no-default-features, in target/avx2) and run with
+# MTPATH_SIMD=avx2 (its direct kernels' AVX2 variant), PyTorch with ATEN_CPU_CAPABILITY=avx2
+# and ONEDNN_MAX_CPU_ISA=AVX2; onnxruntime has no such switch and keeps its AVX-512 kernels
+# (its column is the stricter peer). The first line names the CPU (/proc/cpuinfo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
@@ -21,8 +26,26 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, torchvi
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q torch torchvision onnx onnxscript onnxruntime
 fi
-cargo build -q --release -p mtpath
+simd=${SIMD:-native}
+case $simd in
+  native)
+    cargo build -q --release -p mtpath
+    bin=target/release/mtpath
+    ;;
+  avx2)
+    cargo build -q --release -p mtpath --no-default-features --target-dir target/avx2
+    bin=target/avx2/release/mtpath
+    export MTPATH_SIMD=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+    ;;
+  *)
+    echo "SIMD must be native or avx2, not '$simd'" >&2
+    exit 2
+    ;;
+esac
 export RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads
+cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
+flags=$(grep -m1 -o -w 'avx512f\|avx2\|fma\|asimd' /proc/cpuinfo 2>/dev/null | tr '\n' ' ' || true)
+echo "host: ${cpu:-unknown CPU} (${flags% }); $threads threads; SIMD=$simd"
 py=$venv/bin/python
 rate() { awk -v m="$1" '$1 == m":" {print $2}'; }
 # Run a command, print its output, then "peak-rss: MB" of the process.
@@ -56,7 +79,7 @@ while read -r arch mode batch size; do
   if [ "$mode" = infer ] && "$py" -c "import onnxruntime, onnx" 2>/dev/null; then ort_flag=--ort; fi
   ours=() theirs=() onnxrt=() rss_ours=0 rss_theirs=0
   for _ in $(seq "$rounds"); do
-    out=$(with_rss target/release/mtpath bench --arch "$arch" --mode "$mode" --batch "$batch" \
+    out=$(with_rss "$bin" bench --arch "$arch" --mode "$mode" --batch "$batch" \
       --size "$size" --iters "$n" --threads "$threads")
     ours+=("$(rate "$mode" <<<"$out")")
     rss_ours=$(awk -v m="$rss_ours" '$1 == "peak-rss:" {print ($2 > m ? $2 : m)}' <<<"$out")
@@ -77,6 +100,6 @@ while read -r arch mode batch size; do
 done <<<"${CASES:-$default_cases}"
 # The training data pipeline alone (decode + augment on 2 worker threads, real tasks).
 for size in 112 224; do
-  target/release/mtpath bench --mode pipeline --batch 32 --size "$size" --iters 20 --workers 2 \
+  "$bin" bench --mode pipeline --batch 32 --size "$size" --iters 20 --workers 2 \
     | awk -v s="$size" '/^pipeline:/ {printf "pipeline     %-6s %-5s %-5s %9s\n", "-", 32, s, $2}'
 done

@@ -33,7 +33,7 @@ use crate::backbone::topology::{
     densenet_stages, resnet_blocks, ConvShape, Family, BN_SIZE, GROWTH, STEM_CONV, STEM_POOL,
 };
 use crate::layers::channel_affine::ChannelAffine;
-use crate::layers::conv::{conv2d, ConvGeom};
+use crate::layers::conv::{conv2d_cached, ConvGeom, PackedKernel};
 use crate::layers::{avg_pool2x2, global_avg_pool, max_pool2d, BatchNorm2d};
 use crate::varstore::VarStore;
 use crate::weights::{normalize_name, TensorFile};
@@ -194,6 +194,8 @@ struct Conv {
     /// The bias as a fused epilogue: without and with the ReLU that follows.
     epilogue: Option<[ChannelAffine; 2]>,
     geom: ConvGeom,
+    /// The kernel as the direct kernels read it, packed on the first pass and kept.
+    packed: PackedKernel,
 }
 
 impl Conv {
@@ -214,6 +216,7 @@ impl Conv {
             bias: bias.map(|b| b.reshape((1, out_ch, 1, 1))).transpose()?,
             epilogue,
             geom: ConvGeom { stride, padding },
+            packed: PackedKernel::default(),
         })
     }
 
@@ -228,7 +231,7 @@ impl Conv {
         residual: Option<&Tensor>,
         relu: bool,
     ) -> candle_core::Result<Tensor> {
-        let ys = conv2d(xs, &self.weight, self.geom)?;
+        let ys = conv2d_cached(xs, &self.weight, self.geom, &self.packed)?;
         match &self.epilogue {
             Some(ops) => ops[usize::from(relu)].apply(&ys, residual),
             None => {

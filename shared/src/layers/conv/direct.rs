@@ -1,5 +1,6 @@
-//! Direct AVX-512 kernels for the shifted-plane convolutions (f32 on x86-64 CPUs with
-//! AVX-512F, detected at run time; everything else keeps gemm).
+//! Direct kernels for the shifted-plane convolutions: f32 on x86-64 CPUs with AVX-512F, and
+//! the planar forward kernel also with AVX2 + FMA (half-width vectors, 16 registers), the
+//! instruction set detected at run time ([`isa`]); everything else keeps gemm.
 //!
 //! Through gemm, each of the `k²` tap products packs its shifted plane matrix before
 //! multiplying it: the whole padded input is repacked `k²` times per pass. A tap's shift is
@@ -17,7 +18,11 @@
 //!   by real position (4 broadcast gradient values and 6 input vectors per 24 multiply-adds),
 //!   with no sums across lanes.
 //!
-//! `MTPATH_DIRECT_CONV=0` turns them off (for comparisons).
+//! A single sample's planar forward splits its output channels across the thread pool
+//! (one sample gives no batch to split).
+//!
+//! `MTPATH_DIRECT_CONV=0` turns them off and `MTPATH_SIMD=avx2` their AVX-512 code (for
+//! comparisons).
 
 // Elsewhere (wasm32, ARM) the kernels and their constants are compiled out.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -55,23 +60,61 @@ const CL_DEPTH: usize = 16;
 /// (16 KB) stay in L1 across the pass's tiles.
 const SCATTER_DEPTH: usize = 64;
 
-/// Whether the kernels run here: an x86-64 CPU with AVX-512F, not turned off by
-/// `MTPATH_DIRECT_CONV=0`.
-pub(super) fn available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
+/// The instruction sets the direct kernels are written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Isa {
+    /// AVX-512F: every kernel of this module (32 vector registers of 16 lanes).
+    Avx512,
+    /// AVX2 with FMA: the planar forward kernel only (16 registers of 8 lanes); the other
+    /// passes keep gemm.
+    Avx2,
+}
+
+/// The kernels' instruction set here: the best the CPU has, unless `MTPATH_DIRECT_CONV=0`
+/// turns the direct kernels off or `MTPATH_SIMD=avx2` turns their AVX-512 code off (to
+/// measure what an AVX2-only CPU gets; build without the `avx512` feature to take gemm's
+/// AVX-512 kernels out too).
+pub(super) fn isa() -> Option<Isa> {
+    static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
         let enabled = std::env::var("MTPATH_DIRECT_CONV").map_or(true, |v| v.trim() != "0");
-        enabled && cpu_has_avx512()
+        let avx512_allowed =
+            std::env::var("MTPATH_SIMD").map_or(true, |v| !v.trim().eq_ignore_ascii_case("avx2"));
+        if !enabled {
+            None
+        } else if avx512_allowed && cpu_has("avx512f") {
+            Some(Isa::Avx512)
+        } else if cpu_has("avx2") && cpu_has("fma") {
+            Some(Isa::Avx2)
+        } else {
+            None
+        }
     })
 }
 
-fn cpu_has_avx512() -> bool {
+/// Whether every kernel of this module runs here ([`Isa::Avx512`]).
+pub(super) fn available() -> bool {
+    isa() == Some(Isa::Avx512)
+}
+
+/// Whether the planar forward kernel ([`forward`]) runs here (either instruction set).
+pub(super) fn forward_available() -> bool {
+    isa().is_some()
+}
+
+fn cpu_has(feature: &str) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        match feature {
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
+            "fma" => std::arch::is_x86_feature_detected!("fma"),
+            _ => false,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = feature;
         false
     }
 }
@@ -79,6 +122,7 @@ fn cpu_has_avx512() -> bool {
 /// A kernel `[c_out, c_in, k, k]` rearranged for the forward tiles: per block of [`ROWS`]
 /// output channels, per input channel and tap, the block's [`ROWS`] weights side by side
 /// (zeros for channels past `c_out`).
+#[derive(Debug)]
 pub(super) struct Packed {
     data: Vec<f32>,
     c_out: usize,
@@ -155,21 +199,64 @@ fn tap_offsets(pl: &Planes, k: usize) -> Vec<usize> {
 }
 
 /// `grid [c_out, span] = Σ_tap W_tap · shifted planes` for the planes `[c_in, len]` of `pl`
-/// (followed by [`SLACK`] readable elements).
-pub(super) fn forward(planes: &[f32], pl: &Planes, k: usize, w: &Packed, grid: &mut [f32]) {
+/// (followed by [`SLACK`] readable elements). When `parallel` (a single sample, or fewer
+/// samples than threads), the output channels are split across the thread pool: each task
+/// takes a run of [`ROWS`]-channel blocks over every position, so the tasks write disjoint
+/// rows of the grid and share only reads.
+pub(super) fn forward(
+    planes: &[f32],
+    pl: &Planes,
+    k: usize,
+    w: &Packed,
+    grid: &mut [f32],
+    parallel: bool,
+) {
     assert!(k * k == w.kk && planes.len() >= w.c_in * pl.len + SLACK);
     assert!(grid.len() >= w.c_out * pl.span);
     let offsets = tap_offsets(pl, k);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `available()` (the callers' condition) checked AVX-512F; the asserts above
-    // bound every read (the last tile reads at most TILE − 1 past a plane's span end, which
-    // the slack covers) and write (masked to the span).
-    unsafe {
-        avx512::forward(planes, pl.len, pl.span, &offsets, w, grid)
+    let grid = &mut grid[..w.c_out * pl.span];
+    let blocks = w.c_out.div_ceil(ROWS);
+    // Blocks per task: a few tasks per thread, so that a slower core does not hold the
+    // others up, while each task still reuses a strip of input across several blocks.
+    let per_task = if parallel {
+        blocks
+            .div_ceil(PARALLEL_TASKS_PER_THREAD * super::im2col::threads().max(1))
+            .max(1)
+    } else {
+        blocks
+    };
+    let isa = isa().expect("direct::forward runs where forward_available()");
+    let run = |(task, rows): (usize, &mut [f32])| {
+        let task_blocks = task * per_task..(task * per_task + per_task).min(blocks);
+        let geometry = (pl.len, pl.span);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` (the callers' condition, `forward_available()`) checked the
+        // instruction set; the asserts above bound every read (the last tile reads at most
+        // TILE − 1 past a plane's span end, which the slack covers; AVX2 tiles are shorter)
+        // and write (masked to the span; `rows` holds the task's blocks' rows, fewer for the
+        // last block when `c_out` is not a multiple of ROWS).
+        unsafe {
+            match isa {
+                Isa::Avx512 => avx512::forward(planes, geometry, &offsets, w, task_blocks, rows),
+                Isa::Avx2 => avx2::forward(planes, geometry, &offsets, w, task_blocks, rows),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!(
+            "direct kernels run only on x86-64 ({isa:?} {task_blocks:?} {geometry:?} {:?} {:p})",
+            offsets, rows
+        );
+    };
+    let task_len = per_task * ROWS * pl.span;
+    if parallel {
+        grid.par_chunks_mut(task_len).enumerate().for_each(run);
+    } else {
+        grid.chunks_mut(task_len).enumerate().for_each(run);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("direct kernels run only on x86-64 ({offsets:?}, {grid:p})");
 }
+
+/// Tasks per thread of a single sample's [`forward`].
+const PARALLEL_TASKS_PER_THREAD: usize = 2;
 
 /// Elements between consecutive positions of planes laid out channels-last with `c`
 /// channels: `c` rounded up to a vector, plus one vector when that is a multiple of 1 KB, so
@@ -431,6 +518,124 @@ pub(super) fn weight_grad(
     unreachable!("direct kernels run only on x86-64 ({offsets:?}, {accumulate})");
 }
 
+/// The AVX2 + FMA planar forward kernel: [`avx512`]'s forward tile with half-width vectors
+/// and 16 registers, so a tile is [`ROWS`] output channels × [`AVX2_VECS`] vectors (12
+/// accumulators, 3 input vectors and a broadcast weight).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// f32 lanes of an AVX2 vector.
+    const LANES8: usize = 8;
+    /// Vectors of positions per tile.
+    const AVX2_VECS: usize = 3;
+    /// Positions per tile (within [`SLACK`]).
+    const TILE8: usize = AVX2_VECS * LANES8;
+
+    /// The AVX2 body of [`super::forward`]; as [`super::avx512::forward`].
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 and FMA ([`super::forward_available`]); otherwise as
+    /// [`super::avx512::forward`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn forward(
+        planes: &[f32],
+        (len, span): (usize, usize),
+        offsets: &[usize],
+        w: &Packed,
+        blocks: std::ops::Range<usize>,
+        grid: &mut [f32],
+    ) {
+        let per_block = w.c_in * w.kk * ROWS;
+        let (x, out) = (planes.as_ptr(), grid.as_mut_ptr());
+        let first = blocks.start;
+        for p0 in (0..span).step_by(TILE8) {
+            for b in blocks.clone() {
+                let rows = ROWS.min(w.c_out - b * ROWS);
+                // SAFETY: see `super::forward`.
+                unsafe {
+                    tile(
+                        x.add(p0),
+                        (len, w.c_in),
+                        offsets,
+                        w.data.as_ptr().add(b * per_block),
+                        out.add((b - first) * ROWS * span + p0),
+                        (span, rows, span - p0),
+                    );
+                }
+            }
+        }
+    }
+
+    /// One tile of `rows` output rows × the first `valid` (at most [`TILE8`]) positions.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 and FMA; `x` plus every `ci · len + offset` plus [`TILE8`]
+    /// must be readable, `w` must hold `c_in · offsets.len() · ROWS` weights and `out` `rows`
+    /// rows of `stride` elements with `valid` writable positions each.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile(
+        x: *const f32,
+        (len, c_in): (usize, usize),
+        offsets: &[usize],
+        w: *const f32,
+        out: *mut f32,
+        (stride, rows, valid): (usize, usize, usize),
+    ) {
+        let kk = offsets.len();
+        let mut acc = [[_mm256_setzero_ps(); AVX2_VECS]; ROWS];
+        for ci in 0..c_in {
+            // SAFETY: (all pointer arithmetic below) within the planes plus slack and the
+            // packed kernel, as `super::forward` asserts.
+            let (xc, wc) = unsafe { (x.add(ci * len), w.add(ci * kk * ROWS)) };
+            for (t, &off) in offsets.iter().enumerate() {
+                // SAFETY: a tap offset stays within the plane (the caller's bound).
+                let xp = unsafe { xc.add(off) };
+                let mut xv = [_mm256_setzero_ps(); AVX2_VECS];
+                for (v, xv) in xv.iter_mut().enumerate() {
+                    // SAFETY: a tile's TILE8 positions from the tap are readable (slack).
+                    *xv = unsafe { _mm256_loadu_ps(xp.add(v * LANES8)) };
+                }
+                // SAFETY: tap `t` of input channel `ci` lies within the packed block.
+                let wt = unsafe { wc.add(t * ROWS) };
+                for (j, row) in acc.iter_mut().enumerate() {
+                    // SAFETY: `j < ROWS` weights of the tap (zeros past `c_out`).
+                    let wj = _mm256_set1_ps(unsafe { *wt.add(j) });
+                    for (a, xv) in row.iter_mut().zip(&xv) {
+                        *a = _mm256_fmadd_ps(*xv, wj, *a);
+                    }
+                }
+            }
+        }
+        for (j, row) in acc.iter().enumerate().take(rows) {
+            // SAFETY: `j < rows` rows of the output, each `stride` long.
+            let o = unsafe { out.add(j * stride) };
+            for (v, a) in row.iter().enumerate() {
+                let start = v * LANES8;
+                if start >= valid {
+                    break;
+                }
+                let n = valid - start;
+                if n >= LANES8 {
+                    // SAFETY: positions below `valid` lie within the grid row.
+                    unsafe { _mm256_storeu_ps(o.add(start), *a) };
+                } else {
+                    let mut lanes = [0.0f32; LANES8];
+                    // SAFETY: `lanes` holds one vector.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
+                    for (i, &v) in lanes.iter().enumerate().take(n) {
+                        // SAFETY: positions below `valid` lie within the grid row.
+                        unsafe { *o.add(start + i) = v };
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
@@ -442,26 +647,29 @@ mod avx512 {
         ((1u32 << n.min(LANES)) - 1) as __mmask16
     }
 
-    /// The AVX-512 body of [`super::forward`].
+    /// The AVX-512 body of [`super::forward`] for the output-channel blocks `blocks`, whose
+    /// rows `grid` holds (its row 0 is block `blocks.start`'s first channel).
     ///
     /// # Safety
     ///
     /// The CPU must support AVX-512F ([`super::available`]); `planes` holds `c_in` planes `len`
-    /// apart plus [`SLACK`] readable elements, `grid` at least `c_out · span`, and every offset
-    /// plus `span` stays within a plane's `len` (what `super::forward` asserts).
+    /// apart plus [`SLACK`] readable elements, `grid` the blocks' rows (`span` each, up to
+    /// `c_out`), and every offset plus `span` stays within a plane's `len` (what
+    /// `super::forward` asserts).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn forward(
         planes: &[f32],
-        len: usize,
-        span: usize,
+        (len, span): (usize, usize),
         offsets: &[usize],
         w: &Packed,
+        blocks: std::ops::Range<usize>,
         grid: &mut [f32],
     ) {
         let per_block = w.c_in * w.kk * ROWS;
         let (x, out) = (planes.as_ptr(), grid.as_mut_ptr());
+        let first = blocks.start;
         for p0 in (0..span).step_by(TILE) {
-            for b in 0..w.c_out.div_ceil(ROWS) {
+            for b in blocks.clone() {
                 let rows = ROWS.min(w.c_out - b * ROWS);
                 // SAFETY: see `super::forward`.
                 unsafe {
@@ -470,7 +678,7 @@ mod avx512 {
                         (len, w.c_in),
                         offsets,
                         w.data.as_ptr().add(b * per_block),
-                        out.add(b * ROWS * span + p0),
+                        out.add((b - first) * ROWS * span + p0),
                         (span, rows, span - p0),
                     );
                 }
@@ -932,5 +1140,113 @@ mod avx512 {
             }
         }
         acc
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    /// `grid[o, p] = Σ_ci Σ_tap W[o, ci, tap] · planes[ci, offset_tap + p]` in f64.
+    fn forward_by_loops(
+        planes: &[f32],
+        (len, span): (usize, usize),
+        offsets: &[usize],
+        w: &[f32],
+        (c_out, c_in): (usize, usize),
+    ) -> Vec<f64> {
+        let kk = offsets.len();
+        let mut grid = vec![0.0; c_out * span];
+        for o in 0..c_out {
+            for ci in 0..c_in {
+                for (t, &off) in offsets.iter().enumerate() {
+                    let wv = f64::from(w[(o * c_in + ci) * kk + t]);
+                    for p in 0..span {
+                        grid[o * span + p] += wv * f64::from(planes[ci * len + off + p]);
+                    }
+                }
+            }
+        }
+        grid
+    }
+
+    /// Both instruction sets' planar forward kernels, one task and split across threads,
+    /// against plain loops: output channels not a multiple of [`ROWS`], spans not a multiple
+    /// of either tile, a 5×5 kernel; one thread's and several tasks' results are identical.
+    #[test]
+    fn planar_forward_kernels_of_both_instruction_sets_match_loops() {
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|isa| match isa {
+                Isa::Avx512 => cpu_has("avx512f"),
+                Isa::Avx2 => cpu_has("avx2") && cpu_has("fma"),
+            })
+            .collect();
+        if isas.is_empty() {
+            eprintln!("neither AVX-512F nor AVX2+FMA here: nothing to compare");
+            return;
+        }
+        let mut rng = SplitMix64::new(7);
+        for (c_in, c_out, k, h, w_) in [(5, 6, 3, 9, 11), (17, 13, 3, 14, 14), (8, 9, 5, 7, 13)] {
+            let pad = (k - 1) / 2;
+            let pl = Planes::new(h, w_, pad, 2);
+            let offsets = tap_offsets(&pl, k);
+            let planes: Vec<f32> = (0..c_in * pl.len + SLACK)
+                .map(|_| rng.normal() as f32)
+                .collect();
+            let kernel: Vec<f32> = (0..c_out * c_in * k * k)
+                .map(|_| rng.normal() as f32)
+                .collect();
+            let want =
+                forward_by_loops(&planes, (pl.len, pl.span), &offsets, &kernel, (c_out, c_in));
+            let packed = Packed::new(Source::Plain(&kernel), c_out, c_in, k * k);
+            for &isa in &isas {
+                let mut results = Vec::new();
+                for per_task in [c_out.div_ceil(ROWS), 1] {
+                    let mut grid = vec![f32::NAN; c_out * pl.span];
+                    for (task, rows) in grid.chunks_mut(per_task * ROWS * pl.span).enumerate() {
+                        let blocks =
+                            task * per_task..((task + 1) * per_task).min(c_out.div_ceil(ROWS));
+                        // SAFETY: the instruction set was detected above; the planes have
+                        // their slack and the grid every block's rows.
+                        unsafe {
+                            match isa {
+                                Isa::Avx512 => avx512::forward(
+                                    &planes,
+                                    (pl.len, pl.span),
+                                    &offsets,
+                                    &packed,
+                                    blocks,
+                                    rows,
+                                ),
+                                Isa::Avx2 => avx2::forward(
+                                    &planes,
+                                    (pl.len, pl.span),
+                                    &offsets,
+                                    &packed,
+                                    blocks,
+                                    rows,
+                                ),
+                            }
+                        }
+                    }
+                    let diff = grid
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (f64::from(*a) - b).abs())
+                        .fold(0.0, f64::max);
+                    assert!(
+                        diff < 1e-4,
+                        "{isa:?} {c_in}→{c_out} k{k} {h}x{w_}: differs by {diff}"
+                    );
+                    results.push(grid);
+                }
+                assert_eq!(
+                    results[0], results[1],
+                    "{isa:?}: split tasks differ from one task"
+                );
+            }
+        }
     }
 }

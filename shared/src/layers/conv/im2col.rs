@@ -550,8 +550,19 @@ impl Split {
 }
 
 pub(super) fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+    conv_forward_cached(x, w, d, g, None)
+}
+
+/// [`conv_forward`], the direct kernels' packing of `w` taken from (or kept in) `cache`.
+pub(super) fn conv_forward_cached<T: Scratch>(
+    x: &[T],
+    w: &[T],
+    d: &Dims,
+    g: ConvGeom,
+    cache: Option<&super::PackedKernel>,
+) -> Vec<T> {
     if shifted::forward_applies::<T>(d, g) {
-        return shifted::forward(x, w, d, g);
+        return shifted::forward(x, w, d, g, cache);
     }
     let l = d.out_len();
     let rows = d.rows();

@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 use super::contiguous_slice;
 use super::dtype::float_dispatch;
-use im2col::{conv_forward, conv_input_grad, conv_weight_grad};
+use im2col::{conv_forward, conv_forward_cached, conv_input_grad, conv_weight_grad};
 
 mod direct;
 mod im2col;
@@ -28,6 +28,26 @@ mod shifted;
 mod tests;
 
 pub use layer::{Conv2d, ConvInit};
+
+/// A convolution kernel as the direct forward kernel reads it, packed on the first pass that
+/// needs it and kept: for inference, whose kernels do not change between passes. Without it
+/// every pass repacks every kernel, which a single sample does not amortise (ResNet-18's 3×3
+/// kernels are 44 MB). Tie one to one kernel tensor: it is never checked against the kernel
+/// it is used with.
+#[derive(Debug, Clone, Default)]
+pub struct PackedKernel(std::sync::OnceLock<std::sync::Arc<direct::Packed>>);
+
+impl PackedKernel {
+    /// The packed kernel, built by `pack` on first use.
+    fn get_or_pack(&self, pack: impl FnOnce() -> direct::Packed) -> std::sync::Arc<direct::Packed> {
+        self.0.get_or_init(|| std::sync::Arc::new(pack())).clone()
+    }
+
+    /// Whether a pass has packed the kernel (the direct kernel ran).
+    pub fn is_packed(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
 
 /// Convolution geometry (square kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +158,41 @@ impl CustomOp2 for Conv2dOp {
             None
         };
         Ok((dx, dw))
+    }
+}
+
+/// The inference convolution `(input, kernel) → output` with the kernel's packing cached.
+struct CachedConv2dOp<'a> {
+    geom: ConvGeom,
+    cache: &'a PackedKernel,
+}
+
+impl CustomOp2 for CachedConv2dOp<'_> {
+    fn name(&self) -> &'static str {
+        "mtpath-conv2d-cached"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1.dims(), l2.dims(), self.geom)?;
+        let out = float_dispatch!(
+            [s1, s2],
+            T => Ok(conv_forward_cached(
+                contiguous_slice::<T>(s1, l1, "conv2d: operands")?,
+                contiguous_slice::<T>(s2, l2, "conv2d: operands")?,
+                &d,
+                self.geom,
+                Some(self.cache),
+            )),
+            "{}: f32 or f64 operands of one dtype expected",
+            self.name()
+        )?;
+        Ok((out, Shape::from((d.n, d.c_out, d.oh, d.ow))))
     }
 }
 
@@ -255,6 +310,22 @@ pub fn conv2d_weight_grad(
             w_dims: w_dims.to_vec(),
         },
     )
+}
+
+/// [`conv2d`] for inference: no gradients, and a kernel that stays the same across calls
+/// with the same `cache`, whose packing for the direct kernels is kept there.
+pub fn conv2d_cached(
+    xs: &Tensor,
+    w: &Tensor,
+    geom: ConvGeom,
+    cache: &PackedKernel,
+) -> candle_core::Result<Tensor> {
+    if super::use_fused_cpu(xs) {
+        xs.contiguous()?
+            .apply_op2_no_bwd(&w.contiguous()?, &CachedConv2dOp { geom, cache })
+    } else {
+        xs.conv2d(w, geom.padding, geom.stride, 1, 1)
+    }
 }
 
 /// Convolution of NCHW `xs` with kernel `w` [out, in, k, k] on the CPU (f32 or f64), with

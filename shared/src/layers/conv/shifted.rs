@@ -18,7 +18,7 @@ use super::im2col::{
     flipped_transpose, for_groups, matmul, row_major, row_major_mut, transpose_chunk, Mat, Scratch,
     Split,
 };
-use super::{ConvGeom, Dims};
+use super::{ConvGeom, Dims, PackedKernel};
 use crate::layers::fill::par_zeros;
 use candle_core::{DType, WithDType};
 use rayon::prelude::*;
@@ -47,15 +47,20 @@ const TRANSPOSE_PAIRS: usize = 1 << 12;
 /// `c_in` and rewrites the `c_out`-row output, which thinner convolutions do not amortise.
 const MIN_CHANNELS: usize = 64;
 
-/// Whether a convolution's forward pass takes this module: a batch split across threads (a
-/// single sample runs each of its `k²` products multi-threaded, whose synchronisation costs
-/// more than the unfolding it saves) and either [`planar`] or, where the direct kernels run
-/// ([`direct_applies`]), [`channels_last_fits`] with a whole vector block of output channels
-/// (any input channels: ResNet's 7×7 stem on 3 channels qualifies).
+/// Whether a convolution's forward pass takes this module: a batch split across threads and
+/// either [`planar`] or, where the direct kernels run ([`direct_applies`]),
+/// [`channels_last_fits`] with a whole vector block of output channels (any input channels:
+/// ResNet's 7×7 stem on 3 channels qualifies). A batch smaller than the thread pool takes it
+/// only through the planar direct kernel, which splits output channels across threads
+/// (through gemm each of the `k²` products would run multi-threaded, whose synchronisation
+/// costs more than the unfolding it saves).
 pub(super) fn forward_applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
-    !Split::new(d).inner_parallel
-        && (planar(d, g)
-            || (direct_applies::<T>() && channels_last_fits(d, g) && d.c_out >= MIN_CHANNELS))
+    if Split::new(d).inner_parallel {
+        // A single sample: only the planar direct kernel, which splits its output channels
+        // across the threads itself.
+        return planar(d, g) && direct_forward_applies::<T>();
+    }
+    planar(d, g) || (direct_applies::<T>() && channels_last_fits(d, g) && d.c_out >= MIN_CHANNELS)
 }
 
 /// Whether a convolution's weight gradient takes this module: as [`forward_applies`], with
@@ -149,6 +154,12 @@ fn direct_applies<T: WithDType>() -> bool {
     T::DTYPE == DType::F32 && direct::available()
 }
 
+/// Whether the planar direct forward kernel runs for element type `T` (f32 on a CPU with
+/// AVX-512F or AVX2 and FMA).
+fn direct_forward_applies<T: WithDType>() -> bool {
+    T::DTYPE == DType::F32 && direct::forward_available()
+}
+
 /// A stride-1 "same" convolution (`k = 2·pad + 1`).
 fn is_same(d: &Dims, g: ConvGeom) -> bool {
     g.stride == 1 && same_padded(d, g)
@@ -187,7 +198,7 @@ pub(super) struct Planes {
 }
 
 impl Planes {
-    fn new(h: usize, w: usize, pad: usize, nc: usize) -> Self {
+    pub(super) fn new(h: usize, w: usize, pad: usize, nc: usize) -> Self {
         let wp = w + pad;
         let sample_rows = h + pad;
         let lead = pad + 1;
@@ -374,27 +385,41 @@ fn taps_major<T: WithDType>(w: &[T], d: &Dims) -> Vec<T> {
 }
 
 /// The forward convolution of `x` `[n, c_in, h, w]` with `w` `[c_out, c_in, k, k]`.
-pub(super) fn forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
-    forward_from(x, w, false, d, g)
+pub(super) fn forward<T: Scratch>(
+    x: &[T],
+    w: &[T],
+    d: &Dims,
+    g: ConvGeom,
+    cache: Option<&PackedKernel>,
+) -> Vec<T> {
+    forward_from(x, w, false, d, g, cache)
 }
 
 /// The input gradient of a stride-1 convolution with kernel `w` `[c_in, c_out, k, k]`
 /// (the forward convolution's): the forward convolution `d` of the output gradient `dy` with
 /// `w`'s flipped transpose, which the direct kernels read from `w` as they pack it.
 pub(super) fn forward_flipped<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
-    forward_from(dy, w, true, d, g)
+    forward_from(dy, w, true, d, g, None)
 }
 
-/// [`forward`] with the kernel `w` itself or, when `flipped`, `w`'s flipped transpose.
-fn forward_from<T: Scratch>(x: &[T], w: &[T], flipped: bool, d: &Dims, g: ConvGeom) -> Vec<T> {
-    let source = as_f32(w).filter(|_| direct::available()).map(|w| {
+/// [`forward`] with the kernel `w` itself or, when `flipped`, `w`'s flipped transpose; the
+/// planar kernel's packing of it from `cache` when given (built there on first use).
+fn forward_from<T: Scratch>(
+    x: &[T],
+    w: &[T],
+    flipped: bool,
+    d: &Dims,
+    g: ConvGeom,
+    cache: Option<&PackedKernel>,
+) -> Vec<T> {
+    let source = as_f32(w).filter(|_| direct::forward_available()).map(|w| {
         if flipped {
             direct::Source::Flipped(w)
         } else {
             direct::Source::Plain(w)
         }
     });
-    if !planar(d, g) {
+    if !planar(d, g) && direct::available() {
         if let (Some(x), Some(w)) = (as_f32(x), source) {
             return from_f32(forward_channels_last(x, w, d, g));
         }
@@ -402,7 +427,11 @@ fn forward_from<T: Scratch>(x: &[T], w: &[T], flipped: bool, d: &Dims, g: ConvGe
     let (pad, kk, l) = (g.padding, d.k * d.k, d.h * d.w);
     let split = Split::new(d);
     let par = split.parallelism();
-    let packed = source.map(|w| direct::Packed::new(w, d.c_out, d.c_in, kk));
+    let pack = |w| direct::Packed::new(w, d.c_out, d.c_in, kk);
+    let packed = source.map(|w| match cache {
+        Some(cache) => cache.get_or_pack(|| pack(w)),
+        None => std::sync::Arc::new(pack(w)),
+    });
     let taps = match (&packed, flipped) {
         (Some(_), _) => Vec::new(),
         (None, false) => taps_major(w, d),
@@ -436,7 +465,7 @@ fn forward_from<T: Scratch>(x: &[T], w: &[T], flipped: bool, d: &Dims, g: ConvGe
                 );
                 let direct = match (&packed, as_f32(planes_buf), as_f32_mut(grid_buf)) {
                     (Some(packed), Some(planes), Some(grid)) => {
-                        direct::forward(planes, &pl, d.k, packed, grid);
+                        direct::forward(planes, &pl, d.k, packed, grid, split.inner_parallel);
                         true
                     }
                     _ => false,
@@ -622,12 +651,12 @@ mod tests {
             let dy = Tensor::randn(0f64, 1.0, reference.shape(), &dev)?;
             let grads = reference.mul(&dy)?.sum_all()?.backward()?;
             let (xs, ws, dys) = (values(&x)?, values(&wt)?, values(&dy)?);
-            let y = forward(&xs, &ws, &d, geom);
+            let y = forward(&xs, &ws, &d, geom, None);
             // The input gradient: the forward convolution of dY with the flipped kernel.
             let d_t = Dims::new(&[n, cout, h, w], &[cin, cout, k, k], geom)?;
             let mut flipped = vec![0.0; ws.len()];
             flipped_transpose(&ws, &d, &mut flipped);
-            let dx = forward(&dys, &flipped, &d_t, geom);
+            let dx = forward(&dys, &flipped, &d_t, geom, None);
             let dx_read = forward_flipped(&dys, &ws, &d_t, geom);
             let dw = weight_grad(&xs, &dys, &d, geom);
             let want_dx = values(grads.get(x.as_tensor()).expect("dx"))?;
@@ -702,7 +731,7 @@ mod tests {
                 None => weight_grad_by_loops(&values(&x)?, &values(&dy)?, &d, geom),
             };
             let mut checks = vec![
-                ("y", values(&reference)?, forward(&xs, &ws, &d, geom)),
+                ("y", values(&reference)?, forward(&xs, &ws, &d, geom, None)),
                 ("dw", want_dw, weight_grad(&xs, &dys, &d, geom)),
             ];
             if stride == 2 {
@@ -718,7 +747,7 @@ mod tests {
                 let d_t = Dims::new(&[n, cout, h, w], &[cin, cout, k, k], geom)?;
                 let mut flipped = vec![0.0; ws.len()];
                 flipped_transpose(&ws, &d, &mut flipped);
-                let dx = forward(&dys, &flipped, &d_t, geom);
+                let dx = forward(&dys, &flipped, &d_t, geom, None);
                 let want = values(grads.get(x.as_tensor()).expect("dx"))?;
                 // The same, the flipped kernel read from the forward one as it is packed.
                 let dx_read = forward_flipped(&dys, &ws, &d_t, geom);
@@ -738,6 +767,52 @@ mod tests {
                     "{n}x{cin}x{h}x{w} → {cout} k{k} s{stride}: {name} differs by {diff} (scale {scale})"
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// A single sample (fewer samples than threads): the planar direct kernel splits its
+    /// output channels across the threads instead of gemm's unfolding, and still equals
+    /// candle's f64 convolution; its input gradient (the flipped kernel) too.
+    #[test]
+    fn single_sample_forward_matches_candle() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let g = ConvGeom {
+            stride: 1,
+            padding: 1,
+        };
+        for (cin, cout, h, w) in [(64, 66, 14, 14), (70, 129, 16, 17)] {
+            let d = Dims::new(&[1, cin, h, w], &[cout, cin, 3, 3], g)?;
+            assert_eq!(
+                forward_applies::<f32>(&d, g),
+                direct::forward_available() || !Split::new(&d).inner_parallel
+            );
+            let x = Tensor::randn(0f64, 1.0, (1, cin, h, w), &dev)?;
+            let wt = Tensor::randn(0f64, 1.0, (cout, cin, 3, 3), &dev)?;
+            let want = values(&x.conv2d(&wt, 1, 1, 1, 1)?)?;
+            let f32s = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+                t.flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()
+            };
+            let (xs, ws) = (f32s(&x)?, f32s(&wt)?);
+            let got = forward(&xs, &ws, &d, g, None);
+            let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            let diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (f64::from(*a) - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                diff < 2e-6 * scale,
+                "{cin}→{cout} {h}x{w}: differs by {diff}"
+            );
+            // A kernel packed once and kept gives the same output on every later pass.
+            let cache = PackedKernel::default();
+            for _ in 0..2 {
+                assert_eq!(forward(&xs, &ws, &d, g, Some(&cache)), got);
+            }
+            assert_eq!(cache.is_packed(), direct::forward_available());
         }
         Ok(())
     }
@@ -847,6 +922,17 @@ mod tests {
             direct::available()
         );
         assert!(!weight_grad_applies::<f32>(&stem, stem_geom));
+        // A single sample takes it only through the planar direct kernel.
+        let single = Dims::new(&[1, 64, 56, 56], &[64, 64, 3, 3], g)?;
+        if Split::new(&single).inner_parallel {
+            assert!(!forward_applies::<f64>(&single, g));
+            assert_eq!(
+                forward_applies::<f32>(&single, g),
+                direct::forward_available()
+            );
+            let single_small = Dims::new(&[1, 256, 7, 7], &[256, 256, 3, 3], g)?;
+            assert!(!forward_applies::<f32>(&single_small, g));
+        }
         // 4×4 outputs keep gemm.
         let to_4 = Dims::new(&[32, 256, 7, 7], &[512, 256, 3, 3], down)?;
         assert!(!forward_applies::<f32>(&to_4, down) && !weight_grad_applies::<f32>(&to_4, down));
