@@ -95,7 +95,10 @@ fn agreement(arch: Arch, side: usize) -> (f64, f64, f64) {
     for pass in 0..2 {
         let one = features(&folded.features(&first).unwrap());
         let rel = relative_difference(&one, want_first);
-        assert!(rel < F32_BOUND, "{arch}: single sample, pass {pass}: {rel:.3e}");
+        assert!(
+            rel < F32_BOUND,
+            "{arch}: single sample, pass {pass}: {rel:.3e}"
+        );
     }
 
     let file = checkpoint(&net, side as u32);

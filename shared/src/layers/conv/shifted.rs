@@ -58,9 +58,17 @@ pub(super) fn forward_applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
     if Split::new(d).inner_parallel {
         // A single sample: only the planar direct kernel, which splits its output channels
         // across the threads itself.
-        return planar(d, g) && direct_forward_applies::<T>();
+        return planar_direct::<T>(d, g);
     }
-    planar(d, g) || (direct_applies::<T>() && channels_last_fits(d, g) && d.c_out >= MIN_CHANNELS)
+    planar(d, g)
+        || planar_direct::<T>(d, g)
+        || (direct_applies::<T>() && channels_last_fits(d, g) && d.c_out >= MIN_CHANNELS)
+}
+
+/// The planar direct kernel's geometry ([`geometry_fits`]) where it runs, with any channel
+/// counts: it has no per-tap products to amortise (DenseNet's 3×3 128 → 32 takes it).
+fn planar_direct<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
+    geometry_fits(d, g) && direct_forward_applies::<T>()
 }
 
 /// Whether a convolution's weight gradient takes this module: as [`forward_applies`], with
@@ -419,7 +427,7 @@ fn forward_from<T: Scratch>(
             direct::Source::Plain(w)
         }
     });
-    if !planar(d, g) && direct::available() {
+    if !planar(d, g) && !planar_direct::<T>(d, g) && direct::available() {
         if let (Some(x), Some(w)) = (as_f32(x), source) {
             return from_f32(forward_channels_last(x, w, d, g));
         }
@@ -781,7 +789,7 @@ mod tests {
             stride: 1,
             padding: 1,
         };
-        for (cin, cout, h, w) in [(64, 66, 14, 14), (70, 129, 16, 17)] {
+        for (cin, cout, h, w) in [(64, 66, 14, 14), (70, 129, 16, 17), (128, 32, 15, 14)] {
             let d = Dims::new(&[1, cin, h, w], &[cout, cin, 3, 3], g)?;
             assert_eq!(
                 forward_applies::<f32>(&d, g),
@@ -891,13 +899,18 @@ mod tests {
                 "{h}x{h} k{k} s{stride} p{padding}"
             );
         }
-        // Thin convolutions (DenseNet's 128 → 32) keep it too.
+        // Thin convolutions (DenseNet's 128 → 32) keep gemm's unfolding...
         let g = ConvGeom {
             stride: 1,
             padding: 1,
         };
         let thin = Dims::new(&[64, 128, 56, 56], &[32, 128, 3, 3], g)?;
         assert!(geometry_fits(&thin, g) && !forward_applies::<f64>(&thin, g));
+        // ... unless the direct kernel runs: it has no per-tap products to amortise.
+        assert_eq!(
+            forward_applies::<f32>(&thin, g),
+            direct::forward_available()
+        );
         assert!(!weight_grad_applies::<f32>(&thin, g));
         // Small maps, stride 2 and the stem take it only where the direct kernels run (f32
         // with AVX-512F); the stem's 3 input channels only forward.
