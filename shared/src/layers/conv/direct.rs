@@ -282,6 +282,7 @@ const CL_WIDTH: usize = CL_COLS * LANES;
 /// A kernel `[c_out, c_in, k, k]` for the channels-last forward tiles: per block of
 /// [`CL_WIDTH`] output channels, per tap and input channel, the block's weights side by side
 /// (zeros past `c_out`), so that a tile's weights are one contiguous run.
+#[derive(Debug)]
 pub(super) struct ByTap {
     data: Vec<f32>,
     c_out: usize,
@@ -337,7 +338,8 @@ pub(super) fn channels_last_out_len(c_out: usize, nq: usize) -> usize {
 /// `positions` (grid indices of `pl`) and the input planes channels-last, `x_cl`
 /// `[len, channels_last_stride(c_in)]` (from [`Planes::pad_channels_last`]). The output
 /// comes in blocks of [`CL_WIDTH`] channels: `y_cl [c_out / CL_WIDTH, q, CL_WIDTH]`, see
-/// [`channels_last_to_nchw`].
+/// [`channels_last_to_nchw`]. When `parallel` (fewer samples than threads), each block's
+/// positions are also split into runs, and blocks and runs spread over the thread pool.
 pub(super) fn forward_channels_last(
     x_cl: &[f32],
     pl: &Planes,
@@ -345,20 +347,52 @@ pub(super) fn forward_channels_last(
     positions: &[u32],
     w: &ByTap,
     y_cl: &mut [f32],
+    parallel: bool,
 ) {
     assert!(k * k == w.kk && x_cl.len() >= channels_last_stride(w.c_in) * pl.len);
     assert!(y_cl.len() >= channels_last_out_len(w.c_out, positions.len()));
     assert!(positions.iter().all(|&p| (p as usize) < pl.span));
     let offsets = tap_offsets(pl, k);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `available()` checked AVX-512F; the asserts above bound every read (a real
-    // position plus any tap offset stays within the planes; channels past `c_out` are masked)
-    // and every write (rows below `positions.len()` of each block).
-    unsafe {
-        avx512::forward_channels_last(x_cl, positions, &offsets, w, y_cl)
+    let nq = positions.len();
+    let y_cl = &mut y_cl[..channels_last_out_len(w.c_out, nq)];
+    let run = |block: usize, positions: &[u32], y: &mut [f32]| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available()` checked AVX-512F; the asserts above bound every read (a real
+        // position plus any tap offset stays within the planes; channels past `c_out` are
+        // masked) and every write (`y` holds the block's rows of these positions).
+        unsafe {
+            avx512::forward_channels_last(x_cl, positions, &offsets, w, block, y)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!(
+            "direct kernels run only on x86-64 ({block} {} {:?} {})",
+            positions.len(),
+            offsets,
+            y.len()
+        );
+    };
+    if nq == 0 {
+        return;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("direct kernels run only on x86-64 ({offsets:?})");
+    let blocks = w.c_out.div_ceil(CL_WIDTH);
+    if parallel {
+        // Enough tasks for every thread twice over; runs of whole tiles.
+        let tasks = PARALLEL_TASKS_PER_THREAD * super::im2col::threads().max(1);
+        let per_run = nq
+            .div_ceil(tasks.div_ceil(blocks))
+            .next_multiple_of(CL_ROWS);
+        y_cl.par_chunks_mut(nq * CL_WIDTH)
+            .enumerate()
+            .for_each(|(block, rows)| {
+                rows.par_chunks_mut(per_run * CL_WIDTH)
+                    .zip(positions.par_chunks(per_run))
+                    .for_each(|(y, positions)| run(block, positions, y));
+            });
+    } else {
+        for (block, rows) in y_cl.chunks_mut(nq * CL_WIDTH).enumerate() {
+            run(block, positions, rows);
+        }
+    }
 }
 
 /// Row `y` of every channel of `sample` `[c, h, w]` into `row` `[w, stride]` (position by
@@ -453,26 +487,55 @@ pub(super) fn rows_to_nchw(
 }
 
 /// [`forward_channels_last`]'s output `src` (`nc·l` positions of `nc` samples) into `dst`
-/// `[nc, c, l]`.
-pub(super) fn channels_last_to_nchw(src: &[f32], c: usize, l: usize, dst: &mut [f32]) {
+/// `[nc, c, l]`; when `parallel`, samples, blocks and groups of 16 channels (one cache line
+/// of each row) spread over the thread pool.
+pub(super) fn channels_last_to_nchw(
+    src: &[f32],
+    c: usize,
+    l: usize,
+    dst: &mut [f32],
+    parallel: bool,
+) {
     /// Positions moved together: their rows (16 KB) stay in L1 while every channel of the
     /// block is picked out of them.
     const POSITIONS: usize = 64;
+    /// Channels per parallel task: one cache line of each row.
+    const LANE_GROUP: usize = 16;
     let nq = dst.len() / c;
-    for (s, sample) in dst.chunks_exact_mut(c * l).enumerate() {
-        for (block, planes) in sample.chunks_mut(CL_WIDTH * l).enumerate() {
-            let rows = &src[(block * nq + s * l) * CL_WIDTH..][..l * CL_WIDTH];
-            for p0 in (0..l).step_by(POSITIONS) {
-                let n = POSITIONS.min(l - p0);
-                let tile = &rows[p0 * CL_WIDTH..][..n * CL_WIDTH];
-                for (lane, plane) in planes.chunks_exact_mut(l).enumerate() {
-                    for (v, row) in plane[p0..p0 + n]
-                        .iter_mut()
-                        .zip(tile.chunks_exact(CL_WIDTH))
-                    {
-                        *v = row[lane];
-                    }
+    let copy = |(s, block, group): (usize, usize, usize), planes: &mut [f32]| {
+        let rows = &src[(block * nq + s * l) * CL_WIDTH..][..l * CL_WIDTH];
+        for p0 in (0..l).step_by(POSITIONS) {
+            let n = POSITIONS.min(l - p0);
+            let tile = &rows[p0 * CL_WIDTH..][..n * CL_WIDTH];
+            for (j, plane) in planes.chunks_exact_mut(l).enumerate() {
+                let lane = group * LANE_GROUP + j;
+                for (v, row) in plane[p0..p0 + n]
+                    .iter_mut()
+                    .zip(tile.chunks_exact(CL_WIDTH))
+                {
+                    *v = row[lane];
                 }
+            }
+        }
+    };
+    if parallel {
+        dst.par_chunks_exact_mut(c * l)
+            .enumerate()
+            .for_each(|(s, sample)| {
+                sample
+                    .par_chunks_mut(CL_WIDTH * l)
+                    .enumerate()
+                    .for_each(|(block, planes)| {
+                        planes
+                            .par_chunks_mut(LANE_GROUP * l)
+                            .enumerate()
+                            .for_each(|(group, lanes)| copy((s, block, group), lanes));
+                    });
+            });
+    } else {
+        for (s, sample) in dst.chunks_exact_mut(c * l).enumerate() {
+            for (block, planes) in sample.chunks_mut(CL_WIDTH * l).enumerate() {
+                copy((s, block, 0), planes);
             }
         }
     }
@@ -750,56 +813,56 @@ mod avx512 {
         }
     }
 
-    /// The AVX-512 body of [`super::forward_channels_last`].
+    /// The AVX-512 body of [`super::forward_channels_last`] for block `block` of output
+    /// channels at `positions`, whose rows `y_cl` holds.
     ///
     /// # Safety
     ///
     /// The CPU must support AVX-512F ([`super::available`]); `x_cl` must hold every position
-    /// plus offset at [`channels_last_stride`]`(c_in)` and `y_cl` [`channels_last_out_len`]
-    /// elements (what `super::forward_channels_last` asserts).
+    /// plus offset at [`channels_last_stride`]`(c_in)` and `y_cl` `positions.len()` rows of
+    /// [`CL_WIDTH`] (what `super::forward_channels_last` asserts).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn forward_channels_last(
         x_cl: &[f32],
         positions: &[u32],
         offsets: &[usize],
         w: &ByTap,
+        block: usize,
         y_cl: &mut [f32],
     ) {
-        let (c_in, c_out, nq) = (w.c_in, w.c_out, positions.len());
+        let (c_in, nq) = (w.c_in, positions.len());
+        debug_assert!(y_cl.len() >= nq * CL_WIDTH);
         let stride = channels_last_stride(c_in);
         let (x, y) = (x_cl.as_ptr(), y_cl.as_mut_ptr());
-        for co0 in (0..c_out).step_by(CL_WIDTH) {
-            let block = co0 / CL_WIDTH;
-            for ci0 in (0..c_in).step_by(CL_DEPTH) {
-                let cis = ci0..CL_DEPTH.min(c_in - ci0) + ci0;
-                // Every (tap, input channel) of the pass as (input offset from a position,
-                // weight offset in the block): one flat loop however few channels there are
-                // (the stem has 3).
-                let steps: Vec<(usize, usize)> = offsets
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(t, &off)| {
-                        cis.clone()
-                            .map(move |ci| (off * stride + ci, (t * c_in + ci) * CL_WIDTH))
-                    })
-                    .collect();
-                for q0 in (0..nq).step_by(CL_ROWS) {
-                    let rows = CL_ROWS.min(nq - q0);
-                    // Rows past the last repeat it; they are not stored.
-                    let grid: [usize; CL_ROWS] =
-                        std::array::from_fn(|i| positions[q0 + i.min(rows - 1)] as usize);
-                    // SAFETY: see `super::forward_channels_last`.
-                    unsafe {
-                        let out = y.add((block * nq + q0) * CL_WIDTH);
-                        cl_tile(
-                            grid.map(|g| x.add(g * stride)),
-                            &steps,
-                            w.data.as_ptr().add(block * w.kk * c_in * CL_WIDTH),
-                            ci0 > 0,
-                            std::array::from_fn(|i| out.add(i * CL_WIDTH)),
-                            rows,
-                        );
-                    }
+        for ci0 in (0..c_in).step_by(CL_DEPTH) {
+            let cis = ci0..CL_DEPTH.min(c_in - ci0) + ci0;
+            // Every (tap, input channel) of the pass as (input offset from a position,
+            // weight offset in the block): one flat loop however few channels there are
+            // (the stem has 3).
+            let steps: Vec<(usize, usize)> = offsets
+                .iter()
+                .enumerate()
+                .flat_map(|(t, &off)| {
+                    cis.clone()
+                        .map(move |ci| (off * stride + ci, (t * c_in + ci) * CL_WIDTH))
+                })
+                .collect();
+            for q0 in (0..nq).step_by(CL_ROWS) {
+                let rows = CL_ROWS.min(nq - q0);
+                // Rows past the last repeat it; they are not stored.
+                let grid: [usize; CL_ROWS] =
+                    std::array::from_fn(|i| positions[q0 + i.min(rows - 1)] as usize);
+                // SAFETY: see `super::forward_channels_last`.
+                unsafe {
+                    let out = y.add(q0 * CL_WIDTH);
+                    cl_tile(
+                        grid.map(|g| x.add(g * stride)),
+                        &steps,
+                        w.data.as_ptr().add(block * w.kk * c_in * CL_WIDTH),
+                        ci0 > 0,
+                        std::array::from_fn(|i| out.add(i * CL_WIDTH)),
+                        rows,
+                    );
                 }
             }
         }

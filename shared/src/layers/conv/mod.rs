@@ -35,17 +35,39 @@ pub use layer::{Conv2d, ConvInit};
 /// kernels are 44 MB). Tie one to one kernel tensor: it is never checked against the kernel
 /// it is used with.
 #[derive(Debug, Clone, Default)]
-pub struct PackedKernel(std::sync::OnceLock<std::sync::Arc<direct::Packed>>);
+pub struct PackedKernel {
+    /// For the planar kernel.
+    planar: std::sync::OnceLock<std::sync::Arc<direct::Packed>>,
+    /// For the channels-last kernel.
+    by_tap: std::sync::OnceLock<std::sync::Arc<direct::ByTap>>,
+}
 
 impl PackedKernel {
-    /// The packed kernel, built by `pack` on first use.
+    /// The kernel packed for the planar kernel, built by `pack` on first use.
     fn get_or_pack(&self, pack: impl FnOnce() -> direct::Packed) -> std::sync::Arc<direct::Packed> {
-        self.0.get_or_init(|| std::sync::Arc::new(pack())).clone()
+        self.planar
+            .get_or_init(|| std::sync::Arc::new(pack()))
+            .clone()
     }
 
-    /// Whether a pass has packed the kernel (the direct kernel ran).
+    /// The kernel packed for the channels-last kernel, built by `pack` on first use.
+    fn get_or_pack_by_tap(
+        &self,
+        pack: impl FnOnce() -> direct::ByTap,
+    ) -> std::sync::Arc<direct::ByTap> {
+        self.by_tap
+            .get_or_init(|| std::sync::Arc::new(pack()))
+            .clone()
+    }
+
+    /// Whether a pass has packed the kernel for the planar kernel (it ran).
     pub fn is_packed(&self) -> bool {
-        self.0.get().is_some()
+        self.planar.get().is_some()
+    }
+
+    /// Whether a pass has packed the kernel for the channels-last kernel (it ran).
+    pub fn is_packed_by_tap(&self) -> bool {
+        self.by_tap.get().is_some()
     }
 }
 

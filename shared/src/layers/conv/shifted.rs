@@ -51,18 +51,20 @@ const MIN_CHANNELS: usize = 64;
 /// either [`planar`] or, where the direct kernels run ([`direct_applies`]),
 /// [`channels_last_fits`] with a whole vector block of output channels (any input channels:
 /// ResNet's 7×7 stem on 3 channels qualifies). A batch smaller than the thread pool takes it
-/// only through the planar direct kernel, which splits output channels across threads
-/// (through gemm each of the `k²` products would run multi-threaded, whose synchronisation
-/// costs more than the unfolding it saves).
+/// only through the direct kernels, which split output channels and positions across
+/// threads (through gemm each of the `k²` products would run multi-threaded, whose
+/// synchronisation costs more than the unfolding it saves).
 pub(super) fn forward_applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
+    let channels_last =
+        direct_applies::<T>() && channels_last_fits(d, g) && d.c_out >= MIN_CHANNELS;
     if Split::new(d).inner_parallel {
-        // A single sample: only the planar direct kernel, which splits its output channels
-        // across the threads itself.
-        return planar_direct::<T>(d, g);
+        // A single sample: only the direct kernels, which split their output channels (and
+        // positions) across the threads themselves; channels-last only for the small maps
+        // of stride 1 (ResNet's 7×7 stage: 0.62 against gemm's 0.79 ms for 512 channels),
+        // since the stem and stride 2 measured level or slower than gemm there.
+        return planar_direct::<T>(d, g) || (channels_last && g.stride == 1);
     }
-    planar(d, g)
-        || planar_direct::<T>(d, g)
-        || (direct_applies::<T>() && channels_last_fits(d, g) && d.c_out >= MIN_CHANNELS)
+    planar(d, g) || planar_direct::<T>(d, g) || channels_last
 }
 
 /// The planar direct kernel's geometry ([`geometry_fits`]) where it runs, with any channel
@@ -429,7 +431,7 @@ fn forward_from<T: Scratch>(
     });
     if !planar(d, g) && !planar_direct::<T>(d, g) && direct::available() {
         if let (Some(x), Some(w)) = (as_f32(x), source) {
-            return from_f32(forward_channels_last(x, w, d, g));
+            return from_f32(forward_channels_last(x, w, d, g, cache));
         }
     }
     let (pad, kk, l) = (g.padding, d.k * d.k, d.h * d.w);
@@ -502,10 +504,20 @@ fn forward_from<T: Scratch>(
 
 /// The forward convolution by the channels-last direct kernel: the input planes padded
 /// channels-last, the output computed at the real positions only, then turned back to NCHW.
-fn forward_channels_last(x: &[f32], w: direct::Source, d: &Dims, g: ConvGeom) -> Vec<f32> {
+fn forward_channels_last(
+    x: &[f32],
+    w: direct::Source,
+    d: &Dims,
+    g: ConvGeom,
+    cache: Option<&PackedKernel>,
+) -> Vec<f32> {
     let (pad, l_in, l) = (g.padding, d.h * d.w, d.out_len());
     let split = Split::new(d);
-    let by_tap = direct::ByTap::new(w, d.c_out, d.c_in, d.k * d.k);
+    let pack = || direct::ByTap::new(w, d.c_out, d.c_in, d.k * d.k);
+    let by_tap = match cache {
+        Some(cache) => cache.get_or_pack_by_tap(pack),
+        None => std::sync::Arc::new(pack()),
+    };
     let (per, full) = chunking(d, pad, &split);
     let most = per.min(split.groups.iter().map(|g| g.len()).max().unwrap_or(1));
     let stride = direct::channels_last_stride(d.c_in);
@@ -522,9 +534,12 @@ fn forward_channels_last(x: &[f32], w: direct::Source, d: &Dims, g: ConvGeom) ->
                     let xs = &x[n0 * d.c_in * l_in..];
                     pl.pad_channels_last(xs, (d.c_in, stride), nc, x_cl);
                     let positions = pl.output_positions(nc, g.stride, (d.oh, d.ow));
-                    direct::forward_channels_last(x_cl, &pl, d.k, &positions, &by_tap, y_cl);
+                    let parallel = split.inner_parallel;
+                    direct::forward_channels_last(
+                        x_cl, &pl, d.k, &positions, &by_tap, y_cl, parallel,
+                    );
                     let ys = &mut y_part[(n0 - group.start) * d.c_out * l..][..nc * d.c_out * l];
-                    direct::channels_last_to_nchw(y_cl, d.c_out, l, ys);
+                    direct::channels_last_to_nchw(y_cl, d.c_out, l, ys, parallel);
                 }
             },
         )
@@ -779,25 +794,38 @@ mod tests {
         Ok(())
     }
 
-    /// A single sample (fewer samples than threads): the planar direct kernel splits its
-    /// output channels across the threads instead of gemm's unfolding, and still equals
-    /// candle's f64 convolution; its input gradient (the flipped kernel) too.
+    /// A single sample (fewer samples than threads): the direct kernels split output
+    /// channels and positions across the threads instead of gemm's unfolding, and still
+    /// equal candle's f64 convolution.
     #[test]
     fn single_sample_forward_matches_candle() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        let g = ConvGeom {
-            stride: 1,
-            padding: 1,
-        };
-        for (cin, cout, h, w) in [(64, 66, 14, 14), (70, 129, 16, 17), (128, 32, 15, 14)] {
-            let d = Dims::new(&[1, cin, h, w], &[cout, cin, 3, 3], g)?;
-            assert_eq!(
-                forward_applies::<f32>(&d, g),
-                direct::forward_available() || !Split::new(&d).inner_parallel
-            );
+        // Planar maps, then channels-last ones: small maps, stride 2, a 7×7 stem.
+        for (cin, cout, k, stride, h, w) in [
+            (64, 66, 3, 1, 14, 14),
+            (70, 129, 3, 1, 16, 17),
+            (128, 32, 3, 1, 15, 14),
+            (70, 130, 3, 1, 7, 7),
+            (40, 70, 3, 2, 15, 14),
+            (3, 64, 7, 2, 23, 22),
+        ] {
+            let g = ConvGeom {
+                stride,
+                padding: k / 2,
+            };
+            let d = Dims::new(&[1, cin, h, w], &[cout, cin, k, k], g)?;
+            if !forward_applies::<f32>(&d, g) {
+                // Only where the kernels do not run, or stride 2 (the single sample keeps
+                // gemm).
+                assert!(
+                    !direct::available() || stride == 2,
+                    "{cin}→{cout} k{k} s{stride} {h}x{w}"
+                );
+                continue;
+            }
             let x = Tensor::randn(0f64, 1.0, (1, cin, h, w), &dev)?;
-            let wt = Tensor::randn(0f64, 1.0, (cout, cin, 3, 3), &dev)?;
-            let want = values(&x.conv2d(&wt, 1, 1, 1, 1)?)?;
+            let wt = Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev)?;
+            let want = values(&x.conv2d(&wt, k / 2, stride, 1, 1)?)?;
             let f32s = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
                 t.flatten_all()?
                     .to_dtype(candle_core::DType::F32)?
@@ -820,7 +848,8 @@ mod tests {
             for _ in 0..2 {
                 assert_eq!(forward(&xs, &ws, &d, g, Some(&cache)), got);
             }
-            assert_eq!(cache.is_packed(), direct::forward_available());
+            assert_eq!(cache.is_packed(), planar_direct::<f32>(&d, g));
+            assert_eq!(cache.is_packed_by_tap(), !planar_direct::<f32>(&d, g));
         }
         Ok(())
     }
@@ -935,7 +964,7 @@ mod tests {
             direct::available()
         );
         assert!(!weight_grad_applies::<f32>(&stem, stem_geom));
-        // A single sample takes it only through the planar direct kernel.
+        // A single sample takes it only through the direct kernels.
         let single = Dims::new(&[1, 64, 56, 56], &[64, 64, 3, 3], g)?;
         if Split::new(&single).inner_parallel {
             assert!(!forward_applies::<f64>(&single, g));
@@ -943,8 +972,14 @@ mod tests {
                 forward_applies::<f32>(&single, g),
                 direct::forward_available()
             );
+            // Small maps through the channels-last kernel (AVX-512 only), 4×4 not at all.
             let single_small = Dims::new(&[1, 256, 7, 7], &[256, 256, 3, 3], g)?;
-            assert!(!forward_applies::<f32>(&single_small, g));
+            assert_eq!(
+                forward_applies::<f32>(&single_small, g),
+                direct::available()
+            );
+            let single_4 = Dims::new(&[1, 256, 4, 4], &[256, 256, 3, 3], g)?;
+            assert!(!forward_applies::<f32>(&single_4, g));
         }
         // 4×4 outputs keep gemm.
         let to_4 = Dims::new(&[32, 256, 7, 7], &[512, 256, 3, 3], down)?;
