@@ -33,7 +33,7 @@ use crate::backbone::topology::{
     densenet_stages, resnet_blocks, ConvShape, Family, BN_SIZE, GROWTH, STEM_CONV, STEM_POOL,
 };
 use crate::layers::channel_affine::ChannelAffine;
-use crate::layers::conv::{conv2d_cached, ConvGeom, PackedKernel};
+use crate::layers::conv::{conv2d_cached, conv2d_fused, ConvGeom, PackedKernel};
 use crate::layers::{avg_pool2x2, global_avg_pool, max_pool2d, BatchNorm2d};
 use crate::varstore::VarStore;
 use crate::weights::{normalize_name, TensorFile};
@@ -224,27 +224,34 @@ impl Conv {
         self.forward_with(xs, None, false)
     }
 
-    /// `conv(xs) + bias (+ residual)`, then ReLU when `relu`: the epilogue in one pass.
+    /// `conv(xs) + bias (+ residual)`, then ReLU when `relu`: the epilogue fused into the
+    /// convolution where there is a bias.
     fn forward_with(
         &self,
         xs: &Tensor,
         residual: Option<&Tensor>,
         relu: bool,
     ) -> candle_core::Result<Tensor> {
+        if let Some(ops) = &self.epilogue {
+            let epilogue = &ops[usize::from(relu)];
+            return conv2d_fused(
+                xs,
+                &self.weight,
+                self.geom,
+                &self.packed,
+                epilogue,
+                residual,
+            );
+        }
         let ys = conv2d_cached(xs, &self.weight, self.geom, &self.packed)?;
-        match &self.epilogue {
-            Some(ops) => ops[usize::from(relu)].apply(&ys, residual),
-            None => {
-                let ys = match residual {
-                    Some(r) => (ys + r)?,
-                    None => ys,
-                };
-                if relu {
-                    ys.relu()
-                } else {
-                    Ok(ys)
-                }
-            }
+        let ys = match residual {
+            Some(r) => (ys + r)?,
+            None => ys,
+        };
+        if relu {
+            ys.relu()
+        } else {
+            Ok(ys)
         }
     }
 

@@ -44,6 +44,31 @@ impl ChannelAffine {
         Ok((dims[0], dims[1], dims[2] * dims[3]))
     }
 
+    /// Number of channels.
+    pub(crate) fn channels(&self) -> usize {
+        self.shift.len()
+    }
+
+    /// Apply in place to `plane`, one plane of channel `ch` (adding `residual`, the same
+    /// plane of the residual): a fused convolution's epilogue.
+    pub(crate) fn finish_plane(&self, ch: usize, plane: &mut [f32], residual: Option<&[f32]>) {
+        let (a, b) = (self.scale.as_ref().map_or(1.0, |s| s[ch]), self.shift[ch]);
+        match residual {
+            Some(r) => {
+                for (d, &rv) in plane.iter_mut().zip(r) {
+                    let y = *d * a + b + rv;
+                    *d = if self.relu { y.max(0.0) } else { y };
+                }
+            }
+            None => {
+                for d in plane.iter_mut() {
+                    let y = *d * a + b;
+                    *d = if self.relu { y.max(0.0) } else { y };
+                }
+            }
+        }
+    }
+
     fn run(&self, x: &[f32], residual: Option<&[f32]>, n: usize, c: usize, hw: usize) -> Vec<f32> {
         let mut out: Vec<f32> = par_zeros(n * c * hw);
         let work = |(p, dst): (usize, &mut [f32])| {

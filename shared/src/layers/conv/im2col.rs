@@ -550,20 +550,46 @@ impl Split {
 }
 
 pub(super) fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
-    conv_forward_cached(x, w, d, g, None)
+    conv_forward_cached(x, w, d, g, None, None)
 }
 
-/// [`conv_forward`], the direct kernels' packing of `w` taken from (or kept in) `cache`.
+/// What happens to each output plane once computed: `finish(sample, channel, plane)` (an
+/// inference convolution's bias, residual and ReLU).
+pub(super) type Finish<'a, T> = &'a (dyn Fn(usize, usize, &mut [T]) + Sync);
+
+/// `finish` over every `[l]` plane of `y` `[n, c, l]`, in parallel.
+pub(super) fn finish_planes<T: WithDType>(
+    y: &mut [T],
+    (c, l): (usize, usize),
+    finish: Option<Finish<T>>,
+) {
+    if let Some(finish) = finish {
+        y.par_chunks_mut(l.max(1))
+            .enumerate()
+            .for_each(|(i, plane)| finish(i / c, i % c, plane));
+    }
+}
+
+/// [`conv_forward`], the direct kernels' packing of `w` taken from (or kept in) `cache`,
+/// each output plane handed to `finish` ([`Finish`]).
 pub(super) fn conv_forward_cached<T: Scratch>(
     x: &[T],
     w: &[T],
     d: &Dims,
     g: ConvGeom,
     cache: Option<&super::PackedKernel>,
+    finish: Option<Finish<T>>,
 ) -> Vec<T> {
     if shifted::forward_applies::<T>(d, g) {
-        return shifted::forward(x, w, d, g, cache);
+        return shifted::forward(x, w, d, g, cache, finish);
     }
+    let mut y = conv_forward_unfolded(x, w, d, g);
+    finish_planes(&mut y, (d.c_out, d.out_len()), finish);
+    y
+}
+
+/// [`conv_forward`] by unfolding and gemm.
+fn conv_forward_unfolded<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
     let l = d.out_len();
     let rows = d.rows();
     let split = Split::new(d);

@@ -14,8 +14,9 @@
 //! with AVX-512F, f32 batches of "same" convolutions of stride 1 or 2 down to 6×6 outputs
 //! run direct kernels instead of gemm ([`direct`]).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
+use super::channel_affine::ChannelAffine;
 use super::contiguous_slice;
 use super::dtype::float_dispatch;
 use im2col::{conv_forward, conv_forward_cached, conv_input_grad, conv_weight_grad};
@@ -210,11 +211,131 @@ impl CustomOp2 for CachedConv2dOp<'_> {
                 &d,
                 self.geom,
                 Some(self.cache),
+                None,
             )),
             "{}: f32 or f64 operands of one dtype expected",
             self.name()
         )?;
         Ok((out, Shape::from((d.n, d.c_out, d.oh, d.ow))))
+    }
+}
+
+/// The inference convolution with its epilogue fused: `(input, kernel[, residual]) →
+/// epilogue(conv + residual)`, each output plane finished while in cache.
+struct FusedConv2dOp<'a> {
+    geom: ConvGeom,
+    cache: &'a PackedKernel,
+    epilogue: &'a ChannelAffine,
+}
+
+impl FusedConv2dOp<'_> {
+    fn run(
+        &self,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1.dims(), l2.dims(), self.geom)?;
+        let out_shape = [d.n, d.c_out, d.oh, d.ow];
+        if self.epilogue.channels() != d.c_out {
+            candle_core::bail!(
+                "fused conv2d: epilogue of {} channels for {} output channels",
+                self.epilogue.channels(),
+                d.c_out
+            );
+        }
+        let what = "fused conv2d: f32 operands";
+        let residual = match residual {
+            Some((s3, l3)) => {
+                if l3.dims() != out_shape {
+                    candle_core::bail!(
+                        "fused conv2d: residual {:?} does not match the output {out_shape:?}",
+                        l3.dims()
+                    );
+                }
+                Some(contiguous_slice::<f32>(s3, l3, what)?)
+            }
+            None => None,
+        };
+        let l = d.out_len();
+        let finish = |s: usize, ch: usize, plane: &mut [f32]| {
+            let r = residual.map(|r| &r[(s * d.c_out + ch) * l..][..l]);
+            self.epilogue.finish_plane(ch, plane, r);
+        };
+        let out = conv_forward_cached(
+            contiguous_slice::<f32>(s1, l1, what)?,
+            contiguous_slice::<f32>(s2, l2, what)?,
+            &d,
+            self.geom,
+            Some(self.cache),
+            Some(&finish),
+        );
+        Ok((CpuStorage::F32(out), Shape::from(out_shape.to_vec())))
+    }
+}
+
+impl CustomOp2 for FusedConv2dOp<'_> {
+    fn name(&self) -> &'static str {
+        "mtpath-conv2d-fused"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), None)
+    }
+}
+
+impl CustomOp3 for FusedConv2dOp<'_> {
+    fn name(&self) -> &'static str {
+        "mtpath-conv2d-fused-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+}
+
+/// `epilogue(conv2d(xs, w) + residual)` for inference: [`conv2d_cached`] with the bias,
+/// residual and ReLU applied to each output plane as it is written (on the planar direct
+/// path, while it is copied out of the padded grid) instead of in a pass of their own. Other
+/// devices and dtypes run the convolution and then [`ChannelAffine::apply`].
+pub fn conv2d_fused(
+    xs: &Tensor,
+    w: &Tensor,
+    geom: ConvGeom,
+    cache: &PackedKernel,
+    epilogue: &ChannelAffine,
+    residual: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+    let fusable =
+        super::use_fused_cpu(xs) && f32_cpu(xs) && f32_cpu(w) && residual.is_none_or(f32_cpu);
+    if !fusable {
+        let ys = conv2d_cached(xs, w, geom, cache)?;
+        return epilogue.apply(&ys, residual);
+    }
+    let op = FusedConv2dOp {
+        geom,
+        cache,
+        epilogue,
+    };
+    let (xs, w) = (xs.contiguous()?, w.contiguous()?);
+    match residual {
+        Some(r) => xs.apply_op3_no_bwd(&w, &r.contiguous()?, &op),
+        None => xs.apply_op2_no_bwd(&w, &op),
     }
 }
 

@@ -15,8 +15,8 @@
 
 use super::direct;
 use super::im2col::{
-    flipped_transpose, for_groups, matmul, row_major, row_major_mut, transpose_chunk, Mat, Scratch,
-    Split,
+    finish_planes, flipped_transpose, for_groups, matmul, row_major, row_major_mut,
+    transpose_chunk, Finish, Mat, Scratch, Split,
 };
 use super::{ConvGeom, Dims, PackedKernel};
 use crate::layers::fill::par_zeros;
@@ -323,14 +323,27 @@ impl Planes {
     }
 
     /// Copy the real positions of `grid` `[c, span]` (outputs on the padded grid) to
-    /// `dst` `[nc, c, h, w]`; planes in parallel when `parallel`.
-    fn unpad<T: WithDType>(&self, grid: &[T], c: usize, nc: usize, dst: &mut [T], parallel: bool) {
+    /// `dst` `[nc, c, h, w]`, each plane then handed to `finish` (sample `first + s`,
+    /// channel) while it is in cache; planes in parallel when `parallel`.
+    #[allow(clippy::too_many_arguments)]
+    fn unpad<T: WithDType>(
+        &self,
+        grid: &[T],
+        c: usize,
+        (first, nc): (usize, usize),
+        dst: &mut [T],
+        parallel: bool,
+        finish: Option<Finish<T>>,
+    ) {
         let (h, w, wp) = (self.h, self.w, self.wp);
         let copy = |(i, out): (usize, &mut [T])| {
             let (s, ch) = (i / c, i % c);
             let rows = &grid[ch * self.span + s * self.sample_rows * wp..];
             for (y, row) in out.chunks_exact_mut(w).enumerate() {
                 row.copy_from_slice(&rows[y * wp..y * wp + w]);
+            }
+            if let Some(finish) = finish {
+                finish(first + s, ch, out);
             }
         };
         let planes = &mut dst[..nc * c * h * w];
@@ -401,19 +414,21 @@ pub(super) fn forward<T: Scratch>(
     d: &Dims,
     g: ConvGeom,
     cache: Option<&PackedKernel>,
+    finish: Option<Finish<T>>,
 ) -> Vec<T> {
-    forward_from(x, w, false, d, g, cache)
+    forward_from(x, w, false, d, g, cache, finish)
 }
 
 /// The input gradient of a stride-1 convolution with kernel `w` `[c_in, c_out, k, k]`
 /// (the forward convolution's): the forward convolution `d` of the output gradient `dy` with
 /// `w`'s flipped transpose, which the direct kernels read from `w` as they pack it.
 pub(super) fn forward_flipped<T: Scratch>(dy: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
-    forward_from(dy, w, true, d, g, None)
+    forward_from(dy, w, true, d, g, None, None)
 }
 
 /// [`forward`] with the kernel `w` itself or, when `flipped`, `w`'s flipped transpose; the
-/// planar kernel's packing of it from `cache` when given (built there on first use).
+/// direct kernels' packing of it from `cache` when given (built there on first use); each
+/// output plane handed to `finish` (on the planar path as it is copied out of the grid).
 fn forward_from<T: Scratch>(
     x: &[T],
     w: &[T],
@@ -421,6 +436,7 @@ fn forward_from<T: Scratch>(
     d: &Dims,
     g: ConvGeom,
     cache: Option<&PackedKernel>,
+    finish: Option<Finish<T>>,
 ) -> Vec<T> {
     let source = as_f32(w).filter(|_| direct::forward_available()).map(|w| {
         if flipped {
@@ -431,7 +447,9 @@ fn forward_from<T: Scratch>(
     });
     if !planar(d, g) && !planar_direct::<T>(d, g) && direct::available() {
         if let (Some(x), Some(w)) = (as_f32(x), source) {
-            return from_f32(forward_channels_last(x, w, d, g, cache));
+            let mut y = from_f32(forward_channels_last(x, w, d, g, cache));
+            finish_planes(&mut y, (d.c_out, d.out_len()), finish);
+            return y;
         }
     }
     let (pad, kk, l) = (g.padding, d.k * d.k, d.h * d.w);
@@ -495,7 +513,8 @@ fn forward_from<T: Scratch>(
                     );
                 }
                 let ys = &mut y_part[(n0 - group.start) * d.c_out * l..][..nc * d.c_out * l];
-                pl.unpad(grid_buf, d.c_out, nc, ys, split.inner_parallel);
+                let parallel = split.inner_parallel;
+                pl.unpad(grid_buf, d.c_out, (n0, nc), ys, parallel, finish);
             }
         })
     });
@@ -674,12 +693,12 @@ mod tests {
             let dy = Tensor::randn(0f64, 1.0, reference.shape(), &dev)?;
             let grads = reference.mul(&dy)?.sum_all()?.backward()?;
             let (xs, ws, dys) = (values(&x)?, values(&wt)?, values(&dy)?);
-            let y = forward(&xs, &ws, &d, geom, None);
+            let y = forward(&xs, &ws, &d, geom, None, None);
             // The input gradient: the forward convolution of dY with the flipped kernel.
             let d_t = Dims::new(&[n, cout, h, w], &[cin, cout, k, k], geom)?;
             let mut flipped = vec![0.0; ws.len()];
             flipped_transpose(&ws, &d, &mut flipped);
-            let dx = forward(&dys, &flipped, &d_t, geom, None);
+            let dx = forward(&dys, &flipped, &d_t, geom, None, None);
             let dx_read = forward_flipped(&dys, &ws, &d_t, geom);
             let dw = weight_grad(&xs, &dys, &d, geom);
             let want_dx = values(grads.get(x.as_tensor()).expect("dx"))?;
@@ -754,7 +773,11 @@ mod tests {
                 None => weight_grad_by_loops(&values(&x)?, &values(&dy)?, &d, geom),
             };
             let mut checks = vec![
-                ("y", values(&reference)?, forward(&xs, &ws, &d, geom, None)),
+                (
+                    "y",
+                    values(&reference)?,
+                    forward(&xs, &ws, &d, geom, None, None),
+                ),
                 ("dw", want_dw, weight_grad(&xs, &dys, &d, geom)),
             ];
             if stride == 2 {
@@ -770,7 +793,7 @@ mod tests {
                 let d_t = Dims::new(&[n, cout, h, w], &[cin, cout, k, k], geom)?;
                 let mut flipped = vec![0.0; ws.len()];
                 flipped_transpose(&ws, &d, &mut flipped);
-                let dx = forward(&dys, &flipped, &d_t, geom, None);
+                let dx = forward(&dys, &flipped, &d_t, geom, None, None);
                 let want = values(grads.get(x.as_tensor()).expect("dx"))?;
                 // The same, the flipped kernel read from the forward one as it is packed.
                 let dx_read = forward_flipped(&dys, &ws, &d_t, geom);
@@ -832,7 +855,7 @@ mod tests {
                     .to_vec1::<f32>()
             };
             let (xs, ws) = (f32s(&x)?, f32s(&wt)?);
-            let got = forward(&xs, &ws, &d, g, None);
+            let got = forward(&xs, &ws, &d, g, None, None);
             let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
             let diff = got
                 .iter()
@@ -846,7 +869,7 @@ mod tests {
             // A kernel packed once and kept gives the same output on every later pass.
             let cache = PackedKernel::default();
             for _ in 0..2 {
-                assert_eq!(forward(&xs, &ws, &d, g, Some(&cache)), got);
+                assert_eq!(forward(&xs, &ws, &d, g, Some(&cache), None), got);
             }
             assert_eq!(cache.is_packed(), planar_direct::<f32>(&d, g));
             assert_eq!(cache.is_packed_by_tap(), !planar_direct::<f32>(&d, g));

@@ -259,3 +259,63 @@ fn large_batches_are_chunked_consistently() -> candle_core::Result<()> {
     assert!(diff < 1e-4, "diff {diff}");
     Ok(())
 }
+
+/// The fused inference convolution (bias, residual and ReLU applied to each plane as it is
+/// written) equals the convolution followed by the epilogue as its own pass, on every path:
+/// planar direct (large stride-1 maps), channels-last (small maps, stride 2, the stem), gemm
+/// (pointwise, thin), for a single sample and a batch, twice with one cache.
+#[test]
+fn fused_epilogue_matches_the_separate_pass() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    for (n, cin, cout, k, stride, h) in [
+        (1, 64, 66, 3, 1, 16),
+        (3, 64, 66, 3, 1, 16),
+        (1, 70, 130, 3, 1, 7),
+        (4, 70, 130, 3, 1, 7),
+        (3, 40, 70, 3, 2, 15),
+        (2, 3, 64, 7, 2, 23),
+        (2, 24, 40, 1, 1, 9),
+        (1, 128, 32, 3, 1, 14),
+    ] {
+        let geom = ConvGeom {
+            stride,
+            padding: k / 2,
+        };
+        let x = Tensor::randn(0f32, 1.0, (n, cin, h, h), &dev)?;
+        let w = Tensor::randn(0f32, 0.1, (cout, cin, k, k), &dev)?;
+        let shift: Vec<f32> = (0..cout).map(|c| (c as f32 * 0.37).sin()).collect();
+        let cache = PackedKernel::default();
+        let plain = conv2d_cached(&x, &w, geom, &cache)?;
+        let residual = Tensor::randn(0f32, 1.0, plain.shape(), &dev)?;
+        for relu in [false, true] {
+            let epilogue = ChannelAffine::new(None, shift.clone(), relu);
+            for r in [None, Some(&residual)] {
+                let want = epilogue.apply(&plain, r)?.flatten_all()?.to_vec1::<f32>()?;
+                for pass in 0..2 {
+                    let got = conv2d_fused(&x, &w, geom, &cache, &epilogue, r)?;
+                    assert_eq!(got.dims(), plain.dims());
+                    let got = got.flatten_all()?.to_vec1::<f32>()?;
+                    assert_eq!(
+                        got,
+                        want,
+                        "{n}x{cin}x{h}x{h} → {cout} k{k} s{stride} relu {relu} residual {} pass {pass}",
+                        r.is_some()
+                    );
+                }
+            }
+        }
+    }
+    // A residual of the wrong shape is refused, naming both shapes.
+    let x = Tensor::randn(0f32, 1.0, (1, 4, 8, 8), &dev)?;
+    let w = Tensor::randn(0f32, 1.0, (6, 4, 3, 3), &dev)?;
+    let wrong = Tensor::zeros((1, 6, 7, 7), DType::F32, &dev)?;
+    let epilogue = ChannelAffine::new(None, vec![0.0; 6], true);
+    let g = ConvGeom {
+        stride: 1,
+        padding: 1,
+    };
+    let err = conv2d_fused(&x, &w, g, &PackedKernel::default(), &epilogue, Some(&wrong))
+        .expect_err("a mismatched residual");
+    assert!(err.to_string().contains("[1, 6, 7, 7]"), "{err}");
+    Ok(())
+}
