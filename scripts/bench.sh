@@ -98,8 +98,12 @@ while read -r arch mode batch size; do
   printf '%-12s %-6s %-5s %-5s %9s %9s %6s %9s %7s %9s %9s\n' "$arch" "$mode" "$batch" "$size" \
     "$a" "$b" "$ratio" "${o:--}" "$vs_ort" "$ro" "$rt"
 done <<<"${CASES:-$default_cases}"
-# The training data pipeline alone (decode + augment on 2 worker threads, real tasks).
-for size in 112 224; do
-  "$bin" bench --mode pipeline --batch 32 --size "$size" --iters 20 --workers 2 \
-    | awk -v s="$size" '/^pipeline:/ {printf "pipeline     %-6s %-5s %-5s %9s\n", "-", 32, s, $2}'
-done
+# The training data pipeline alone (decode + augment on 2 worker threads, real tasks from
+# MTPATH_DATA, default ../shared/data; skipped without them).
+data=${MTPATH_DATA:-../shared/data}
+if [ -z "${CASES:-}" ] && [ -d "$data" ]; then
+  for size in 112 224; do
+    "$bin" bench --mode pipeline --batch 32 --size "$size" --iters 20 --workers 2 --data "$data" \
+      | awk -v s="$size" '/^pipeline:/ {printf "pipeline     %-6s %-5s %-5s %9s\n", "-", 32, s, $2}'
+  done
+fi

@@ -1,6 +1,7 @@
-//! Direct kernels for the shifted-plane convolutions: f32 on x86-64 CPUs with AVX-512F, and
-//! the planar forward kernel also with AVX2 + FMA (half-width vectors, 16 registers), the
-//! instruction set detected at run time ([`isa`]); everything else keeps gemm.
+//! Direct kernels for the shifted-plane convolutions: f32 on x86-64 CPUs with AVX-512F,
+//! detected at run time ([`isa`]); everything else keeps gemm. The planar forward kernel also
+//! has an AVX2 + FMA variant (half-width vectors, 16 registers), opt-in until it beats gemm's
+//! AVX2 kernels ([`Isa::Avx2`]).
 //!
 //! Through gemm, each of the `k²` tap products packs its shifted plane matrix before
 //! multiplying it: the whole padded input is repacked `k²` times per pass. A tap's shift is
@@ -21,8 +22,8 @@
 //! A single sample's planar forward splits its output channels across the thread pool
 //! (one sample gives no batch to split).
 //!
-//! `MTPATH_DIRECT_CONV=0` turns them off and `MTPATH_SIMD=avx2` their AVX-512 code (for
-//! comparisons).
+//! `MTPATH_DIRECT_CONV=0` turns them off, `MTPATH_SIMD=avx2` their AVX-512 code and
+//! `MTPATH_DIRECT_AVX2=1` the AVX2 variant on (for comparisons).
 
 // Elsewhere (wasm32, ARM) the kernels and their constants are compiled out.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -66,25 +67,29 @@ pub(super) enum Isa {
     /// AVX-512F: every kernel of this module (32 vector registers of 16 lanes).
     Avx512,
     /// AVX2 with FMA: the planar forward kernel only (16 registers of 8 lanes); the other
-    /// passes keep gemm.
+    /// passes keep gemm. Opt-in (`MTPATH_DIRECT_AVX2=1`): on an AMD EPYC (Zen 5) with
+    /// AVX-512 turned off it ran at 0.7× gemm's AVX2 kernels (119 against 170–184 GFLOP/s
+    /// on ResNet's 3×3 layers, 2 threads), so AVX2-only CPUs keep gemm until it is tuned.
     Avx2,
 }
 
-/// The kernels' instruction set here: the best the CPU has, unless `MTPATH_DIRECT_CONV=0`
-/// turns the direct kernels off or `MTPATH_SIMD=avx2` turns their AVX-512 code off (to
-/// measure what an AVX2-only CPU gets; build without the `avx512` feature to take gemm's
-/// AVX-512 kernels out too).
+/// The kernels' instruction set here: AVX-512F where the CPU has it, unless
+/// `MTPATH_DIRECT_CONV=0` turns the direct kernels off or `MTPATH_SIMD=avx2` turns their
+/// AVX-512 code off (to measure what an AVX2-only CPU gets; build without the `avx512`
+/// feature to take gemm's AVX-512 kernels out too); the AVX2 variant only where
+/// `MTPATH_DIRECT_AVX2=1` asks for it ([`Isa::Avx2`]).
 pub(super) fn isa() -> Option<Isa> {
     static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
-        let enabled = std::env::var("MTPATH_DIRECT_CONV").map_or(true, |v| v.trim() != "0");
-        let avx512_allowed =
-            std::env::var("MTPATH_SIMD").map_or(true, |v| !v.trim().eq_ignore_ascii_case("avx2"));
+        let var = |name: &str| std::env::var(name).unwrap_or_default();
+        let enabled = var("MTPATH_DIRECT_CONV").trim() != "0";
+        let avx512_allowed = !var("MTPATH_SIMD").trim().eq_ignore_ascii_case("avx2");
+        let avx2_asked = var("MTPATH_DIRECT_AVX2").trim() == "1";
         if !enabled {
             None
         } else if avx512_allowed && cpu_has("avx512f") {
             Some(Isa::Avx512)
-        } else if cpu_has("avx2") && cpu_has("fma") {
+        } else if avx2_asked && cpu_has("avx2") && cpu_has("fma") {
             Some(Isa::Avx2)
         } else {
             None
