@@ -1,7 +1,6 @@
 //! Direct kernels for the shifted-plane convolutions: f32 on x86-64 CPUs with AVX-512F,
 //! detected at run time ([`isa`]); everything else keeps gemm. The planar forward kernel also
-//! has an AVX2 + FMA variant (half-width vectors, 16 registers), opt-in until it beats gemm's
-//! AVX2 kernels ([`Isa::Avx2`]).
+//! has an AVX2 + FMA variant (half-width vectors, 16 registers, [`Isa::Avx2`]).
 //!
 //! Through gemm, each of the `k²` tap products packs its shifted plane matrix before
 //! multiplying it: the whole padded input is repacked `k²` times per pass. A tap's shift is
@@ -23,7 +22,7 @@
 //! (one sample gives no batch to split).
 //!
 //! `MTPATH_DIRECT_CONV=0` turns them off, `MTPATH_SIMD=avx2` their AVX-512 code and
-//! `MTPATH_DIRECT_AVX2=1` the AVX2 variant on (for comparisons).
+//! `MTPATH_DIRECT_AVX2=0` their AVX2 code (for comparisons).
 
 // Elsewhere (wasm32, ARM) the kernels and their constants are compiled out.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -67,29 +66,29 @@ pub(super) enum Isa {
     /// AVX-512F: every kernel of this module (32 vector registers of 16 lanes).
     Avx512,
     /// AVX2 with FMA: the planar forward kernel only (16 registers of 8 lanes); the other
-    /// passes keep gemm. Opt-in (`MTPATH_DIRECT_AVX2=1`): on an AMD EPYC (Zen 5) with
-    /// AVX-512 turned off it ran at 0.7× gemm's AVX2 kernels (119 against 170–184 GFLOP/s
-    /// on ResNet's 3×3 layers, 2 threads), so AVX2-only CPUs keep gemm until it is tuned.
+    /// passes keep gemm. Tiles of 4 channels × 2 vectors: 4 × 3 left the compiler too few
+    /// registers (it folded the input loads into every multiply-add) and ran at 0.7× gemm's
+    /// AVX2 kernels; 4 × 2 ran at 1.0–1.4× them on ResNet's and DenseNet's 3×3 layers
+    /// (AMD EPYC with AVX-512 turned off, 2 threads).
     Avx2,
 }
 
-/// The kernels' instruction set here: AVX-512F where the CPU has it, unless
-/// `MTPATH_DIRECT_CONV=0` turns the direct kernels off or `MTPATH_SIMD=avx2` turns their
-/// AVX-512 code off (to measure what an AVX2-only CPU gets; build without the `avx512`
-/// feature to take gemm's AVX-512 kernels out too); the AVX2 variant only where
-/// `MTPATH_DIRECT_AVX2=1` asks for it ([`Isa::Avx2`]).
+/// The kernels' instruction set here: AVX-512F, else AVX2 with FMA, where the CPU has them,
+/// unless `MTPATH_DIRECT_CONV=0` turns the direct kernels off, `MTPATH_SIMD=avx2` their
+/// AVX-512 code (to measure what an AVX2-only CPU gets; build without the `avx512` feature
+/// to take gemm's AVX-512 kernels out too) or `MTPATH_DIRECT_AVX2=0` their AVX2 code.
 pub(super) fn isa() -> Option<Isa> {
     static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
         let var = |name: &str| std::env::var(name).unwrap_or_default();
         let enabled = var("MTPATH_DIRECT_CONV").trim() != "0";
         let avx512_allowed = !var("MTPATH_SIMD").trim().eq_ignore_ascii_case("avx2");
-        let avx2_asked = var("MTPATH_DIRECT_AVX2").trim() == "1";
+        let avx2_allowed = var("MTPATH_DIRECT_AVX2").trim() != "0";
         if !enabled {
             None
         } else if avx512_allowed && cpu_has("avx512f") {
             Some(Isa::Avx512)
-        } else if avx2_asked && cpu_has("avx2") && cpu_has("fma") {
+        } else if avx2_allowed && cpu_has("avx2") && cpu_has("fma") {
             Some(Isa::Avx2)
         } else {
             None
@@ -587,8 +586,8 @@ pub(super) fn weight_grad(
 }
 
 /// The AVX2 + FMA planar forward kernel: [`avx512`]'s forward tile with half-width vectors
-/// and 16 registers, so a tile is [`ROWS`] output channels × [`AVX2_VECS`] vectors (12
-/// accumulators, 3 input vectors and a broadcast weight).
+/// and 16 registers, so a tile is [`ROWS`] output channels × [`AVX2_VECS`] vectors (8
+/// accumulators, 2 input vectors and a broadcast weight, all in registers).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
@@ -597,7 +596,7 @@ mod avx2 {
     /// f32 lanes of an AVX2 vector.
     const LANES8: usize = 8;
     /// Vectors of positions per tile.
-    const AVX2_VECS: usize = 3;
+    const AVX2_VECS: usize = 2;
     /// Positions per tile (within [`SLACK`]).
     const TILE8: usize = AVX2_VECS * LANES8;
 
