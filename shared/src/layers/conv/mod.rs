@@ -11,8 +11,13 @@
 //! BatchNorm-bias gradients of early layers. 1×1 stride-1 convolutions skip im2col entirely.
 //! Stride-1 input gradients are forward convolutions of `dY` with the flipped kernel, and
 //! stride-1 "same" convolutions on batches of larger maps skip it too ([`shifted`]); on CPUs
-//! with AVX-512F, f32 batches of "same" convolutions of stride 1 or 2 down to 6×6 outputs
-//! run direct kernels instead of gemm ([`direct`]).
+//! with AVX-512F, f32 "same" convolutions of stride 1 or 2 down to 6×6 outputs run direct
+//! kernels instead of gemm, and on CPUs with AVX2 + FMA the stride-1 forward on larger maps
+//! does ([`direct`]); a single sample splits their work over the threads.
+//!
+//! For inference, [`conv2d_cached`] keeps the kernel packed for the direct kernels across
+//! passes ([`PackedKernel`]) and [`conv2d_fused`] also applies a folded bias, residual and
+//! ReLU to each output plane as it is written.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
