@@ -259,6 +259,27 @@ pub(super) fn forward(
     }
 }
 
+/// The planar forward's tiles of `tile` positions over `span` for the output-channel blocks
+/// `blocks` of `w`, positions outermost (a strip of input serves every block): `f(first
+/// position, the block's packed weights, the tile's offset in the blocks' grid rows, rows)`.
+/// Shared by both instruction sets' kernels, which differ only in the tile.
+fn for_each_tile(
+    w: &Packed,
+    span: usize,
+    tile: usize,
+    blocks: std::ops::Range<usize>,
+    mut f: impl FnMut(usize, *const f32, usize, usize),
+) {
+    let per_block = w.c_in * w.kk * ROWS;
+    for p0 in (0..span).step_by(tile) {
+        for b in blocks.clone() {
+            let rows = ROWS.min(w.c_out - b * ROWS);
+            let weights = w.data[b * per_block..].as_ptr();
+            f(p0, weights, (b - blocks.start) * ROWS * span + p0, rows);
+        }
+    }
+}
+
 /// Tasks per thread of a single sample's [`forward`].
 const PARALLEL_TASKS_PER_THREAD: usize = 2;
 
@@ -615,25 +636,20 @@ mod avx2 {
         blocks: std::ops::Range<usize>,
         grid: &mut [f32],
     ) {
-        let per_block = w.c_in * w.kk * ROWS;
         let (x, out) = (planes.as_ptr(), grid.as_mut_ptr());
-        let first = blocks.start;
-        for p0 in (0..span).step_by(TILE8) {
-            for b in blocks.clone() {
-                let rows = ROWS.min(w.c_out - b * ROWS);
-                // SAFETY: see `super::forward`.
-                unsafe {
-                    tile(
-                        x.add(p0),
-                        (len, w.c_in),
-                        offsets,
-                        w.data.as_ptr().add(b * per_block),
-                        out.add((b - first) * ROWS * span + p0),
-                        (span, rows, span - p0),
-                    );
-                }
+        for_each_tile(w, span, TILE8, blocks, |p0, weights, out_offset, rows| {
+            // SAFETY: see `super::forward`.
+            unsafe {
+                tile(
+                    x.add(p0),
+                    (len, w.c_in),
+                    offsets,
+                    weights,
+                    out.add(out_offset),
+                    (span, rows, span - p0),
+                );
             }
-        }
+        });
     }
 
     /// One tile of `rows` output rows × the first `valid` (at most [`TILE8`]) positions.
@@ -732,25 +748,20 @@ mod avx512 {
         blocks: std::ops::Range<usize>,
         grid: &mut [f32],
     ) {
-        let per_block = w.c_in * w.kk * ROWS;
         let (x, out) = (planes.as_ptr(), grid.as_mut_ptr());
-        let first = blocks.start;
-        for p0 in (0..span).step_by(TILE) {
-            for b in blocks.clone() {
-                let rows = ROWS.min(w.c_out - b * ROWS);
-                // SAFETY: see `super::forward`.
-                unsafe {
-                    tile(
-                        x.add(p0),
-                        (len, w.c_in),
-                        offsets,
-                        w.data.as_ptr().add(b * per_block),
-                        out.add((b - first) * ROWS * span + p0),
-                        (span, rows, span - p0),
-                    );
-                }
+        for_each_tile(w, span, TILE, blocks, |p0, weights, out_offset, rows| {
+            // SAFETY: see `super::forward`.
+            unsafe {
+                tile(
+                    x.add(p0),
+                    (len, w.c_in),
+                    offsets,
+                    weights,
+                    out.add(out_offset),
+                    (span, rows, span - p0),
+                );
             }
-        }
+        });
     }
 
     /// One tile: `rows` output rows (stride `stride`) of the first `valid` (at most

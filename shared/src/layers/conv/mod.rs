@@ -24,7 +24,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use super::channel_affine::ChannelAffine;
 use super::contiguous_slice;
 use super::dtype::float_dispatch;
-use im2col::{conv_forward, conv_forward_cached, conv_input_grad, conv_weight_grad};
+use im2col::{conv_forward_cached, conv_input_grad, conv_weight_grad};
 
 mod direct;
 mod im2col;
@@ -67,12 +67,14 @@ impl PackedKernel {
     }
 
     /// Whether a pass has packed the kernel for the planar kernel (it ran).
-    pub fn is_packed(&self) -> bool {
+    #[cfg(test)]
+    fn is_packed(&self) -> bool {
         self.planar.get().is_some()
     }
 
     /// Whether a pass has packed the kernel for the channels-last kernel (it ran).
-    pub fn is_packed_by_tap(&self) -> bool {
+    #[cfg(test)]
+    fn is_packed_by_tap(&self) -> bool {
         self.by_tap.get().is_some()
     }
 }
@@ -134,6 +136,32 @@ impl Dims {
     }
 }
 
+/// The forward convolution of CPU storages (f32 or f64), the direct kernels' packing of the
+/// kernel taken from (or kept in) `cache` when given: the body of the forward ops below.
+fn forward_storage(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    geom: ConvGeom,
+    cache: Option<&PackedKernel>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let d = Dims::new(l1.dims(), l2.dims(), geom)?;
+    let out = float_dispatch!(
+        [s1, s2],
+        T => Ok(conv_forward_cached(
+            contiguous_slice::<T>(s1, l1, "conv2d: operands")?,
+            contiguous_slice::<T>(s2, l2, "conv2d: operands")?,
+            &d,
+            geom,
+            cache,
+            None,
+        )),
+        "{}: f32 or f64 operands of one dtype expected",
+        op
+    )?;
+    Ok((out, Shape::from((d.n, d.c_out, d.oh, d.ow))))
+}
+
 /// The convolution `(input, kernel) → output`.
 #[derive(Debug, Clone, Copy)]
 struct Conv2dOp(ConvGeom);
@@ -150,19 +178,7 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = Dims::new(l1.dims(), l2.dims(), self.0)?;
-        let out = float_dispatch!(
-            [s1, s2],
-            T => Ok(conv_forward(
-                contiguous_slice::<T>(s1, l1, "conv2d: operands")?,
-                contiguous_slice::<T>(s2, l2, "conv2d: operands")?,
-                &d,
-                self.0,
-            )),
-            "{}: f32 or f64 operands of one dtype expected",
-            self.name()
-        )?;
-        Ok((out, Shape::from((d.n, d.c_out, d.oh, d.ow))))
+        forward_storage(self.name(), (s1, l1), (s2, l2), self.0, None)
     }
 
     fn bwd(
@@ -207,21 +223,7 @@ impl CustomOp2 for CachedConv2dOp<'_> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = Dims::new(l1.dims(), l2.dims(), self.geom)?;
-        let out = float_dispatch!(
-            [s1, s2],
-            T => Ok(conv_forward_cached(
-                contiguous_slice::<T>(s1, l1, "conv2d: operands")?,
-                contiguous_slice::<T>(s2, l2, "conv2d: operands")?,
-                &d,
-                self.geom,
-                Some(self.cache),
-                None,
-            )),
-            "{}: f32 or f64 operands of one dtype expected",
-            self.name()
-        )?;
-        Ok((out, Shape::from((d.n, d.c_out, d.oh, d.ow))))
+        forward_storage(self.name(), (s1, l1), (s2, l2), self.geom, Some(self.cache))
     }
 }
 

@@ -670,6 +670,29 @@ mod tests {
         t.flatten_all()?.to_vec1::<f64>()
     }
 
+    /// `t`'s elements as f32.
+    fn f32s(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+        t.flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()
+    }
+
+    /// Assert that f32 results `got` equal the f64 reference `want` within 2e-6 of its
+    /// largest magnitude (at least 1); `what` names the case.
+    fn assert_close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let diff = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (f64::from(*a) - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            diff < 2e-6 * scale,
+            "{what} differs by {diff} (scale {scale})"
+        );
+    }
+
     /// Forward, input and kernel gradients against candle's own convolution and its
     /// autograd (f64), with batches spanning several chunks and groups.
     #[test]
@@ -762,11 +785,6 @@ mod tests {
             let grads = (stride == 1)
                 .then(|| reference.mul(&dy)?.sum_all()?.backward())
                 .transpose()?;
-            let f32s = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
-                t.flatten_all()?
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1::<f32>()
-            };
             let (xs, ws, dys) = (f32s(&x)?, f32s(&wt)?, f32s(&dy)?);
             let want_dw = match &grads {
                 Some(grads) => values(grads.get(wt.as_tensor()).expect("dw"))?,
@@ -801,17 +819,8 @@ mod tests {
                 checks.push(("dx (flipped as packed)", want, dx_read));
             }
             for (name, want, got) in checks {
-                assert_eq!(got.len(), want.len());
-                let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-                let diff = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (f64::from(*a) - b).abs())
-                    .fold(0.0, f64::max);
-                assert!(
-                    diff < 2e-6 * scale,
-                    "{n}x{cin}x{h}x{w} → {cout} k{k} s{stride}: {name} differs by {diff} (scale {scale})"
-                );
+                let what = format!("{n}x{cin}x{h}x{w} → {cout} k{k} s{stride}: {name}");
+                assert_close(&got, &want, &what);
             }
         }
         Ok(())
@@ -849,23 +858,9 @@ mod tests {
             let x = Tensor::randn(0f64, 1.0, (1, cin, h, w), &dev)?;
             let wt = Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev)?;
             let want = values(&x.conv2d(&wt, k / 2, stride, 1, 1)?)?;
-            let f32s = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
-                t.flatten_all()?
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1::<f32>()
-            };
             let (xs, ws) = (f32s(&x)?, f32s(&wt)?);
             let got = forward(&xs, &ws, &d, g, None, None);
-            let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-            let diff = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (f64::from(*a) - b).abs())
-                .fold(0.0, f64::max);
-            assert!(
-                diff < 2e-6 * scale,
-                "{cin}→{cout} {h}x{w}: differs by {diff}"
-            );
+            assert_close(&got, &want, &format!("{cin}→{cout} k{k} s{stride} {h}x{w}"));
             // A kernel packed once and kept gives the same output on every later pass.
             let cache = PackedKernel::default();
             for _ in 0..2 {
