@@ -55,21 +55,13 @@ if [ "$(node -p "try { require('./.tools/node_modules/onnxruntime-web/package.js
   (cd .tools && npm install --silent --no-audit --no-fund "onnxruntime-web@$ort_version" >/dev/null)
 fi
 
-# 3. Ours: the default build, and the one without +simd128 beside it. wasm-bindgen + wasm-opt -O3 take
-# minutes, so each is redone only when cargo's .wasm changed (its hash is kept in pkg*/.source).
+# 3. Ours: scripts/build-web.sh's two modules (it redoes wasm-bindgen + wasm-opt only when
+# cargo's .wasm changed), copied at once, and the build without +simd128 beside them (its own
+# hash kept in pkg-nosimd/.source).
 hash() { sha256sum "$1" | cut -d' ' -f1; }
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build -q --release -p mtpath-web --target wasm32-unknown-unknown
-  raw=target/wasm32-unknown-unknown/release/mtpath_web.wasm
-  if [ "$(cat "$out/pkg/.source" 2>/dev/null)" != "$(hash "$raw")" ]; then
-    built=$(bash scripts/build-web.sh | tee /dev/stderr | awk '/mtpath_web_bg.wasm:/ {print $2}')
-    rm -rf "$out/pkg" && cp -r www/pkg "$out/pkg"
-    if [ "$(stat -c %s "$out/pkg/mtpath_web_bg.wasm")" != "$built" ]; then
-      echo "www/pkg changed after scripts/build-web.sh (another build running?); run again" >&2
-      exit 1
-    fi
-    hash "$raw" > "$out/pkg/.source"
-  fi
+  bash scripts/build-web.sh
+  for p in pkg pkg-threads; do rm -rf "$out/$p" && cp -r "www/$p" "$out/$p"; done
   if [ "$nosimd" != 0 ]; then
     CARGO_TARGET_DIR=target/wasm-nosimd CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="" \
       cargo build -q --release -p mtpath-web --target wasm32-unknown-unknown
@@ -86,8 +78,29 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     fi
   fi
 fi
-[ -f "$out/pkg/mtpath_web.js" ] || cp -r www/pkg "$out/pkg"
+for p in pkg pkg-threads; do [ -f "$out/$p/mtpath_web.js" ] || cp -r "www/$p" "$out/$p"; done
 
-# 4. The browser runs.
+# 4. The folder: TILES real tiles (default 200) from the shared data, several tasks and sizes,
+# listed in target/bench-web/tiles.json as URLs under the server's /data/ mount.
+data=${MTPATH_DATA:-$root/../shared/data}
+python3 - "$data" "${TILES:-200}" "${TILE_TASKS:-lc25000-lung,lbc-pap,pbc-blood,lymphoma}" "$out/tiles.json" <<'PY'
+import csv, json, pathlib, sys
+data, count, tasks, out = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(","), sys.argv[4]
+per_task = []
+for t in tasks:
+    manifest = data / t / "manifest.csv"
+    if not manifest.is_file():
+        sys.exit(f"{manifest}: missing; set MTPATH_DATA to the shared data folder or TILE_TASKS to tasks it has")
+    with open(manifest, newline="") as f:
+        per_task.append([f"/data/{t}/{row['path']}" for row in csv.DictReader(f)])
+# Round-robin over the tasks (and so over tile sizes and classes as the manifests order them).
+urls = [rows[i] for i in range(max(map(len, per_task))) for rows in per_task if i < len(rows)][:count]
+pathlib.Path(out).write_text(json.dumps(urls))
+print(f"{len(urls)} tiles from {', '.join(tasks)} ({data})", file=sys.stderr)
+PY
+export MTPATH_DATA=$data
+
+# 5. The browser runs.
 python3 scripts/bench_web_driver.py --archs "$archs" --n "${N:-20}" --warmup "${WARMUP:-3}" \
-  --rounds "${ROUNDS:-2}" --nosimd "$nosimd"
+  --rounds "${ROUNDS:-2}" --nosimd "$nosimd" --folder-passes "${FOLDER_PASSES:-2}" \
+  ${ONLY:+--only "$ONLY"}

@@ -1,7 +1,10 @@
 """Driver of scripts/bench-web.sh: runs www/bench/ in headless Chromium over WebDriver (plain
 HTTP to chromedriver, standard library only), one fresh browser session per engine, and prints
-a markdown table: ms per image (median of N runs after the warm-up), the ratios mtpath / ort,
-the .wasm sizes, feature agreement and whether each page was cross-origin isolated.
+markdown tables: per tile, ms per image (median of N runs after the warm-up) at 1 and 2
+threads, the ratios mtpath / ort, the .wasm sizes, feature agreement and whether each page was
+cross-origin isolated; per folder, the tiles/s of the explorer's extraction pool over
+target/bench-web/tiles.json with all cores (as many workers as cores, and one worker on all
+cores) beside onnxruntime-web on as many threads.
 
 Agreement is max|a - b| / max|b| over the feature vector of the common input (input.bin),
 b being the reference named (PyTorch: `<arch>.ref.bin` from bench_web_models.py).
@@ -119,6 +122,11 @@ def merge(rounds, archs):
         for key in ("forward", "jpeg", "png"):
             if key in first:
                 merged[key] = stats([t for r in rounds for t in r["archs"][arch][key]["ms"]])
+        if "seconds" in first:
+            seconds = [t for r in rounds for t in r["archs"][arch]["seconds"]]
+            merged["seconds"] = seconds
+            merged["tilesPerSecond"] = first["tiles"] / stats(seconds)["median"]
+            merged["bestTilesPerSecond"] = first["tiles"] / min(seconds)
         out["archs"][arch] = merged
     return out
 
@@ -136,15 +144,26 @@ def main():
     p.add_argument("--chromedriver", default="/usr/bin/chromedriver")
     p.add_argument("--rounds", type=int, default=2, help="page loads per engine, order alternating")
     p.add_argument("--nosimd", type=int, default=1, help="0: leave out the build without +simd128")
-    p.add_argument("--page-limit", type=int, default=600, help="seconds per engine page")
+    p.add_argument("--page-limit", type=int, default=900, help="seconds per engine page")
+    p.add_argument("--folder-passes", type=int, default=2, help="timed passes over the folder per page")
+    p.add_argument("--cores", type=int, default=os.cpu_count(), help="threads of the per-folder runs")
+    p.add_argument("--only", choices=["tile", "folder"], help="run one of the two parts")
     a = p.parse_args()
     archs = a.archs.split(",")
 
-    engines = [("mtpath wasm", {"engine": "mtpath", "pkg": "/models/pkg/mtpath_web.js"})]
-    if a.nosimd and (OUT / "pkg-nosimd" / "mtpath_web.js").exists():
-        engines.append(("mtpath wasm no-simd128", {"engine": "mtpath", "pkg": "/models/pkg-nosimd/mtpath_web.js"}))
-    engines += [("ort wasm 1 thread", {"engine": "ort", "threads": 1}),
-                ("ort wasm 2 threads", {"engine": "ort", "threads": 2})]
+    engines = []
+    if a.only != "folder":
+        engines.append(("mtpath wasm", {"engine": "mtpath", "pkg": "/models/pkg/mtpath_web.js"}))
+        if a.nosimd and (OUT / "pkg-nosimd" / "mtpath_web.js").exists():
+            engines.append(("mtpath wasm no-simd128", {"engine": "mtpath", "pkg": "/models/pkg-nosimd/mtpath_web.js"}))
+        engines += [("mtpath wasm 2 threads", {"engine": "mtpath", "pkg": "/models/pkg-threads/mtpath_web.js", "threads": 2}),
+                    ("ort wasm 1 thread", {"engine": "ort", "threads": 1}),
+                    ("ort wasm 2 threads", {"engine": "ort", "threads": 2})]
+    if a.only != "tile":
+        # The explorer's pool with all cores: a worker per core, and one worker on every core.
+        engines += [(f"explorer {a.cores} workers", {"engine": "folder-mtpath", "workers": a.cores}),
+                    ("explorer 1 worker", {"engine": "folder-mtpath", "workers": 1}),
+                    (f"ort folder {a.cores} threads", {"engine": "folder-ort", "threads": a.cores})]
     # Each engine runs in `rounds` page loads of about n / rounds timed runs, the engine order
     # reversed every other round, so that a drifting machine load hits all engines alike.
     per_round = [a.n // a.rounds + (i < a.n % a.rounds) for i in range(a.rounds)]
@@ -165,7 +184,8 @@ def main():
         for rnd, n in enumerate(per_round):
             for name, q in (engines if rnd % 2 == 0 else engines[::-1]):
                 query = "&".join(f"{k}={v}" for k, v in {**q, "archs": ",".join(archs), "n": n,
-                                                            "warmup": a.warmup}.items())
+                                                            "warmup": a.warmup,
+                                                            "rounds": a.folder_passes}.items())
                 url = f"{base}/www/bench/index.html?{query}"
                 t0 = time.monotonic()
                 session = wd.new_session(a.chromium)
@@ -196,11 +216,20 @@ def report(results, archs, a):
             v = v.get(k)
         return v
 
+    tile_results = {k: v for k, v in results.items() if not v["engine"].startswith("folder")}
+    folder_results = {k: v for k, v in results.items() if v["engine"].startswith("folder")}
     any_r = next(iter(results.values()))
     print(f"\n{any_r['userAgent']}; hardwareConcurrency {any_r['hardwareConcurrency']}; "
           f"onnxruntime-web {results.get('ort wasm 1 thread', {}).get('ortVersion')}; "
           f"224 px, batch 1; ms per image: median and min of {a.n} runs, in {a.rounds} page loads per engine "
           f"(engine order alternating), each after {a.warmup} warm-up runs\n")
+    if tile_results:
+        report_tiles(tile_results, get, archs, a)
+    if folder_results:
+        report_folder(folder_results, get, archs, a)
+
+
+def report_tiles(results, get, archs, a):
     print("| engine | arch | forward ms/img | min | extract(jpeg) ms | extract(png) ms | load ms | crossOriginIsolated |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for name, r in results.items():
@@ -210,23 +239,27 @@ def report(results, archs, a):
                   f"| {fmt(get(name, arch, 'jpeg', 'median'))} | {fmt(get(name, arch, 'png', 'median'))} "
                   f"| {fmt(get(name, arch, 'loadMs'), '.0f')} | {r['crossOriginIsolated']} |")
 
-    print("\n| arch | statistic | mtpath / ort 1t | mtpath no-simd128 / ort 1t | mtpath / ort 2t | mtpath no-simd128 / mtpath |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("\n| arch | statistic | mtpath / ort 1t | mtpath 2t / ort 2t | mtpath 1t / ort 2t | mtpath no-simd128 / ort 1t | mtpath no-simd128 / mtpath |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     ratio = lambda x, y: None if x is None or y is None else x / y
     for arch in archs:
         for st in ("median", "min"):
             ours = get("mtpath wasm", arch, "forward", st)
+            ours2 = get("mtpath wasm 2 threads", arch, "forward", st)
             simd = get("mtpath wasm no-simd128", arch, "forward", st)
             o1 = get("ort wasm 1 thread", arch, "forward", st)
             o2 = get("ort wasm 2 threads", arch, "forward", st)
-            print(f"| {arch} | {st} | {fmt(ratio(ours, o1), '.2f')} | {fmt(ratio(simd, o1), '.2f')} "
-                  f"| {fmt(ratio(ours, o2), '.2f')} | {fmt(ratio(simd, ours), '.2f')} |")
+            print(f"| {arch} | {st} | {fmt(ratio(ours, o1), '.2f')} | {fmt(ratio(ours2, o2), '.2f')} "
+                  f"| {fmt(ratio(ours, o2), '.2f')} | {fmt(ratio(simd, o1), '.2f')} | {fmt(ratio(simd, ours), '.2f')} |")
     print("(ratios of forward-only times, the network alone; > 1 means mtpath is slower)")
 
     print("\n| .wasm | bytes |")
     print("|---|---:|")
     ours = OUT / "pkg" / "mtpath_web_bg.wasm"
     print(f"| mtpath (scripts/build-web.sh, wasm-opt -O3) | {ours.stat().st_size} |")
+    threaded = OUT / "pkg-threads" / "mtpath_web_bg.wasm"
+    if "mtpath wasm 2 threads" in results:
+        print(f"| mtpath threaded (atomics, wasm-opt -O3) | {threaded.stat().st_size} |")
     simd = OUT / "pkg-nosimd" / "mtpath_web_bg.wasm"
     if "mtpath wasm no-simd128" in results:
         print(f"| mtpath no-simd128 (wasm-opt -O3) | {simd.stat().st_size} |")
@@ -236,8 +269,8 @@ def report(results, archs, a):
         print(f"| onnxruntime-web {u.removeprefix('/ort/')} | {f.stat().st_size if f.exists() else '?'} |")
 
     print("\nAgreement, max|a-b| / max|b| over the features of input.bin:\n")
-    print("| arch | mtpath vs ort 1t | mtpath vs torch | ort 1t vs torch | ort 2t vs ort 1t | no-simd128 vs mtpath | no-simd128 vs torch | extract(jpeg) vs torch |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| arch | mtpath vs ort 1t | mtpath vs torch | ort 1t vs torch | ort 2t vs ort 1t | mtpath 2t vs mtpath | no-simd128 vs mtpath | no-simd128 vs torch | extract(jpeg) vs torch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for arch in archs:
         ref = read_f32(OUT / f"{arch}.ref.bin")
         ours = get("mtpath wasm", arch, "features")
@@ -245,11 +278,31 @@ def report(results, archs, a):
         o1 = get("ort wasm 1 thread", arch, "features")
         o2 = get("ort wasm 2 threads", arch, "features")
         jpeg = get("mtpath wasm", arch, "jpegFeatures")
-        cells = [rel(ours, o1), rel(ours, ref), rel(o1, ref), rel(o2, o1), rel(simd, ours), rel(simd, ref),
-                 rel(jpeg, ref)]
+        ours2 = get("mtpath wasm 2 threads", arch, "features")
+        cells = [rel(ours, o1), rel(ours, ref), rel(o1, ref), rel(o2, o1), rel(ours2, ours), rel(simd, ours),
+                 rel(simd, ref), rel(jpeg, ref)]
         print(f"| {arch} | " + " | ".join(fmt(c, ".1e") for c in cells) + " |")
     print("(extract(jpeg) decodes a JPEG re-encoding of the tile; torch's input is the lossless tile, so "
           "that column measures JPEG loss + resize, not parity)")
+
+
+def report_folder(results, get, archs, a):
+    tiles = next(iter(results.values()))["archs"][archs[0]]["tiles"]
+    ort_name = next((k for k, v in results.items() if v["engine"] == "folder-ort"), None)
+    print(f"\nPer folder: {tiles} real tiles (target/bench-web/tiles.json), file bytes to features, "
+          f"{a.cores} cores; tiles/s over the median pass of {a.folder_passes} per page load "
+          f"x {a.rounds} loads, each after a warm-up pass\n")
+    print("| engine | arch | workers x threads | tiles/s | best pass tiles/s | vs ort |")
+    print("|---|---|---|---:|---:|---:|")
+    for name, r in results.items():
+        for arch in archs:
+            v = r["archs"][arch]
+            ort = get(ort_name, arch, "tilesPerSecond") if ort_name else None
+            vs = None if ort is None else v["tilesPerSecond"] / ort
+            print(f"| {name} | {arch} | {v['workers']} x {v['threads']} | {v['tilesPerSecond']:.1f} "
+                  f"| {v['bestTilesPerSecond']:.1f} | {fmt(vs, '.2f')} |")
+    print("(explorer: www/app/extract.js's pool, decode + resize + network + thumbnail in its workers; "
+          "ort: one session, the browser decoding and resizing each tile; > 1 means mtpath is faster)")
 
 
 if __name__ == "__main__":

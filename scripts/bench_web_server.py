@@ -4,7 +4,8 @@ Serves, under fixed URL prefixes:
 
 * `/www/`    the repository's www/ (the page www/bench/, our bindings in www/pkg/);
 * `/models/` target/bench-web/ (models, inputs, the bindings built without +simd128 in pkg-nosimd/);
-* `/ort/`    .tools/node_modules/onnxruntime-web/dist/.
+* `/ort/`    .tools/node_modules/onnxruntime-web/dist/;
+* `/data/`   the real tasks (MTPATH_DATA, default ../shared/data), read in place.
 
 Every response carries `Cross-Origin-Opener-Policy: same-origin` and
 `Cross-Origin-Embedder-Policy: require-corp` (cross-origin isolation, which onnxruntime-web's
@@ -26,6 +27,7 @@ MOUNTS = {
     "/www/": ROOT / "www",
     "/models/": ROOT / "target" / "bench-web",
     "/ort/": ROOT / ".tools" / "node_modules" / "onnxruntime-web" / "dist",
+    "/data/": pathlib.Path(os.environ.get("MTPATH_DATA", ROOT.parent / "shared" / "data")),
 }
 
 
@@ -39,6 +41,8 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         ".onnx": "application/octet-stream",
         ".safetensors": "application/octet-stream",
         ".bin": "application/octet-stream",
+        ".tif": "image/tiff",
+        ".tiff": "image/tiff",
     }
 
     def translate_path(self, path):

@@ -4,14 +4,15 @@
 //! broken file and a text file), wait for extraction, and check:
 //!
 //! - the map is drawn (non-blank canvas) and a click shows the nearest neighbours;
-//! - the browser's features equal `mtpath features` on the same files (1e-5 relative);
+//! - the browser's features equal `mtpath features` on the same files (1e-5 relative), with
+//!   the default pool and again with one worker on every core (the threaded module);
 //! - the probe's cross-validated balanced accuracy is above chance and the unlabelled tiles
 //!   get predictions, which `mtpath predict` reproduces natively from the exported probe JSON;
 //! - the broken and non-image files are listed as skipped, with a reason;
 //! - no request left the page's origin (Chromium's network log and the server's log).
 //!
 //! Screenshots of each stage go to tests/artifacts/e2e/. Needs `bash scripts/build-web.sh`
-//! (www/pkg), chromium and chromedriver; runs when MTPATH_E2E=1 (scripts/test.sh sets it),
+//! (www/pkg and www/pkg-threads), chromium and chromedriver; runs when MTPATH_E2E=1 (scripts/test.sh sets it),
 //! otherwise it says why it did not run.
 
 #[path = "e2e/harness.rs"]
@@ -20,7 +21,7 @@ mod harness;
 mod webdriver;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -50,6 +51,56 @@ fn images_of(task: &str, label: &str, n: usize, skip: usize) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files.into_iter().skip(skip).take(n).collect()
+}
+
+/// The worst relative L2 difference between the page's features (`got`: names, dim, x) and
+/// the native features file of the same tiles (its names are paths under `tiles`).
+fn worst_against_native(got: &Value, native: &Path, tiles: &Path) -> f64 {
+    let names: Vec<String> = serde_json::from_value(got["names"].clone()).unwrap();
+    let dim = got["dim"].as_u64().unwrap() as usize;
+    let xb: Vec<f32> = got["x"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(
+        xb.len(),
+        names.len() * dim,
+        "{} names, dim {dim}",
+        names.len()
+    );
+    let FeaturesFile {
+        images: nat_names,
+        features: xn,
+        dim: nd,
+        ..
+    } = FeaturesFile::read(native).unwrap();
+    assert_eq!(nd, dim);
+    assert_eq!(names.len(), nat_names.len(), "{names:?}");
+    let by_name: HashMap<String, usize> = nat_names
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                p.strip_prefix(&format!("{}/", tiles.display()))
+                    .unwrap_or(p)
+                    .to_string(),
+                i,
+            )
+        })
+        .collect();
+    let mut worst = 0f64;
+    for (i, name) in names.iter().enumerate() {
+        let j = *by_name
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} not embedded natively"));
+        worst = worst.max(relative_difference(
+            &xb[i * dim..(i + 1) * dim],
+            &xn[j * dim..(j + 1) * dim],
+        ));
+    }
+    worst
 }
 
 #[test]
@@ -208,47 +259,9 @@ fn explorer_end_to_end_in_chromium() {
             "const a = window.mtpathApp; return { names: a.items.map(i => i.name), dim: a.dim, x: Array.from(a.features), labels: a.items.map(i => i.label) };",
             json!([]),
         )?;
-        let names: Vec<String> = serde_json::from_value(got["names"].clone()).unwrap();
-        assert_eq!(names.len(), n_images, "{names:?}");
-        let dim = got["dim"].as_u64().unwrap() as usize;
-        let xb: Vec<f32> = got["x"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let FeaturesFile {
-            images: nat_names,
-            features: xn,
-            dim: nd,
-            ..
-        } = FeaturesFile::read(&native).unwrap();
-        assert_eq!(nd, dim);
-        let by_name: HashMap<String, usize> = nat_names
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                (
-                    p.strip_prefix(&format!("{}/", tiles.display()))
-                        .unwrap_or(p)
-                        .to_string(),
-                    i,
-                )
-            })
-            .collect();
-        let mut worst = 0f64;
-        for (i, name) in names.iter().enumerate() {
-            let j = *by_name
-                .get(name)
-                .unwrap_or_else(|| panic!("{name} not embedded natively"));
-            worst = worst.max(relative_difference(
-                &xb[i * dim..(i + 1) * dim],
-                &xn[j * dim..(j + 1) * dim],
-            ));
-        }
+        let worst = worst_against_native(&got, &native, &tiles);
         eprintln!(
-            "browser vs native features: worst relative L2 {worst:.2e} over {} tiles",
-            names.len()
+            "browser vs native features: worst relative L2 {worst:.2e} over {n_images} tiles"
         );
         assert!(
             worst < 1e-5,
@@ -353,12 +366,51 @@ fn explorer_end_to_end_in_chromium() {
         eprintln!("browser vs native probe probabilities: worst abs diff {worst_p:.1e}");
         assert!(worst_p < 1e-4, "{worst_p}");
 
-        // Cancel: pick the folder again with one worker and cancel after the first tiles;
-        // what was embedded stays and the page says it was cancelled.
-        s.eval(
-            "document.getElementById('workers').value = '1'; return true;",
+        // One worker on every core: the page is cross-origin isolated (mtpath serve's
+        // headers), so its worker runs the threaded module, each tile split over the cores;
+        // the features are the native ones all the same.
+        let env = s.eval(
+            "document.getElementById('workers').value = '1'; document.getElementById('input-status').textContent = ''; return { isolated: self.crossOriginIsolated, cores: navigator.hardwareConcurrency };",
             json!([]),
         )?;
+        assert_eq!(
+            env["isolated"],
+            json!(true),
+            "the explorer is not cross-origin isolated"
+        );
+        let cores = env["cores"].as_u64().unwrap_or(1);
+        let input = s.find("#folder-input")?;
+        s.send_keys(&input, tiles.to_str().unwrap())?;
+        s.wait_for(
+            "document.getElementById('input-status').textContent.includes('tiles embedded')",
+            Duration::from_secs(600),
+            "document.getElementById('input-status').textContent",
+        )?;
+        let status = s.eval(
+            "return document.getElementById('input-status').textContent",
+            json!([]),
+        )?;
+        let status = status.as_str().unwrap_or_default().to_string();
+        eprintln!("one worker on {cores} cores: {status}");
+        if cores > 1 {
+            assert!(
+                status.contains(&format!("1 worker × {cores} threads")),
+                "the worker did not run on {cores} threads: {status}"
+            );
+        }
+        let got = s.eval(
+            "const a = window.mtpathApp; return { names: a.items.map(i => i.name), dim: a.dim, x: Array.from(a.features) };",
+            json!([]),
+        )?;
+        let worst = worst_against_native(&got, &native, &tiles);
+        eprintln!("threaded browser vs native features: worst relative L2 {worst:.2e}");
+        assert!(
+            worst < 1e-5,
+            "threaded browser features differ from native: {worst:e}"
+        );
+
+        // Cancel: pick the folder again (one worker) and cancel after the first tiles; what
+        // was embedded stays and the page says it was cancelled.
         let input = s.find("#folder-input")?;
         s.send_keys(&input, tiles.to_str().unwrap())?;
         s.wait_for(

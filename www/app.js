@@ -75,16 +75,18 @@ async function runExtraction(items, skipped) {
   }
   const seconds = (performance.now() - t0) / 1000;
   const workers = extract.workerCount();
+  const threads = extract.workerThreads();
   state.items = newItems; state.features = features; state.dim = d; state.skipped = skipped;
   state.slides = pendingSlides; pendingSlides = [];
   showSlides();
   state.evalTransform = $("eval-transform").value;
-  state.stats = { seconds, imagesPerSecond: kept.length / Math.max(seconds, 1e-9), workers, cancelled };
+  state.stats = { seconds, imagesPerSecond: kept.length / Math.max(seconds, 1e-9), workers, threads, cancelled };
   showSkipped();
   const labels = new Set(newItems.map((it) => it.label).filter((l) => l !== null));
   const unl = newItems.filter((it) => it.label === null).length;
   status("input-status", `${cancelled ? "Cancelled: " : ""}${kept.length} tiles embedded in ${seconds.toFixed(1)} s ` +
-    `(${state.stats.imagesPerSecond.toFixed(1)} images/s, ${workers} worker${workers > 1 ? "s" : ""}); ` +
+    `(${state.stats.imagesPerSecond.toFixed(1)} images/s, ${workers} worker${workers > 1 ? "s" : ""}` +
+    `${threads > 1 ? ` × ${threads} threads` : ""}); ` +
     `${labels.size} labels, ${unl} unlabelled${skipped.length ? `, ${skipped.length} skipped` : ""}.`);
   setStage("extracted");
   ["export-features", "export-features-csv", "export-map"].forEach((b) => ($(b).disabled = !kept.length));

@@ -1,19 +1,47 @@
 // Extraction worker: one wasm instance and one model, parsed once per model load and kept for
 // every later drop; embeds the files it is sent, one at a time, and answers with the features and a thumbnail (or the reason a file was skipped).
-import init, { FeatureModel, SlideReader, imageExtensions } from "./pkg/mtpath_web.js";
+//
+// The bindings are chosen by the first message: a `model` message asking for more than one
+// thread, on a cross-origin isolated page (SharedArrayBuffer), loads the threaded module
+// (pkg-threads: each tile's convolutions split over a rayon pool of that many threads on
+// Web Workers of its own); anything else, or a threaded module that fails to start, the
+// single-threaded one (pkg).
 
 let model = null;
-const ready = init();
+let bindings = null; // Promise of the bindings module, fixed by the first message
 // The slide this worker reads tiles of, opened once per slide and cut: { key, reader }.
 let slide = null;
 
+// Seconds the threaded module's pool may take to start before the worker gives up on it.
+const THREAD_START_LIMIT_S = 30;
+
+async function loadBindings(threads) {
+  if (threads > 1 && self.crossOriginIsolated) {
+    try {
+      const m = await import("./pkg-threads/mtpath_web.js");
+      await m.default();
+      let timer;
+      const late = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`its ${threads} threads did not start in ${THREAD_START_LIMIT_S} s`)), THREAD_START_LIMIT_S * 1000);
+      });
+      await Promise.race([m.initThreadPool(threads), late]).finally(() => clearTimeout(timer));
+      return { m, threads };
+    } catch (err) {
+      console.warn(`mtpath: threaded module unavailable (${err.message || err}); extracting on one thread`);
+    }
+  }
+  const m = await import("./pkg/mtpath_web.js");
+  await m.default();
+  return { m, threads: 1 };
+}
+
 /** The reader of `file` planned for `cut` (every grid tile; the page chose which to embed). */
-function slideReader(file, cut) {
+function slideReader(m, file, cut) {
   const key = `${file.name}|${file.size}|${file.lastModified}|${JSON.stringify(cut)}`;
   if (!slide || slide.key !== key) {
     if (slide) slide.reader.free();
     slide = null;
-    const reader = new SlideReader(file, file.name);
+    const reader = new m.SlideReader(file, file.name);
     reader.plan(JSON.stringify(cut), false);
     slide = { key, reader };
   }
@@ -22,11 +50,12 @@ function slideReader(file, cut) {
 
 self.onmessage = async (event) => {
   const msg = event.data;
-  await ready;
+  if (!bindings) bindings = loadBindings(msg.type === "model" ? msg.threads ?? 1 : 1);
+  const { m, threads } = await bindings;
   if (msg.type === "model") {
     try {
-      model = new FeatureModel(new Uint8Array(msg.bytes));
-      self.postMessage({ type: "model-ready", card: JSON.parse(model.cardJson()), extensions: imageExtensions() });
+      model = new m.FeatureModel(new Uint8Array(msg.bytes));
+      self.postMessage({ type: "model-ready", card: JSON.parse(model.cardJson()), extensions: m.imageExtensions(), threads });
     } catch (err) {
       self.postMessage({ type: "model-error", error: String(err.message || err) });
     }
@@ -34,7 +63,7 @@ self.onmessage = async (event) => {
     // Open a slide, find its tissue and plan its tiles; answer with the plan, the thumbnail
     // and the overview (tissue mask and tiles drawn over it).
     try {
-      const reader = new SlideReader(msg.file, msg.file.name);
+      const reader = new m.SlideReader(msg.file, msg.file.name);
       const plan = JSON.parse(reader.plan(JSON.stringify(msg.cut), true));
       const thumbnail = reader.thumbnail();
       const overview = reader.overview();
@@ -45,7 +74,7 @@ self.onmessage = async (event) => {
     }
   } else if (msg.type === "slide-zoom") {
     try {
-      const pixels = slideReader(msg.file, msg.cut).tile(msg.x, msg.y);
+      const pixels = slideReader(m, msg.file, msg.cut).tile(msg.x, msg.y);
       self.postMessage({ type: "slide-zoomed", pixels }, [pixels.buffer]);
     } catch (err) {
       self.postMessage({ type: "slide-failed", error: String(err.message || err) });
@@ -55,7 +84,7 @@ self.onmessage = async (event) => {
     try {
       if (!model) throw new Error("no model loaded");
       if (msg.transform && model.evalTransform !== msg.transform) model.setEvalTransform(msg.transform);
-      const features = model.extractSlideTile(slideReader(msg.file, msg.cut), msg.x, msg.y);
+      const features = model.extractSlideTile(slideReader(m, msg.file, msg.cut), msg.x, msg.y);
       self.postMessage({ type: "done", job: msg.job, id: msg.id, features, ms: performance.now() - t0 }, [features.buffer]);
     } catch (err) {
       self.postMessage({ type: "failed", job: msg.job, id: msg.id, error: String(err.message || err) });

@@ -472,6 +472,18 @@ impl Probe {
     }
 }
 
+/// Starts the pool of `n` threads one tile's convolutions are split over (a Promise; call it
+/// once, after `init`, before any extraction). Only in the threaded module (`pkg-threads`,
+/// built with atomics), which needs a cross-origin isolated page (SharedArrayBuffer).
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
+/// Whether this module was built with threads (shared memory, `initThreadPool`).
+#[wasm_bindgen]
+pub fn threaded() -> bool {
+    cfg!(target_feature = "atomics")
+}
+
 /// The extensions (lower case, no dot) of the image files the decoder reads: the page accepts
 /// exactly these.
 #[wasm_bindgen(js_name = imageExtensions)]

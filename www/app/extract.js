@@ -1,28 +1,45 @@
-// Feature extraction on a pool of workers (extract-worker.js), each with its own single-threaded
-// wasm instance. The pool belongs to the loaded model: every worker parses the model once per
-// load, and later drops reuse the workers, so a drop costs only the tiles it holds.
+// Feature extraction on a pool of workers (extract-worker.js), each with its own wasm instance.
+// The pool belongs to the loaded model: every worker parses the model once per load, and later
+// drops reuse the workers, so a drop costs only the tiles it holds.
+//
+// Threads: on a cross-origin isolated page (SharedArrayBuffer; `mtpath serve` sends the
+// headers) the cores left over by the workers are shared out among them: each worker runs
+// its tiles on floor(cores / workers) threads (the threaded module), so one worker on a
+// 4-core machine embeds each tile on 4 threads, and 4 workers each on one. Elsewhere every
+// worker is single-threaded.
 
 const MAX_WORKERS = 8;
 
 const pool = {
   bytes: null,        // the model file, kept to start more workers when the count goes up
-  workers: [],        // { w, busy, ready: Promise }
+  workers: [],        // { w, busy, wanted, threads, ready: Promise }: threads asked for, and run on
   job: null,          // the running extraction
   nextJob: 1,
 };
 
-function startWorker() {
+/** Threads each of `count` workers runs its tiles on. */
+export function threadsPerWorker(count) {
+  if (!self.crossOriginIsolated) return 1;
+  return Math.max(1, Math.floor((navigator.hardwareConcurrency || 1) / Math.max(1, count)));
+}
+
+function startWorker(threads) {
   const w = new Worker(new URL("../extract-worker.js", import.meta.url), { type: "module" });
-  const slot = { w, busy: false, ready: null };
+  const slot = { w, busy: false, wanted: threads, threads: 1, ready: null };
   slot.ready = new Promise((resolve, reject) => {
     w.onerror = (e) => reject(new Error(e.message || "worker failed to start"));
     w.onmessage = (e) => {
       const m = e.data;
-      if (m.type === "model-ready") { w.onmessage = (ev) => onReply(slot, ev.data); w.onerror = () => onCrash(slot); resolve(m); }
+      if (m.type === "model-ready") {
+        slot.threads = m.threads;
+        w.onmessage = (ev) => onReply(slot, ev.data);
+        w.onerror = () => onCrash(slot);
+        resolve(m);
+      }
       else if (m.type === "model-error") reject(new Error(m.error));
     };
   });
-  w.postMessage({ type: "model", bytes: pool.bytes.slice(0) });
+  w.postMessage({ type: "model", bytes: pool.bytes.slice(0), threads });
   return slot;
 }
 
@@ -38,7 +55,7 @@ export async function loadModel(bytes, count) {
   for (const s of [...pool.workers]) stopWorker(s);
   pool.bytes = bytes;
   // One worker first: a bad file is refused once, not by every worker.
-  const first = startWorker();
+  const first = startWorker(threadsPerWorker(count));
   pool.workers.push(first);
   let reply;
   try { reply = await first.ready; } catch (err) { stopWorker(first); pool.bytes = null; throw err; }
@@ -46,14 +63,17 @@ export async function loadModel(bytes, count) {
   return { card: reply.card, extensions: reply.extensions };
 }
 
-/** Grow or shrink the pool to `count` workers (1 to 8); resolves when all are ready. */
+/** Grow or shrink the pool to `count` workers (1 to 8), each on `threadsPerWorker(count)`
+ * threads (workers started for another share are replaced); resolves when all are ready. */
 async function resize(count) {
   const n = Math.max(1, Math.min(MAX_WORKERS, count));
+  const threads = threadsPerWorker(n);
+  for (const s of [...pool.workers]) if (s.wanted !== threads) stopWorker(s);
   while (pool.workers.length > n) {
     const idle = pool.workers.find((s) => !s.busy) ?? pool.workers[pool.workers.length - 1];
     stopWorker(idle);
   }
-  while (pool.workers.length < n) pool.workers.push(startWorker());
+  while (pool.workers.length < n) pool.workers.push(startWorker(threads));
   const ready = await Promise.allSettled(pool.workers.map((s) => s.ready));
   ready.forEach((r, i) => r.status === "rejected" && stopWorker(pool.workers[i]));
   if (!pool.workers.length) throw new Error("no extraction worker could start");
@@ -156,3 +176,6 @@ export function cancel() { pool.job?.cancel(); }
 
 /** The number of workers in the pool. */
 export function workerCount() { return pool.workers.length; }
+
+/** Threads per worker in the pool (the largest, should they differ). */
+export function workerThreads() { return Math.max(1, ...pool.workers.map((s) => s.threads ?? 1)); }

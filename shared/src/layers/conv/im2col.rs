@@ -28,12 +28,9 @@ const SUM_CHUNK: usize = 1 << 14;
 const PANEL_BUDGET: usize = 1 << 17;
 
 pub(super) fn parallelism() -> gemm::Parallelism {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        let threads = threads();
-        if threads > 1 {
-            return gemm::Parallelism::Rayon(threads);
-        }
+    let threads = threads();
+    if threads > 1 {
+        return gemm::Parallelism::Rayon(threads);
     }
     gemm::Parallelism::None
 }
@@ -432,12 +429,19 @@ impl Split {
     }
 }
 
+/// Threads the convolutions split their work over: candle's count natively; in the browser
+/// the rayon pool's size when the module is built with threads (atomics; the pool is started
+/// from JavaScript by wasm-bindgen-rayon's `initThreadPool`), else 1.
 pub(super) fn threads() -> usize {
     #[cfg(not(target_arch = "wasm32"))]
     {
         candle_core::utils::get_num_threads()
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     {
         1
     }
