@@ -220,7 +220,7 @@ def report(results, archs, a):
     folder_results = {k: v for k, v in results.items() if v["engine"].startswith("folder")}
     any_r = next(iter(results.values()))
     print(f"\n{any_r['userAgent']}; hardwareConcurrency {any_r['hardwareConcurrency']}; "
-          f"onnxruntime-web {results.get('ort wasm 1 thread', {}).get('ortVersion')}; "
+          f"onnxruntime-web {next((r.get('ortVersion') for r in results.values() if r.get('ortVersion')), None)}; "
           f"224 px, batch 1; ms per image: median and min of {a.n} runs, in {a.rounds} page loads per engine "
           f"(engine order alternating), each after {a.warmup} warm-up runs\n")
     if tile_results:

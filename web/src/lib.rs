@@ -7,7 +7,7 @@ use candle_core::Device;
 use mtpath_shared::embed::{pca_2d, Tsne, TsneConfig};
 use mtpath_shared::eval::knn::centred_unit_rows;
 use mtpath_shared::features_file::FeaturesFile;
-use mtpath_shared::inference::FeatureExtractor;
+use mtpath_shared::inference::{on_pool, FeatureExtractor};
 use mtpath_shared::preprocess::{decode_image, resize_exact, EvalTransform};
 use mtpath_shared::probe::file::{CvSummary, FeatureSource};
 use mtpath_shared::probe::{
@@ -157,17 +157,14 @@ impl FeatureModel {
 
     /// Features of one encoded image (JPEG, PNG or TIFF bytes).
     pub fn extract(&self, image: &[u8]) -> Result<Vec<f32>, JsError> {
-        self.inner.extract_bytes(image).map_err(js_err)
+        on_pool(|| self.inner.extract_bytes(image)).map_err(js_err)
     }
 
     /// Features of a preprocessed image: `3 × S × S` floats, CHW, already normalised
     /// (S = `inputSize`). The network alone, for benchmarks.
     #[wasm_bindgen(js_name = extractPreprocessed)]
     pub fn extract_preprocessed(&self, chw: &[f32]) -> Result<Vec<f32>, JsError> {
-        let rows = self
-            .inner
-            .extract_preprocessed(&[chw.to_vec()])
-            .map_err(js_err)?;
+        let rows = on_pool(|| self.inner.extract_preprocessed(&[chw.to_vec()])).map_err(js_err)?;
         rows.into_iter()
             .next()
             .ok_or_else(|| JsError::new("no features returned"))
@@ -177,7 +174,7 @@ impl FeatureModel {
     #[wasm_bindgen(js_name = extractWithThumbnail)]
     pub fn extract_with_thumbnail(&self, image: &[u8], thumb: u32) -> Result<Embedded, JsError> {
         let rgb = decode_image(image).map_err(js_err)?;
-        let features = self.inner.extract_rgb(&rgb).map_err(js_err)?;
+        let features = on_pool(|| self.inner.extract_rgb(&rgb)).map_err(js_err)?;
         let (w, h) = (rgb.width(), rgb.height());
         let scale = thumb.max(1) as f64 / w.max(h) as f64;
         let (tw, th) = if scale < 1.0 {
@@ -727,7 +724,7 @@ impl FeatureModel {
         y: f64,
     ) -> Result<Vec<f32>, JsError> {
         let tile = slide.tile_rgb(x, y)?;
-        self.inner.extract_rgb(&tile).map_err(js_err)
+        on_pool(|| self.inner.extract_rgb(&tile)).map_err(js_err)
     }
 }
 

@@ -58,6 +58,40 @@ fn forward_matches_candle_conv2d() -> candle_core::Result<()> {
     Ok(())
 }
 
+/// A single sample whose map has no more positions than output channels: its product's
+/// rows are split over the threads (`matmul_rows_parallel`, blocks of 8 rows and a shorter
+/// last one); the output must equal candle's convolution (f64).
+#[test]
+fn single_sample_split_by_output_channels_matches_candle_conv2d() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    if threads() < 2 {
+        eprintln!("skipped: one thread, the rows are not split");
+        return Ok(());
+    }
+    for (cin, cout, k, stride, pad, h) in [
+        (24, 40, 1, 1, 0, 5),
+        (16, 36, 3, 2, 1, 9),
+        (8, 9, 3, 1, 1, 3),
+    ] {
+        let geom = ConvGeom {
+            stride,
+            padding: pad,
+        };
+        let x = Tensor::randn(0f64, 1.0, (1, cin, h, h), &dev)?;
+        let w = Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev)?;
+        let d = Dims::new(x.dims(), w.dims(), geom)?;
+        assert!(
+            Split::new(&d).inner_parallel && d.c_out >= d.out_len(),
+            "{d:?}"
+        );
+        let ours = conv2d(&x, &w, geom)?;
+        let theirs = x.conv2d(&w, pad, stride, 1, 1)?;
+        let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-10, "{cin}→{cout} k{k} s{stride}: diff {diff}");
+    }
+    Ok(())
+}
+
 /// Both gradients against central finite differences, in f64.
 #[test]
 fn gradients_match_finite_differences() -> candle_core::Result<()> {
