@@ -410,16 +410,20 @@ fn explorer_end_to_end_in_chromium() {
         );
 
         // Cancel: pick the folder again (one worker) and cancel after the first tiles; what
-        // was embedded stays and the page says it was cancelled. The Cancel button is pressed
-        // by a watcher in the page the moment two tiles are done: on all cores the whole
-        // folder takes about 3 s, less than WebDriver's polls need to catch it in flight.
+        // was embedded stays and the page says it was cancelled. Cancel is pressed from a
+        // MutationObserver on the progress text, which runs right after the update that
+        // reports the second tile: on all cores the folder takes about 3 s and the page's
+        // replies can arrive in a burst, too fast for WebDriver's polls or a timer to catch
+        // the extraction in flight.
         s.eval(
-            "const t = setInterval(() => {
-               if (document.body.dataset.stage === 'extracting' && document.getElementById('progress-bar').value >= 2) {
-                 clearInterval(t);
+            "const bar = document.getElementById('progress-bar');
+             const watch = new MutationObserver(() => {
+               if (document.body.dataset.stage === 'extracting' && bar.value >= 2) {
+                 watch.disconnect();
                  document.getElementById('cancel').click();
                }
-             }, 2);
+             });
+             watch.observe(document.getElementById('progress-text'), { childList: true, characterData: true, subtree: true });
              return true;",
             json!([]),
         )?;
