@@ -53,6 +53,9 @@ fn images_of(task: &str, label: &str, n: usize, skip: usize) -> Vec<PathBuf> {
     files.into_iter().skip(skip).take(n).collect()
 }
 
+/// A script returning the page's features: `{ names, dim, x (row-major n × dim), labels }`.
+const PAGE_FEATURES: &str = "const a = window.mtpathApp; return { names: a.items.map(i => i.name), dim: a.dim, x: Array.from(a.features), labels: a.items.map(i => i.label) };";
+
 /// The worst relative L2 difference between the page's features (`got`: names, dim, x) and
 /// the native features file of the same tiles (its names are paths under `tiles`).
 fn worst_against_native(got: &Value, native: &Path, tiles: &Path) -> f64 {
@@ -255,10 +258,7 @@ fn explorer_end_to_end_in_chromium() {
         );
 
         // Browser features equal native ones.
-        let got = s.eval(
-            "const a = window.mtpathApp; return { names: a.items.map(i => i.name), dim: a.dim, x: Array.from(a.features), labels: a.items.map(i => i.label) };",
-            json!([]),
-        )?;
+        let got = s.eval(PAGE_FEATURES, json!([]))?;
         let worst = worst_against_native(&got, &native, &tiles);
         eprintln!(
             "browser vs native features: worst relative L2 {worst:.2e} over {n_images} tiles"
@@ -398,10 +398,7 @@ fn explorer_end_to_end_in_chromium() {
                 "the worker did not run on {cores} threads: {status}"
             );
         }
-        let got = s.eval(
-            "const a = window.mtpathApp; return { names: a.items.map(i => i.name), dim: a.dim, x: Array.from(a.features) };",
-            json!([]),
-        )?;
+        let got = s.eval(PAGE_FEATURES, json!([]))?;
         let worst = worst_against_native(&got, &native, &tiles);
         eprintln!("threaded browser vs native features: worst relative L2 {worst:.2e}");
         assert!(
@@ -439,6 +436,25 @@ fn explorer_end_to_end_in_chromium() {
         assert!(
             kept >= 1 && kept < n_images,
             "kept {kept} of {n_images} after cancel"
+        );
+        // That folder was picked while the previous one's map was still being computed: the
+        // map drawn is of the tiles kept (none for fewer than two), not a late answer for the
+        // 48 before.
+        s.wait_for(
+            "document.body.dataset.stage === 'map-drawn' || (window.mtpathApp.items.length < 2 && document.body.dataset.stage === 'extracted')",
+            Duration::from_secs(60),
+            "[document.body.dataset.stage, window.mtpathApp.items.length, document.getElementById('map-status').textContent]",
+        )?;
+        let points = s.eval(
+            "const xy = window.mtpathApp.xy; return xy ? xy.length / 2 : 0",
+            json!([]),
+        )?;
+        eprintln!("cancelled with {kept} of {n_images} tiles kept; the map has {points} points");
+        let expected = if kept >= 2 { kept } else { 0 };
+        assert_eq!(
+            points.as_u64(),
+            Some(expected as u64),
+            "the map shows {points} points for {kept} tiles"
         );
         shot("7-cancelled");
         Ok(())

@@ -5,7 +5,7 @@ import { $, state, status, setStage } from "./app/state.js";
 import { ask } from "./app/analysis.js";
 import * as extract from "./app/extract.js";
 import { readTiles, walkEntry } from "./app/ingest.js";
-import { project } from "./app/map.js";
+import { project, requestDraw } from "./app/map.js";
 import { offerServerModels, wireModelPanel, workersWanted } from "./app/model.js";
 import { predictionsCsv } from "./app/export.js";
 import { isSlide, planSlides, showSlides } from "./app/slide.js";
@@ -20,17 +20,19 @@ window.mtpathPredictionsCsv = predictionsCsv;
  * entry when `allSlides`), and show what came of them. */
 async function ingest(entries, allSlides = false) {
   if (!state.modelBytes) { status("input-status", "Load a model first (step 1).", true); return; }
+  const run = ++state.run;
   const slideEntries = entries.filter((e) => allSlides || isSlide(e.file));
   const tileEntries = entries.filter((e) => !slideEntries.includes(e));
   const { items, skipped } = tileEntries.length ? await readTiles(tileEntries, state.extensions) : { items: [], skipped: [] };
+  if (run !== state.run) return;
   const planned = await planSlides(slideEntries.map((e) => e.file));
+  if (run !== state.run) return;
   skipped.push(...planned.skipped);
-  pendingSlides = planned.slides;
-  await runExtraction([...items, ...planned.items], skipped);
+  await runExtraction(run, [...items, ...planned.items], skipped, planned.slides);
 }
-let pendingSlides = [];
-
-async function runExtraction(items, skipped) {
+/** Embed `items` (tiles, and the tiles of `slides`) for the drop numbered `run`; a newer drop
+ * cancels this one, which then returns without touching the page. */
+async function runExtraction(run, items, skipped, slides) {
   const nWorkers = workersWanted();
   const d = state.card.feature_dim;
   const t0 = performance.now();
@@ -50,10 +52,12 @@ async function runExtraction(items, skipped) {
   try {
     ({ results, cancelled } = await extract.extract(items.map((it) => it.task ?? it.file), { count: nWorkers, thumb: THUMB, transform: $("eval-transform").value, onProgress: update }));
   } catch (err) {
+    if (run !== state.run) return;
     $("progress").hidden = true;
     status("input-status", `Extraction failed: ${err.message}`, true);
     return;
   }
+  if (run !== state.run) return; // a newer drop took over (and cancelled this extraction)
   $("progress").hidden = true;
   // Assemble in input order: embedded items first, failures listed with their reason.
   const kept = [];
@@ -73,11 +77,13 @@ async function runExtraction(items, skipped) {
     const thumb = await createImageBitmap(img);
     newItems.push({ ...meta, file, thumb, thumbSize: [r.width, r.height], size: [r.sourceWidth, r.sourceHeight] });
   }
+  if (run !== state.run) return;
   const seconds = (performance.now() - t0) / 1000;
   const workers = extract.workerCount();
   const threads = extract.workerThreads();
   state.items = newItems; state.features = features; state.dim = d; state.skipped = skipped;
-  state.slides = pendingSlides; pendingSlides = [];
+  state.xy = null; requestDraw(); // the old map goes: its points were other tiles
+  state.slides = slides;
   showSlides();
   state.evalTransform = $("eval-transform").value;
   state.stats = { seconds, imagesPerSecond: kept.length / Math.max(seconds, 1e-9), workers, threads, cancelled };
@@ -96,6 +102,7 @@ async function runExtraction(items, skipped) {
   $("probe-results").innerHTML = ""; $("predictions").innerHTML = ""; $("neighbours").innerHTML = "";
   // The analysis worker holds the one feature matrix (map, neighbours, probe, features file).
   if (kept.length) await ask("data", { x: features.slice(0), n: kept.length, d });
+  if (run !== state.run) return;
   if (kept.length >= 2) await project($("projection").value);
   else status("map-status", "At least two tiles are needed for a map.");
 }

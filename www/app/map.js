@@ -12,10 +12,13 @@ const UNLABELLED_COLOUR = "#9a9a9a";
 export async function project(kind) {
   const n = state.items.length;
   if (n < 2) return;
+  // A newer drop while this runs: its answer is for the old tiles and is dropped.
+  const run = state.run;
   if (kind === "pca") {
     await ask("cancel-tsne");
     const t0 = performance.now();
     const r = await ask("pca");
+    if (run !== state.run) return;
     setMap(r.xy, "pca");
     status("map-status", `PCA of ${n} tiles in ${(performance.now() - t0).toFixed(0)} ms; ` +
       `axes explain ${(100 * r.variance[0]).toFixed(1)}% and ${(100 * r.variance[1]).toFixed(1)}% of the variance.`);
@@ -24,12 +27,14 @@ export async function project(kind) {
     status("map-status", `t-SNE of ${n} tiles: computing affinities…`);
     try {
       const r = await ask("tsne", { perplexity, seed: 0 }, (p) => {
+        if (run !== state.run) return;
         setMap(p.xy, "tsne", false);
         status("map-status", `t-SNE: iteration ${p.iteration} / ${p.total} (${(p.ms / 1000).toFixed(1)} s)`);
       });
+      if (run !== state.run) return;
       setMap(r.xy, "tsne");
       status("map-status", `t-SNE done: ${n} tiles, perplexity ${perplexity}, ${r.total} iterations in ${(r.ms / 1000).toFixed(1)} s.`);
-    } catch (err) { status("map-status", `t-SNE failed: ${err.message}`, true); }
+    } catch (err) { if (run === state.run) status("map-status", `t-SNE failed: ${err.message}`, true); }
   }
 }
 $("projection").onchange = (e) => project(e.target.value);

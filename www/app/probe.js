@@ -21,11 +21,13 @@ $("run-probe").onclick = async () => {
   const kind = $("probe-kind").value;
   status("probe-status", `Cross-validating ${kind === "svm" ? "a linear SVM" : "logistic regression"} on ${rows.length} labelled tiles, ${classes.length} classes…`);
   $("run-probe").disabled = true;
+  const run = state.run;
   try {
     const r = await ask("probe", {
       rows, labels, groups, classes, cGrid, folds: Number($("folds").value) || 5, seed: 0, kind,
       card: JSON.stringify({ ...state.card, transform: state.evalTransform || "resize" }), sha256: state.modelSha256,
     });
+    if (run !== state.run) return; // new tiles arrived meanwhile: this probe was of the old ones
     state.probe = { classes, kind, ...r, rows };
     showProbe();
     $("export-predictions").disabled = false; $("export-probe").disabled = false;
@@ -33,8 +35,10 @@ $("run-probe").onclick = async () => {
     setStage("probe-done");
     offerHeatmaps();
   } catch (err) {
+    if (run !== state.run) return;
     status("probe-status", `Probe failed: ${err.message}`, true);
   }
+  // (A probe of older tiles leaves the button to the newer extraction, which sets it.)
   $("run-probe").disabled = false;
 };
 

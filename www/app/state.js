@@ -18,7 +18,8 @@ export const state = {
   projection: "", mapReady: false,
   selection: new Set(),
   probe: null,        // { classes, cv, scores, pred, json, kind }
-  extraction: null,   // running extraction
+  run: 0,             // bumped by every drop: work begun for an older drop (extraction, map,
+                      // probe) sees the change after its awaits and leaves the page alone
   stats: null,
 };
 
