@@ -21,6 +21,7 @@ pub(crate) mod linalg;
 pub mod multitask;
 pub mod network;
 pub mod optim;
+pub mod parallel;
 pub mod preprocess;
 pub mod probe;
 pub mod rng;

@@ -7,7 +7,8 @@ use candle_core::Device;
 use mtpath_shared::embed::{pca_2d, Tsne, TsneConfig};
 use mtpath_shared::eval::knn::centred_unit_rows;
 use mtpath_shared::features_file::FeaturesFile;
-use mtpath_shared::inference::{on_pool, FeatureExtractor};
+use mtpath_shared::inference::FeatureExtractor;
+use mtpath_shared::parallel::on_pool;
 use mtpath_shared::preprocess::{decode_image, resize_exact, EvalTransform};
 use mtpath_shared::probe::file::{CvSummary, FeatureSource};
 use mtpath_shared::probe::{

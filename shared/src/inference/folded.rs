@@ -586,12 +586,12 @@ impl FoldedNet {
     pub fn features(&self, xs: &Tensor) -> Result<Tensor> {
         let run = || Ok(global_avg_pool(&self.feature_map(xs)?)?);
         // A batch smaller than the thread count splits each convolution over the threads:
-        // run it from inside the pool ([`super::on_pool`]; DenseNet-121 at batch 1 +15%
+        // run it from inside the pool ([`crate::parallel::on_pool`]; DenseNet-121 at batch 1 +15%
         // natively). Larger batches split by samples and stay on the calling thread: their
         // large activations, allocated on a pool thread, came from glibc's per-thread arenas
         // instead of the main heap the binary tunes, and DenseNet-121 at batch 32 lost 20%.
-        if xs.dim(0)? < rayon::current_num_threads() {
-            super::on_pool(run)
+        if xs.dim(0)? < crate::parallel::threads() {
+            crate::parallel::on_pool(run)
         } else {
             run()
         }

@@ -9,20 +9,3 @@ mod folded;
 
 pub use extractor::FeatureExtractor;
 pub use folded::FoldedNet;
-
-/// Runs `f` on a thread of rayon's pool: natively, and in the browser's threaded module
-/// (`f` itself in the single-threaded one). A network's forward pass started outside the
-/// pool hands each of its parallel loops (several per convolution) to the pool and waits,
-/// the pool's threads woken for every one; started inside, the loops split their work
-/// among threads already running and the calling thread takes its own share. Inside the
-/// pool already, `f` runs where it is.
-pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
-    {
-        rayon::scope(|_| f())
-    }
-    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-    {
-        f()
-    }
-}

@@ -429,23 +429,7 @@ impl Split {
     }
 }
 
-/// Threads the convolutions split their work over: candle's count natively; in the browser
-/// the rayon pool's size when the module is built with threads (atomics; the pool is started
-/// from JavaScript by wasm-bindgen-rayon's `initThreadPool`), else 1.
-pub(super) fn threads() -> usize {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        candle_core::utils::get_num_threads()
-    }
-    #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
-    {
-        rayon::current_num_threads()
-    }
-    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-    {
-        1
-    }
-}
+pub(super) use crate::parallel::threads;
 
 /// `buf` cut into consecutive mutable pieces of `sizes[i]` elements.
 fn split_mut<T>(mut buf: &mut [T], sizes: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
