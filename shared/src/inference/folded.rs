@@ -34,7 +34,7 @@ use crate::backbone::topology::{
 };
 use crate::layers::channel_affine::ChannelAffine;
 use crate::layers::conv::{conv2d_cached, conv2d_fused, ConvGeom, PackedKernel};
-use crate::layers::{avg_pool2x2, global_avg_pool, max_pool2d, BatchNorm2d};
+use crate::layers::{global_avg_pool, max_pool2d, BatchNorm2d};
 use crate::varstore::VarStore;
 use crate::weights::{normalize_name, TensorFile};
 use crate::{Arch, Error, Network, Result};
@@ -292,9 +292,10 @@ impl Affine {
         })
     }
 
-    /// `relu(x · scale + shift)`.
-    fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.fused_relu.apply(xs, None)
+    /// `relu(cat(parts) · scale + shift)`, 2×2-average-pooled when `pool2x2`
+    /// ([`ChannelAffine::apply_parts`]: no concatenation is made).
+    fn forward_relu(&self, parts: &[Tensor], pool2x2: bool) -> candle_core::Result<Tensor> {
+        self.fused_relu.apply_parts(parts, pool2x2)
     }
 
     fn tensors(&self, out: &mut Vec<(String, Tensor)>) -> Result<()> {
@@ -456,26 +457,24 @@ impl DenseNetTrunk {
     }
 
     fn feature_map(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = max_pool2d(&self.conv0.forward_with(xs, None, true)?, STEM_POOL)?;
+        let h = max_pool2d(&self.conv0.forward_with(xs, None, true)?, STEM_POOL)?;
+        // A block's input and its layers' outputs are kept apart (`features`); each
+        // `norm → ReLU` reads them in place instead of a concatenation.
+        let mut features = vec![h];
         for (i, block) in self.blocks.iter().enumerate() {
-            let mut features = vec![h];
             for layer in block {
-                let input = if features.len() == 1 {
-                    features[0].clone()
-                } else {
-                    Tensor::cat(&features, 1)?
-                };
-                let y = layer.norm1.forward_relu(&input)?;
+                let y = layer.norm1.forward_relu(&features, false)?;
                 let y = layer.conv1.forward_with(&y, None, true)?;
                 features.push(layer.conv2.forward(&y)?);
             }
-            h = Tensor::cat(&features, 1)?;
             if let Some(t) = self.transitions.get(i) {
-                let x = t.norm.forward_relu(&h)?;
-                h = avg_pool2x2(&t.conv.forward(&x)?)?;
+                // torchvision's `conv → pool` as `pool → conv`: the pool commutes with the
+                // 1×1 convolution (linear, no bias), which then has a quarter of the positions.
+                let x = t.norm.forward_relu(&features, true)?;
+                features = vec![t.conv.forward(&x)?];
             }
         }
-        self.norm5.forward_relu(&h)
+        self.norm5.forward_relu(&features, false)
     }
 
     fn tensors(&self, out: &mut Vec<(String, Tensor)>) -> Result<()> {

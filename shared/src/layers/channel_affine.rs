@@ -6,9 +6,13 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::contiguous_slice;
 use super::fill::par_zeros;
+
+/// Inputs of at least this many elements are processed on the thread pool.
+const PARALLEL_ELEMENTS: usize = 1 << 15;
 
 /// `y = x · scale[c] + shift[c] (+ residual) (then max(0, ·))` over NCHW `x`.
 #[derive(Debug, Clone)]
@@ -91,12 +95,129 @@ impl ChannelAffine {
                 }
             }
         };
-        if n * c * hw >= 1 << 15 {
+        if n * c * hw >= PARALLEL_ELEMENTS {
             out.par_chunks_mut(hw).enumerate().for_each(work);
         } else {
             out.chunks_mut(hw).enumerate().for_each(work);
         }
         out
+    }
+
+    /// `self` applied to the channel concatenation of `parts` (NCHW, equal N, H and W), then,
+    /// when `pool2x2`, [`avg_pool2x2`](super::avg_pool2x2): DenseNet's `norm → ReLU` of a dense
+    /// layer's input (the block's features so far) and of a transition's (then its pool,
+    /// moved before the 1×1 convolution, which it commutes with, so that the convolution
+    /// runs on a quarter of the positions). On the CPU for f32 it reads each part where it
+    /// lies and writes the result once: no concatenation (DenseNet-121 copied its growing
+    /// input 58 times a pass) and no separate pool (three candle passes). Elsewhere it is
+    /// `cat`, [`apply`](Self::apply) and the pool.
+    pub fn apply_parts(&self, parts: &[Tensor], pool2x2: bool) -> candle_core::Result<Tensor> {
+        let Some(first) = parts.first() else {
+            candle_core::bail!("channel affine: no parts to concatenate");
+        };
+        let (n, _, h, w) = first.dims4()?;
+        let fusable = parts
+            .iter()
+            .all(|t| super::use_fused_cpu(t) && t.dtype() == DType::F32 && t.is_contiguous());
+        if !fusable {
+            let x = Tensor::cat(parts, 1)?;
+            let y = self.apply(&x, None)?;
+            return if pool2x2 {
+                super::avg_pool2x2(&y)
+            } else {
+                Ok(y)
+            };
+        }
+        let mut channels = Vec::with_capacity(parts.len());
+        for t in parts {
+            let (pn, pc, ph, pw) = t.dims4()?;
+            if (pn, ph, pw) != (n, h, w) {
+                candle_core::bail!(
+                    "channel affine: parts {:?} and {:?} differ outside the channels",
+                    first.dims(),
+                    t.dims()
+                );
+            }
+            channels.push(pc);
+        }
+        let c: usize = channels.iter().sum();
+        if c != self.shift.len() {
+            candle_core::bail!(
+                "channel affine: {c} channels in the parts for {} in the affine",
+                self.shift.len()
+            );
+        }
+        let (oh, ow) = if pool2x2 { (h / 2, w / 2) } else { (h, w) };
+        if oh == 0 || ow == 0 {
+            candle_core::bail!("2x2 average pool needs at least 2x2 input, got {h}x{w}");
+        }
+        // Hold every part's storage for the pass; `source[ch]` = (part, its channel).
+        let guards: Vec<_> = parts.iter().map(|t| t.storage_and_layout()).collect();
+        let mut slices = Vec::with_capacity(parts.len());
+        for (storage, layout) in &guards {
+            let candle_core::Storage::Cpu(cpu) = &**storage else {
+                candle_core::bail!("channel affine: a part left the CPU");
+            };
+            slices.push(contiguous_slice::<f32>(
+                cpu,
+                layout,
+                "channel affine: part",
+            )?);
+        }
+        let source: Vec<(usize, usize)> = channels
+            .iter()
+            .enumerate()
+            .flat_map(|(j, &cj)| (0..cj).map(move |i| (j, i)))
+            .collect();
+        let hw = h * w;
+        let plane = |p: usize, dst: &mut [MaybeUninit<f32>]| {
+            let (s, ch) = (p / c, p % c);
+            let (j, i) = source[ch];
+            let src = &slices[j][(s * channels[j] + i) * hw..][..hw];
+            let (a, b) = (self.scale.as_ref().map_or(1.0, |v| v[ch]), self.shift[ch]);
+            let f = |v: f32| {
+                let y = v * a + b;
+                if self.relu {
+                    y.max(0.0)
+                } else {
+                    y
+                }
+            };
+            if !pool2x2 {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    d.write(f(v));
+                }
+                return;
+            }
+            // avg_pool2x2's order: pairs along a row, then the two rows, then × ¼.
+            for (oy, row) in dst.chunks_mut(ow).enumerate() {
+                let (r0, r1) = (&src[2 * oy * w..], &src[(2 * oy + 1) * w..]);
+                for (ox, d) in row.iter_mut().enumerate() {
+                    let top = f(r0[2 * ox]) + f(r0[2 * ox + 1]);
+                    let bottom = f(r1[2 * ox]) + f(r1[2 * ox + 1]);
+                    d.write((top + bottom) * 0.25);
+                }
+            }
+        };
+        let len = n * c * oh * ow;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let planes = &mut out.spare_capacity_mut()[..len];
+        if n * c * hw >= PARALLEL_ELEMENTS {
+            planes
+                .par_chunks_mut(oh * ow)
+                .enumerate()
+                .for_each(|(p, d)| plane(p, d));
+        } else {
+            planes
+                .chunks_mut(oh * ow)
+                .enumerate()
+                .for_each(|(p, d)| plane(p, d));
+        }
+        // SAFETY: the planes partition `0..len` and `plane` writes every element of its plane
+        // (a panic inside propagates before this line, leaving the vector empty).
+        unsafe { out.set_len(len) };
+        drop(guards);
+        Tensor::from_vec(out, (n, c, oh, ow), first.device())
     }
 
     /// Apply to `x` (and add `residual`, same shape) — fused on the CPU for contiguous f32.
@@ -229,5 +350,52 @@ mod tests {
                 None
             )
             .is_err());
+    }
+
+    /// `apply_parts` against `cat`, `apply` and `avg_pool2x2` composed: odd and even maps,
+    /// a batch, parts of one and several channels, with and without the pool.
+    #[test]
+    fn parts_equal_concatenation_then_affine_then_pool() {
+        let dev = Device::Cpu;
+        for (n, h, w, widths) in [
+            (1, 6, 6, vec![3usize]),
+            (2, 5, 7, vec![2, 1, 3]),
+            (3, 8, 4, vec![1, 4]),
+            // Enough elements for the parallel path.
+            (2, 32, 32, vec![16, 8, 8]),
+        ] {
+            let c: usize = widths.iter().sum();
+            let parts: Vec<Tensor> = widths
+                .iter()
+                .map(|&ci| Tensor::randn(0f32, 1.0, (n, ci, h, w), &dev).unwrap())
+                .collect();
+            let scale: Vec<f32> = (0..c).map(|i| 0.5 + 0.25 * i as f32).collect();
+            let shift: Vec<f32> = (0..c).map(|i| 0.3 - 0.1 * i as f32).collect();
+            for relu in [false, true] {
+                let op = ChannelAffine::new(Some(scale.clone()), shift.clone(), relu);
+                let y = op.apply(&Tensor::cat(&parts, 1).unwrap(), None).unwrap();
+                for pool in [false, true] {
+                    let want = if pool {
+                        crate::layers::avg_pool2x2(&y).unwrap()
+                    } else {
+                        y.clone()
+                    };
+                    let got = op.apply_parts(&parts, pool).unwrap();
+                    assert_eq!(got.dims(), want.dims());
+                    assert_eq!(
+                        got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                        want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                        "n {n} {h}x{w} parts {widths:?} relu {relu} pool {pool}"
+                    );
+                }
+            }
+        }
+        // Channels that do not add up, and parts of different sizes, are errors.
+        let op = ChannelAffine::new(None, vec![0.0; 3], true);
+        let a = Tensor::zeros((1, 2, 4, 4), DType::F32, &dev).unwrap();
+        assert!(op.apply_parts(std::slice::from_ref(&a), false).is_err());
+        let b = Tensor::zeros((1, 1, 2, 4), DType::F32, &dev).unwrap();
+        assert!(op.apply_parts(&[a, b], false).is_err());
+        assert!(op.apply_parts(&[], false).is_err());
     }
 }
