@@ -148,6 +148,13 @@ fn densenet121_folded_features_agree() {
     check_agreement(Arch::DenseNet121, 64);
 }
 
+/// At 72 px the second transition pools a 9×9 map (the last row and column dropped): the
+/// folded network pools before that transition's convolution, the training network after.
+#[test]
+fn densenet121_folded_features_agree_on_odd_maps() {
+    check_agreement(Arch::DenseNet121, 72);
+}
+
 /// The other architectures: same code paths with other depths; a small input keeps it quick.
 #[test]
 fn resnet34_resnet101_densenet169_fold_and_load() {
