@@ -456,6 +456,17 @@ fn explorer_end_to_end_in_chromium() {
             Some(expected as u64),
             "the map shows {points} points for {kept} tiles"
         );
+        // The probe of the earlier tiles went with them: no status line or table about tiles
+        // no longer on the page.
+        let probe_left = s.eval(
+            "return [document.getElementById('probe-status').textContent, document.getElementById('probe-results').innerHTML, window.mtpathApp.probe === null]",
+            json!([]),
+        )?;
+        assert_eq!(
+            probe_left,
+            json!(["", "", true]),
+            "the previous probe is still shown after a new drop"
+        );
         shot("7-cancelled");
         Ok(())
     })();

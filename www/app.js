@@ -39,6 +39,10 @@ async function runExtraction(run, items, skipped, slides) {
   setStage("extracting");
   $("progress").hidden = false;
   state.mapReady = false; state.probe = null; state.selection.clear();
+  // The previous tiles' probe goes now, its status line too (it may say "Cross-validating…"
+  // for a probe this drop superseded); a probe waits for the new features.
+  $("probe-results").innerHTML = ""; status("probe-status", "");
+  $("run-probe").disabled = true; $("export-predictions").disabled = true; $("export-probe").disabled = true;
   const update = (done, total) => {
     const elapsed = (performance.now() - t0) / 1000;
     const rate = done / Math.max(elapsed, 1e-3);
@@ -98,8 +102,7 @@ async function runExtraction(run, items, skipped, slides) {
   ["export-features", "export-features-csv", "export-map"].forEach((b) => ($(b).disabled = !kept.length));
   $("export-map").disabled = kept.length < 2;
   $("run-probe").disabled = labels.size < 2;
-  $("export-predictions").disabled = true; $("export-probe").disabled = true;
-  $("probe-results").innerHTML = ""; $("predictions").innerHTML = ""; $("neighbours").innerHTML = "";
+  $("predictions").innerHTML = ""; $("neighbours").innerHTML = "";
   // The analysis worker holds the one feature matrix (map, neighbours, probe, features file).
   if (kept.length) await ask("data", { x: features.slice(0), n: kept.length, d });
   if (run !== state.run) return;

@@ -9,7 +9,6 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use super::contiguous_slice;
-use super::fill::par_zeros;
 
 /// Inputs of at least this many elements are processed on the thread pool.
 const PARALLEL_ELEMENTS: usize = 1 << 15;
@@ -61,24 +60,24 @@ impl ChannelAffine {
     }
 
     fn run(&self, x: &[f32], residual: Option<&[f32]>, n: usize, c: usize, hw: usize) -> Vec<f32> {
-        let mut out: Vec<f32> = par_zeros(n * c * hw);
-        let work = |(p, dst): (usize, &mut [f32])| {
+        let len = n * c * hw;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let planes = &mut out.spare_capacity_mut()[..len];
+        let work = |(p, dst): (usize, &mut [MaybeUninit<f32>])| {
             let ch = p % c;
             let (a, b) = (self.scale.as_ref().map_or(1.0, |s| s[ch]), self.shift[ch]);
-            dst.copy_from_slice(&x[p * hw..(p + 1) * hw]);
-            rows::in_place(
-                dst,
-                residual.map(|r| &r[p * hw..(p + 1) * hw]),
-                a,
-                b,
-                self.relu,
-            );
+            let src = &x[p * hw..(p + 1) * hw];
+            let res = residual.map(|r| &r[p * hw..(p + 1) * hw]);
+            rows::copy(dst, src, res, a, b, self.relu);
         };
-        if n * c * hw >= PARALLEL_ELEMENTS {
-            out.par_chunks_mut(hw).enumerate().for_each(work);
+        if len >= PARALLEL_ELEMENTS {
+            planes.par_chunks_mut(hw).enumerate().for_each(work);
         } else {
-            out.chunks_mut(hw).enumerate().for_each(work);
+            planes.chunks_mut(hw).enumerate().for_each(work);
         }
+        // SAFETY: the planes partition `0..len` and `rows::copy` writes every element of its
+        // plane (a panic inside propagates before this line, leaving the vector empty).
+        unsafe { out.set_len(len) };
         out
     }
 
@@ -163,7 +162,7 @@ impl ChannelAffine {
                 }
             };
             if !pool2x2 {
-                rows::copy(dst, src, a, b, self.relu);
+                rows::copy(dst, src, None, a, b, self.relu);
                 return;
             }
             // avg_pool2x2's order: pairs along a row, then the two rows, then × ¼.
@@ -292,15 +291,23 @@ mod rows {
         in_place_any(plane, residual, a, b, relu)
     }
 
-    /// `dst = src · a + b`, ReLU'd when `relu` (every element of `dst` written).
-    pub(super) fn copy(dst: &mut [MaybeUninit<f32>], src: &[f32], a: f32, b: f32, relu: bool) {
+    /// `dst = src · a + b (+ residual)`, ReLU'd when `relu` (every element of `dst` written).
+    pub(super) fn copy(
+        dst: &mut [MaybeUninit<f32>],
+        src: &[f32],
+        residual: Option<&[f32]>,
+        a: f32,
+        b: f32,
+        relu: bool,
+    ) {
         assert_eq!(dst.len(), src.len());
+        assert!(residual.is_none_or(|r| r.len() == src.len()));
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2::copy(dst, src, a, b, relu) };
+            return unsafe { avx2::copy(dst, src, residual, a, b, relu) };
         }
-        copy_any(dst, src, a, b, relu)
+        copy_any(dst, src, residual, a, b, relu)
     }
 
     #[inline(always)]
@@ -320,15 +327,31 @@ mod rows {
     }
 
     #[inline(always)]
-    fn copy_any(dst: &mut [MaybeUninit<f32>], src: &[f32], a: f32, b: f32, relu: bool) {
-        if relu {
-            dst.iter_mut()
+    fn copy_any(
+        dst: &mut [MaybeUninit<f32>],
+        src: &[f32],
+        residual: Option<&[f32]>,
+        a: f32,
+        b: f32,
+        relu: bool,
+    ) {
+        match (residual, relu) {
+            (Some(r), true) => dst
+                .iter_mut()
+                .zip(src.iter().zip(r))
+                .for_each(|(d, (&v, &rv))| _ = d.write((v * a + b + rv).max(0.0))),
+            (Some(r), false) => dst
+                .iter_mut()
+                .zip(src.iter().zip(r))
+                .for_each(|(d, (&v, &rv))| _ = d.write(v * a + b + rv)),
+            (None, true) => dst
+                .iter_mut()
                 .zip(src)
-                .for_each(|(d, &v)| _ = d.write((v * a + b).max(0.0)));
-        } else {
-            dst.iter_mut()
+                .for_each(|(d, &v)| _ = d.write((v * a + b).max(0.0))),
+            (None, false) => dst
+                .iter_mut()
                 .zip(src)
-                .for_each(|(d, &v)| _ = d.write(v * a + b));
+                .for_each(|(d, &v)| _ = d.write(v * a + b)),
         }
     }
 
@@ -348,8 +371,15 @@ mod rows {
         }
 
         #[target_feature(enable = "avx2")]
-        pub(super) fn copy(dst: &mut [MaybeUninit<f32>], src: &[f32], a: f32, b: f32, relu: bool) {
-            copy_any(dst, src, a, b, relu)
+        pub(super) fn copy(
+            dst: &mut [MaybeUninit<f32>],
+            src: &[f32],
+            residual: Option<&[f32]>,
+            a: f32,
+            b: f32,
+            relu: bool,
+        ) {
+            copy_any(dst, src, residual, a, b, relu)
         }
     }
 }
@@ -362,14 +392,19 @@ mod tests {
     #[test]
     fn fused_affine_equals_composed_ops() {
         let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &dev).unwrap();
-        let r = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &dev).unwrap();
         let scale = vec![0.5f32, -2.0, 1.5];
         let shift = vec![0.1f32, 0.2, -0.3];
         let s = Tensor::from_slice(&scale, (1, 3, 1, 1), &dev).unwrap();
         let b = Tensor::from_slice(&shift, (1, 3, 1, 1), &dev).unwrap();
-        let composed = x.broadcast_mul(&s).unwrap().broadcast_add(&b).unwrap();
-        for relu in [false, true] {
+        // The second shape is above PARALLEL_ELEMENTS: the planes run on the pool.
+        for (shape, relu) in [(2, 5, 7), (2, 80, 80)]
+            .into_iter()
+            .flat_map(|s| [(s, false), (s, true)])
+        {
+            let (n, h, w) = shape;
+            let x = Tensor::randn(0f32, 1.0, (n, 3, h, w), &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (n, 3, h, w), &dev).unwrap();
+            let composed = x.broadcast_mul(&s).unwrap().broadcast_add(&b).unwrap();
             for res in [None, Some(&r)] {
                 let op = ChannelAffine::new(Some(scale.clone()), shift.clone(), relu);
                 let got = op.apply(&x, res).unwrap();
@@ -398,6 +433,7 @@ mod tests {
             }
         }
         // A strided (transposed) input gives the same result as its contiguous copy.
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &dev).unwrap();
         let xt = x.transpose(2, 3).unwrap();
         let op = ChannelAffine::new(None, shift.clone(), true);
         let a = op.apply(&xt, None).unwrap();
