@@ -145,6 +145,11 @@ pub(super) enum Source<'a> {
     /// A stride-2 input gradient's kernel, the transpose of the forward convolution's kernel
     /// `w [c_in, c_out, k²]`: `W[o, i, t] = w[i, o, t]`.
     Transposed(&'a [f32]),
+    /// A stride-2 forward kernel `w [c_out, c_in, k, k]` over the input's four phases
+    /// ([`super::phases`]): input channel `i = 4c + 2a + b` is phase `(a, b)` of channel `c`,
+    /// tap `t = u·⌈k/2⌉ + v` reads it `(u, v)` further, so `W[o, i, t] = w[o, c, 2u + a,
+    /// 2v + b]`, zero where `2u + a` or `2v + b` is past the kernel.
+    Phases { w: &'a [f32], k: usize },
 }
 
 /// A rearrangement of a kernel, written from a reader of `W[o, i, t]`.
@@ -160,6 +165,20 @@ impl Source<'_> {
             Source::Plain(w) => layout.fill(|o, i, t| w[(o * c_in + i) * kk + t]),
             Source::Flipped(w) => layout.fill(|o, i, t| w[(i * c_out + o) * kk + kk - 1 - t]),
             Source::Transposed(w) => layout.fill(|o, i, t| w[(i * c_out + o) * kk + t]),
+            Source::Phases { w, k } => {
+                let side = k.div_ceil(2);
+                assert!(kk == side * side && c_in.is_multiple_of(4));
+                let channels = c_in / 4;
+                layout.fill(|o, i, t| {
+                    let (c, a, b) = (i / 4, (i / 2) % 2, i % 2);
+                    let (ky, kx) = (2 * (t / side) + a, 2 * (t % side) + b);
+                    if ky < k && kx < k {
+                        w[((o * channels + c) * k + ky) * k + kx]
+                    } else {
+                        0.0
+                    }
+                })
+            }
         }
     }
 }
@@ -215,10 +234,34 @@ pub(super) fn forward(
     grid: &mut [f32],
     parallel: bool,
 ) {
-    assert!(k * k == w.kk && planes.len() >= w.c_in * pl.len + SLACK);
-    assert!(grid.len() >= w.c_out * pl.span);
-    let offsets = tap_offsets(pl, k);
-    let grid = &mut grid[..w.c_out * pl.span];
+    assert!(k * k == w.kk);
+    forward_at(
+        planes,
+        (pl.len, pl.span),
+        &tap_offsets(pl, k),
+        w,
+        grid,
+        parallel,
+    );
+}
+
+/// [`forward`] over planes of `len` elements, `span` output positions and the taps at
+/// `offsets` into a plane (one per tap of `w`): `grid [c_out, span] = Σ_ci Σ_tap W[·, ci, tap]
+/// · planes[ci][offset_tap..][..span]`. Any tap geometry whose offsets plus `span` stay
+/// within `len`, e.g. the phases of a strided convolution ([`super::phases`]).
+pub(super) fn forward_at(
+    planes: &[f32],
+    (len, span): (usize, usize),
+    offsets: &[usize],
+    w: &Packed,
+    grid: &mut [f32],
+    parallel: bool,
+) {
+    assert!(offsets.len() == w.kk && planes.len() >= w.c_in * len + SLACK);
+    assert!(offsets.iter().all(|&off| off + span <= len));
+    assert!(grid.len() >= w.c_out * span);
+    let pl = (len, span);
+    let grid = &mut grid[..w.c_out * span];
     let blocks = w.c_out.div_ceil(ROWS);
     // Blocks per task: a few tasks per thread, so that a slower core does not hold the
     // others up, while each task still reuses a strip of input across several blocks.
@@ -232,7 +275,7 @@ pub(super) fn forward(
     let isa = isa().expect("direct::forward runs where forward_available()");
     let run = |(task, rows): (usize, &mut [f32])| {
         let task_blocks = task * per_task..(task * per_task + per_task).min(blocks);
-        let geometry = (pl.len, pl.span);
+        let geometry = pl;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa()` (the callers' condition, `forward_available()`) checked the
         // instruction set; the asserts above bound every read (the last tile reads at most
@@ -241,8 +284,8 @@ pub(super) fn forward(
         // last block when `c_out` is not a multiple of ROWS).
         unsafe {
             match isa {
-                Isa::Avx512 => avx512::forward(planes, geometry, &offsets, w, task_blocks, rows),
-                Isa::Avx2 => avx2::forward(planes, geometry, &offsets, w, task_blocks, rows),
+                Isa::Avx512 => avx512::forward(planes, geometry, offsets, w, task_blocks, rows),
+                Isa::Avx2 => avx2::forward(planes, geometry, offsets, w, task_blocks, rows),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -251,7 +294,7 @@ pub(super) fn forward(
             offsets, rows
         );
     };
-    let task_len = per_task * ROWS * pl.span;
+    let task_len = per_task * ROWS * span;
     if parallel {
         grid.par_chunks_mut(task_len).enumerate().for_each(run);
     } else {

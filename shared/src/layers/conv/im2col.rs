@@ -568,6 +568,11 @@ pub(super) fn conv_forward_cached<T: Scratch>(
     cache: Option<&super::PackedKernel>,
     finish: Option<Finish<T>>,
 ) -> Vec<T> {
+    if super::phases::applies::<T>(d, g) {
+        if let Some(y) = super::phases::forward(x, w, d, g, cache, finish) {
+            return y;
+        }
+    }
     if shifted::forward_applies::<T>(d, g) {
         return shifted::forward(x, w, d, g, cache, finish);
     }
@@ -577,7 +582,7 @@ pub(super) fn conv_forward_cached<T: Scratch>(
 }
 
 /// [`conv_forward`] by unfolding and gemm.
-fn conv_forward_unfolded<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+pub(super) fn conv_forward_unfolded<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
     let l = d.out_len();
     let rows = d.rows();
     let split = Split::new(d);

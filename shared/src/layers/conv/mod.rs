@@ -29,6 +29,7 @@ use im2col::{conv_forward_cached, conv_input_grad, conv_weight_grad};
 mod direct;
 mod im2col;
 mod layer;
+mod phases;
 mod shifted;
 #[cfg(test)]
 mod tests;

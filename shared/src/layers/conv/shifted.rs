@@ -368,7 +368,7 @@ fn chunking(d: &Dims, pad: usize, split: &Split) -> (usize, Planes) {
 }
 
 /// `s` itself when `T` is f32 (the element type the direct kernels take).
-fn as_f32<T: WithDType>(s: &[T]) -> Option<&[f32]> {
+pub(super) fn as_f32<T: WithDType>(s: &[T]) -> Option<&[f32]> {
     // SAFETY: T's DTYPE is F32 only for T = f32.
     (T::DTYPE == DType::F32)
         .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) })
@@ -387,7 +387,7 @@ fn from_f32<T: WithDType>(v: Vec<f32>) -> Vec<T> {
 }
 
 /// [`as_f32`] for a mutable slice.
-fn as_f32_mut<T: WithDType>(s: &mut [T]) -> Option<&mut [f32]> {
+pub(super) fn as_f32_mut<T: WithDType>(s: &mut [T]) -> Option<&mut [f32]> {
     // SAFETY: as in `as_f32`.
     (T::DTYPE == DType::F32)
         .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) })
