@@ -576,13 +576,21 @@ pub(super) fn conv_forward_cached<T: Scratch>(
     if shifted::forward_applies::<T>(d, g) {
         return shifted::forward(x, w, d, g, cache, finish);
     }
-    let mut y = conv_forward_unfolded(x, w, d, g);
-    finish_planes(&mut y, (d.c_out, d.out_len()), finish);
-    y
+    conv_forward_unfolded(x, w, d, g, finish)
 }
 
-/// [`conv_forward`] by unfolding and gemm.
-pub(super) fn conv_forward_unfolded<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) -> Vec<T> {
+/// [`conv_forward`] by unfolding and gemm, each output plane handed to `finish` as soon as
+/// its sample is computed: several samples' planes as they are copied out of the product
+/// (in L1), one sample's after its product (in L2 or L3) — not in a pass over the whole
+/// output at the end, which at batch 32 read every plane back from memory (ResNet-50's 1×1
+/// convolutions).
+pub(super) fn conv_forward_unfolded<T: Scratch>(
+    x: &[T],
+    w: &[T],
+    d: &Dims,
+    g: ConvGeom,
+    finish: Option<Finish<T>>,
+) -> Vec<T> {
     let l = d.out_len();
     let rows = d.rows();
     let split = Split::new(d);
@@ -611,7 +619,19 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: C
                         row_major(col.as_ptr(), width),
                         par,
                     );
-                    transpose_chunk(&out_buf[..d.c_out * width], ys, d.c_out, l, nc, true);
+                    match finish {
+                        Some(finish) => {
+                            // transpose_chunk's copy, each plane finished while in L1.
+                            for (i, plane) in ys.chunks_exact_mut(l).enumerate() {
+                                let (s, ch) = (i / d.c_out, i % d.c_out);
+                                plane.copy_from_slice(&out_buf[(ch * nc + s) * l..][..l]);
+                                finish(n0 + s, ch, plane);
+                            }
+                        }
+                        None => {
+                            transpose_chunk(&out_buf[..d.c_out * width], ys, d.c_out, l, nc, true)
+                        }
+                    }
                     continue;
                 }
                 // One sample: each panel's product lands in its columns of Y [c_out, L].
@@ -632,6 +652,14 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: C
                         row_major(col.as_ptr(), pw),
                         par,
                     );
+                }
+                if let Some(finish) = finish {
+                    let plane = |(ch, plane): (usize, &mut [T])| finish(n0, ch, plane);
+                    if split.inner_parallel {
+                        ys.par_chunks_exact_mut(l).enumerate().for_each(plane);
+                    } else {
+                        ys.chunks_exact_mut(l).enumerate().for_each(plane);
+                    }
                 }
             }
         })

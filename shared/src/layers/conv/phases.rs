@@ -221,7 +221,7 @@ mod tests {
             let wt: Vec<f32> = (0..c_out * c_in * k * k)
                 .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
                 .collect();
-            let want = super::super::im2col::conv_forward_unfolded(&x, &wt, &d, g);
+            let want = super::super::im2col::conv_forward_unfolded(&x, &wt, &d, g, None);
             let cache = PackedKernel::default();
             let relu = |_: usize, ch: usize, plane: &mut [f32]| {
                 plane

@@ -296,8 +296,9 @@ fn large_batches_are_chunked_consistently() -> candle_core::Result<()> {
 
 /// The fused inference convolution (bias, residual and ReLU applied to each plane as it is
 /// written) equals the convolution followed by the epilogue as its own pass, on every path:
-/// planar direct (large stride-1 maps), channels-last (small maps, stride 2, the stem), gemm
-/// (pointwise, thin), for a single sample and a batch, twice with one cache.
+/// planar direct (large stride-1 maps), channels-last (small maps, stride 2), the stem's
+/// phases, gemm (pointwise, thin, strided), for a single sample and batches, twice with one
+/// cache.
 #[test]
 fn fused_epilogue_matches_the_separate_pass() -> candle_core::Result<()> {
     let dev = Device::Cpu;
@@ -310,6 +311,11 @@ fn fused_epilogue_matches_the_separate_pass() -> candle_core::Result<()> {
         (2, 3, 64, 7, 2, 23),
         (2, 24, 40, 1, 1, 9),
         (1, 128, 32, 3, 1, 14),
+        // gemm over a batch split by samples: one sample a product (33×33 = 1,089
+        // positions), several side by side (9×9), and a strided 1×1 (a downsample).
+        (3, 16, 24, 1, 1, 33),
+        (8, 24, 40, 1, 1, 9),
+        (5, 32, 64, 1, 2, 14),
     ] {
         let geom = ConvGeom {
             stride,
