@@ -586,10 +586,13 @@ impl FoldedNet {
         let run = || Ok(global_avg_pool(&self.feature_map(xs)?)?);
         // A batch smaller than the thread count splits each convolution over the threads:
         // run it from inside the pool ([`crate::parallel::on_pool`]; DenseNet-121 at batch 1 +15%
-        // natively). Larger batches split by samples and stay on the calling thread: their
-        // large activations, allocated on a pool thread, came from glibc's per-thread arenas
-        // instead of the main heap the binary tunes, and DenseNet-121 at batch 32 lost 20%.
-        if xs.dim(0)? < crate::parallel::threads() {
+        // natively). So does a single sample on one thread: from outside, each of its
+        // parallel loops was handed to the pool's one thread while the caller slept, two
+        // context switches a loop. Larger batches split by samples and stay on the calling
+        // thread: their large activations, allocated on a pool thread, came from glibc's
+        // per-thread arenas instead of the main heap the binary tunes, and DenseNet-121 at
+        // batch 32 lost 20%.
+        if xs.dim(0)? < crate::parallel::threads().max(2) {
             crate::parallel::on_pool(run)
         } else {
             run()
