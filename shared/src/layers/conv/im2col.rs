@@ -568,6 +568,12 @@ pub(super) fn conv_forward_cached<T: Scratch>(
     cache: Option<&super::PackedKernel>,
     finish: Option<Finish<T>>,
 ) -> Vec<T> {
+    // Inference (a kept kernel) only: training's passes keep the direct sums.
+    if cache.is_some() && super::winograd::applies::<T>(d, g) {
+        if let Some(y) = super::winograd::forward(x, w, d, cache, finish) {
+            return y;
+        }
+    }
     if super::phases::applies::<T>(d, g) {
         if let Some(y) = super::phases::forward(x, w, d, g, cache, finish) {
             return y;

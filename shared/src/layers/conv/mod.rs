@@ -13,7 +13,9 @@
 //! stride-1 "same" convolutions on batches of larger maps skip it too ([`shifted`]); on CPUs
 //! with AVX-512F, f32 "same" convolutions of stride 1 or 2 down to 6×6 outputs run direct
 //! kernels instead of gemm, and on CPUs with AVX2 + FMA the stride-1 forward on larger maps
-//! does ([`direct`]); a single sample splits their work over the threads.
+//! does ([`direct`]); a single sample splits their work over the threads. With either, the
+//! forward of a stride-2 convolution with a 7×7 or larger kernel (the stem) runs the
+//! stride-1 direct kernel over the input's four phases ([`phases`]).
 //!
 //! For inference, [`conv2d_cached`] keeps the kernel packed for the direct kernels across
 //! passes ([`PackedKernel`]) and [`conv2d_fused`] also applies a folded bias, residual and
@@ -33,6 +35,7 @@ mod phases;
 mod shifted;
 #[cfg(test)]
 mod tests;
+mod winograd;
 
 pub use layer::{Conv2d, ConvInit};
 
@@ -47,6 +50,8 @@ pub struct PackedKernel {
     planar: std::sync::OnceLock<std::sync::Arc<direct::Packed>>,
     /// For the channels-last kernel.
     by_tap: std::sync::OnceLock<std::sync::Arc<direct::ByTap>>,
+    /// Winograd's transform of the kernel ([`winograd`]).
+    winograd: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
 }
 
 impl PackedKernel {
@@ -64,6 +69,13 @@ impl PackedKernel {
     ) -> std::sync::Arc<direct::ByTap> {
         self.by_tap
             .get_or_init(|| std::sync::Arc::new(pack()))
+            .clone()
+    }
+
+    /// The kernel's Winograd transform, computed by `transform` on first use.
+    fn get_or_transform(&self, transform: impl FnOnce() -> Vec<f32>) -> std::sync::Arc<Vec<f32>> {
+        self.winograd
+            .get_or_init(|| std::sync::Arc::new(transform()))
             .clone()
     }
 

@@ -1,0 +1,684 @@
+//! 3×3 stride-1 convolutions with padding 1 by Winograd's minimal filtering F(2×2, 3×3)
+//! (Lavin & Gray 2016): every 2×2 block of outputs comes from a 4×4 block of input, and the
+//! 36 products per input and output channel of a direct 3×3 convolution become 16 — sixteen
+//! independent products `M_e [c_out × tiles] = U_e [c_out × c_in] · V_e [c_in × tiles]`, gemm's
+//! work, between an input transform `V = Bᵀ d B` and an output transform `Y = Aᵀ M A`. The
+//! kernel's transform `U = G g Gᵀ` is computed once and kept ([`PackedKernel`]).
+//!
+//! F(2×2, 3×3)'s transforms use only ±1 and ½, so its rounding error stays within a few
+//! units of the direct sum's (the larger tiles F(4×4, 3×3) would save more products and
+//! lose about two digits). Inference only: training keeps the other paths.
+
+use super::direct;
+use super::im2col::{matmul, row_major, row_major_mut, threads, Finish, Scratch, Split};
+use super::shifted::{as_f32, as_f32_mut};
+use super::{ConvGeom, Dims, PackedKernel};
+use candle_core::{DType, WithDType};
+use rayon::prelude::*;
+
+/// Products per tile: the 4×4 transformed positions.
+const E: usize = 16;
+/// Fewest channels on either side taken: the sixteen products need both dimensions to keep
+/// gemm busy.
+const MIN_CHANNELS: usize = 32;
+/// Fewest output positions per sample taken (14×14): smaller maps give each product too few
+/// tiles.
+const MIN_POSITIONS: usize = 196;
+/// Transformed input and products (`V` and `M`) per chunk of samples, in f32 elements.
+const CHUNK_BUDGET: usize = 1 << 22;
+
+/// Whether the forward convolution `d` takes this module: f32, a 3×3 kernel of stride 1 and
+/// padding 1, at least [`MIN_CHANNELS`] on both sides and [`MIN_POSITIONS`] outputs.
+pub(super) fn applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
+    T::DTYPE == DType::F32
+        && enabled()
+        && d.k == 3
+        && g.stride == 1
+        && g.padding == 1
+        && d.c_in.min(d.c_out) >= MIN_CHANNELS
+        && d.out_len() >= MIN_POSITIONS
+}
+
+/// Where this module runs: x86-64 CPUs with the direct kernels' instruction sets (AVX-512F,
+/// or AVX2 + FMA; [`direct::isa`], which `MTPATH_DIRECT_CONV=0` and `MTPATH_SIMD=avx2` steer),
+/// unless `MTPATH_WINOGRAD=0` turns it off (for comparisons). Elsewhere (wasm32, aarch64) the
+/// direct sums stay: the transforms there were not measured.
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("MTPATH_WINOGRAD").unwrap_or_default().trim() != "0"
+            && direct::forward_available()
+    })
+}
+
+/// `U = G g Gᵀ` for every (output, input) channel pair of `w` `[c_out, c_in, 3, 3]`, as
+/// [`E`] row-major matrices `[c_out, c_in]`.
+pub(super) fn transform_kernel(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let mut u = vec![0.0; E * c_out * c_in];
+    let pairs = c_out * c_in;
+    for p in 0..pairs {
+        let g = &w[p * 9..][..9];
+        // t = G g (4 × 3), rows of G: (1, 0, 0), (½, ½, ½), (½, −½, ½), (0, 0, 1).
+        let mut t = [[0.0f32; 3]; 4];
+        for c in 0..3 {
+            let (g0, g1, g2) = (g[c], g[3 + c], g[6 + c]);
+            t[0][c] = g0;
+            t[1][c] = 0.5 * (g0 + g1 + g2);
+            t[2][c] = 0.5 * (g0 - g1 + g2);
+            t[3][c] = g2;
+        }
+        for (a, row) in t.iter().enumerate() {
+            let (t0, t1, t2) = (row[0], row[1], row[2]);
+            let out = [t0, 0.5 * (t0 + t1 + t2), 0.5 * (t0 - t1 + t2), t2];
+            for (b, v) in out.into_iter().enumerate() {
+                u[(a * 4 + b) * pairs + p] = v;
+            }
+        }
+    }
+    u
+}
+
+/// One chunk's tiling: `th × tw` tiles a sample.
+#[derive(Clone, Copy)]
+struct Tiles {
+    th: usize,
+    tw: usize,
+}
+
+impl Tiles {
+    fn new(d: &Dims) -> Self {
+        Self {
+            th: d.oh.div_ceil(2),
+            tw: d.ow.div_ceil(2),
+        }
+    }
+
+    fn per_sample(self) -> usize {
+        self.th * self.tw
+    }
+}
+
+/// `Bᵀ`'s rows as (first index, sign, second index, sign): row `a` of `Bᵀ x` is
+/// `s₁·x[i₁] + s₂·x[i₂]`. Rows of `Bᵀ`: (1, 0, −1, 0), (0, 1, 1, 0), (0, −1, 1, 0), (0, 1, 0,
+/// −1).
+const BT: [(usize, f32, usize, f32); 4] = [
+    (0, 1.0, 2, -1.0),
+    (1, 1.0, 2, 1.0),
+    (2, 1.0, 1, -1.0),
+    (1, 1.0, 3, -1.0),
+];
+
+/// The transforms' loops: written with AVX-512F intrinsics (16 tiles a step, columns picked
+/// out of the rows in registers) and, for AVX2, the portable loops compiled for it (picked at
+/// run time as the direct kernels are, [`direct::isa`]) — the same sums in the same order on
+/// every path.
+mod transforms {
+    #[cfg(target_arch = "x86_64")]
+    use super::direct::Isa;
+    use super::{Tiles, BT};
+
+    /// Elements of one padded input row in the AVX-512 input transform's scratch: whole
+    /// steps of 16 tiles (32 columns) plus the 2 more a step reads, rounded to a vector.
+    pub(super) fn padded_row(tw: usize) -> usize {
+        32 * tw.div_ceil(16) + 32
+    }
+
+    /// Scratch elements [`input`] needs for `tw` tiles a row.
+    pub(super) fn input_scratch(tw: usize) -> usize {
+        (4 * padded_row(tw)).max(8 * (tw + 1))
+    }
+
+    /// `V = Bᵀ d B` of every tile of channel `plane` `[h, w]` of one sample, written to
+    /// `v[e · stride + t0 + tile]` for the sixteen transformed positions `e`; `rows` is
+    /// scratch of `8 · (tw + 1)` elements.
+    pub(super) fn input(
+        plane: &[f32],
+        hw: (usize, usize),
+        tiles: Tiles,
+        v: &mut [f32],
+        at: (usize, usize),
+        rows: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        match super::direct::isa() {
+            // SAFETY: `isa()` found AVX-512F on this CPU.
+            Some(Isa::Avx512) => return unsafe { wide::input512(plane, hw, tiles, v, at, rows) },
+            // SAFETY: `isa()` found AVX2 on this CPU.
+            Some(Isa::Avx2) => return unsafe { wide::input256(plane, hw, tiles, v, at, rows) },
+            None => {}
+        }
+        input_any(plane, hw, tiles, v, at, rows)
+    }
+
+    /// `Y = Aᵀ m A` of every tile of output channel `co` (`m[e]` at `mm[e · stride + t0 +
+    /// tile]`), into `out` `[oh, ow]` (tiles past the map's edge cut).
+    pub(super) fn output(
+        mm: &[f32],
+        at: (usize, usize),
+        tiles: Tiles,
+        ohw: (usize, usize),
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        match super::direct::isa() {
+            // SAFETY: `isa()` found AVX-512F on this CPU.
+            Some(Isa::Avx512) => return unsafe { wide::output512(mm, at, tiles, ohw, out) },
+            // SAFETY: `isa()` found AVX2 on this CPU.
+            Some(Isa::Avx2) => return unsafe { wide::output256(mm, at, tiles, ohw, out) },
+            None => {}
+        }
+        output_any(mm, at, tiles, ohw, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod wide {
+        use super::*;
+
+        use std::arch::x86_64::*;
+
+        /// Lanes `(0, 2, …, 30)` and `(1, 3, …, 31)` of two vectors: the even and odd
+        /// elements of 32 consecutive ones.
+        #[target_feature(enable = "avx512f")]
+        fn deinterleave(lo: __m512, hi: __m512) -> (__m512, __m512) {
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+            (
+                _mm512_permutex2var_ps(lo, even, hi),
+                _mm512_permutex2var_ps(lo, odd, hi),
+            )
+        }
+
+        /// `x[i] ± x[j]` for a row `(i, +1, j, ±1)` of `Bᵀ`.
+        #[target_feature(enable = "avx512f")]
+        fn combine(x: &[__m512; 4], (i, _, j, sign): (usize, f32, usize, f32)) -> __m512 {
+            if sign > 0.0 {
+                _mm512_add_ps(x[i], x[j])
+            } else {
+                _mm512_sub_ps(x[i], x[j])
+            }
+        }
+
+        /// The mask of the first `min(n, 16)` lanes.
+        fn lanes(n: usize) -> __mmask16 {
+            ((1u32 << n.min(16)) - 1) as __mmask16
+        }
+
+        /// [`super::input`] with AVX-512F, 16 tiles a step: the padded rows' even and odd
+        /// columns picked out in registers, the same sums in the same order as
+        /// `input_any`.
+        #[target_feature(enable = "avx512f")]
+        pub(super) fn input512(
+            plane: &[f32],
+            (h, w): (usize, usize),
+            tiles: Tiles,
+            v: &mut [f32],
+            (stride, t0): (usize, usize),
+            rows: &mut [f32],
+        ) {
+            let tw = tiles.tw;
+            let padded = padded_row(tw);
+            let rows = &mut rows[..4 * padded];
+            assert!(w < padded && v.len() >= 15 * stride + t0 + tiles.th * tw);
+            for ty in 0..tiles.th {
+                for (r, row) in rows.chunks_exact_mut(padded).enumerate() {
+                    match (2 * ty + r).checked_sub(1).filter(|&iy| iy < h) {
+                        Some(iy) => {
+                            row[0] = 0.0;
+                            row[1..w + 1].copy_from_slice(&plane[iy * w..][..w]);
+                            row[w + 1..].fill(0.0);
+                        }
+                        None => row.fill(0.0),
+                    }
+                }
+                let base = t0 + ty * tw;
+                for tx0 in (0..tw).step_by(16) {
+                    let mask = lanes(tw - tx0);
+                    // db[b][r]: column b of row r's `d B`.
+                    let mut db = [[_mm512_setzero_ps(); 4]; 4];
+                    for (r, row) in rows.chunks_exact(padded).enumerate() {
+                        // SAFETY: a step reads padded columns 2·tx0 … 2·tx0 + 33, within the
+                        // row (`padded_row`).
+                        let c = unsafe {
+                            let p = row.as_ptr().add(2 * tx0);
+                            let (c0, c1) =
+                                deinterleave(_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+                            let (c2, c3) =
+                                deinterleave(_mm512_loadu_ps(p.add(2)), _mm512_loadu_ps(p.add(18)));
+                            [c0, c1, c2, c3]
+                        };
+                        for (b, &col) in BT.iter().enumerate() {
+                            db[b][r] = combine(&c, col);
+                        }
+                    }
+                    for (a, &row) in BT.iter().enumerate() {
+                        for (b, x) in db.iter().enumerate() {
+                            let at = (a * 4 + b) * stride + base + tx0;
+                            // SAFETY: the first `tw − tx0` lanes from `at` lie within the
+                            // channel's row of tiles (asserted above).
+                            unsafe {
+                                _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), mask, combine(x, row))
+                            };
+                        }
+                    }
+                }
+            }
+        }
+
+        #[target_feature(enable = "avx2")]
+        pub(super) fn input256(
+            plane: &[f32],
+            hw: (usize, usize),
+            tiles: Tiles,
+            v: &mut [f32],
+            at: (usize, usize),
+            rows: &mut [f32],
+        ) {
+            input_any(plane, hw, tiles, v, at, rows)
+        }
+
+        /// [`super::output`] with AVX-512F, 16 tiles a step, the pairs of outputs interleaved
+        /// in registers; the same sums in the same order as `output_any`.
+        #[target_feature(enable = "avx512f")]
+        pub(super) fn output512(
+            mm: &[f32],
+            (stride, t0): (usize, usize),
+            tiles: Tiles,
+            (oh, ow): (usize, usize),
+            out: &mut [f32],
+        ) {
+            let tw = tiles.tw;
+            assert!(mm.len() >= 15 * stride + t0 + tiles.th * tw && out.len() >= oh * ow);
+            let first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            let second =
+                _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            for ty in 0..tiles.th {
+                let base = t0 + ty * tw;
+                for tx0 in (0..tw).step_by(16) {
+                    let mask = lanes(tw - tx0);
+                    // SAFETY: the first `tw − tx0` lanes of every row lie within `mm`
+                    // (asserted above); the others are not read.
+                    let m = |e: usize| unsafe {
+                        _mm512_maskz_loadu_ps(mask, mm.as_ptr().add(e * stride + base + tx0))
+                    };
+                    let m: [__m512; 16] = std::array::from_fn(m);
+                    let r: [[__m512; 4]; 2] = [
+                        std::array::from_fn(|b| {
+                            _mm512_add_ps(_mm512_add_ps(m[b], m[4 + b]), m[8 + b])
+                        }),
+                        std::array::from_fn(|b| {
+                            _mm512_sub_ps(_mm512_sub_ps(m[4 + b], m[8 + b]), m[12 + b])
+                        }),
+                    ];
+                    for (a, r) in r.iter().enumerate() {
+                        let oy = 2 * ty + a;
+                        if oy >= oh {
+                            break;
+                        }
+                        let y0 = _mm512_add_ps(_mm512_add_ps(r[0], r[1]), r[2]);
+                        let y1 = _mm512_sub_ps(_mm512_sub_ps(r[1], r[2]), r[3]);
+                        let x0 = 2 * tx0;
+                        let n = ow - x0;
+                        // SAFETY: the stores cover columns x0 … x0 + min(32, n) − 1 of row
+                        // `oy`, within `out` (asserted above).
+                        unsafe {
+                            let o = out.as_mut_ptr().add(oy * ow + x0);
+                            _mm512_mask_storeu_ps(
+                                o,
+                                lanes(n),
+                                _mm512_permutex2var_ps(y0, first, y1),
+                            );
+                            if n > 16 {
+                                let hi = _mm512_permutex2var_ps(y0, second, y1);
+                                _mm512_mask_storeu_ps(o.add(16), lanes(n - 16), hi);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        #[target_feature(enable = "avx2")]
+        pub(super) fn output256(
+            mm: &[f32],
+            at: (usize, usize),
+            tiles: Tiles,
+            ohw: (usize, usize),
+            out: &mut [f32],
+        ) {
+            output_any(mm, at, tiles, ohw, out)
+        }
+    }
+
+    /// The portable input loops themselves (for the tests' comparison).
+    #[cfg(test)]
+    pub(super) fn input_portable(
+        plane: &[f32],
+        hw: (usize, usize),
+        tiles: Tiles,
+        v: &mut [f32],
+        at: (usize, usize),
+        rows: &mut [f32],
+    ) {
+        input_any(plane, hw, tiles, v, at, rows)
+    }
+
+    /// The portable output loops themselves (for the tests' comparison).
+    #[cfg(test)]
+    pub(super) fn output_portable(
+        mm: &[f32],
+        at: (usize, usize),
+        tiles: Tiles,
+        ohw: (usize, usize),
+        out: &mut [f32],
+    ) {
+        output_any(mm, at, tiles, ohw, out)
+    }
+
+    #[inline(always)]
+    fn input_any(
+        plane: &[f32],
+        (h, w): (usize, usize),
+        tiles: Tiles,
+        v: &mut [f32],
+        (stride, t0): (usize, usize),
+        rows: &mut [f32],
+    ) {
+        let tw = tiles.tw;
+        let half = tw + 1;
+        let rows = &mut rows[..8 * half];
+        for ty in 0..tiles.th {
+            // Padded input rows 2ty − 1 … 2ty + 2, each split into the even and odd columns
+            // of the padded row (padded column q is input column q − 1): a tile's four
+            // columns are even[tx], odd[tx], even[tx + 1], odd[tx + 1].
+            for (r, parts) in rows.chunks_exact_mut(2 * half).enumerate() {
+                let (even, odd) = parts.split_at_mut(half);
+                let Some(src) = (2 * ty + r)
+                    .checked_sub(1)
+                    .filter(|&iy| iy < h)
+                    .map(|iy| &plane[iy * w..][..w])
+                else {
+                    even.fill(0.0);
+                    odd.fill(0.0);
+                    continue;
+                };
+                even[0] = 0.0;
+                for (j, e) in even.iter_mut().enumerate().skip(1) {
+                    *e = src.get(2 * j - 1).copied().unwrap_or(0.0);
+                }
+                for (j, o) in odd.iter_mut().enumerate() {
+                    *o = src.get(2 * j).copied().unwrap_or(0.0);
+                }
+            }
+            let column = |r: usize, c: usize| -> &[f32] {
+                let parts = &rows[r * 2 * half..][..2 * half];
+                // Columns 0..3 of every tile: even, odd, even shifted, odd shifted.
+                &parts[(c % 2) * half + c / 2..][..tw]
+            };
+            let base = t0 + ty * tw;
+            for (a, &(ra, sa, rb, sb)) in BT.iter().enumerate() {
+                for (b, &(ca, ta, cb, tb)) in BT.iter().enumerate() {
+                    let (p, q) = (column(ra, ca), column(ra, cb));
+                    let (x, y) = (column(rb, ca), column(rb, cb));
+                    let out = &mut v[(a * 4 + b) * stride + base..][..tw];
+                    for i in 0..tw {
+                        out[i] = sa * (ta * p[i] + tb * q[i]) + sb * (ta * x[i] + tb * y[i]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn output_any(
+        mm: &[f32],
+        (stride, t0): (usize, usize),
+        tiles: Tiles,
+        (oh, ow): (usize, usize),
+        out: &mut [f32],
+    ) {
+        let tw = tiles.tw;
+        let mut rows = vec![0.0; 12 * tw];
+        let (r, y) = rows.split_at_mut(8 * tw);
+        for ty in 0..tiles.th {
+            let base = t0 + ty * tw;
+            let m = |e: usize| &mm[e * stride + base..][..tw];
+            // r = Aᵀ m: row 0 = m₀ + m₁ + m₂, row 1 = m₁ − m₂ − m₃ (over the first index).
+            for b in 0..4 {
+                let (m0, m1, m2, m3) = (m(b), m(4 + b), m(8 + b), m(12 + b));
+                let (r0, r1) = r[2 * b * tw..][..2 * tw].split_at_mut(tw);
+                for i in 0..tw {
+                    r0[i] = m0[i] + m1[i] + m2[i];
+                    r1[i] = m1[i] - m2[i] - m3[i];
+                }
+            }
+            // y = r A: column 0 = r₀ + r₁ + r₂, column 1 = r₁ − r₂ − r₃.
+            for a in 0..2 {
+                let rb = |b: usize| &r[(2 * b + a) * tw..][..tw];
+                let (r0, r1, r2, r3) = (rb(0), rb(1), rb(2), rb(3));
+                let (y0, y1) = y[2 * a * tw..][..2 * tw].split_at_mut(tw);
+                for i in 0..tw {
+                    y0[i] = r0[i] + r1[i] + r2[i];
+                    y1[i] = r1[i] - r2[i] - r3[i];
+                }
+            }
+            for a in 0..2 {
+                let oy = 2 * ty + a;
+                if oy >= oh {
+                    break;
+                }
+                let row = &mut out[oy * ow..][..ow];
+                let (y0, y1) = y[2 * a * tw..][..2 * tw].split_at(tw);
+                for (pair, (&u, &v)) in row.chunks_mut(2).zip(y0.iter().zip(y1)) {
+                    pair[0] = u;
+                    if let Some(second) = pair.get_mut(1) {
+                        *second = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The forward convolution of `x` `[n, c_in, h, w]` with `w` `[c_out, c_in, 3, 3]` where
+/// [`applies`] holds, the kernel's transform taken from (or kept in) `cache`; each output
+/// plane handed to `finish` once written. `None` for other element types.
+pub(super) fn forward<T: Scratch>(
+    x: &[T],
+    w: &[T],
+    d: &Dims,
+    cache: Option<&PackedKernel>,
+    finish: Option<Finish<T>>,
+) -> Option<Vec<T>> {
+    let (x, w) = (as_f32(x)?, as_f32(w)?);
+    let transform = || transform_kernel(w, d.c_out, d.c_in);
+    let u = match cache {
+        Some(cache) => cache.get_or_transform(transform),
+        None => std::sync::Arc::new(transform()),
+    };
+    let tiles = Tiles::new(d);
+    let (l, l_in) = (d.out_len(), d.h * d.w);
+    let split = Split::new(d);
+    let per_sample = E * (d.c_in + d.c_out) * tiles.per_sample();
+    let per = (CHUNK_BUDGET / per_sample).max(1);
+    let mut y: Vec<T> = crate::layers::fill::par_zeros(d.n * d.c_out * l);
+    let parallel = split.inner_parallel && threads() > 1;
+    super::im2col::for_groups(&split, &mut y, d.c_out * l, |group, y_part| {
+        let most = per.min(group.len());
+        let v_len = E * d.c_in * most * tiles.per_sample();
+        let m_len = E * d.c_out * most * tiles.per_sample();
+        T::with_scratch(v_len + m_len, |scratch| {
+            let scratch = as_f32_mut(scratch).expect("T is f32 (as_f32 above)");
+            let (v, m) = scratch.split_at_mut(v_len);
+            for n0 in group.clone().step_by(per) {
+                let nc = per.min(group.end - n0);
+                let t_all = nc * tiles.per_sample();
+                let v = &mut v[..E * d.c_in * t_all];
+                let m = &mut m[..E * d.c_out * t_all];
+                // V `[c_in, e, tiles]`: each input channel's sixteen rows of tiles, its
+                // samples side by side.
+                let rows_len = transforms::input_scratch(tiles.tw);
+                let fill = |(ci, v_ci): (usize, &mut [f32])| {
+                    let mut rows = vec![0.0; rows_len];
+                    for s in 0..nc {
+                        let plane = &x[((n0 + s) * d.c_in + ci) * l_in..][..l_in];
+                        let at = (t_all, s * tiles.per_sample());
+                        transforms::input(plane, (d.h, d.w), tiles, v_ci, at, &mut rows);
+                    }
+                };
+                if parallel {
+                    v.par_chunks_mut(E * t_all).enumerate().for_each(fill);
+                } else {
+                    v.chunks_mut(E * t_all).enumerate().for_each(fill);
+                }
+                // M `[e, c_out, tiles]`: M_e = U_e · V_e, the sixteen products side by side
+                // when parallel.
+                let v = &*v;
+                let product = |(e, m_e): (usize, &mut [f32])| {
+                    matmul(
+                        d.c_out,
+                        t_all,
+                        d.c_in,
+                        row_major_mut(m_e.as_mut_ptr(), t_all),
+                        false,
+                        row_major(u[e * d.c_out * d.c_in..].as_ptr(), d.c_in),
+                        row_major(v[e * t_all..].as_ptr(), E * t_all),
+                        gemm::Parallelism::None,
+                    )
+                };
+                if parallel {
+                    m.par_chunks_mut(d.c_out * t_all)
+                        .enumerate()
+                        .for_each(product);
+                } else {
+                    m.chunks_mut(d.c_out * t_all).enumerate().for_each(product);
+                }
+                // Y: each (sample, output channel) plane from its tiles, then finished.
+                let ys = &mut y_part[(n0 - group.start) * d.c_out * l..][..nc * d.c_out * l];
+                let m = &*m;
+                let plane = |(i, out): (usize, &mut [T])| {
+                    let (s, co) = (i / d.c_out, i % d.c_out);
+                    let dst = as_f32_mut(out).expect("T is f32 (as_f32 above)");
+                    let at = (d.c_out * t_all, co * t_all + s * tiles.per_sample());
+                    transforms::output(m, at, tiles, (d.oh, d.ow), dst);
+                    if let Some(finish) = finish {
+                        finish(n0 + s, co, out);
+                    }
+                };
+                if parallel {
+                    ys.par_chunks_exact_mut(l).enumerate().for_each(plane);
+                } else {
+                    ys.chunks_exact_mut(l).enumerate().for_each(plane);
+                }
+            }
+        })
+    });
+    Some(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 transforms give the portable loops' bits (same sums, same order), on
+    /// maps whose tile rows are shorter and longer than one 16-tile step, odd and even.
+    #[test]
+    fn vector_transforms_equal_the_portable_loops() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if direct::isa() != Some(direct::Isa::Avx512) {
+                eprintln!("skipped: the AVX-512 transforms do not run here");
+                return;
+            }
+            for (h, w) in [(5, 7), (14, 14), (9, 35), (40, 33)] {
+                let d = Dims::new(
+                    &[1, 1, h, w],
+                    &[1, 1, 3, 3],
+                    ConvGeom {
+                        stride: 1,
+                        padding: 1,
+                    },
+                )
+                .unwrap();
+                let tiles = Tiles::new(&d);
+                let plane: Vec<f32> = (0..h * w).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
+                let n = tiles.per_sample();
+                let (stride, t0) = (n + 3, 2);
+                let mut scratch = vec![0.0; transforms::input_scratch(tiles.tw)];
+                let mut a = vec![0.0; 16 * stride];
+                let mut b = vec![0.0; 16 * stride];
+                transforms::input_portable(
+                    &plane,
+                    (h, w),
+                    tiles,
+                    &mut a,
+                    (stride, t0),
+                    &mut scratch,
+                );
+                transforms::input(&plane, (h, w), tiles, &mut b, (stride, t0), &mut scratch);
+                assert_eq!(a, b, "input {h}×{w}");
+                let mut ya = vec![0.0; h * w];
+                let mut yb = vec![0.0; h * w];
+                transforms::output_portable(&a, (stride, t0), tiles, (h, w), &mut ya);
+                transforms::output(&a, (stride, t0), tiles, (h, w), &mut yb);
+                assert_eq!(ya, yb, "output {h}×{w}");
+            }
+        }
+    }
+
+    /// Winograd against im2col + gemm: odd and even maps (the last tiles cut), one sample
+    /// (the products side by side over the threads) and batches (chunks of samples), with
+    /// and without the epilogue; within a few units of the direct sums.
+    #[test]
+    fn winograd_equals_the_unfolded_convolution() {
+        if !enabled() {
+            eprintln!("skipped: Winograd does not run here");
+            return;
+        }
+        for (n, c_in, c_out, h, w) in [
+            (1, 32, 40, 14, 14),
+            (1, 64, 32, 15, 17),
+            (3, 48, 64, 16, 13),
+            (2, 32, 32, 28, 28),
+        ] {
+            let g = ConvGeom {
+                stride: 1,
+                padding: 1,
+            };
+            let d = Dims::new(&[n, c_in, h, w], &[c_out, c_in, 3, 3], g).unwrap();
+            assert!(applies::<f32>(&d, g), "{d:?}");
+            let x: Vec<f32> = (0..n * c_in * h * w)
+                .map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5)
+                .collect();
+            let wt: Vec<f32> = (0..c_out * c_in * 9)
+                .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
+                .collect();
+            let want = super::super::im2col::conv_forward_unfolded(&x, &wt, &d, g, None);
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let cache = PackedKernel::default();
+            for pass in 0..2 {
+                let got = forward(&x, &wt, &d, Some(&cache), None).unwrap();
+                assert_eq!(got.len(), want.len());
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    worst <= 1e-5 * scale,
+                    "n{n} {c_in}→{c_out} {h}×{w} pass {pass}: {worst} of {scale}"
+                );
+            }
+            let shift = |_: usize, ch: usize, plane: &mut [f32]| {
+                plane
+                    .iter_mut()
+                    .for_each(|v| *v = (*v + ch as f32).max(0.0))
+            };
+            let fused = forward(&x, &wt, &d, Some(&cache), Some(&shift)).unwrap();
+            let l = d.out_len();
+            for (i, (a, b)) in fused.iter().zip(&want).enumerate() {
+                let ch = ((i / l) % c_out) as f32;
+                assert!((a - (b + ch).max(0.0)).abs() <= 1e-5 * (scale + ch));
+            }
+        }
+    }
+}
