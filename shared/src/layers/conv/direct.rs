@@ -1267,6 +1267,7 @@ mod avx512 {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
+    use crate::layers::conv::tests::max_abs_diff;
     use crate::rng::SplitMix64;
 
     /// `grid[o, p] = Σ_ci Σ_tap W[o, ci, tap] · planes[ci, offset_tap + p]` in f64.
@@ -1352,11 +1353,7 @@ mod tests {
                             }
                         }
                     }
-                    let diff = grid
-                        .iter()
-                        .zip(&want)
-                        .map(|(a, b)| (f64::from(*a) - b).abs())
-                        .fold(0.0, f64::max);
+                    let diff = max_abs_diff(&grid, &want);
                     assert!(
                         diff < 1e-4,
                         "{isa:?} {c_in}→{c_out} k{k} {h}x{w_}: differs by {diff}"

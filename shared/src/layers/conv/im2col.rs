@@ -431,6 +431,22 @@ impl Split {
 
 pub(super) use crate::parallel::threads;
 
+/// `f((i, chunk))` for every consecutive `len`-element chunk of `buf` (an output plane, one
+/// channel's rows of tiles), `i` counting chunks from the first: on the pool when
+/// `parallel`, else in order on this thread. `buf`'s length is a multiple of `len`.
+pub(super) fn for_each_plane<T: Send>(
+    buf: &mut [T],
+    len: usize,
+    parallel: bool,
+    f: impl Fn((usize, &mut [T])) + Sync + Send,
+) {
+    if parallel {
+        buf.par_chunks_exact_mut(len).enumerate().for_each(f);
+    } else {
+        buf.chunks_exact_mut(len).enumerate().for_each(f);
+    }
+}
+
 /// `buf` cut into consecutive mutable pieces of `sizes[i]` elements.
 fn split_mut<T>(mut buf: &mut [T], sizes: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
     let mut parts = Vec::new();
@@ -552,9 +568,7 @@ pub(super) fn finish_planes<T: WithDType>(
     finish: Option<Finish<T>>,
 ) {
     if let Some(finish) = finish {
-        y.par_chunks_mut(l.max(1))
-            .enumerate()
-            .for_each(|(i, plane)| finish(i / c, i % c, plane));
+        for_each_plane(y, l.max(1), true, |(i, plane)| finish(i / c, i % c, plane));
     }
 }
 
@@ -661,11 +675,7 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                 }
                 if let Some(finish) = finish {
                     let plane = |(ch, plane): (usize, &mut [T])| finish(n0, ch, plane);
-                    if split.inner_parallel {
-                        ys.par_chunks_exact_mut(l).enumerate().for_each(plane);
-                    } else {
-                        ys.chunks_exact_mut(l).enumerate().for_each(plane);
-                    }
+                    for_each_plane(ys, l, split.inner_parallel, plane);
                 }
             }
         })

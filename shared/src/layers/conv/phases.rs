@@ -13,11 +13,10 @@
 //! 1.44×, 3×3: 1.78×) and keep their paths.
 
 use super::direct;
-use super::im2col::{for_groups, Finish, Scratch, Split};
+use super::im2col::{for_each_plane, for_groups, Finish, Scratch, Split};
 use super::shifted::{as_f32, as_f32_mut};
 use super::{ConvGeom, Dims, PackedKernel};
 use candle_core::{DType, WithDType};
-use rayon::prelude::*;
 
 /// Smallest kernel side taken.
 const MIN_KERNEL: usize = 7;
@@ -136,11 +135,7 @@ pub(super) fn forward<T: Scratch>(
                         finish(s, ch, plane);
                     }
                 };
-                if parallel {
-                    ys.par_chunks_exact_mut(l).enumerate().for_each(copy);
-                } else {
-                    ys.chunks_exact_mut(l).enumerate().for_each(copy);
-                }
+                for_each_plane(ys, l, parallel, copy);
             }
         })
     });
@@ -150,6 +145,7 @@ pub(super) fn forward<T: Scratch>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::conv::tests::max_abs_diff;
 
     /// The phase geometry reads exactly the padded input an output's taps read: the planes
     /// filled from a ramp, every real tap of every output found at its phase offset.
@@ -231,12 +227,7 @@ mod tests {
             };
             for pass in 0..2 {
                 let got = forward(&x, &wt, &d, g, Some(&cache), None).unwrap();
-                assert_eq!(got.len(), want.len());
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f32::max);
+                let worst = max_abs_diff(&got, &want);
                 assert!(
                     worst < 1e-4,
                     "n{n} c{c_in} {h}×{w} k{k} pass {pass}: {worst}"

@@ -15,7 +15,7 @@
 
 use super::direct;
 use super::im2col::{
-    finish_planes, flipped_transpose, for_groups, matmul, row_major, row_major_mut,
+    finish_planes, flipped_transpose, for_each_plane, for_groups, matmul, row_major, row_major_mut,
     transpose_chunk, Finish, Mat, Scratch, Split,
 };
 use super::{ConvGeom, Dims, PackedKernel};
@@ -346,15 +346,7 @@ impl Planes {
                 finish(first + s, ch, out);
             }
         };
-        let planes = &mut dst[..nc * c * h * w];
-        if parallel {
-            planes
-                .par_chunks_exact_mut(h * w)
-                .enumerate()
-                .for_each(copy);
-        } else {
-            planes.chunks_exact_mut(h * w).enumerate().for_each(copy);
-        }
+        for_each_plane(&mut dst[..nc * c * h * w], h * w, parallel, copy);
     }
 }
 
@@ -664,6 +656,7 @@ pub(super) fn weight_grad<T: Scratch>(x: &[T], dy: &[T], d: &Dims, g: ConvGeom) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::conv::tests::max_abs_diff;
     use candle_core::{Device, Tensor, Var};
 
     fn values(t: &Tensor) -> candle_core::Result<Vec<f64>> {
@@ -680,13 +673,8 @@ mod tests {
     /// Assert that f32 results `got` equal the f64 reference `want` within 2e-6 of its
     /// largest magnitude (at least 1); `what` names the case.
     fn assert_close(got: &[f32], want: &[f64], what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: lengths");
         let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        let diff = got
-            .iter()
-            .zip(want)
-            .map(|(a, b)| (f64::from(*a) - b).abs())
-            .fold(0.0, f64::max);
+        let diff = max_abs_diff(got, want);
         assert!(
             diff < 2e-6 * scale,
             "{what} differs by {diff} (scale {scale})"
@@ -732,12 +720,7 @@ mod tests {
                 ("dw", values(grads.get(wt.as_tensor()).expect("dw"))?),
             ];
             for ((name, want), got) in expected.into_iter().zip([y, dx, dx_read, dw]) {
-                assert_eq!(got.len(), want.len());
-                let diff = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f64::max);
+                let diff = max_abs_diff(&got, &want);
                 assert!(
                     diff < 1e-9,
                     "{n}x{cin}x{h}x{w} k{k}: {name} differs by {diff}"

@@ -4,6 +4,20 @@ use super::im2col::*;
 use super::*;
 use candle_core::{DType, Device, Var};
 
+/// The largest absolute difference between `got` and `want` element by element (f32 or
+/// f64 on either side, compared in f64), for the kernel tests of every conv module.
+pub(super) fn max_abs_diff<A, B>(got: &[A], want: &[B]) -> f64
+where
+    A: Copy + Into<f64>,
+    B: Copy + Into<f64>,
+{
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    got.iter()
+        .zip(want)
+        .map(|(&a, &b)| (a.into() - b.into()).abs())
+        .fold(0.0, f64::max)
+}
+
 #[test]
 fn valid_output_ranges_match_a_direct_scan() {
     for n in 1..9 {

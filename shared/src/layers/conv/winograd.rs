@@ -10,11 +10,12 @@
 //! lose about two digits). Inference only: training keeps the other paths.
 
 use super::direct;
-use super::im2col::{matmul, row_major, row_major_mut, threads, Finish, Scratch, Split};
+use super::im2col::{
+    for_each_plane, matmul, row_major, row_major_mut, threads, Finish, Scratch, Split,
+};
 use super::shifted::{as_f32, as_f32_mut};
 use super::{ConvGeom, Dims, PackedKernel};
 use candle_core::{DType, WithDType};
-use rayon::prelude::*;
 
 /// Products per tile: the 4×4 transformed positions.
 const E: usize = 16;
@@ -354,33 +355,9 @@ mod transforms {
         }
     }
 
-    /// The portable input loops themselves (for the tests' comparison).
-    #[cfg(test)]
-    pub(super) fn input_portable(
-        plane: &[f32],
-        hw: (usize, usize),
-        tiles: Tiles,
-        v: &mut [f32],
-        at: (usize, usize),
-        rows: &mut [f32],
-    ) {
-        input_any(plane, hw, tiles, v, at, rows)
-    }
-
-    /// The portable output loops themselves (for the tests' comparison).
-    #[cfg(test)]
-    pub(super) fn output_portable(
-        mm: &[f32],
-        at: (usize, usize),
-        tiles: Tiles,
-        ohw: (usize, usize),
-        out: &mut [f32],
-    ) {
-        output_any(mm, at, tiles, ohw, out)
-    }
-
+    /// The portable input loops (AVX2 and other targets; the tests' reference).
     #[inline(always)]
-    fn input_any(
+    pub(super) fn input_any(
         plane: &[f32],
         (h, w): (usize, usize),
         tiles: Tiles,
@@ -433,8 +410,9 @@ mod transforms {
         }
     }
 
+    /// The portable output loops (as [`input_any`]).
     #[inline(always)]
-    fn output_any(
+    pub(super) fn output_any(
         mm: &[f32],
         (stride, t0): (usize, usize),
         tiles: Tiles,
@@ -530,11 +508,7 @@ pub(super) fn forward<T: Scratch>(
                         transforms::input(plane, (d.h, d.w), tiles, v_ci, at, &mut rows);
                     }
                 };
-                if parallel {
-                    v.par_chunks_mut(E * t_all).enumerate().for_each(fill);
-                } else {
-                    v.chunks_mut(E * t_all).enumerate().for_each(fill);
-                }
+                for_each_plane(v, E * t_all, parallel, fill);
                 // M `[e, c_out, tiles]`: M_e = U_e · V_e, the sixteen products side by side
                 // when parallel.
                 let v = &*v;
@@ -550,13 +524,7 @@ pub(super) fn forward<T: Scratch>(
                         gemm::Parallelism::None,
                     )
                 };
-                if parallel {
-                    m.par_chunks_mut(d.c_out * t_all)
-                        .enumerate()
-                        .for_each(product);
-                } else {
-                    m.chunks_mut(d.c_out * t_all).enumerate().for_each(product);
-                }
+                for_each_plane(m, d.c_out * t_all, parallel, product);
                 // Y: each (sample, output channel) plane from its tiles, then finished.
                 let ys = &mut y_part[(n0 - group.start) * d.c_out * l..][..nc * d.c_out * l];
                 let m = &*m;
@@ -569,11 +537,7 @@ pub(super) fn forward<T: Scratch>(
                         finish(n0 + s, co, out);
                     }
                 };
-                if parallel {
-                    ys.par_chunks_exact_mut(l).enumerate().for_each(plane);
-                } else {
-                    ys.chunks_exact_mut(l).enumerate().for_each(plane);
-                }
+                for_each_plane(ys, l, parallel, plane);
             }
         })
     });
@@ -583,6 +547,7 @@ pub(super) fn forward<T: Scratch>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::conv::tests::max_abs_diff;
 
     /// The AVX-512 transforms give the portable loops' bits (same sums, same order), on
     /// maps whose tile rows are shorter and longer than one 16-tile step, odd and even.
@@ -611,19 +576,12 @@ mod tests {
                 let mut scratch = vec![0.0; transforms::input_scratch(tiles.tw)];
                 let mut a = vec![0.0; 16 * stride];
                 let mut b = vec![0.0; 16 * stride];
-                transforms::input_portable(
-                    &plane,
-                    (h, w),
-                    tiles,
-                    &mut a,
-                    (stride, t0),
-                    &mut scratch,
-                );
+                transforms::input_any(&plane, (h, w), tiles, &mut a, (stride, t0), &mut scratch);
                 transforms::input(&plane, (h, w), tiles, &mut b, (stride, t0), &mut scratch);
                 assert_eq!(a, b, "input {h}×{w}");
                 let mut ya = vec![0.0; h * w];
                 let mut yb = vec![0.0; h * w];
-                transforms::output_portable(&a, (stride, t0), tiles, (h, w), &mut ya);
+                transforms::output_any(&a, (stride, t0), tiles, (h, w), &mut ya);
                 transforms::output(&a, (stride, t0), tiles, (h, w), &mut yb);
                 assert_eq!(ya, yb, "output {h}×{w}");
             }
@@ -662,14 +620,9 @@ mod tests {
             let cache = PackedKernel::default();
             for pass in 0..2 {
                 let got = forward(&x, &wt, &d, Some(&cache), None).unwrap();
-                assert_eq!(got.len(), want.len());
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f32::max);
+                let worst = max_abs_diff(&got, &want);
                 assert!(
-                    worst <= 1e-5 * scale,
+                    worst <= 1e-5 * f64::from(scale),
                     "n{n} {c_in}→{c_out} {h}×{w} pass {pass}: {worst} of {scale}"
                 );
             }
