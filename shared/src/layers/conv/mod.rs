@@ -19,9 +19,10 @@
 //!
 //! For inference, [`conv2d_cached`] keeps the kernel packed for the direct kernels across
 //! passes ([`PackedKernel`]) and [`conv2d_fused`] also applies a folded bias, residual and
-//! ReLU to each output plane as it is written; on those CPUs its 3×3 stride-1 convolutions
-//! on maps of 14×14 and up run Winograd's F(2×2, 3×3) ([`winograd`]), 16 products per 2×2
-//! outputs where the direct sums take 36.
+//! ReLU to each output plane as it is written; on those CPUs and in WebAssembly its 3×3
+//! stride-1 convolutions with 32 channels or more (on maps of 7×7 and up for one sample,
+//! 14×14 for batches) run Winograd's F(2×2, 3×3) ([`winograd`]), 16 products per 2×2 outputs
+//! where the direct sums take 36.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 

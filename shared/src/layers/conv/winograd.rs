@@ -22,9 +22,14 @@ const E: usize = 16;
 /// Fewest channels on either side taken: the sixteen products need both dimensions to keep
 /// gemm busy.
 const MIN_CHANNELS: usize = 32;
-/// Fewest output positions per sample taken (14×14): smaller maps give each product too few
-/// tiles.
-const MIN_POSITIONS: usize = 196;
+/// Fewest output positions taken for a single sample (7×7, sixteen tiles of which the last
+/// row and column are cut): ResNet-18's 512-channel layers at batch 1 gained 3.5–4.5% on
+/// one and two threads (ResNet-50 and DenseNet-121 level).
+const MIN_POSITIONS: usize = 49;
+/// Fewest output positions per sample taken when the batch is split by samples (14×14): at
+/// batch 32 the 7×7 maps lost 2–3% (ResNet-18, ResNet-50) against the direct sums, which
+/// have every sample's positions side by side.
+const MIN_BATCH_POSITIONS: usize = 196;
 /// Fewest output channels taken when the batch is split by samples: DenseNet's 3×3
 /// 128 → 32 at batch 32 transform four times the channels they produce, and DenseNet-121
 /// lost 13.5% there (a single sample gained 8.7%).
@@ -33,7 +38,8 @@ const MIN_BATCH_OUTPUTS: usize = 64;
 const CHUNK_BUDGET: usize = 1 << 22;
 
 /// Whether the forward convolution `d` takes this module: f32, a 3×3 kernel of stride 1 and
-/// padding 1, at least [`MIN_CHANNELS`] on both sides and [`MIN_POSITIONS`] outputs.
+/// padding 1, at least [`MIN_CHANNELS`] on both sides and [`MIN_POSITIONS`] outputs (when the
+/// batch is split by samples: [`MIN_BATCH_POSITIONS`] and [`MIN_BATCH_OUTPUTS`]).
 pub(super) fn applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
     T::DTYPE == DType::F32
         && enabled()
@@ -42,14 +48,22 @@ pub(super) fn applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
         && g.padding == 1
         && d.c_in.min(d.c_out) >= MIN_CHANNELS
         && d.out_len() >= MIN_POSITIONS
-        && (d.c_out >= MIN_BATCH_OUTPUTS || Split::new(d).inner_parallel)
+        && (Split::new(d).inner_parallel
+            || (d.out_len() >= MIN_BATCH_POSITIONS && d.c_out >= MIN_BATCH_OUTPUTS))
 }
 
 /// Where this module runs: x86-64 CPUs with the direct kernels' instruction sets (AVX-512F,
-/// or AVX2 + FMA; [`direct::isa`], which `MTPATH_DIRECT_CONV=0` and `MTPATH_SIMD=avx2` steer),
-/// unless `MTPATH_WINOGRAD=0` turns it off (for comparisons). Elsewhere (wasm32, aarch64) the
-/// direct sums stay: the transforms there were not measured.
+/// or AVX2 + FMA; [`direct::isa`], which `MTPATH_DIRECT_CONV=0` and `MTPATH_SIMD=avx2` steer)
+/// and WebAssembly (the portable transforms with simd128, gemm's simd128 products; in
+/// Chromium ResNet-18 per tile went from 0.98 to 0.84 of onnxruntime-web's time on one
+/// thread, 1.06 to 0.75 on two), unless
+/// `MTPATH_WINOGRAD=0` turns it off: natively at run time, for WebAssembly (no environment
+/// to read) when building it. Elsewhere (aarch64) the direct sums stay: the transforms there
+/// were not measured.
 fn enabled() -> bool {
+    if cfg!(target_arch = "wasm32") {
+        return option_env!("MTPATH_WINOGRAD") != Some("0");
+    }
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
         std::env::var("MTPATH_WINOGRAD").unwrap_or_default().trim() != "0"
@@ -599,6 +613,7 @@ mod tests {
         }
         for (n, c_in, c_out, h, w) in [
             (1, 32, 40, 14, 14),
+            (1, 64, 48, 7, 7),
             (1, 64, 32, 15, 17),
             (3, 48, 64, 16, 13),
             (2, 32, 64, 28, 28),
