@@ -56,10 +56,9 @@ pub(super) fn applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
 /// or AVX2 + FMA; [`direct::isa`], which `MTPATH_DIRECT_CONV=0` and `MTPATH_SIMD=avx2` steer)
 /// and WebAssembly (the portable transforms with simd128, gemm's simd128 products; in
 /// Chromium ResNet-18 per tile went from 0.98 to 0.84 of onnxruntime-web's time on one
-/// thread, 1.06 to 0.75 on two), unless
-/// `MTPATH_WINOGRAD=0` turns it off: natively at run time, for WebAssembly (no environment
-/// to read) when building it. Elsewhere (aarch64) the direct sums stay: the transforms there
-/// were not measured.
+/// thread, 1.06 to 0.75 on two), unless `MTPATH_WINOGRAD=0` turns it off: natively at run
+/// time, for WebAssembly (no environment to read) when building it. Elsewhere (aarch64) the
+/// direct sums stay: the transforms there were not measured.
 fn enabled() -> bool {
     if cfg!(target_arch = "wasm32") {
         return option_env!("MTPATH_WINOGRAD") != Some("0");
