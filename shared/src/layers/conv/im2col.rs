@@ -583,8 +583,8 @@ pub(super) fn conv_forward_cached<T: Scratch>(
     finish: Option<Finish<T>>,
 ) -> Vec<T> {
     // Inference (a kept kernel) only: training's passes keep the direct sums.
-    if cache.is_some() && super::winograd::applies::<T>(d, g) {
-        if let Some(y) = super::winograd::forward(x, w, d, cache, finish) {
+    if let Some(split) = cache.and_then(|_| super::winograd::plan::<T>(d, g)) {
+        if let Some(y) = super::winograd::forward(x, w, d, &split, cache, finish) {
             return y;
         }
     }

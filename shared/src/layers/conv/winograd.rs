@@ -37,19 +37,25 @@ const MIN_BATCH_OUTPUTS: usize = 64;
 /// Transformed input and products (`V` and `M`) per chunk of samples, in f32 elements.
 const CHUNK_BUDGET: usize = 1 << 22;
 
-/// Whether the forward convolution `d` takes this module: f32, a 3×3 kernel of stride 1 and
-/// padding 1, at least [`MIN_CHANNELS`] on both sides and [`MIN_POSITIONS`] outputs (when the
-/// batch is split by samples: [`MIN_BATCH_POSITIONS`] and [`MIN_BATCH_OUTPUTS`]).
-pub(super) fn applies<T: WithDType>(d: &Dims, g: ConvGeom) -> bool {
-    T::DTYPE == DType::F32
+/// How this module runs the forward convolution `d`, or `None` when it does not take it: it
+/// takes f32, a 3×3 kernel of stride 1 and padding 1, at least [`MIN_CHANNELS`] on both
+/// sides and [`MIN_POSITIONS`] outputs (when the batch is split by samples:
+/// [`MIN_BATCH_POSITIONS`] and [`MIN_BATCH_OUTPUTS`]). The split is built once, after the
+/// cheap tests, and handed on to [`forward`].
+pub(super) fn plan<T: WithDType>(d: &Dims, g: ConvGeom) -> Option<Split> {
+    let takes = T::DTYPE == DType::F32
         && enabled()
         && d.k == 3
         && g.stride == 1
         && g.padding == 1
         && d.c_in.min(d.c_out) >= MIN_CHANNELS
-        && d.out_len() >= MIN_POSITIONS
-        && (Split::new(d).inner_parallel
-            || (d.out_len() >= MIN_BATCH_POSITIONS && d.c_out >= MIN_BATCH_OUTPUTS))
+        && d.out_len() >= MIN_POSITIONS;
+    if !takes {
+        return None;
+    }
+    let split = Split::new(d);
+    let large = d.out_len() >= MIN_BATCH_POSITIONS && d.c_out >= MIN_BATCH_OUTPUTS;
+    (split.inner_parallel || large).then_some(split)
 }
 
 /// Where this module runs: x86-64 CPUs with the direct kernels' instruction sets (AVX-512F,
@@ -476,12 +482,13 @@ mod transforms {
 }
 
 /// The forward convolution of `x` `[n, c_in, h, w]` with `w` `[c_out, c_in, 3, 3]` where
-/// [`applies`] holds, the kernel's transform taken from (or kept in) `cache`; each output
+/// [`plan`] gave `split`, the kernel's transform taken from (or kept in) `cache`; each output
 /// plane handed to `finish` once written. `None` for other element types.
 pub(super) fn forward<T: Scratch>(
     x: &[T],
     w: &[T],
     d: &Dims,
+    split: &Split,
     cache: Option<&PackedKernel>,
     finish: Option<Finish<T>>,
 ) -> Option<Vec<T>> {
@@ -493,12 +500,11 @@ pub(super) fn forward<T: Scratch>(
     };
     let tiles = Tiles::new(d);
     let (l, l_in) = (d.out_len(), d.h * d.w);
-    let split = Split::new(d);
     let per_sample = E * (d.c_in + d.c_out) * tiles.per_sample();
     let per = (CHUNK_BUDGET / per_sample).max(1);
     let mut y: Vec<T> = crate::layers::fill::par_zeros(d.n * d.c_out * l);
     let parallel = split.inner_parallel && threads() > 1;
-    super::im2col::for_groups(&split, &mut y, d.c_out * l, |group, y_part| {
+    super::im2col::for_groups(split, &mut y, d.c_out * l, |group, y_part| {
         let most = per.min(group.len());
         let v_len = E * d.c_in * most * tiles.per_sample();
         let m_len = E * d.c_out * most * tiles.per_sample();
@@ -622,7 +628,7 @@ mod tests {
                 padding: 1,
             };
             let d = Dims::new(&[n, c_in, h, w], &[c_out, c_in, 3, 3], g).unwrap();
-            assert!(applies::<f32>(&d, g), "{d:?}");
+            let split = plan::<f32>(&d, g).expect("takes the case");
             let x: Vec<f32> = (0..n * c_in * h * w)
                 .map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5)
                 .collect();
@@ -633,7 +639,7 @@ mod tests {
             let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let cache = PackedKernel::default();
             for pass in 0..2 {
-                let got = forward(&x, &wt, &d, Some(&cache), None).unwrap();
+                let got = forward(&x, &wt, &d, &split, Some(&cache), None).unwrap();
                 let worst = max_abs_diff(&got, &want);
                 assert!(
                     worst <= 1e-5 * f64::from(scale),
@@ -645,7 +651,7 @@ mod tests {
                     .iter_mut()
                     .for_each(|v| *v = (*v + ch as f32).max(0.0))
             };
-            let fused = forward(&x, &wt, &d, Some(&cache), Some(&shift)).unwrap();
+            let fused = forward(&x, &wt, &d, &split, Some(&cache), Some(&shift)).unwrap();
             let l = d.out_len();
             for (i, (a, b)) in fused.iter().zip(&want).enumerate() {
                 let ch = ((i / l) % c_out) as f32;
