@@ -7,7 +7,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::{shifted, ConvGeom, Dims};
-use crate::layers::fill::par_zeros;
+use crate::layers::fill::{self, par_zeros};
 
 /// Upper bound on the elements of the im2col buffer when one sample-group spans the whole
 /// pool (batches smaller than the thread count); larger batches are processed in chunks.
@@ -460,7 +460,7 @@ fn split_mut<T>(mut buf: &mut [T], sizes: impl Iterator<Item = usize>) -> Vec<&m
 
 /// Run `f(group, out_part)` for every group of `split`, the output cut per group with
 /// `per_sample` elements a sample; groups in parallel when there are several.
-pub(super) fn for_groups<T: WithDType>(
+pub(super) fn for_groups<T: Send>(
     split: &Split,
     out: &mut [T],
     per_sample: usize,
@@ -615,7 +615,7 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
     let rows = d.rows();
     let split = Split::new(d);
     let par = split.parallelism();
-    let mut y: Vec<T> = par_zeros(d.n * d.c_out * l);
+    let mut y = fill::uninit::<T>(d.n * d.c_out * l);
     let col_len = split.scratch_len(rows * l);
     let out_len = split.scratch_len(d.c_out * l);
     for_groups(&split, &mut y, d.c_out * l, |group, y_part| {
@@ -644,17 +644,26 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                             // transpose_chunk's copy, each plane finished while in L1.
                             for (i, plane) in ys.chunks_exact_mut(l).enumerate() {
                                 let (s, ch) = (i / d.c_out, i % d.c_out);
-                                plane.copy_from_slice(&out_buf[(ch * nc + s) * l..][..l]);
+                                let plane =
+                                    fill::init_copy(plane, &out_buf[(ch * nc + s) * l..][..l]);
                                 finish(n0 + s, ch, plane);
                             }
                         }
                         None => {
+                            let ys = fill::init_zeroed(ys);
                             transpose_chunk(&out_buf[..d.c_out * width], ys, d.c_out, l, nc, true)
                         }
                     }
                     continue;
                 }
-                // One sample: each panel's product lands in its columns of Y [c_out, L].
+                // One sample: each panel's product lands in its columns of Y [c_out, L],
+                // zeroed here rather than in a pass over the whole output (gemm does not use
+                // the values, but it may read them).
+                let ys = if split.inner_parallel {
+                    fill::par_init_zeroed(ys)
+                } else {
+                    fill::init_zeroed(ys)
+                };
                 for oy in split.panels(d, g, 1) {
                     let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
                     let col = columns(xs, d, g, (1, oy), col_buf, split.inner_parallel);
@@ -680,7 +689,10 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
             }
         })
     });
-    y
+    // SAFETY: the groups cover the batch and their chunks of `per` samples each group; every
+    // chunk's `ys` went whole through `init_copy` (plane by plane, `nc·c_out` planes of `l`),
+    // `init_zeroed` or `par_init_zeroed` above.
+    unsafe { fill::assume_init_vec(y) }
 }
 
 /// `y (m×n) = w (m×k) · col (k×n)`, all row-major, the rows of `w` and `y` split into one

@@ -15,7 +15,9 @@ use super::im2col::{
 };
 use super::shifted::{as_f32, as_f32_mut};
 use super::{ConvGeom, Dims, PackedKernel};
+use crate::layers::fill;
 use candle_core::{DType, WithDType};
+use std::mem::MaybeUninit;
 
 /// Products per tile: the 4×4 transformed positions.
 const E: usize = 16;
@@ -502,7 +504,7 @@ pub(super) fn forward<T: Scratch>(
     let (l, l_in) = (d.out_len(), d.h * d.w);
     let per_sample = E * (d.c_in + d.c_out) * tiles.per_sample();
     let per = (CHUNK_BUDGET / per_sample).max(1);
-    let mut y: Vec<T> = crate::layers::fill::par_zeros(d.n * d.c_out * l);
+    let mut y = fill::uninit::<T>(d.n * d.c_out * l);
     let parallel = split.inner_parallel && threads() > 1;
     super::im2col::for_groups(split, &mut y, d.c_out * l, |group, y_part| {
         let most = per.min(group.len());
@@ -547,8 +549,10 @@ pub(super) fn forward<T: Scratch>(
                 // Y: each (sample, output channel) plane from its tiles, then finished.
                 let ys = &mut y_part[(n0 - group.start) * d.c_out * l..][..nc * d.c_out * l];
                 let m = &*m;
-                let plane = |(i, out): (usize, &mut [T])| {
+                let plane = |(i, out): (usize, &mut [MaybeUninit<T>])| {
                     let (s, co) = (i / d.c_out, i % d.c_out);
+                    // Zeroed while in L1, not in a pass over the whole output.
+                    let out = fill::init_zeroed(out);
                     let dst = as_f32_mut(out).expect("T is f32 (as_f32 above)");
                     let at = (d.c_out * t_all, co * t_all + s * tiles.per_sample());
                     transforms::output(m, at, tiles, (d.oh, d.ow), dst);
@@ -560,7 +564,10 @@ pub(super) fn forward<T: Scratch>(
             }
         })
     });
-    Some(y)
+    // SAFETY: the groups cover the batch and their chunks of `per` samples each group; every
+    // `[l]` plane of every chunk (`nc·c_out` of them, `l` ≥ MIN_POSITIONS) went through
+    // `init_zeroed` above.
+    Some(unsafe { fill::assume_init_vec(y) })
 }
 
 #[cfg(test)]
