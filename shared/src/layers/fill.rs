@@ -18,8 +18,9 @@ const ZERO_CHUNK: usize = 1 << 16;
 /// each piece goes through [`init_zeroed`], [`init_copy`] or [`assume_init`] as it is
 /// written, and the whole through [`assume_init_vec`] at the end. Zeroing the output in a
 /// pass of its own (as [`par_zeros`] does) was a write through memory the writer then
-/// repeated: ResNet-50 at batch 32 spent 3.5% of its pass in that memset, and batch-1 passes
-/// paid one more parallel loop per convolution.
+/// repeated: ResNet-50 at batch 32 spent 3.5% of its pass in that memset, and Winograd's
+/// layers paid one more parallel loop per convolution at batch 1 (a single sample through
+/// gemm keeps one, [`par_init_zeroed`], so that both threads share its zeroing).
 pub(crate) fn uninit<T>(len: usize) -> Vec<MaybeUninit<T>> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: the capacity is `len`, and `MaybeUninit` elements need no initialisation.
@@ -93,23 +94,13 @@ pub(crate) fn par_chunks_zeroed<T: WithDType>(
     chunk: usize,
     fill: impl Fn(usize, &mut [T]) + Sync + Send,
 ) -> Vec<T> {
-    let mut v: Vec<T> = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
+    let mut v = uninit(len);
+    v.par_chunks_mut(chunk.max(1))
         .enumerate()
-        .for_each(|(i, piece)| {
-            for e in piece.iter_mut() {
-                e.write(T::zero());
-            }
-            // SAFETY: every element of `piece` was initialised just above, and
-            // `MaybeUninit<T>` has the layout of `T`.
-            let piece = unsafe { &mut *(piece as *mut [MaybeUninit<T>] as *mut [T]) };
-            fill(i, piece);
-        });
-    // SAFETY: the pieces partition `0..len` and each was initialised above (a panic in
-    // `fill` propagates before this line, leaving the vector empty).
-    unsafe { v.set_len(len) };
-    v
+        .for_each(|(i, piece)| fill(i, init_zeroed(piece)));
+    // SAFETY: the pieces partition `0..len` and `init_zeroed` wrote each before `fill` saw it
+    // (a panic in `fill` propagates before this line and drops `MaybeUninit`s, reading none).
+    unsafe { assume_init_vec(v) }
 }
 
 #[cfg(test)]
