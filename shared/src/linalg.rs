@@ -61,18 +61,39 @@ pub(crate) fn matmul<T: Scalar>(
     lhs: View<'_, T>,
     rhs: View<'_, T>,
 ) {
-    assert!(dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n));
+    matmul_into(m, n, k, dst, n, accumulate, T::ONE, lhs, rhs)
+}
+
+/// `dst = beta·lhs·rhs`, or `dst += beta·lhs·rhs` when `accumulate`, where `dst` is `m×n`
+/// with rows `dst_rs` elements apart (a block of a larger row-major matrix).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_into<T: Scalar>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    dst_rs: usize,
+    accumulate: bool,
+    beta: T,
+    lhs: View<'_, T>,
+    rhs: View<'_, T>,
+) {
+    let dst_fits = m == 0 || n == 0 || ((m - 1) * dst_rs + n <= dst.len() && n <= dst_rs);
+    assert!(dst_fits && lhs.fits(m, k) && rhs.fits(k, n));
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(T::ZERO);
+            for row in dst.chunks_mut(dst_rs).take(m) {
+                row[..n].fill(T::ZERO);
+            }
         }
         return;
     }
     // SAFETY: the assert above makes every (row, col) reached through these strides lie inside
-    // its slice; `dst` is a unique borrow, so it aliases neither input.
+    // its slice (rows of `dst` are `dst_rs ≥ n` apart, so they do not overlap); `dst` is a
+    // unique borrow, so it aliases neither input.
     unsafe {
         gemm::gemm(
             m,
@@ -80,7 +101,7 @@ pub(crate) fn matmul<T: Scalar>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -89,7 +110,7 @@ pub(crate) fn matmul<T: Scalar>(
             rhs.cs as isize,
             rhs.rs as isize,
             T::ONE,
-            T::ONE,
+            beta,
             false,
             false,
             false,

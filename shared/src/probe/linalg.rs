@@ -1,6 +1,29 @@
-//! The two dense products the logistic solver needs, as [`crate::linalg::matmul`] calls.
+//! The dense operations the logistic solver needs: its two matrix products, as
+//! [`crate::linalg::matmul`] calls, and the dot product of its vectors.
 
 use crate::linalg::{matmul, View};
+
+/// `Σ aᵢbᵢ` over the common length, in eight independent partial sums so that the loop
+/// vectorises (a single running sum is a chain of dependent additions the compiler may not
+/// reorder): L-BFGS's two-loop recursion spent 12% of a cross-validation in a plain `sum`.
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
 
 /// `out (n×k) = X (n×d) · Wᵀ`, with `W` `k×d`; all row-major.
 pub(crate) fn x_wt(x: &[f64], n: usize, d: usize, w: &[f64], k: usize, out: &mut [f64]) {
@@ -25,6 +48,20 @@ pub(crate) fn add_rt_x(r: &[f64], n: usize, k: usize, x: &[f64], d: usize, out: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_dot_matches_a_plain_sum_at_every_length() {
+        for n in 0..40 {
+            let a: Vec<f64> = (0..n).map(|i| (i as f64) * 0.5 - 3.0).collect();
+            let b: Vec<f64> = (0..n).map(|i| 1.0 / (i as f64 + 1.0)).collect();
+            let plain: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!(
+                (dot(&a, &b) - plain).abs() <= 1e-12 * (1.0 + plain.abs()),
+                "n={n}"
+            );
+        }
+        assert_eq!(dot(&[1.0, 2.0, 3.0], &[4.0, 5.0]), 14.0);
+    }
 
     #[test]
     fn probe_linalg_matches_naive_products() {

@@ -4,6 +4,7 @@ use super::input::{check_settings, check_training, to_f64};
 use super::lbfgs::{self, Options};
 use super::linalg::{add_rt_x, x_wt};
 use super::model::{rows_for, sigmoid, FitReport, LinearModel, ModelKind};
+use super::precond::{Gram, Preconditioner};
 use crate::{Error, Result};
 
 /// Logistic-regression probe, as `sklearn.linear_model.LogisticRegression(C=c,
@@ -80,9 +81,41 @@ impl LogisticRegression {
         n_classes: usize,
         start: Option<&LinearModel>,
     ) -> Result<(LinearModel, FitReport)> {
+        self.fit_with_gram(x, n, d, y, n_classes, start, None)
+    }
+
+    /// [`Self::fit_from`] with the features' [`Gram`] matrix when the caller has it (a
+    /// cross-validation fold fits several C on the same rows). Without one, it is computed
+    /// here when [`Gram::worth_it`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fit_with_gram(
+        &self,
+        x: &[f32],
+        n: usize,
+        d: usize,
+        y: &[u32],
+        n_classes: usize,
+        start: Option<&LinearModel>,
+        gram: Option<&Gram>,
+    ) -> Result<(LinearModel, FitReport)> {
         check_settings(self.c, self.max_iter, self.tol)?;
         check_training(x, n, d, y, n_classes)?;
         let xf = to_f64(x);
+        let rows = rows_for(n_classes);
+        let own_gram = match gram {
+            None if Gram::worth_it(n, d, rows) => Some(Gram::of(&xf, n, d)),
+            _ => None,
+        };
+        // The softmax's curvature at zero is 1/K per class (the sigmoid's, 1/4, for two):
+        // the Hessian's data term C·X̃ᵀDX̃ is about C times that times X̃ᵀX̃.
+        let curvature = if rows == 1 {
+            0.25
+        } else {
+            1.0 / n_classes as f64
+        };
+        let mut precond = gram
+            .or(own_gram.as_ref())
+            .and_then(|g| Preconditioner::new(g, self.c * curvature, rows));
         let mut obj = LogregObjective::new(&xf, n, d, y, n_classes, self.c);
         let dim = obj.dim();
         let theta0 = match start {
@@ -103,6 +136,7 @@ impl LogisticRegression {
         });
         let out = lbfgs::minimize(
             |theta, grad| obj.value_grad(theta, grad),
+            precond.as_mut().map(|p| |v: &mut [f64]| p.apply(v)),
             theta0,
             Options {
                 max_iter: self.max_iter,

@@ -25,6 +25,7 @@ mod lbfgs;
 mod linalg;
 mod logreg;
 mod model;
+mod precond;
 pub mod select;
 mod svm;
 

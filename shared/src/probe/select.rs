@@ -1,6 +1,9 @@
 //! Choosing C by grouped, stratified k-fold cross-validation — the model selection both the
 //! CLI's evaluation and the browser explorer run, so they pick the same C on the same data.
 
+use super::input::to_f64;
+use super::model::rows_for;
+use super::precond::Gram;
 use super::{LinearModel, LinearSvc, LogisticRegression, ModelKind};
 use crate::eval::cv::grouped_stratified_folds;
 use crate::eval::metrics::ConfusionMatrix;
@@ -140,6 +143,10 @@ fn fit_fold(
     }
     let mut per_c = Vec::with_capacity(path.len());
     let mut previous = start.cloned();
+    // One Gram matrix for the fold's whole path: each C's preconditioner is built from it.
+    let nt = yt.len();
+    let gram = (kind == ModelKind::Logistic && Gram::worth_it(nt, d, rows_for(n_classes)))
+        .then(|| Gram::of(&to_f64(&xt), nt, d));
     for &c in path {
         let model = match kind {
             ModelKind::Logistic => {
@@ -149,7 +156,7 @@ fn fit_fold(
                     tol: CV_TOL,
                 };
                 solver
-                    .fit_from(&xt, yt.len(), d, &yt, n_classes, previous.as_ref())?
+                    .fit_with_gram(&xt, nt, d, &yt, n_classes, previous.as_ref(), gram.as_ref())?
                     .0
             }
             ModelKind::Svm => fit_linear(kind, c, &xt, yt.len(), d, &yt, n_classes)?,
