@@ -303,7 +303,7 @@ fn explorer_end_to_end_in_chromium() {
             "document.getElementById('probe-status').textContent",
         )?;
         let probe = s.eval(
-            "const p = window.mtpathApp.probe; return p ? { cv: p.cv, json: p.json, csv: window.mtpathPredictionsCsv(), rows: document.querySelectorAll('#predictions-table tr').length } : document.getElementById('probe-status').textContent;",
+            "const p = window.mtpathApp.probe; return p ? { cv: p.cv, json: p.json, csv: window.mtpathPredictionsCsv(), rows: document.querySelectorAll('#predictions-table tr').length, threads: p.threads, isolated: self.crossOriginIsolated, cores: navigator.hardwareConcurrency } : document.getElementById('probe-status').textContent;",
             json!([]),
         )?;
         assert!(probe.is_object(), "probe failed: {probe}");
@@ -314,6 +314,18 @@ fn explorer_end_to_end_in_chromium() {
             probe["cv"]["best_c"]
         );
         assert!(bacc > 0.25, "CV balanced accuracy {bacc} not above chance");
+        // On a cross-origin isolated page with several cores, the analysis worker fits the
+        // folds on the threaded module's pool (one thread per core, at most five).
+        let (threads, cores) = (
+            probe["threads"].as_u64().unwrap_or(0),
+            probe["cores"].as_u64().unwrap_or(1),
+        );
+        eprintln!("browser probe: folds on {threads} thread(s), {cores} cores");
+        if probe["isolated"] == json!(true) && cores > 1 {
+            assert_eq!(threads, cores.min(5), "probe threads");
+        } else {
+            assert_eq!(threads, 1, "probe threads");
+        }
         assert_eq!(
             probe["rows"].as_u64().unwrap() as usize,
             unlabelled + 1,

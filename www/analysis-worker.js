@@ -1,8 +1,37 @@
 // Analysis worker: PCA, t-SNE, nearest neighbours, the linear probe and the features file, off
 // the page's thread. It holds the page's one feature matrix.
-import init, { pca2d, TsneRun, Neighbours, probeCrossValidate, Probe, featuresSafetensors, slideHeatmap } from "./pkg/mtpath_web.js";
+//
+// On a cross-origin isolated page it loads the threaded module (pkg-threads) with a pool of
+// one thread per core, up to the probe's usual five folds, so that the probe's
+// cross-validation fits its folds in parallel (every fold's result is the same whichever
+// thread fits it); otherwise, or when that module fails to start, the single-threaded one.
 
-const ready = init();
+// Seconds the threaded module's pool may take to start before the worker gives up on it.
+const THREAD_START_LIMIT_S = 30;
+const MAX_THREADS = 5;
+
+async function loadBindings() {
+  const threads = Math.min(navigator.hardwareConcurrency || 1, MAX_THREADS);
+  if (threads > 1 && self.crossOriginIsolated) {
+    try {
+      const m = await import("./pkg-threads/mtpath_web.js");
+      await m.default();
+      let timer;
+      const late = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`its ${threads} threads did not start in ${THREAD_START_LIMIT_S} s`)), THREAD_START_LIMIT_S * 1000);
+      });
+      await Promise.race([m.initThreadPool(threads), late]).finally(() => clearTimeout(timer));
+      return { m, threads };
+    } catch (err) {
+      console.warn(`mtpath: threaded module unavailable (${err.message || err}); analysing on one thread`);
+    }
+  }
+  const m = await import("./pkg/mtpath_web.js");
+  await m.default();
+  return { m, threads: 1 };
+}
+
+const ready = loadBindings();
 let data = null; // { x: Float32Array, n, d }
 let neighbours = null;
 let tsneToken = 0;
@@ -12,7 +41,8 @@ const reply = (id, body, transfer = []) => self.postMessage({ id, ...body }, tra
 
 self.onmessage = async (event) => {
   const msg = event.data;
-  await ready;
+  const { m, threads } = await ready;
+  const { pca2d, TsneRun, Neighbours, probeCrossValidate, Probe, featuresSafetensors, slideHeatmap } = m;
   try {
     switch (msg.type) {
       case "data":
@@ -75,7 +105,7 @@ self.onmessage = async (event) => {
         const scores = probe.scores(data.x, data.n);
         const pred = probe.predict(data.x, data.n);
         const json = probe.toJson(msg.card, msg.sha256 || undefined, cv.folds, cv.balanced_accuracy, cv.accuracy, msg.rows.length);
-        reply(msg.id, { cv, scores, pred, json, cvMs, fitMs });
+        reply(msg.id, { cv, scores, pred, json, cvMs, fitMs, threads });
         break;
       }
       case "heatmap": {

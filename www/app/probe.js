@@ -44,11 +44,11 @@ $("run-probe").onclick = async () => {
 
 
 function showProbe() {
-  const { cv, classes, cvMs, fitMs } = state.probe;
+  const { cv, classes, cvMs, fitMs, threads } = state.probe;
   const chance = 1 / classes.length;
   status("probe-status", `Grouped ${cv.folds}-fold cross-validation: accuracy ${(100 * cv.accuracy).toFixed(1)}%, ` +
     `balanced accuracy ${(100 * cv.balanced_accuracy).toFixed(1)}% (chance ${(100 * chance).toFixed(1)}%) at C = ${cv.best_c}; ` +
-    `CV ${(cvMs / 1000).toFixed(1)} s, final fit ${(fitMs / 1000).toFixed(2)} s.` +
+    `CV ${(cvMs / 1000).toFixed(1)} s${threads > 1 ? ` (folds on ${threads} threads)` : ""}, final fit ${(fitMs / 1000).toFixed(2)} s.` +
     (cv.widened && cv.widened.length
       ? ` The best C was at the edge of the grid, so the grid was widened to ${cv.widened.join(", ")}.`
       : ""));
