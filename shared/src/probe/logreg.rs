@@ -1,7 +1,7 @@
 //! L2-regularised logistic regression with scikit-learn's objective, solved by L-BFGS.
 
 use super::input::{check_settings, check_training, to_f64};
-use super::lbfgs::{self, Options};
+use super::lbfgs::{self, Options, Precondition};
 use super::linalg::{add_rt_x, x_wt};
 use super::model::{rows_for, sigmoid, FitReport, LinearModel, ModelKind};
 use super::precond::{Gram, Preconditioner};
@@ -136,7 +136,7 @@ impl LogisticRegression {
         });
         let out = lbfgs::minimize(
             |theta, grad| obj.value_grad(theta, grad),
-            precond.as_mut().map(|p| |v: &mut [f64]| p.apply(v)),
+            precond.as_mut().map(|p| p as &mut dyn Precondition),
             theta0,
             Options {
                 max_iter: self.max_iter,

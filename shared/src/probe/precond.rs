@@ -16,6 +16,7 @@
 //! blocked so that its bulk runs through gemm) and keeps `L⁻¹`, so that applying `P` is two
 //! matrix products.
 
+use super::lbfgs::Precondition;
 use super::linalg::dot;
 use crate::linalg::{matmul_into, View};
 
@@ -58,13 +59,13 @@ impl Gram {
     }
 
     /// Whether building a preconditioner (the Gram matrix and one factorisation, about
-    /// `2nm² + 2m³` flops) costs less than 100 of the objective's evaluations (`4·n·m·rows`
-    /// each). Without it the solver took 200 to 2,400 iterations on real features, with it
-    /// 15 to 70; so it pays except where features far outnumber samples (then each
+    /// `2nm² + 2m³` flops) costs less than 500 of the objective's evaluations (`4·n·m·rows`
+    /// each): without it the solver took 200 to 4,500 iterations on real features, with it
+    /// 15 to 175, so it pays except where features far outnumber samples (then each
     /// evaluation is cheap and the factorisation is not).
     pub(crate) fn worth_it(n: usize, d: usize, rows: usize) -> bool {
         let (n, m, rows) = (n as f64, (d + 1) as f64, rows as f64);
-        2.0 * n * m * m + 2.0 * m * m * m <= 100.0 * 4.0 * n * m * rows
+        2.0 * n * m * m + 2.0 * m * m * m <= 500.0 * 4.0 * n * m * rows
     }
 }
 
@@ -108,18 +109,22 @@ impl Preconditioner {
         })
     }
 
-    /// `θ ← P·θ` class row by class row, `θ = [W (rows × d, row-major), b (rows)]`.
-    pub(crate) fn apply(&mut self, theta: &mut [f64]) {
+    /// The parameters `θ = [W (rows × d, row-major), b (rows)]` as `rows × m` into `self.v`.
+    fn gather(&mut self, theta: &[f64]) {
         let (m, rows, d) = (self.m, self.rows, self.m - 1);
         assert_eq!(theta.len(), rows * m);
-        let (w, b) = theta.split_at_mut(rows * d);
+        let (w, b) = theta.split_at(rows * d);
         for r in 0..rows {
             self.v[r * m..r * m + d].copy_from_slice(&w[r * d..(r + 1) * d]);
             self.v[r * m + d] = b[r];
         }
-        // Each row v becomes v·L⁻ᵀ·L⁻¹ = (P·vᵀ)ᵀ, P being symmetric: two products through
-        // gemm, block column by block column so that the zeros of the triangle are skipped.
-        // t = v·L⁻ᵀ: t[:, j0..j1] = v[:, ..j1]·L⁻¹[j0..j1, ..j1]ᵀ.
+    }
+
+    /// `self.t = self.v·L⁻ᵀ` (each class row times `L⁻ᵀ`), through gemm block column by
+    /// block column so that the zeros of the triangle are skipped:
+    /// `t[:, j0..j1] = v[:, ..j1]·L⁻¹[j0..j1, ..j1]ᵀ`.
+    fn times_l_inv_t(&mut self) {
+        let (m, rows) = (self.m, self.rows);
         for j0 in (0..m).step_by(BLOCK) {
             let j1 = (j0 + BLOCK).min(m);
             matmul_into(
@@ -138,6 +143,15 @@ impl Preconditioner {
                 },
             );
         }
+    }
+}
+
+impl Precondition for Preconditioner {
+    /// `θ ← P·θ` class row by class row: each row `v` becomes `v·L⁻ᵀ·L⁻¹ = (P·vᵀ)ᵀ`.
+    fn apply(&mut self, theta: &mut [f64]) {
+        self.gather(theta);
+        self.times_l_inv_t();
+        let (m, rows, d) = (self.m, self.rows, self.m - 1);
         // v = t·L⁻¹: v[:, j0..j1] = t[:, j0..]·L⁻¹[j0.., j0..j1].
         for j0 in (0..m).step_by(BLOCK) {
             let j1 = (j0 + BLOCK).min(m);
@@ -161,10 +175,18 @@ impl Preconditioner {
                 },
             );
         }
+        let (w, b) = theta.split_at_mut(rows * d);
         for r in 0..rows {
             w[r * d..(r + 1) * d].copy_from_slice(&self.v[r * m..r * m + d]);
             b[r] = self.v[r * m + d];
         }
+    }
+
+    /// `θᵀ·P·θ = Σ_rows ‖L⁻¹·vᵀ‖²`: one of the two products of [`Self::apply`].
+    fn quadratic_form(&mut self, theta: &[f64]) -> f64 {
+        self.gather(theta);
+        self.times_l_inv_t();
+        dot(&self.t, &self.t)
     }
 }
 
@@ -344,6 +366,11 @@ mod tests {
         let v: Vec<f64> = (0..rows * m).map(|_| rng.unit_f64() - 0.5).collect();
         let mut pv = v.clone();
         p.apply(&mut pv);
+        let vpv = p.quadratic_form(&v);
+        assert!(
+            (vpv - dot(&v, &pv)).abs() < 1e-12 * vpv.abs().max(1.0),
+            "{vpv}"
+        );
         // Each class row as [w | b], multiplied by I + a·X̃ᵀX̃ (X̃ from its definition).
         for r in 0..rows {
             let mut u: Vec<f64> = pv[r * d..(r + 1) * d].to_vec();
@@ -369,6 +396,8 @@ mod tests {
     fn probe_gram_worth_it_only_when_samples_carry_the_cost() {
         assert!(Gram::worth_it(4000, 512, 11));
         assert!(Gram::worth_it(300, 512, 11));
+        assert!(Gram::worth_it(1000, 2048, 7));
+        assert!(!Gram::worth_it(300, 512, 1));
         assert!(!Gram::worth_it(50, 2048, 2));
     }
 }
