@@ -1,37 +1,14 @@
 // Analysis worker: PCA, t-SNE, nearest neighbours, the linear probe and the features file, off
 // the page's thread. It holds the page's one feature matrix.
 //
-// On a cross-origin isolated page it loads the threaded module (pkg-threads) with a pool of
+// On a cross-origin isolated page it loads the threaded module (bindings.js) with a pool of
 // one thread per core, up to the probe's usual five folds, so that the probe's
 // cross-validation fits its folds in parallel (every fold's result is the same whichever
 // thread fits it); otherwise, or when that module fails to start, the single-threaded one.
+import { loadBindings } from "./bindings.js";
 
-// Seconds the threaded module's pool may take to start before the worker gives up on it.
-const THREAD_START_LIMIT_S = 30;
 const MAX_THREADS = 5;
-
-async function loadBindings() {
-  const threads = Math.min(navigator.hardwareConcurrency || 1, MAX_THREADS);
-  if (threads > 1 && self.crossOriginIsolated) {
-    try {
-      const m = await import("./pkg-threads/mtpath_web.js");
-      await m.default();
-      let timer;
-      const late = new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`its ${threads} threads did not start in ${THREAD_START_LIMIT_S} s`)), THREAD_START_LIMIT_S * 1000);
-      });
-      await Promise.race([m.initThreadPool(threads), late]).finally(() => clearTimeout(timer));
-      return { m, threads };
-    } catch (err) {
-      console.warn(`mtpath: threaded module unavailable (${err.message || err}); analysing on one thread`);
-    }
-  }
-  const m = await import("./pkg/mtpath_web.js");
-  await m.default();
-  return { m, threads: 1 };
-}
-
-const ready = loadBindings();
+const ready = loadBindings(Math.min(navigator.hardwareConcurrency || 1, MAX_THREADS), "analysing");
 let data = null; // { x: Float32Array, n, d }
 let neighbours = null;
 let tsneToken = 0;

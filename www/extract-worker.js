@@ -2,38 +2,14 @@
 // every later drop; embeds the files it is sent, one at a time, and answers with the features and a thumbnail (or the reason a file was skipped).
 //
 // The bindings are chosen by the first message: a `model` message asking for more than one
-// thread, on a cross-origin isolated page (SharedArrayBuffer), loads the threaded module
-// (pkg-threads: each tile's convolutions split over a rayon pool of that many threads on
-// Web Workers of its own); anything else, or a threaded module that fails to start, the
-// single-threaded one (pkg).
+// thread loads the threaded module where it can (bindings.js: each tile's convolutions split
+// over a rayon pool of that many threads), anything else the single-threaded one.
+import { loadBindings } from "./bindings.js";
 
 let model = null;
 let bindings = null; // Promise of the bindings module, fixed by the first message
 // The slide this worker reads tiles of, opened once per slide and cut: { key, reader }.
 let slide = null;
-
-// Seconds the threaded module's pool may take to start before the worker gives up on it.
-const THREAD_START_LIMIT_S = 30;
-
-async function loadBindings(threads) {
-  if (threads > 1 && self.crossOriginIsolated) {
-    try {
-      const m = await import("./pkg-threads/mtpath_web.js");
-      await m.default();
-      let timer;
-      const late = new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`its ${threads} threads did not start in ${THREAD_START_LIMIT_S} s`)), THREAD_START_LIMIT_S * 1000);
-      });
-      await Promise.race([m.initThreadPool(threads), late]).finally(() => clearTimeout(timer));
-      return { m, threads };
-    } catch (err) {
-      console.warn(`mtpath: threaded module unavailable (${err.message || err}); extracting on one thread`);
-    }
-  }
-  const m = await import("./pkg/mtpath_web.js");
-  await m.default();
-  return { m, threads: 1 };
-}
 
 /** The reader of `file` planned for `cut` (every grid tile; the page chose which to embed). */
 function slideReader(m, file, cut) {
@@ -50,7 +26,7 @@ function slideReader(m, file, cut) {
 
 self.onmessage = async (event) => {
   const msg = event.data;
-  if (!bindings) bindings = loadBindings(msg.type === "model" ? msg.threads ?? 1 : 1);
+  if (!bindings) bindings = loadBindings(msg.type === "model" ? msg.threads ?? 1 : 1, "extracting");
   const { m, threads } = await bindings;
   if (msg.type === "model") {
     try {
