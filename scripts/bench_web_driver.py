@@ -89,6 +89,21 @@ class WebDriver:
         raise RuntimeError(f"{url}: not done after {limit_s} s (last status: {last})")
 
 
+def start_chromedriver(path):
+    """chromedriver on a free port, once it answers: (its process, a WebDriver client)."""
+    port = free_port()
+    proc = subprocess.Popen([path, f"--port={port}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wd = WebDriver(f"http://127.0.0.1:{port}")
+    for _ in range(100):
+        if wd.ready():
+            return proc, wd
+        time.sleep(0.1)
+    proc.terminate()
+    proc.wait(timeout=10)
+    raise RuntimeError("chromedriver did not start")
+
+
 def read_f32(path):
     b = path.read_bytes()
     return list(struct.unpack(f"<{len(b) // 4}f", b))
@@ -169,18 +184,9 @@ def main():
     per_round = [a.n // a.rounds + (i < a.n % a.rounds) for i in range(a.rounds)]
 
     server, base = bench_web_server.start()
-    port = free_port()
-    driver_proc = subprocess.Popen([a.chromedriver, f"--port={port}"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-    wd = WebDriver(f"http://127.0.0.1:{port}")
+    driver_proc, wd = start_chromedriver(a.chromedriver)
     pages = {name: [] for name, _ in engines}
     try:
-        for _ in range(100):
-            if wd.ready():
-                break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("chromedriver did not start")
         for rnd, n in enumerate(per_round):
             for name, q in (engines if rnd % 2 == 0 else engines[::-1]):
                 query = "&".join(f"{k}={v}" for k, v in {**q, "archs": ",".join(archs), "n": n,

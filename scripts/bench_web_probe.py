@@ -17,11 +17,10 @@ import re
 import struct
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench_web_server  # noqa: E402
-from bench_web_driver import WebDriver, free_port  # noqa: E402
+from bench_web_driver import start_chromedriver  # noqa: E402
 
 ROOT = bench_web_server.ROOT
 OUT = ROOT / "target" / "bench-web" / "probe"
@@ -99,18 +98,9 @@ def main():
         pkg = pkg.replace("/pkg/", "/pkg-threads/")
 
     server, base = bench_web_server.start()
-    port = free_port()
-    driver_proc = subprocess.Popen([a.chromedriver, f"--port={port}"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-    wd = WebDriver(f"http://127.0.0.1:{port}")
+    driver_proc, wd = start_chromedriver(a.chromedriver)
     results = []
     try:
-        for _ in range(100):
-            if wd.ready():
-                break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("chromedriver did not start")
         for size in sizes:
             rows = sorted(random.Random(0).sample(range(total), size))
             sub = OUT / f"subset-{size}.safetensors"
