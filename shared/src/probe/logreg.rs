@@ -113,7 +113,9 @@ impl LogisticRegression {
         } else {
             1.0 / n_classes as f64
         };
+        // A Gram matrix of other features (a caller's mistake) is ignored, not trusted.
         let mut precond = gram
+            .filter(|g| g.has_features(d))
             .or(own_gram.as_ref())
             .and_then(|g| Preconditioner::new(g, self.c * curvature, rows));
         let mut obj = LogregObjective::new(&xf, n, d, y, n_classes, self.c);

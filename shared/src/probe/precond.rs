@@ -58,6 +58,11 @@ impl Gram {
         Gram { g, m }
     }
 
+    /// Whether this is the Gram matrix of `d` features.
+    pub(crate) fn has_features(&self, d: usize) -> bool {
+        self.m == d + 1
+    }
+
     /// Whether building a preconditioner (the Gram matrix and one factorisation, about
     /// `2nm² + 2m³` flops) costs less than 500 of the objective's evaluations (`4·n·m·rows`
     /// each): without it the solver took 200 to 4,500 iterations on real features, with it
@@ -361,6 +366,7 @@ mod tests {
         let mut rng = SplitMix64::new(9);
         let x: Vec<f64> = (0..n * d).map(|_| rng.unit_f64() * 2.0 + 0.3).collect();
         let gram = Gram::of(&x, n, d);
+        assert!(gram.has_features(d) && !gram.has_features(d + 1));
         let m = d + 1;
         let mut p = Preconditioner::new(&gram, a, rows).expect("positive definite");
         let v: Vec<f64> = (0..rows * m).map(|_| rng.unit_f64() - 0.5).collect();
