@@ -93,6 +93,10 @@ pub struct Args {
     /// Probe mode: logistic or svm.
     #[arg(long, value_enum, default_value_t = ProbeKind::Logistic)]
     probe_kind: ProbeKind,
+    /// Probe mode: C values tried past an edge of the grid when the best is there (the
+    /// explorer's page widens by 2; `eval` keeps the grid fixed, 0).
+    #[arg(long, default_value_t = 0)]
+    widen: usize,
 }
 
 /// The probe's model in probe mode.
@@ -136,6 +140,7 @@ fn run_probe(args: &Args) -> Result<()> {
         .unwrap_or_else(|| vec![String::new(); file.n]);
     let cfg = GridConfig {
         kind: args.probe_kind.into(),
+        widen: args.widen,
         ..GridConfig::default()
     };
     println!(
