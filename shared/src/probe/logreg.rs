@@ -1,10 +1,10 @@
 //! L2-regularised logistic regression with scikit-learn's objective, solved by L-BFGS.
 
+use super::axes::Axes;
 use super::input::{check_settings, check_training, to_f64};
-use super::lbfgs::{self, Options, Precondition};
-use super::linalg::{add_rt_x, x_wt};
+use super::lbfgs::{self, Options};
+use super::linalg::{add_rt_x, dot, x_wt};
 use super::model::{rows_for, sigmoid, FitReport, LinearModel, ModelKind};
-use super::precond::{Gram, Preconditioner};
 use crate::{Error, Result};
 
 /// Logistic-regression probe, as `sklearn.linear_model.LogisticRegression(C=c,
@@ -81,14 +81,15 @@ impl LogisticRegression {
         n_classes: usize,
         start: Option<&LinearModel>,
     ) -> Result<(LinearModel, FitReport)> {
-        self.fit_with_gram(x, n, d, y, n_classes, start, None)
+        self.fit_with_axes(x, n, d, y, n_classes, start, None)
     }
 
-    /// [`Self::fit_from`] with the features' [`Gram`] matrix when the caller has it (a
-    /// cross-validation fold fits several C on the same rows). Without one, it is computed
-    /// here when [`Gram::worth_it`].
+    /// [`Self::fit_from`] with the training rows' principal [`Axes`] when the caller has them
+    /// (a cross-validation fold fits several C on the same rows). Without them, they are
+    /// computed here when [`Axes::worth_it`]; the solver then works in their coordinates,
+    /// preconditioned by the Hessian's diagonal there, and maps the result back.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn fit_with_gram(
+    pub(crate) fn fit_with_axes(
         &self,
         x: &[f32],
         n: usize,
@@ -96,63 +97,77 @@ impl LogisticRegression {
         y: &[u32],
         n_classes: usize,
         start: Option<&LinearModel>,
-        gram: Option<&Gram>,
+        axes: Option<&Axes>,
     ) -> Result<(LinearModel, FitReport)> {
         check_settings(self.c, self.max_iter, self.tol)?;
         check_training(x, n, d, y, n_classes)?;
-        let xf = to_f64(x);
         let rows = rows_for(n_classes);
-        let own_gram = match gram {
-            None if Gram::worth_it(n, d, rows) => Some(Gram::of(&xf, n, d)),
-            _ => None,
-        };
-        // The softmax's curvature at zero is 1/K per class (the sigmoid's, 1/4, for two):
-        // the Hessian's data term C·X̃ᵀDX̃ is about C times that times X̃ᵀX̃.
-        let curvature = if rows == 1 {
-            0.25
-        } else {
-            1.0 / n_classes as f64
-        };
-        // A Gram matrix of other features (a caller's mistake) is ignored, not trusted.
-        let mut precond = gram
-            .filter(|g| g.has_features(d))
-            .or(own_gram.as_ref())
-            .and_then(|g| Preconditioner::new(g, self.c * curvature, rows));
-        let mut obj = LogregObjective::new(&xf, n, d, y, n_classes, self.c);
-        let dim = obj.dim();
-        let theta0 = match start {
-            Some(m) if m.n_features == d && m.n_classes == n_classes => {
-                m.coef.iter().chain(&m.intercept).copied().collect()
-            }
+        let start = match start {
+            Some(m) if m.n_features == d && m.n_classes == n_classes => Some(m),
             Some(_) => {
                 return Err(Error::invalid(
                     "probe: a warm start must have the same features and classes",
                 ))
             }
-            None => vec![0.0; dim],
+            None => None,
         };
-        let gref_norm = start.map(|_| {
-            let mut g = vec![0.0; dim];
-            obj.value_grad(&vec![0.0; dim], &mut g);
-            g.iter().map(|v| v * v).sum::<f64>().sqrt()
-        });
-        let out = lbfgs::minimize(
-            |theta, grad| obj.value_grad(theta, grad),
-            precond.as_mut().map(|p| p as &mut dyn Precondition),
-            theta0,
-            Options {
-                max_iter: self.max_iter,
-                gtol: self.tol,
-                memory: 10,
-                gref_norm,
-            },
-        );
-        let rows = rows_for(n_classes);
-        let mut coef = out.x;
-        let mut intercept = coef.split_off(rows * d);
+        // Axes of other rows (a caller's mistake) are ignored, not trusted.
+        let given = axes.filter(|a| a.fits(n, d));
+        let own = match given {
+            None if Axes::worth_it(n, d, rows, 1) => Axes::of(&to_f64(x), n, d),
+            _ => None,
+        };
+        let options = |gref_norm| Options {
+            max_iter: self.max_iter,
+            gtol: self.tol,
+            memory: 10,
+            gref_norm,
+        };
+        let (coef, mut intercept, out) = match given.or(own.as_ref()) {
+            Some(axes) => {
+                let r = axes.rank();
+                let mut obj = LogregObjective::new(axes.rotated_rows(), n, r, y, n_classes, self.c);
+                let theta0 = match start {
+                    Some(m) => axes.to_rotated(&m.coef, &m.intercept),
+                    None => vec![0.0; obj.dim()],
+                };
+                let norm = |g: &[f64]| axes.original_gradient_norm(g, rows);
+                let gref_norm = start.map(|_| obj.gradient_norm_at_zero(&norm));
+                let mut precond = axes.preconditioner(&theta0, rows, self.c);
+                let out = lbfgs::minimize(
+                    |theta, grad| obj.value_grad(theta, grad),
+                    Some(&mut precond),
+                    theta0,
+                    options(gref_norm),
+                    Some(&norm),
+                );
+                let (coef, intercept) = axes.to_original(&out.x, rows);
+                (coef, intercept, out)
+            }
+            None => {
+                let xf = to_f64(x);
+                let mut obj = LogregObjective::new(&xf, n, d, y, n_classes, self.c);
+                let theta0 = match start {
+                    Some(m) => m.coef.iter().chain(&m.intercept).copied().collect(),
+                    None => vec![0.0; obj.dim()],
+                };
+                let norm = |g: &[f64]| dot(g, g).sqrt();
+                let gref_norm = start.map(|_| obj.gradient_norm_at_zero(&norm));
+                let out = lbfgs::minimize(
+                    |theta, grad| obj.value_grad(theta, grad),
+                    None,
+                    theta0,
+                    options(gref_norm),
+                    None,
+                );
+                let mut coef = out.x.clone();
+                let intercept = coef.split_off(rows * d);
+                (coef, intercept, out)
+            }
+        };
         if rows > 1 {
             // Softmax is blind to a shift shared by all intercepts; pick sklearn's
-            // (zero-sum) representative. L-BFGS from zero keeps it anyway, up to rounding.
+            // (zero-sum) representative.
             let mean = intercept.iter().sum::<f64>() / rows as f64;
             intercept.iter_mut().for_each(|b| *b -= mean);
         }
@@ -236,6 +251,13 @@ impl<'a> LogregObjective<'a> {
     /// Number of parameters.
     pub(crate) fn dim(&self) -> usize {
         self.rows * (self.d + 1)
+    }
+
+    /// `norm(∇f(0))`: the reference of a warm start's stopping rule.
+    pub(crate) fn gradient_norm_at_zero(&mut self, norm: &dyn Fn(&[f64]) -> f64) -> f64 {
+        let mut g = vec![0.0; self.dim()];
+        self.value_grad(&vec![0.0; self.dim()], &mut g);
+        norm(&g)
     }
 
     /// The objective at `theta`; its gradient into `grad`.

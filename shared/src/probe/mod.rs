@@ -18,6 +18,7 @@
 //! Features are `f32` rows (`n × d`, row-major); labels are `0..n_classes`. Standardising is
 //! the caller's choice, not the probe's. Pure Rust, single-threaded, builds for wasm32.
 
+mod axes;
 pub mod cv;
 pub mod file;
 mod input;
@@ -25,7 +26,6 @@ mod lbfgs;
 mod linalg;
 mod logreg;
 mod model;
-mod precond;
 pub mod select;
 mod svm;
 

@@ -1,9 +1,9 @@
 //! Choosing C by grouped, stratified k-fold cross-validation — the model selection both the
 //! CLI's evaluation and the browser explorer run, so they pick the same C on the same data.
 
+use super::axes::Axes;
 use super::input::to_f64;
 use super::model::rows_for;
-use super::precond::Gram;
 use super::{LinearModel, LinearSvc, LogisticRegression, ModelKind};
 use crate::eval::cv::grouped_stratified_folds;
 use crate::eval::metrics::ConfusionMatrix;
@@ -109,23 +109,44 @@ struct FoldResult {
     last: LinearModel,
 }
 
+/// What every fold's fits share: the data, the fold of each row, the model, and for the
+/// logistic model the principal axes of all rows (each fold works in them, on its rows).
+struct Folds<'a> {
+    x: &'a [f32],
+    d: usize,
+    y: &'a [u32],
+    n_classes: usize,
+    fold_of: &'a [usize],
+    kind: ModelKind,
+    axes: Option<Axes>,
+}
+
 /// Fit fold `f`'s training part at each C of `path` in turn (logistic fits warm-started from
 /// the previous C, the first from `start`) and predict its validation part; `None` when the
 /// training part lacks a class or the fold is empty.
-#[allow(clippy::too_many_arguments)]
 fn fit_fold(
-    x: &[f32],
-    d: usize,
-    y: &[u32],
-    n_classes: usize,
-    fold_of: &[usize],
+    folds: &Folds<'_>,
     f: usize,
-    kind: ModelKind,
     path: &[f64],
     start: Option<&LinearModel>,
 ) -> Result<Option<FoldResult>> {
-    let (mut xt, mut yt, mut xv, mut yv, mut rows) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let Folds {
+        x,
+        d,
+        y,
+        n_classes,
+        fold_of,
+        kind,
+        ..
+    } = *folds;
+    let (mut xt, mut yt, mut xv, mut yv, mut rows, mut train) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for (i, &fold) in fold_of.iter().enumerate() {
         let row = &x[i * d..(i + 1) * d];
         if fold == f {
@@ -135,6 +156,7 @@ fn fit_fold(
         } else {
             xt.extend_from_slice(row);
             yt.push(y[i]);
+            train.push(i);
         }
     }
     let present = (0..n_classes as u32).all(|cl| yt.contains(&cl));
@@ -143,10 +165,8 @@ fn fit_fold(
     }
     let mut per_c = Vec::with_capacity(path.len());
     let mut previous = start.cloned();
-    // One Gram matrix for the fold's whole path: each C's preconditioner is built from it.
     let nt = yt.len();
-    let gram = (kind == ModelKind::Logistic && Gram::worth_it(nt, d, rows_for(n_classes)))
-        .then(|| Gram::of(&to_f64(&xt), nt, d));
+    let axes = folds.axes.as_ref().map(|a| a.subset(&train));
     for &c in path {
         let model = match kind {
             ModelKind::Logistic => {
@@ -156,7 +176,7 @@ fn fit_fold(
                     tol: CV_TOL,
                 };
                 solver
-                    .fit_with_gram(&xt, nt, d, &yt, n_classes, previous.as_ref(), gram.as_ref())?
+                    .fit_with_axes(&xt, nt, d, &yt, n_classes, previous.as_ref(), axes.as_ref())?
                     .0
             }
             ModelKind::Svm => fit_linear(kind, c, &xt, yt.len(), d, &yt, n_classes)?,
@@ -263,6 +283,21 @@ pub fn grid_search_c(
         )));
     }
     let fold_of = grouped_stratified_folds(y, groups, k, cfg.seed)?;
+    let rows = rows_for(n_classes);
+    // One eigendecomposition for every fit: each fold's path and any widening.
+    let axes = (cfg.kind == ModelKind::Logistic
+        && Axes::worth_it(n, d, rows, k * (cfg.c_grid.len() + cfg.widen)))
+    .then(|| Axes::of(&to_f64(x), n, d))
+    .flatten();
+    let folds_data = Folds {
+        x,
+        d,
+        y,
+        n_classes,
+        fold_of: &fold_of,
+        kind: cfg.kind,
+        axes,
+    };
     // Each fold fits the grid's C values in ascending order, each from the previous one (a
     // warm start: the optimum, and so the scores, do not depend on it). Folds are
     // independent, fitted in parallel where threads exist.
@@ -271,7 +306,7 @@ pub fn grid_search_c(
     path.dedup();
     let mut folds: Vec<FoldResult> = (0..k)
         .into_par_iter()
-        .map(|f| fit_fold(x, d, y, n_classes, &fold_of, f, cfg.kind, &path, None))
+        .map(|f| fit_fold(&folds_data, f, &path, None))
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .flatten()
@@ -314,7 +349,7 @@ pub fn grid_search_c(
             .map(|fold| {
                 let start = up.then_some(&fold.last);
                 let f = fold_of[fold.rows[0]];
-                fit_fold(x, d, y, n_classes, &fold_of, f, cfg.kind, &[next], start)
+                fit_fold(&folds_data, f, &[next], start)
             })
             .collect::<Result<_>>()?;
         for (fold, extra) in folds.iter_mut().zip(more) {
