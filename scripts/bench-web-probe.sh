@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The explorer's probe ("Cross-validate and classify") timed in headless Chromium on 1,000 and
 # 10,000 real tiles, beside `mtpath bench --mode probe` natively and scikit-learn on the same
-# rows, one thread each (the page's analysis worker is single-threaded). Not part of CI.
+# rows, one thread each by default (THREADS=N: every engine on N; the page then runs the
+# threaded module, its folds in parallel, as on a cross-origin isolated page). Not part of CI.
 #
 #   bash scripts/bench-web-probe.sh                         # chula-rbc, pool-r18 features
 #   FEATURES=feats.safetensors TILES=1000,5000 bash scripts/bench-web-probe.sh
