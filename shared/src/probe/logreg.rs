@@ -2,7 +2,7 @@
 
 use super::axes::Axes;
 use super::input::{check_settings, check_training, to_f64};
-use super::lbfgs::{self, Options};
+use super::lbfgs::{self, GradientNorm, Options};
 use super::linalg::{add_rt_x, dot, x_wt};
 use super::model::{rows_for, sigmoid, FitReport, LinearModel, ModelKind};
 use crate::{Error, Result};
@@ -160,7 +160,8 @@ impl LogisticRegression {
                     options(gref_norm),
                     None,
                 );
-                let mut coef = out.x.clone();
+                let mut out = out;
+                let mut coef = std::mem::take(&mut out.x);
                 let intercept = coef.split_off(rows * d);
                 (coef, intercept, out)
             }
@@ -254,7 +255,7 @@ impl<'a> LogregObjective<'a> {
     }
 
     /// `norm(∇f(0))`: the reference of a warm start's stopping rule.
-    pub(crate) fn gradient_norm_at_zero(&mut self, norm: &dyn Fn(&[f64]) -> f64) -> f64 {
+    pub(crate) fn gradient_norm_at_zero(&mut self, norm: GradientNorm<'_>) -> f64 {
         let mut g = vec![0.0; self.dim()];
         self.value_grad(&vec![0.0; self.dim()], &mut g);
         norm(&g)
