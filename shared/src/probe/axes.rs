@@ -221,12 +221,9 @@ impl Axes {
         let r = basis.r;
         let (gw, gb) = g.split_at(rows * r);
         let mut sq = super::linalg::dot(gw, gw);
-        for (gbk, gwk) in gb.iter().zip(gw.chunks_exact(r.max(1))) {
-            let cross = if r == 0 {
-                0.0
-            } else {
-                super::linalg::dot(gwk, &basis.mean_rotated)
-            };
+        for (k, gbk) in gb.iter().enumerate() {
+            // (No kept axis: the weights' gradient is the mean's part alone.)
+            let cross = super::linalg::dot(&gw[k * r..(k + 1) * r], &basis.mean_rotated);
             sq += 2.0 * gbk * cross + gbk * gbk * (1.0 + basis.mean_norm_sq);
         }
         sq.max(0.0).sqrt()
@@ -505,6 +502,38 @@ mod tests {
             } else {
                 assert!(sq(w_rot) < sq(&coef), "the unseen part is dropped");
             }
+        }
+    }
+
+    #[test]
+    fn probe_axes_without_variance_fit_the_class_priors() {
+        // Every feature constant: no axis is kept, the model is its intercepts, and the
+        // stopping rule still sees their gradient (it once read only the weights' part).
+        let (n, d, k) = (30, 4, 3);
+        let x: Vec<f64> = (0..n * d).map(|i| 1.5 + (i % d) as f64).collect();
+        let y: Vec<u32> = (0..n)
+            .map(|i| u32::from(i % 5 == 0) + u32::from(i % 3 == 0))
+            .collect();
+        let axes = Axes::of(&x, n, d).unwrap();
+        assert_eq!(axes.rank(), 0);
+        let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let solver = LogisticRegression {
+            c: 10.0,
+            max_iter: 1000,
+            tol: 1e-10,
+        };
+        let (m, report) = solver
+            .fit_with_axes(&x32, n, d, &y, k, None, Some(&axes))
+            .unwrap();
+        assert!(report.converged && report.n_iter > 0, "{report:?}");
+        assert!(m.coef.iter().all(|w| w.abs() < 1e-12));
+        let p = m.predict_proba(&x32, n).unwrap();
+        for (class, &p_class) in p[..k].iter().enumerate() {
+            let prior = y.iter().filter(|&&c| c as usize == class).count() as f64 / n as f64;
+            assert!(
+                (p_class - prior).abs() < 1e-6,
+                "class {class}: {p_class} vs {prior}"
+            );
         }
     }
 

@@ -5,7 +5,9 @@
 //! - [`LogisticRegression`]: minimises `0.5‖W‖² + C·Σᵢ CE(xᵢ, yᵢ)` with an unpenalised
 //!   intercept, like `sklearn.linear_model.LogisticRegression(solver="lbfgs")`: a softmax over
 //!   `K` weight vectors for `K > 2` classes, a single sigmoid vector for two. Solved with
-//!   L-BFGS and a strong-Wolfe line search in f64, to a tight gradient tolerance.
+//!   L-BFGS and a strong-Wolfe line search in f64, to a tight gradient tolerance, in the
+//!   training rows' principal axes (`axes`: an exact change of variables in which a diagonal
+//!   preconditioner fits the Hessian).
 //! - [`LinearSvc`]: `sklearn.svm.LinearSVC` (liblinear's dual coordinate descent for the
 //!   L2-regularised squared-hinge SVM, one-vs-rest, the intercept a penalised constant
 //!   feature of value 1), ported with liblinear's shrinking and stopping rule.
