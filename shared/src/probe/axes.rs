@@ -246,16 +246,8 @@ impl Axes {
                 let p = super::model::sigmoid(row[0]);
                 row[0] = p * (1.0 - p);
             } else {
-                let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let mut s = 0.0;
-                for v in row.iter_mut() {
-                    *v = (*v - m).exp();
-                    s += *v;
-                }
-                for v in row.iter_mut() {
-                    let p = *v / s;
-                    *v = p * (1.0 - p);
-                }
+                super::model::softmax_in_place(row);
+                row.iter_mut().for_each(|p| *p *= 1.0 - *p);
             }
         }
         // Hessian diagonal, weights: 1 + C·(curvᵀ·Z²); intercepts: C·Σᵢ curv.
@@ -303,32 +295,51 @@ fn kept_eigenvalues(values: faer::ColRef<'_, f64>, n: usize, d: usize) -> Option
     Some((0..m).rev().filter(|&j| values[j] > floor).collect())
 }
 
-/// `Q` (`d × r` row-major) from the eigenvectors of the `d × d` scatter matrix `X_cᵀX_c`: the
-/// route when rows outnumber features.
-fn axes_of_scatter(centred: &[f64], n: usize, d: usize) -> Option<Vec<f64>> {
-    let mut scatter = vec![0.0; d * d];
-    matmul(
-        d,
-        d,
-        n,
-        &mut scatter,
-        false,
-        View::transposed(centred, d),
-        View::rows(centred, d),
-    );
-    let eig = faer::MatRef::from_row_major_slice(&scatter, d, d)
+/// The eigendecomposition of the rows' products — the `d × d` scatter matrix `X_cᵀX_c`, or
+/// with `kernel` the `n × n` matrix `X_c·X_cᵀ` — and its kept eigenvalues' indices.
+fn eigen_of_products(
+    centred: &[f64],
+    n: usize,
+    d: usize,
+    kernel: bool,
+) -> Option<(faer::linalg::solvers::SelfAdjointEigen<f64>, Vec<usize>)> {
+    let (m, inner, lhs, rhs) = if kernel {
+        (n, d, View::rows(centred, d), View::transposed(centred, d))
+    } else {
+        (d, n, View::transposed(centred, d), View::rows(centred, d))
+    };
+    let mut products = vec![0.0; m * m];
+    matmul(m, m, inner, &mut products, false, lhs, rhs);
+    let eig = faer::MatRef::from_row_major_slice(&products, m, m)
         .self_adjoint_eigen(faer::Side::Lower)
         .ok()?;
     let kept = kept_eigenvalues(eig.S().column_vector(), n, d)?;
-    let vectors = eig.U();
-    let r = kept.len();
-    let mut q = vec![0.0; d * r];
-    for (i, row) in q.chunks_exact_mut(r.max(1)).take(d).enumerate() {
-        for (dst, &j) in row.iter_mut().zip(&kept) {
-            *dst = vectors[(i, j)];
+    Some((eig, kept))
+}
+
+/// Columns `cols` of `src` (`rows` rows), each entry `v` of column `j` as `map(v, j)`, as a
+/// row-major `rows × cols.len()` matrix.
+fn gather_columns(
+    src: faer::MatRef<'_, f64>,
+    rows: usize,
+    cols: &[usize],
+    map: impl Fn(f64, usize) -> f64,
+) -> Vec<f64> {
+    let r = cols.len();
+    let mut out = vec![0.0; rows * r];
+    for (i, row) in out.chunks_exact_mut(r.max(1)).take(rows).enumerate() {
+        for (dst, &j) in row.iter_mut().zip(cols) {
+            *dst = map(src[(i, j)], j);
         }
     }
-    Some(q)
+    out
+}
+
+/// `Q` (`d × r` row-major) from the eigenvectors of the `d × d` scatter matrix `X_cᵀX_c`: the
+/// route when rows outnumber features.
+fn axes_of_scatter(centred: &[f64], n: usize, d: usize) -> Option<Vec<f64>> {
+    let (eig, kept) = eigen_of_products(centred, n, d, false)?;
+    Some(gather_columns(eig.U(), d, &kept, |v, _| v))
 }
 
 /// `Q` from the eigenvectors `U` of the `n × n` kernel matrix `X_c·X_cᵀ`, when features
@@ -337,33 +348,14 @@ fn axes_of_scatter(centred: &[f64], n: usize, d: usize) -> Option<Vec<f64>> {
 /// factorisation (the division by `√λ` magnifies the eigenvectors' rounding error for small
 /// `λ`; the span, which is what must contain the rows, is unaffected).
 fn axes_of_kernel(centred: &[f64], n: usize, d: usize) -> Option<Vec<f64>> {
-    let mut kernel = vec![0.0; n * n];
-    matmul(
-        n,
-        n,
-        d,
-        &mut kernel,
-        false,
-        View::rows(centred, d),
-        View::transposed(centred, d),
-    );
-    let eig = faer::MatRef::from_row_major_slice(&kernel, n, n)
-        .self_adjoint_eigen(faer::Side::Lower)
-        .ok()?;
-    let values = eig.S().column_vector();
-    let kept = kept_eigenvalues(values, n, d)?;
-    let vectors = eig.U();
+    let (eig, kept) = eigen_of_products(centred, n, d, true)?;
     let r = kept.len();
     if r == 0 {
         return Some(Vec::new());
     }
+    let values = eig.S().column_vector();
     // U_kept·Λ^{-1/2}, n × r row-major.
-    let mut u = vec![0.0; n * r];
-    for (i, row) in u.chunks_exact_mut(r.max(1)).take(n).enumerate() {
-        for (dst, &j) in row.iter_mut().zip(&kept) {
-            *dst = vectors[(i, j)] / values[j].sqrt();
-        }
-    }
+    let u = gather_columns(eig.U(), n, &kept, |v, j| v / values[j].sqrt());
     let mut spanning = vec![0.0; d * r];
     matmul(
         d,
@@ -377,12 +369,8 @@ fn axes_of_kernel(centred: &[f64], n: usize, d: usize) -> Option<Vec<f64>> {
     let thin = faer::MatRef::from_row_major_slice(&spanning, d, r)
         .qr()
         .compute_thin_Q();
-    let mut q = vec![0.0; d * r];
-    for (i, row) in q.chunks_exact_mut(r.max(1)).take(d).enumerate() {
-        for (c, dst) in row.iter_mut().enumerate() {
-            *dst = thin[(i, c)];
-        }
-    }
+    let all: Vec<usize> = (0..r).collect();
+    let q = gather_columns(thin.as_ref(), d, &all, |v, _| v);
     q.iter().all(|v| v.is_finite()).then_some(q)
 }
 

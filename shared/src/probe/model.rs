@@ -96,13 +96,8 @@ impl LinearModel {
             }
         } else {
             for (row, zr) in p.chunks_exact_mut(k).zip(z.chunks_exact(k)) {
-                let m = zr.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let mut s = 0.0;
-                for (pv, &zv) in row.iter_mut().zip(zr) {
-                    *pv = (zv - m).exp();
-                    s += *pv;
-                }
-                row.iter_mut().for_each(|pv| *pv /= s);
+                row.copy_from_slice(zr);
+                softmax_in_place(row);
             }
         }
         Ok(p)
@@ -149,6 +144,18 @@ pub fn predict_from_decision(z: &[f64], n_classes: usize) -> Vec<u32> {
             })
             .collect()
     }
+}
+
+/// Decision values to softmax probabilities, in place (shifted by their maximum, so no
+/// exponential overflows).
+pub(crate) fn softmax_in_place(row: &mut [f64]) {
+    let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut s = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - m).exp();
+        s += *v;
+    }
+    row.iter_mut().for_each(|v| *v /= s);
 }
 
 /// Numerically stable logistic function.
