@@ -52,43 +52,49 @@ pub(crate) struct Axes {
     n: usize,
     /// The rows in the new coordinates, `Z = (X − 1μᵀ)·Q`, `n × r` row-major.
     z: Vec<f64>,
-    /// `Z`'s entries squared (the preconditioner's diagonal is `(Z∘Z)ᵀ` times curvatures).
-    z_sq: Vec<f64>,
 }
 
 impl Axes {
     /// The axes of `x` (`n × d` row-major); `None` when the eigendecomposition fails (values
     /// of absurd scale), and the solver then works in the original coordinates.
-    pub(crate) fn of(x: &[f64], n: usize, d: usize) -> Option<Axes> {
+    ///
+    /// Memory: the rows are centred and widened to f64 a block at a time (on the scatter
+    /// route they are never all held in f64), so beyond `x` this keeps `Z` (`n × r` f64)
+    /// and, while it works, one block and the `min(n, d)`-sized products.
+    pub(crate) fn of(x: &[f32], n: usize, d: usize) -> Option<Axes> {
         assert_eq!(x.len(), n * d);
         if n == 0 || d == 0 {
             return None;
         }
         let mut mean = vec![0.0; d];
         for row in x.chunks_exact(d) {
-            mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+            mean.iter_mut()
+                .zip(row)
+                .for_each(|(m, &v)| *m += f64::from(v));
         }
         mean.iter_mut().for_each(|m| *m /= n as f64);
-        let centred: Vec<f64> = x
-            .chunks_exact(d)
-            .flat_map(|row| row.iter().zip(&mean).map(|(v, m)| v - m))
-            .collect();
         let q = if n >= d {
-            axes_of_scatter(&centred, n, d)?
+            axes_of_scatter(x, &mean, n, d)?
         } else {
-            axes_of_kernel(&centred, n, d)?
+            axes_of_kernel(&centre(x, &mean), n, d)?
         };
         let r = q.len() / d;
         let mut z = vec![0.0; n * r];
-        matmul(
-            n,
-            r,
-            d,
-            &mut z,
-            false,
-            View::rows(&centred, d),
-            View::rows(&q, r),
-        );
+        if r > 0 {
+            for (block, z_block) in x.chunks(BLOCK_ROWS * d).zip(z.chunks_mut(BLOCK_ROWS * r)) {
+                let centred = centre(block, &mean);
+                let m = centred.len() / d;
+                matmul(
+                    m,
+                    r,
+                    d,
+                    z_block,
+                    false,
+                    View::rows(&centred, d),
+                    View::rows(&q, r),
+                );
+            }
+        }
         let mut mean_rotated = vec![0.0; r];
         matmul(
             1,
@@ -99,7 +105,6 @@ impl Axes {
             View::rows(&mean, d),
             View::rows(&q, r),
         );
-        let z_sq = z.iter().map(|v| v * v).collect();
         let mean_norm_sq = mean.iter().map(|m| m * m).sum();
         let basis = Basis {
             d,
@@ -113,7 +118,6 @@ impl Axes {
             basis: Arc::new(basis),
             n,
             z,
-            z_sq,
         })
     }
 
@@ -130,7 +134,6 @@ impl Axes {
             basis: Arc::clone(&self.basis),
             n: rows.len(),
             z: gather(&self.z),
-            z_sq: gather(&self.z_sq),
         }
     }
 
@@ -148,9 +151,14 @@ impl Axes {
         products * n * d * m + 3.0 * m * m * m <= 1000.0 * fits * 4.0 * n * d * rows
     }
 
-    /// Whether these hold `n` rows of `d` features.
-    pub(crate) fn fits(&self, n: usize, d: usize) -> bool {
-        self.n == n && self.basis.d == d
+    /// Rows held.
+    pub(crate) fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Features of the original coordinates.
+    pub(crate) fn features(&self) -> usize {
+        self.basis.d
     }
 
     /// Axes kept.
@@ -250,18 +258,31 @@ impl Axes {
                 row.iter_mut().for_each(|p| *p *= 1.0 - *p);
             }
         }
-        // Hessian diagonal, weights: 1 + C·(curvᵀ·Z²); intercepts: C·Σᵢ curv.
+        // Hessian diagonal, weights: 1 + C·(curvᵀ·(Z∘Z)), Z∘Z formed a block of rows at a
+        // time (not kept: it would double the axes' memory); intercepts: C·Σᵢ curv.
         let mut diag = vec![0.0; rows * (r + 1)];
         let (dw, db) = diag.split_at_mut(rows * r);
-        matmul(
-            rows,
-            r,
-            n,
-            dw,
-            false,
-            View::transposed(&curv, rows),
-            View::rows(&self.z_sq, r),
-        );
+        if r > 0 {
+            let mut z_sq = vec![0.0; BLOCK_ROWS.min(n) * r];
+            for (z_block, curv_block) in self
+                .z
+                .chunks(BLOCK_ROWS * r)
+                .zip(curv.chunks(BLOCK_ROWS * rows))
+            {
+                let m = curv_block.len() / rows;
+                let sq = &mut z_sq[..m * r];
+                sq.iter_mut().zip(z_block).for_each(|(s, v)| *s = v * v);
+                matmul(
+                    rows,
+                    r,
+                    m,
+                    dw,
+                    true,
+                    View::transposed(curv_block, rows),
+                    View::rows(sq, r),
+                );
+            }
+        }
         for row in curv.chunks_exact(rows) {
             db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
         }
@@ -295,22 +316,15 @@ fn kept_eigenvalues(values: faer::ColRef<'_, f64>, n: usize, d: usize) -> Option
     Some((0..m).rev().filter(|&j| values[j] > floor).collect())
 }
 
-/// The eigendecomposition of the rows' products — the `d × d` scatter matrix `X_cᵀX_c`, or
-/// with `kernel` the `n × n` matrix `X_c·X_cᵀ` — and its kept eigenvalues' indices.
+/// The eigendecomposition of a symmetric `m × m` matrix of `n` rows' products (of `d`
+/// features) and its kept eigenvalues' indices.
 fn eigen_of_products(
-    centred: &[f64],
+    products: &[f64],
+    m: usize,
     n: usize,
     d: usize,
-    kernel: bool,
 ) -> Option<(faer::linalg::solvers::SelfAdjointEigen<f64>, Vec<usize>)> {
-    let (m, inner, lhs, rhs) = if kernel {
-        (n, d, View::rows(centred, d), View::transposed(centred, d))
-    } else {
-        (d, n, View::transposed(centred, d), View::rows(centred, d))
-    };
-    let mut products = vec![0.0; m * m];
-    matmul(m, m, inner, &mut products, false, lhs, rhs);
-    let eig = faer::MatRef::from_row_major_slice(&products, m, m)
+    let eig = faer::MatRef::from_row_major_slice(products, m, m)
         .self_adjoint_eigen(faer::Side::Lower)
         .ok()?;
     let kept = kept_eigenvalues(eig.S().column_vector(), n, d)?;
@@ -335,10 +349,34 @@ fn gather_columns(
     out
 }
 
-/// `Q` (`d × r` row-major) from the eigenvectors of the `d × d` scatter matrix `X_cᵀX_c`: the
-/// route when rows outnumber features.
-fn axes_of_scatter(centred: &[f64], n: usize, d: usize) -> Option<Vec<f64>> {
-    let (eig, kept) = eigen_of_products(centred, n, d, false)?;
+/// Rows centred and widened to f64 this many at a time (2 MiB of them at 256 features, 8 at
+/// 1,024) where a pass does not need them all at once.
+const BLOCK_ROWS: usize = 1024;
+
+/// Rows `x` (`d = mean.len()` features each) minus `mean`, in f64.
+fn centre(x: &[f32], mean: &[f64]) -> Vec<f64> {
+    x.chunks_exact(mean.len())
+        .flat_map(|row| row.iter().zip(mean).map(|(&v, m)| f64::from(v) - m))
+        .collect()
+}
+
+/// `Q` (`d × r` row-major) from the eigenvectors of the `d × d` scatter matrix `X_cᵀX_c`
+/// (summed a block of centred rows at a time): the route when rows outnumber features.
+fn axes_of_scatter(x: &[f32], mean: &[f64], n: usize, d: usize) -> Option<Vec<f64>> {
+    let mut scatter = vec![0.0; d * d];
+    for block in x.chunks(BLOCK_ROWS * d) {
+        let centred = centre(block, mean);
+        matmul(
+            d,
+            d,
+            centred.len() / d,
+            &mut scatter,
+            true,
+            View::transposed(&centred, d),
+            View::rows(&centred, d),
+        );
+    }
+    let (eig, kept) = eigen_of_products(&scatter, d, n, d)?;
     Some(gather_columns(eig.U(), d, &kept, |v, _| v))
 }
 
@@ -348,7 +386,17 @@ fn axes_of_scatter(centred: &[f64], n: usize, d: usize) -> Option<Vec<f64>> {
 /// factorisation (the division by `√λ` magnifies the eigenvectors' rounding error for small
 /// `λ`; the span, which is what must contain the rows, is unaffected).
 fn axes_of_kernel(centred: &[f64], n: usize, d: usize) -> Option<Vec<f64>> {
-    let (eig, kept) = eigen_of_products(centred, n, d, true)?;
+    let mut kernel = vec![0.0; n * n];
+    matmul(
+        n,
+        n,
+        d,
+        &mut kernel,
+        false,
+        View::rows(centred, d),
+        View::transposed(centred, d),
+    );
+    let (eig, kept) = eigen_of_products(&kernel, n, n, d)?;
     let r = kept.len();
     if r == 0 {
         return Some(Vec::new());
@@ -392,6 +440,7 @@ impl Precondition for Diagonal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::input::to_f64;
     use crate::probe::lbfgs::{minimize, Options};
     use crate::probe::logreg::{LogisticRegression, LogregObjective};
     use crate::probe::model::rows_for;
@@ -399,7 +448,7 @@ mod tests {
 
     /// `n` rows of `d` features driven by three shared factors (so strongly correlated) with
     /// nonzero means, labels cycling through `k` and shifting the first factor.
-    fn correlated(n: usize, d: usize, k: usize, seed: u64) -> (Vec<f64>, Vec<u32>) {
+    fn correlated(n: usize, d: usize, k: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
         let mut rng = SplitMix64::new(seed);
         let loadings: Vec<f64> = (0..3 * d).map(|_| rng.normal()).collect();
         let y: Vec<u32> = (0..n).map(|i| (i % k) as u32).collect();
@@ -412,7 +461,7 @@ mod tests {
             ];
             for j in 0..d {
                 let v = (0..3).map(|t| f[t] * loadings[t * d + j]).sum::<f64>();
-                x.push(2.0 + 0.1 * j as f64 + v + 0.05 * rng.normal());
+                x.push((2.0 + 0.1 * j as f64 + v + 0.05 * rng.normal()) as f32);
             }
         }
         (x, y)
@@ -433,8 +482,9 @@ mod tests {
     #[test]
     fn probe_axes_change_of_variables_keeps_decisions_and_penalty() {
         for (n, d) in SHAPES {
-            let (x, _) = correlated(n, d, 3, 1);
-            let axes = Axes::of(&x, n, d).unwrap();
+            let (x32, _) = correlated(n, d, 3, 1);
+            let axes = Axes::of(&x32, n, d).unwrap();
+            let x = to_f64(&x32);
             let r = axes.rank();
             assert_eq!(r, d.min(n - 1), "n={n} d={d}");
             // Orthonormal axes (the kernel route's come through a QR factorisation).
@@ -498,21 +548,18 @@ mod tests {
         // Every feature constant: no axis is kept, the model is its intercepts, and the
         // stopping rule still sees their gradient (it once read only the weights' part).
         let (n, d, k) = (30, 4, 3);
-        let x: Vec<f64> = (0..n * d).map(|i| 1.5 + (i % d) as f64).collect();
+        let x32: Vec<f32> = (0..n * d).map(|i| 1.5 + (i % d) as f32).collect();
         let y: Vec<u32> = (0..n)
             .map(|i| u32::from(i % 5 == 0) + u32::from(i % 3 == 0))
             .collect();
-        let axes = Axes::of(&x, n, d).unwrap();
+        let axes = Axes::of(&x32, n, d).unwrap();
         assert_eq!(axes.rank(), 0);
-        let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
         let solver = LogisticRegression {
             c: 10.0,
             max_iter: 1000,
             tol: 1e-10,
         };
-        let (m, report) = solver
-            .fit_with_axes(&x32, n, d, &y, k, None, Some(&axes))
-            .unwrap();
+        let (m, report) = solver.fit_in_axes(&axes, &y, k, None).unwrap();
         assert!(report.converged && report.n_iter > 0, "{report:?}");
         assert!(m.coef.iter().all(|w| w.abs() < 1e-12));
         let p = m.predict_proba(&x32, n).unwrap();
@@ -542,8 +589,9 @@ mod tests {
     fn probe_axes_gradient_norm_is_the_original_coordinates_norm() {
         for (n, d) in SHAPES {
             for k in [2, 4] {
-                let (x, y) = correlated(n, d, k, 4);
-                let axes = Axes::of(&x, n, d).unwrap();
+                let (x32, y) = correlated(n, d, k, 4);
+                let axes = Axes::of(&x32, n, d).unwrap();
+                let x = to_f64(&x32);
                 let (r, rows) = (axes.rank(), rows_for(k));
                 let theta = random(rows * (r + 1), 5);
                 let (coef, intercept) = axes.to_original(&theta, rows);
@@ -596,10 +644,9 @@ mod tests {
         // plain solver's on its own rows.
         for (n, d) in [(60, 6), (14, 12)] {
             for k in [2, 3] {
-                let (x, y) = correlated(n, d, k, 8);
-                // The solver sees f32 features: the axes must be those of the same values.
-                let x: Vec<f64> = x.iter().map(|&v| f64::from(v as f32)).collect();
-                let axes = Axes::of(&x, n, d).unwrap();
+                let (x32, y) = correlated(n, d, k, 8);
+                let axes = Axes::of(&x32, n, d).unwrap();
+                let x = to_f64(&x32);
                 let keep: Vec<usize> = (0..n).filter(|i| i % 5 != 1).collect();
                 let sub = axes.subset(&keep);
                 let xs: Vec<f64> = keep
@@ -608,7 +655,6 @@ mod tests {
                     .copied()
                     .collect();
                 let ys: Vec<u32> = keep.iter().map(|&i| y[i]).collect();
-                let xs32: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
                 let ns = keep.len();
                 let c = 3.0;
                 let solver = LogisticRegression {
@@ -616,9 +662,7 @@ mod tests {
                     max_iter: 5000,
                     tol: 1e-10,
                 };
-                let (fast, report) = solver
-                    .fit_with_axes(&xs32, ns, d, &ys, k, None, Some(&sub))
-                    .unwrap();
+                let (fast, report) = solver.fit_in_axes(&sub, &ys, k, None).unwrap();
                 assert!(report.converged);
                 let mut obj = LogregObjective::new(&xs, ns, d, &ys, k, c);
                 let start = vec![0.0; obj.dim()];

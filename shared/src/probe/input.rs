@@ -30,9 +30,8 @@ pub(crate) fn check_features(x: &[f32], n: usize, d: usize) -> Result<()> {
     Ok(())
 }
 
-/// Check training data: the features, one label per sample, labels in `0..n_classes`, at
-/// least two classes, and every class present (a class without samples has no finite
-/// logistic optimum, and its probe would be meaningless).
+/// Check training data: the features ([`check_features`]) and their labels
+/// ([`check_labels`]).
 pub(crate) fn check_training(
     x: &[f32],
     n: usize,
@@ -41,6 +40,13 @@ pub(crate) fn check_training(
     n_classes: usize,
 ) -> Result<()> {
     check_features(x, n, d)?;
+    check_labels(y, n, n_classes)
+}
+
+/// Check labels: one per sample, in `0..n_classes`, at least two classes, and every class
+/// present (a class without samples has no finite logistic optimum, and its probe would be
+/// meaningless).
+pub(crate) fn check_labels(y: &[u32], n: usize, n_classes: usize) -> Result<()> {
     if y.len() != n {
         return Err(Error::invalid(format!(
             "probe: {} labels for {n} samples",

@@ -1,7 +1,7 @@
 //! L2-regularised logistic regression with scikit-learn's objective, solved by L-BFGS.
 
 use super::axes::Axes;
-use super::input::{check_settings, check_training, to_f64};
+use super::input::{check_labels, check_settings, check_training, to_f64};
 use super::lbfgs::{self, GradientNorm, Options};
 use super::linalg::{add_rt_x, dot, x_wt};
 use super::model::{rows_for, sigmoid, FitReport, LinearModel, ModelKind};
@@ -72,6 +72,10 @@ impl LogisticRegression {
     /// neighbouring C on the same data: a warm start along a path of C values). The stopping
     /// rule stays relative to the gradient at zero, so a warm start stops where a cold one
     /// would, only sooner.
+    ///
+    /// The solver works in the training rows' principal [`Axes`] when computing them pays
+    /// ([`Axes::worth_it`]), preconditioned by the Hessian's diagonal there, and maps the
+    /// result back; otherwise in the original coordinates, unpreconditioned.
     pub fn fit_from(
         &self,
         x: &[f32],
@@ -81,95 +85,101 @@ impl LogisticRegression {
         n_classes: usize,
         start: Option<&LinearModel>,
     ) -> Result<(LinearModel, FitReport)> {
-        self.fit_with_axes(x, n, d, y, n_classes, start, None)
+        check_settings(self.c, self.max_iter, self.tol)?;
+        check_training(x, n, d, y, n_classes)?;
+        let start = checked_start(start, d, n_classes)?;
+        let rows = rows_for(n_classes);
+        if Axes::worth_it(n, d, rows, 1) {
+            if let Some(axes) = Axes::of(x, n, d) {
+                return Ok(self.solve_in_axes(&axes, y, n_classes, start));
+            }
+        }
+        let xf = to_f64(x);
+        let mut obj = LogregObjective::new(&xf, n, d, y, n_classes, self.c);
+        let theta0 = match start {
+            Some(m) => m.coef.iter().chain(&m.intercept).copied().collect(),
+            None => vec![0.0; obj.dim()],
+        };
+        let norm = |g: &[f64]| dot(g, g).sqrt();
+        let gref_norm = start.map(|_| obj.gradient_norm_at_zero(&norm));
+        let mut out = lbfgs::minimize(
+            |theta, grad| obj.value_grad(theta, grad),
+            None,
+            theta0,
+            self.options(gref_norm),
+            None,
+        );
+        let mut coef = std::mem::take(&mut out.x);
+        let intercept = coef.split_off(rows * d);
+        Ok(self.finish(coef, intercept, d, n_classes, &out))
     }
 
-    /// [`Self::fit_from`] with the training rows' principal [`Axes`] when the caller has them
-    /// (a cross-validation fold fits several C on the same rows). Without them, they are
-    /// computed here when [`Axes::worth_it`]; the solver then works in their coordinates,
-    /// preconditioned by the Hessian's diagonal there, and maps the result back.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn fit_with_axes(
+    /// [`Self::fit_from`] on the rows `axes` hold (a cross-validation fold's training rows in
+    /// the principal axes of all rows: the features themselves are not needed), labelled `y`.
+    pub(crate) fn fit_in_axes(
         &self,
-        x: &[f32],
-        n: usize,
-        d: usize,
+        axes: &Axes,
         y: &[u32],
         n_classes: usize,
         start: Option<&LinearModel>,
-        axes: Option<&Axes>,
     ) -> Result<(LinearModel, FitReport)> {
         check_settings(self.c, self.max_iter, self.tol)?;
-        check_training(x, n, d, y, n_classes)?;
-        let rows = rows_for(n_classes);
-        let start = match start {
-            Some(m) if m.n_features == d && m.n_classes == n_classes => Some(m),
-            Some(_) => {
-                return Err(Error::invalid(
-                    "probe: a warm start must have the same features and classes",
-                ))
-            }
-            None => None,
+        check_labels(y, axes.rows(), n_classes)?;
+        let start = checked_start(start, axes.features(), n_classes)?;
+        Ok(self.solve_in_axes(axes, y, n_classes, start))
+    }
+
+    /// The fit in `axes`' coordinates; inputs checked.
+    fn solve_in_axes(
+        &self,
+        axes: &Axes,
+        y: &[u32],
+        n_classes: usize,
+        start: Option<&LinearModel>,
+    ) -> (LinearModel, FitReport) {
+        let (n, r, rows) = (axes.rows(), axes.rank(), rows_for(n_classes));
+        let mut obj = LogregObjective::new(axes.rotated_rows(), n, r, y, n_classes, self.c);
+        let theta0 = match start {
+            Some(m) => axes.to_rotated(&m.coef, &m.intercept),
+            None => vec![0.0; obj.dim()],
         };
-        // Axes of other rows (a caller's mistake) are ignored, not trusted.
-        let given = axes.filter(|a| a.fits(n, d));
-        let own = match given {
-            None if Axes::worth_it(n, d, rows, 1) => Axes::of(&to_f64(x), n, d),
-            _ => None,
-        };
-        let options = |gref_norm| Options {
+        let norm = |g: &[f64]| axes.original_gradient_norm(g, rows);
+        let gref_norm = start.map(|_| obj.gradient_norm_at_zero(&norm));
+        let mut precond = axes.preconditioner(&theta0, rows, self.c);
+        let out = lbfgs::minimize(
+            |theta, grad| obj.value_grad(theta, grad),
+            Some(&mut precond),
+            theta0,
+            self.options(gref_norm),
+            Some(&norm),
+        );
+        let (coef, intercept) = axes.to_original(&out.x, rows);
+        self.finish(coef, intercept, axes.features(), n_classes, &out)
+    }
+
+    /// L-BFGS's settings for this solver (`gref_norm`: a warm start's reference norm).
+    fn options(&self, gref_norm: Option<f64>) -> Options {
+        Options {
             max_iter: self.max_iter,
             gtol: self.tol,
             memory: 10,
             gref_norm,
-        };
-        let (coef, mut intercept, out) = match given.or(own.as_ref()) {
-            Some(axes) => {
-                let r = axes.rank();
-                let mut obj = LogregObjective::new(axes.rotated_rows(), n, r, y, n_classes, self.c);
-                let theta0 = match start {
-                    Some(m) => axes.to_rotated(&m.coef, &m.intercept),
-                    None => vec![0.0; obj.dim()],
-                };
-                let norm = |g: &[f64]| axes.original_gradient_norm(g, rows);
-                let gref_norm = start.map(|_| obj.gradient_norm_at_zero(&norm));
-                let mut precond = axes.preconditioner(&theta0, rows, self.c);
-                let out = lbfgs::minimize(
-                    |theta, grad| obj.value_grad(theta, grad),
-                    Some(&mut precond),
-                    theta0,
-                    options(gref_norm),
-                    Some(&norm),
-                );
-                let (coef, intercept) = axes.to_original(&out.x, rows);
-                (coef, intercept, out)
-            }
-            None => {
-                let xf = to_f64(x);
-                let mut obj = LogregObjective::new(&xf, n, d, y, n_classes, self.c);
-                let theta0 = match start {
-                    Some(m) => m.coef.iter().chain(&m.intercept).copied().collect(),
-                    None => vec![0.0; obj.dim()],
-                };
-                let norm = |g: &[f64]| dot(g, g).sqrt();
-                let gref_norm = start.map(|_| obj.gradient_norm_at_zero(&norm));
-                let out = lbfgs::minimize(
-                    |theta, grad| obj.value_grad(theta, grad),
-                    None,
-                    theta0,
-                    options(gref_norm),
-                    None,
-                );
-                let mut out = out;
-                let mut coef = std::mem::take(&mut out.x);
-                let intercept = coef.split_off(rows * d);
-                (coef, intercept, out)
-            }
-        };
-        if rows > 1 {
+        }
+    }
+
+    /// The model and report of a finished minimisation.
+    fn finish(
+        &self,
+        coef: Vec<f64>,
+        mut intercept: Vec<f64>,
+        d: usize,
+        n_classes: usize,
+        out: &lbfgs::Outcome,
+    ) -> (LinearModel, FitReport) {
+        if intercept.len() > 1 {
             // Softmax is blind to a shift shared by all intercepts; pick sklearn's
             // (zero-sum) representative.
-            let mean = intercept.iter().sum::<f64>() / rows as f64;
+            let mean = intercept.iter().sum::<f64>() / intercept.len() as f64;
             intercept.iter_mut().for_each(|b| *b -= mean);
         }
         let model = LinearModel {
@@ -184,7 +194,22 @@ impl LogisticRegression {
             converged: out.converged,
             objective: out.f,
         };
-        Ok((model, report))
+        (model, report)
+    }
+}
+
+/// A warm start, if it has `d` features and `n_classes` classes.
+fn checked_start(
+    start: Option<&LinearModel>,
+    d: usize,
+    n_classes: usize,
+) -> Result<Option<&LinearModel>> {
+    match start {
+        Some(m) if m.n_features == d && m.n_classes == n_classes => Ok(Some(m)),
+        Some(_) => Err(Error::invalid(
+            "probe: a warm start must have the same features and classes",
+        )),
+        None => Ok(None),
     }
 }
 

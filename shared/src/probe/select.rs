@@ -2,7 +2,7 @@
 //! CLI's evaluation and the browser explorer run, so they pick the same C on the same data.
 
 use super::axes::Axes;
-use super::input::to_f64;
+use super::input::check_features;
 use super::model::rows_for;
 use super::{LinearModel, LinearSvc, LogisticRegression, ModelKind};
 use crate::eval::cv::grouped_stratified_folds;
@@ -139,22 +139,14 @@ fn fit_fold(
         kind,
         ..
     } = *folds;
-    let (mut xt, mut yt, mut xv, mut yv, mut rows, mut train) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    let (mut yt, mut xv, mut yv, mut rows, mut train) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, &fold) in fold_of.iter().enumerate() {
-        let row = &x[i * d..(i + 1) * d];
         if fold == f {
-            xv.extend_from_slice(row);
+            xv.extend_from_slice(&x[i * d..(i + 1) * d]);
             yv.push(y[i]);
             rows.push(i);
         } else {
-            xt.extend_from_slice(row);
             yt.push(y[i]);
             train.push(i);
         }
@@ -163,10 +155,19 @@ fn fit_fold(
     if !present || yv.is_empty() || path.is_empty() {
         return Ok(None);
     }
+    // The training rows: in the axes of all rows (logistic), or their features copied out.
+    let axes = folds.axes.as_ref().map(|a| a.subset(&train));
+    let xt: Vec<f32> = match (&axes, kind) {
+        (Some(_), ModelKind::Logistic) => Vec::new(),
+        _ => train
+            .iter()
+            .flat_map(|&i| &x[i * d..(i + 1) * d])
+            .copied()
+            .collect(),
+    };
     let mut per_c = Vec::with_capacity(path.len());
     let mut previous = start.cloned();
     let nt = yt.len();
-    let axes = folds.axes.as_ref().map(|a| a.subset(&train));
     for &c in path {
         let model = match kind {
             ModelKind::Logistic => {
@@ -175,11 +176,13 @@ fn fit_fold(
                     max_iter: 2000,
                     tol: CV_TOL,
                 };
-                solver
-                    .fit_with_axes(&xt, nt, d, &yt, n_classes, previous.as_ref(), axes.as_ref())?
-                    .0
+                match &axes {
+                    Some(axes) => solver.fit_in_axes(axes, &yt, n_classes, previous.as_ref()),
+                    None => solver.fit_from(&xt, nt, d, &yt, n_classes, previous.as_ref()),
+                }?
+                .0
             }
-            ModelKind::Svm => fit_linear(kind, c, &xt, yt.len(), d, &yt, n_classes)?,
+            ModelKind::Svm => fit_linear(kind, c, &xt, nt, d, &yt, n_classes)?,
         };
         let pred = predict_from_decision(&model.decision_function(&xv, yv.len())?, n_classes);
         per_c.push((c, ConfusionMatrix::new(&yv, &pred, n_classes)?, pred));
@@ -249,6 +252,8 @@ pub fn grid_search_c(
             groups.len()
         )));
     }
+    // Every row checked here, where the error can name it (a fold's fits see only some).
+    check_features(x, n, d)?;
     if cfg.c_grid.is_empty() || cfg.c_grid.iter().any(|c| !(c.is_finite() && *c > 0.0)) {
         return Err(Error::invalid(format!(
             "cross-validation: C values must be positive and finite, got {:?}",
@@ -287,7 +292,7 @@ pub fn grid_search_c(
     // One eigendecomposition for every fit: each fold's path and any widening.
     let axes = (cfg.kind == ModelKind::Logistic
         && Axes::worth_it(n, d, rows, k * (cfg.c_grid.len() + cfg.widen)))
-    .then(|| Axes::of(&to_f64(x), n, d))
+    .then(|| Axes::of(x, n, d))
     .flatten();
     let folds_data = Folds {
         x,
@@ -464,6 +469,17 @@ mod tests {
         assert!(grid_search_c(&x, n, 3, &y, 2, &groups, &bad_c).is_err());
         assert!(grid_search_c(&x[1..], n, 3, &y, 2, &groups, &GridConfig::default()).is_err());
         assert!(grid_search_c(&x, n, 3, &y, 1, &groups, &GridConfig::default()).is_err());
+        // A value that is not finite is named by its sample in the caller's numbering (a
+        // fold's fit would see the row at another index of its training part).
+        let mut nan = x.clone();
+        nan[(n - 1) * 3 + 2] = f32::NAN;
+        let err = grid_search_c(&nan, n, 3, &y, 2, &groups, &GridConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("feature 2 of sample {}", n - 1)),
+            "{err}"
+        );
     }
 
     #[test]
