@@ -31,6 +31,12 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q " $wb_version\b"; then
   cargo install wasm-bindgen-cli --version "$wb_version"
 fi
 
+wasm_opt="$root/.tools/node_modules/.bin/wasm-opt"
+if [ "${MTPATH_WASM_OPT:-1}" != 0 ] && [ ! -x "$wasm_opt" ]; then
+  mkdir -p .tools
+  (cd .tools && npm install --silent --no-audit --no-fund binaryen@132.0.0 >/dev/null)
+fi
+
 # bindgen RAW OUT [wasm-opt flags...]: wasm-bindgen RAW into OUT (replaced whole), then
 # wasm-opt; skipped when OUT/.source says OUT was made from this very RAW the same way.
 bindgen() {
@@ -45,11 +51,6 @@ bindgen() {
   rm -rf "$out.tmp"
   wasm-bindgen --target web --no-typescript --out-dir "$out.tmp" "$raw"
   if [ "${MTPATH_WASM_OPT:-1}" != 0 ]; then
-    local wasm_opt="$root/.tools/node_modules/.bin/wasm-opt"
-    if [ ! -x "$wasm_opt" ]; then
-      mkdir -p .tools
-      (cd .tools && npm install --silent --no-audit --no-fund binaryen@132.0.0 >/dev/null)
-    fi
     "$wasm_opt" -O3 --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
       --enable-mutable-globals --enable-simd "$@" \
       "$out.tmp/mtpath_web_bg.wasm" -o "$out.tmp/mtpath_web_bg.opt.wasm"
@@ -61,7 +62,6 @@ bindgen() {
 }
 
 cargo build --release -p mtpath-web --target wasm32-unknown-unknown
-bindgen target/wasm32-unknown-unknown/release/mtpath_web.wasm www/pkg
 
 if [ "$threads" != 0 ]; then
   # Atomics no longer imply shared memory (rust-lang/rust#147225): the linker is asked for it,
@@ -79,7 +79,23 @@ if [ "$threads" != 0 ]; then
     CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$threads_flags" \
     cargo build --release -p mtpath-web --target wasm32-unknown-unknown --features threads \
     -Z build-std=panic_abort,std
-  bindgen target/wasm-threads/wasm32-unknown-unknown/release/mtpath_web.wasm www/pkg-threads --enable-threads
 else
   rm -rf www/pkg-threads
 fi
+
+# binaryen's wasm-opt (npm's build of it) is single-threaded and takes minutes a module: the
+# two modules are optimised side by side, each on its own core.
+# (Each runs in a background subshell, where `set -e` still stops it at its first failure;
+# `wait` hands back its status.)
+bindgen target/wasm32-unknown-unknown/release/mtpath_web.wasm www/pkg &
+jobs_=($!)
+if [ "$threads" != 0 ]; then
+  bindgen target/wasm-threads/wasm32-unknown-unknown/release/mtpath_web.wasm www/pkg-threads \
+    --enable-threads &
+  jobs_+=($!)
+fi
+failed=0
+for job in "${jobs_[@]}"; do
+  wait "$job" || failed=1
+done
+exit "$failed"

@@ -62,7 +62,10 @@ MTPATH_SIMD=avx2 MTPATH_DIRECT_AVX2=0 \
 step "browser tests (headless Chromium)"
 bundle="$root/target/wasm-parity/bundle.safetensors"
 mkdir -p "$(dirname "$bundle")"
-cargo run -q -p mtpath-integration-tests --bin make-wasm-parity-bundle -- "$bundle"
+# The binary the native tests built (same features: `cargo run -p` alone would unify
+# features differently and recompile some 70 crates, four minutes here).
+cargo build -q --workspace --features "$features" --bin make-wasm-parity-bundle
+target/debug/make-wasm-parity-bundle "$bundle"
 export MTPATH_WASM_PARITY_BUNDLE="$bundle"
 export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-600}
