@@ -12,9 +12,18 @@ use mtpath_shared::parallel::on_pool;
 use mtpath_shared::preprocess::{decode_image, resize_exact, EvalTransform};
 use mtpath_shared::probe::file::{CvSummary, FeatureSource};
 use mtpath_shared::probe::{
-    fit_linear, grid_search_c, GridConfig, LinearModel, ModelKind, ProbeFile,
+    fit_linear, grid_search_c, GridConfig, GridSearch, LinearModel, ModelKind, ProbeFile,
 };
+use std::cell::RefCell;
 use wasm_bindgen::prelude::*;
+
+thread_local! {
+    /// The last [`probe_cross_validate`]'s search, for the [`Probe`] fitted next at its best
+    /// C: a logistic probe on the same rows then reuses the search's principal axes
+    /// ([`GridSearch::fit_best`] checks that the rows are the same). Taken by that fit, so
+    /// the axes' memory is held only between the two calls.
+    static LAST_SEARCH: RefCell<Option<GridSearch>> = const { RefCell::new(None) };
+}
 
 fn js_err(e: mtpath_shared::Error) -> JsError {
     JsError::new(&e.to_string())
@@ -375,8 +384,9 @@ pub fn probe_cross_validate(
     if !c_grid.is_empty() {
         cfg.c_grid = c_grid.to_vec();
     }
+    LAST_SEARCH.with(|last| last.borrow_mut().take());
     let r = grid_search_c(x, n, d, labels, n_classes, &groups, &cfg).map_err(js_err)?;
-    Ok(serde_json::json!({
+    let json = serde_json::json!({
         "best_c": r.best_c,
         "folds": r.folds,
         "scores": r.scores.iter().map(|s| serde_json::json!({
@@ -391,12 +401,16 @@ pub fn probe_cross_validate(
         "balanced_accuracy": r.confusion.balanced_accuracy(),
         "oof_pred": r.oof_pred.iter().map(|p| p.map(i64::from).unwrap_or(-1)).collect::<Vec<_>>(),
     })
-    .to_string())
+    .to_string();
+    LAST_SEARCH.with(|last| *last.borrow_mut() = Some(r));
+    Ok(json)
 }
 
 #[wasm_bindgen]
 impl Probe {
-    /// Fit on all labelled rows with regularisation `c`; `classes` names the labels.
+    /// Fit on all labelled rows with regularisation `c`; `classes` names the labels. Right
+    /// after `probeCrossValidate` on the same rows, at its best C, the fit reuses that
+    /// search's principal axes (the same model, without their eigendecomposition).
     #[wasm_bindgen(constructor)]
     pub fn new(
         x: &[f32],
@@ -408,8 +422,15 @@ impl Probe {
         kind: &str,
     ) -> Result<Probe, JsError> {
         check_matrix(x, n, d)?;
-        let model =
-            fit_linear(kind_of(kind)?, c, x, n, d, labels, classes.len()).map_err(js_err)?;
+        let kind = kind_of(kind)?;
+        let search = LAST_SEARCH.with(|last| last.borrow_mut().take());
+        let model = match search {
+            Some(search) if search.best_c == c && search.kind == kind => {
+                search.fit_best(x, n, d, labels, classes.len())
+            }
+            _ => fit_linear(kind, c, x, n, d, labels, classes.len()),
+        }
+        .map_err(js_err)?;
         let file = ProbeFile::new(&model, classes, c).map_err(js_err)?;
         Ok(Self { model, file })
     }

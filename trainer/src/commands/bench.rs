@@ -119,7 +119,7 @@ impl From<ProbeKind> for mtpath_shared::probe::ModelKind {
 /// file, with what was chosen.
 fn run_probe(args: &Args) -> Result<()> {
     use mtpath_shared::features_file::FeaturesFile;
-    use mtpath_shared::probe::{fit_linear, grid_search_c, GridConfig};
+    use mtpath_shared::probe::{grid_search_c, GridConfig};
     let path = args
         .features
         .as_ref()
@@ -159,15 +159,7 @@ fn run_probe(args: &Args) -> Result<()> {
     )?;
     let cv_s = start.elapsed().as_secs_f64();
     let start = std::time::Instant::now();
-    fit_linear(
-        args.probe_kind.into(),
-        search.best_c,
-        &file.features,
-        file.n,
-        file.dim,
-        &y,
-        n_classes,
-    )?;
+    search.fit_best(&file.features, file.n, file.dim, &y, n_classes)?;
     let fit_s = start.elapsed().as_secs_f64();
     for s in &search.scores {
         println!(

@@ -154,32 +154,14 @@ fn model_kind(protocol: Protocol) -> ModelKind {
     }
 }
 
-/// Fit `protocol`'s linear model with `mtpath_shared::probe::fit_linear`, as the browser does.
-fn fit(
-    protocol: Protocol,
-    c: f64,
-    x: &[f32],
-    y: &[u32],
-    dim: usize,
-    n_classes: usize,
-) -> Result<LinearModel> {
-    Ok(fit_linear(
-        model_kind(protocol),
-        c,
-        x,
-        y.len(),
-        dim,
-        y,
-        n_classes,
-    )?)
-}
-
 /// C with the best mean balanced accuracy over grouped, stratified folds of the training
 /// rows (ties: the smaller C), by `mtpath_shared::probe::grid_search_c`, the same search the
-/// browser explorer runs. Folds whose training part lacks a class are skipped; with fewer than
-/// two groups or no usable fold, C = 1.
+/// browser explorer runs, and `protocol`'s linear model fitted at that C on all of them
+/// (`GridSearch::fit_best`: `fit_linear`'s model, as the browser's, reusing the search's
+/// principal axes). Folds whose training part lacks a class are skipped; with fewer than two
+/// groups or no usable fold, C = 1.
 #[allow(clippy::too_many_arguments)]
-fn select_c(
+fn select_and_fit(
     protocol: Protocol,
     x: &[f32],
     y: &[u32],
@@ -187,18 +169,21 @@ fn select_c(
     dim: usize,
     n_classes: usize,
     seed: u64,
-) -> Result<f64> {
+) -> Result<(f64, LinearModel)> {
+    let kind = model_kind(protocol);
     let cfg = GridConfig {
-        kind: model_kind(protocol),
+        kind,
         c_grid: C_GRID.to_vec(),
         folds: CV_FOLDS,
         seed,
         // The protocol's grid is fixed (as in the paper), edges included.
         widen: 0,
     };
-    Ok(grid_search_c(x, y.len(), dim, y, n_classes, groups, &cfg)
-        .map(|r| r.best_c)
-        .unwrap_or(1.0))
+    let n = y.len();
+    Ok(match grid_search_c(x, n, dim, y, n_classes, groups, &cfg) {
+        Ok(search) => (search.best_c, search.fit_best(x, n, dim, y, n_classes)?),
+        Err(_) => (1.0, fit_linear(kind, 1.0, x, n, dim, y, n_classes)?),
+    })
 }
 
 /// Which split a probe is scored on.
@@ -258,10 +243,9 @@ pub fn run(
                 }
             }
             let (xs_train, xs_test) = standardize(&x_train, &x_test, dim);
-            let c = select_c(
+            let (c, model) = select_and_fit(
                 protocol, &xs_train, &y_train, &g_train, dim, n_classes, seed,
             )?;
-            let model = fit(protocol, c, &xs_train, &y_train, dim, n_classes)?;
             let z = model.decision_function(&xs_test, y_test.len())?;
             let pred = predict_from_decision(&z, n_classes);
             let score = if n_classes == 2 { z } else { Vec::new() };
@@ -353,9 +337,8 @@ mod tests {
             g.push(format!("p{}", i % 12));
         }
         for p in [Protocol::Linear, Protocol::Svm] {
-            let c = select_c(p, &x, &y, &g, 2, 2, 0).unwrap();
+            let (c, m) = select_and_fit(p, &x, &y, &g, 2, 2, 0).unwrap();
             assert!(C_GRID.contains(&c));
-            let m = fit(p, c, &x, &y, 2, 2).unwrap();
             let pred = predict_from_decision(&m.decision_function(&x, 48).unwrap(), 2);
             assert_eq!(pred, y, "{p}: C = {c}");
         }
