@@ -476,8 +476,55 @@ mod tests {
         (a - b).abs() / a.abs().max(b.abs()).max(1e-300)
     }
 
-    /// Tall (more rows than features) and wide (features outnumber rows).
-    const SHAPES: [(usize, usize); 2] = [(40, 6), (7, 12)];
+    /// Tall (more rows than features), wide (features outnumber rows), and tall over several
+    /// of the passes' blocks of rows.
+    const SHAPES: [(usize, usize); 3] = [(40, 6), (7, 12), (2 * BLOCK_ROWS + 52, 5)];
+
+    #[test]
+    fn probe_axes_decorrelate_the_rows_over_several_blocks() {
+        // The defining property: the rows' coordinates in the axes are centred and
+        // uncorrelated (ZᵀZ diagonal), largest variance first — with the scatter matrix and Z
+        // formed a block of rows at a time, and one block's mean unlike the others'.
+        let (n, d) = (2 * BLOCK_ROWS + 52, 5);
+        let (mut x, _) = correlated(n, d, 2, 9);
+        x[BLOCK_ROWS * d..2 * BLOCK_ROWS * d]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v += 3.0 * (i % d) as f32);
+        let axes = Axes::of(&x, n, d).unwrap();
+        let (r, z) = (axes.rank(), axes.rotated_rows());
+        assert_eq!(r, d);
+        let mut zz = vec![0.0; r * r];
+        let mut sums = vec![0.0; r];
+        for row in z.chunks_exact(r) {
+            for a in 0..r {
+                sums[a] += row[a];
+                for b in 0..r {
+                    zz[a * r + b] += row[a] * row[b];
+                }
+            }
+        }
+        for a in 0..r {
+            assert!(
+                sums[a].abs() < 1e-9 * zz[a * r + a].sqrt(),
+                "axis {a}: sum {}",
+                sums[a]
+            );
+            if a > 0 {
+                assert!(zz[a * r + a] <= zz[(a - 1) * r + a - 1] * (1.0 + 1e-12));
+            }
+            for b in 0..r {
+                if a != b {
+                    let scale = (zz[a * r + a] * zz[b * r + b]).sqrt();
+                    assert!(
+                        zz[a * r + b].abs() < 1e-10 * scale,
+                        "ZᵀZ[{a},{b}] = {}",
+                        zz[a * r + b]
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn probe_axes_change_of_variables_keeps_decisions_and_penalty() {
