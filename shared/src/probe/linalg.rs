@@ -2,6 +2,7 @@
 //! [`crate::linalg::matmul`] calls, and the dot product of its vectors.
 
 use crate::linalg::{matmul, View};
+use rayon::prelude::*;
 
 /// `Σ aᵢbᵢ` over the common length, in eight independent partial sums so that the loop
 /// vectorises (a single running sum is a chain of dependent additions the compiler may not
@@ -25,9 +26,24 @@ pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// `out (n×k) = X (n×d) · Wᵀ`, with `W` `k×d`; all row-major.
+/// Rows per block of the products below: blocks are fitted on the threads of the current
+/// rayon pool (the folds' fits in parallel already, this splits one fit: the final fit, and
+/// the last folds when fewer are left than threads). The blocks depend on `n` alone, never
+/// on the threads, so every thread count sums in the same order: the same bits.
+const BLOCK_ROWS: usize = 256;
+
+/// `out (n×k) = X (n×d) · Wᵀ`, with `W` `k×d`; all row-major. Blocks of rows in parallel.
 pub(crate) fn x_wt(x: &[f64], n: usize, d: usize, w: &[f64], k: usize, out: &mut [f64]) {
     assert!(x.len() == n * d && w.len() == k * d && out.len() == n * k);
+    if n <= BLOCK_ROWS || d == 0 || k == 0 {
+        return x_wt_block(x, n, d, w, k, out);
+    }
+    out.par_chunks_mut(BLOCK_ROWS * k)
+        .zip(x.par_chunks(BLOCK_ROWS * d))
+        .for_each(|(o, xb)| x_wt_block(xb, xb.len() / d, d, w, k, o));
+}
+
+fn x_wt_block(x: &[f64], n: usize, d: usize, w: &[f64], k: usize, out: &mut [f64]) {
     matmul(
         n,
         k,
@@ -39,9 +55,28 @@ pub(crate) fn x_wt(x: &[f64], n: usize, d: usize, w: &[f64], k: usize, out: &mut
     );
 }
 
-/// `out (k×d) += Rᵀ · X`, with `R` `n×k` and `X` `n×d`; all row-major.
+/// `out (k×d) += Rᵀ · X`, with `R` `n×k` and `X` `n×d`; all row-major. Each block of rows'
+/// product in parallel, then their sum in block order.
 pub(crate) fn add_rt_x(r: &[f64], n: usize, k: usize, x: &[f64], d: usize, out: &mut [f64]) {
     assert!(r.len() == n * k && x.len() == n * d && out.len() == k * d);
+    if n <= BLOCK_ROWS || d == 0 || k == 0 {
+        return add_rt_x_block(r, n, k, x, d, out);
+    }
+    let partials: Vec<Vec<f64>> = r
+        .par_chunks(BLOCK_ROWS * k)
+        .zip(x.par_chunks(BLOCK_ROWS * d))
+        .map(|(rb, xb)| {
+            let mut partial = vec![0.0; k * d];
+            add_rt_x_block(rb, rb.len() / k, k, xb, d, &mut partial);
+            partial
+        })
+        .collect();
+    for partial in partials {
+        out.iter_mut().zip(&partial).for_each(|(o, p)| *o += p);
+    }
+}
+
+fn add_rt_x_block(r: &[f64], n: usize, k: usize, x: &[f64], d: usize, out: &mut [f64]) {
     matmul(k, d, n, out, true, View::transposed(r, k), View::rows(x, d));
 }
 
@@ -61,6 +96,46 @@ mod tests {
             );
         }
         assert_eq!(dot(&[1.0, 2.0, 3.0], &[4.0, 5.0]), 14.0);
+    }
+
+    #[test]
+    fn probe_linalg_blocks_give_the_same_bits_on_any_number_of_threads() {
+        // Over several blocks of rows (and a partial last one): the naive products, and the
+        // same bits on one thread and on three.
+        let (n, d, k) = (3 * BLOCK_ROWS + 17, 9, 4);
+        let x: Vec<f64> = (0..n * d)
+            .map(|i| ((i * 7 % 23) as f64) * 0.1 - 1.0)
+            .collect();
+        let w: Vec<f64> = (0..k * d)
+            .map(|i| ((i * 5 % 13) as f64) * 0.5 - 3.0)
+            .collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut z = vec![f64::NAN; n * k];
+                x_wt(&x, n, d, &w, k, &mut z);
+                let mut g = vec![1.0; k * d];
+                add_rt_x(&z, n, k, &x, d, &mut g);
+                (z, g)
+            })
+        };
+        let (z, g) = run(1);
+        assert_eq!((z.clone(), g.clone()), run(3));
+        for i in 0..n {
+            for j in 0..k {
+                let e: f64 = (0..d).map(|p| x[i * d + p] * w[j * d + p]).sum();
+                assert!((z[i * k + j] - e).abs() <= 1e-12 * e.abs().max(1.0));
+            }
+        }
+        for j in 0..k {
+            for p in 0..d {
+                let e: f64 = 1.0 + (0..n).map(|i| z[i * k + j] * x[i * d + p]).sum::<f64>();
+                assert!((g[j * d + p] - e).abs() <= 1e-9 * e.abs().max(1.0));
+            }
+        }
     }
 
     #[test]
