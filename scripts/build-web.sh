@@ -61,7 +61,13 @@ bindgen() {
   printf '%s/mtpath_web_bg.wasm: %s bytes\n' "$out" "$(stat -c %s "$out/mtpath_web_bg.wasm")"
 }
 
+# binaryen's wasm-opt (npm's build of it) is single-threaded and takes minutes a module: the
+# single-threaded module's runs while the threaded one compiles, then beside the threaded
+# one's. (Each runs in a background subshell, where `set -e` still stops it at its first
+# failure; `wait` hands back its status.)
 cargo build --release -p mtpath-web --target wasm32-unknown-unknown
+bindgen target/wasm32-unknown-unknown/release/mtpath_web.wasm www/pkg &
+jobs_=($!)
 
 if [ "$threads" != 0 ]; then
   # Atomics no longer imply shared memory (rust-lang/rust#147225): the linker is asked for it,
@@ -79,20 +85,11 @@ if [ "$threads" != 0 ]; then
     CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$threads_flags" \
     cargo build --release -p mtpath-web --target wasm32-unknown-unknown --features threads \
     -Z build-std=panic_abort,std
-else
-  rm -rf www/pkg-threads
-fi
-
-# binaryen's wasm-opt (npm's build of it) is single-threaded and takes minutes a module: the
-# two modules are optimised side by side, each on its own core.
-# (Each runs in a background subshell, where `set -e` still stops it at its first failure;
-# `wait` hands back its status.)
-bindgen target/wasm32-unknown-unknown/release/mtpath_web.wasm www/pkg &
-jobs_=($!)
-if [ "$threads" != 0 ]; then
   bindgen target/wasm-threads/wasm32-unknown-unknown/release/mtpath_web.wasm www/pkg-threads \
     --enable-threads &
   jobs_+=($!)
+else
+  rm -rf www/pkg-threads
 fi
 failed=0
 for job in "${jobs_[@]}"; do
