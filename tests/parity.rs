@@ -6,11 +6,16 @@
 mod parity_common;
 
 use candle_core::DType;
-use parity_common::{eval_parity, train_parity};
+use parity_common::{eval_parity, folded_single_sample_parity, train_parity};
 
 #[test]
 fn resnet18_eval_matches_torchvision() {
     eval_parity("resnet18");
+}
+
+#[test]
+fn resnet18_folded_single_samples_match_torchvision() {
+    folded_single_sample_parity("resnet18");
 }
 
 #[test]
@@ -29,6 +34,11 @@ fn resnet50_eval_matches_torchvision() {
 }
 
 #[test]
+fn resnet50_folded_single_samples_match_torchvision() {
+    folded_single_sample_parity("resnet50");
+}
+
+#[test]
 fn resnet50_train_step_matches_torchvision_f64() {
     train_parity("resnet50", DType::F64, 1e-3);
 }
@@ -41,6 +51,11 @@ fn resnet50_train_step_float32_stays_close() {
 #[test]
 fn densenet121_eval_matches_torchvision() {
     eval_parity("densenet121");
+}
+
+#[test]
+fn densenet121_folded_single_samples_match_torchvision() {
+    folded_single_sample_parity("densenet121");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
+use mtpath_shared::inference::FoldedNet;
 use mtpath_shared::multitask::cross_entropy_sum;
 use mtpath_shared::testdata::fixtures_dir;
 use mtpath_shared::weights::{read_weights_file, TensorFile};
@@ -98,6 +99,26 @@ pub fn load_model(arch: &str) -> Network {
     assert_eq!(meta.architecture.name(), arch);
     assert_eq!(net.arch(), arch.parse::<Arch>().unwrap());
     net
+}
+
+/// The folded inference network (BatchNorm folded into the kernels; Winograd, the narrow
+/// products of 7×7 maps, the fused epilogues) on one image at a time, as `mtpath features`
+/// and the explorer run it at batch 1, against torchvision's features of the batch.
+pub fn folded_single_sample_parity(arch: &str) {
+    let file = fixture(&format!("{arch}.safetensors"));
+    let folded = FoldedNet::fold(&file, arch.parse().unwrap(), &Device::Cpu).expect("fold");
+    let (exp, _) = expected(arch);
+    let x = input_batch().to_device(&Device::Cpu).unwrap();
+    let rows: Vec<Tensor> = (0..x.dim(0).unwrap())
+        .map(|i| folded.features(&x.narrow(0, i, 1).unwrap()).unwrap())
+        .collect();
+    let feats = Tensor::cat(&rows, 0).unwrap();
+    let ef = rel_l2(&feats, &exp["features"]);
+    eprintln!("{arch} folded, one image at a time: features rel L2 {ef:.2e}");
+    assert!(
+        ef < 1e-4,
+        "{arch} folded single-sample features rel error {ef}"
+    );
 }
 
 pub fn eval_parity(arch: &str) {

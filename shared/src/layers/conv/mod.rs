@@ -22,7 +22,8 @@
 //! ReLU to each output plane as it is written; on those CPUs and in WebAssembly its 3×3
 //! stride-1 convolutions with 32 channels or more (on maps of 7×7 and up for one sample,
 //! 14×14 for batches) run Winograd's F(2×2, 3×3) ([`winograd`]), 16 products per 2×2 outputs
-//! where the direct sums take 36.
+//! where the direct sums take 36; for one sample on maps of at most 16 tiles (7×7), with
+//! AVX-512F, its products read the transformed kernel as one stream ([`narrow`]).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -34,6 +35,7 @@ use im2col::{conv_forward_cached, conv_input_grad, conv_weight_grad};
 mod direct;
 mod im2col;
 mod layer;
+mod narrow;
 mod phases;
 mod shifted;
 #[cfg(test)]
@@ -55,6 +57,8 @@ pub struct PackedKernel {
     by_tap: std::sync::OnceLock<std::sync::Arc<direct::ByTap>>,
     /// Winograd's transform of the kernel ([`winograd`]).
     winograd: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
+    /// The same, packed for the products of maps of few tiles ([`narrow`]).
+    winograd_narrow: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
 }
 
 impl PackedKernel {
@@ -78,6 +82,17 @@ impl PackedKernel {
     /// The kernel's Winograd transform, computed by `transform` on first use.
     fn get_or_transform(&self, transform: impl FnOnce() -> Vec<f32>) -> std::sync::Arc<Vec<f32>> {
         self.winograd
+            .get_or_init(|| std::sync::Arc::new(transform()))
+            .clone()
+    }
+
+    /// The kernel's Winograd transform packed for [`narrow`], computed by `transform` on
+    /// first use.
+    fn get_or_transform_narrow(
+        &self,
+        transform: impl FnOnce() -> Vec<f32>,
+    ) -> std::sync::Arc<Vec<f32>> {
+        self.winograd_narrow
             .get_or_init(|| std::sync::Arc::new(transform()))
             .clone()
     }

@@ -9,11 +9,11 @@
 //! units of the direct sum's (the larger tiles F(4×4, 3×3) would save more products and
 //! lose about two digits). Inference only: training keeps the other paths.
 
-use super::direct;
 use super::im2col::{
     for_each_plane, matmul, row_major, row_major_mut, threads, Finish, Scratch, Split,
 };
 use super::shifted::{as_f32, as_f32_mut};
+use super::{direct, narrow};
 use super::{ConvGeom, Dims, PackedKernel};
 use crate::layers::fill;
 use candle_core::{DType, WithDType};
@@ -495,15 +495,24 @@ pub(super) fn forward<T: Scratch>(
     finish: Option<Finish<T>>,
 ) -> Option<Vec<T>> {
     let (x, w) = (as_f32(x)?, as_f32(w)?);
-    let transform = || transform_kernel(w, d.c_out, d.c_in);
-    let u = match cache {
-        Some(cache) => cache.get_or_transform(transform),
-        None => std::sync::Arc::new(transform()),
-    };
     let tiles = Tiles::new(d);
+    // Few tiles a sample: one sample a chunk, whose products `narrow` runs.
+    let narrow = split.inner_parallel && narrow::applies(d.c_out, tiles.per_sample());
+    let transform = || transform_kernel(w, d.c_out, d.c_in);
+    let packed = || narrow::pack(&transform(), d.c_out, d.c_in);
+    let u = match (cache, narrow) {
+        (Some(cache), false) => cache.get_or_transform(transform),
+        (Some(cache), true) => cache.get_or_transform_narrow(packed),
+        (None, false) => std::sync::Arc::new(transform()),
+        (None, true) => std::sync::Arc::new(packed()),
+    };
     let (l, l_in) = (d.out_len(), d.h * d.w);
     let per_sample = E * (d.c_in + d.c_out) * tiles.per_sample();
-    let per = (CHUNK_BUDGET / per_sample).max(1);
+    let per = if narrow {
+        1
+    } else {
+        (CHUNK_BUDGET / per_sample).max(1)
+    };
     let mut y = fill::uninit::<T>(d.n * d.c_out * l);
     let parallel = split.inner_parallel && threads() > 1;
     super::im2col::for_groups(split, &mut y, d.c_out * l, |group, y_part| {
@@ -534,6 +543,11 @@ pub(super) fn forward<T: Scratch>(
                 // when parallel.
                 let v = &*v;
                 let product = |(e, m_e): (usize, &mut [f32])| {
+                    if narrow {
+                        let u_e = &u[e * d.c_out * d.c_in..][..d.c_out * d.c_in];
+                        let dims = (d.c_out, d.c_in, t_all);
+                        return narrow::product(u_e, &v[e * t_all..], E * t_all, dims, m_e);
+                    }
                     matmul(
                         d.c_out,
                         t_all,
@@ -615,8 +629,9 @@ mod tests {
     }
 
     /// Winograd against im2col + gemm: odd and even maps (the last tiles cut), one sample
-    /// (the products side by side over the threads) and batches (chunks of samples), with
-    /// and without the epilogue; within a few units of the direct sums.
+    /// (the products side by side over the threads; on maps of 16 tiles, 7×7 and 8×7, by
+    /// [`narrow`] where it runs) and batches (chunks of samples), with and without the
+    /// epilogue; within a few units of the direct sums.
     #[test]
     fn winograd_equals_the_unfolded_convolution() {
         if !enabled() {
@@ -626,6 +641,7 @@ mod tests {
         for (n, c_in, c_out, h, w) in [
             (1, 32, 40, 14, 14),
             (1, 64, 48, 7, 7),
+            (1, 40, 64, 8, 7),
             (1, 64, 32, 15, 17),
             (3, 48, 64, 16, 13),
             (2, 32, 64, 28, 28),
@@ -652,6 +668,13 @@ mod tests {
                     worst <= 1e-5 * f64::from(scale),
                     "n{n} {c_in}→{c_out} {h}×{w} pass {pass}: {worst} of {scale}"
                 );
+            }
+            let narrow =
+                split.inner_parallel && narrow::applies(c_out, Tiles::new(&d).per_sample());
+            assert_eq!(cache.winograd_narrow.get().is_some(), narrow, "{h}×{w}");
+            assert_eq!(cache.winograd.get().is_some(), !narrow, "{h}×{w}");
+            if narrow {
+                eprintln!("{c_in}→{c_out} {h}×{w}: narrow products");
             }
             let shift = |_: usize, ch: usize, plane: &mut [f32]| {
                 plane
