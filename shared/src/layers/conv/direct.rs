@@ -145,11 +145,6 @@ pub(super) enum Source<'a> {
     /// A stride-2 input gradient's kernel, the transpose of the forward convolution's kernel
     /// `w [c_in, c_out, k²]`: `W[o, i, t] = w[i, o, t]`.
     Transposed(&'a [f32]),
-    /// A stride-2 forward kernel `w [c_out, c_in, k, k]` over the input's four phases
-    /// ([`super::phases`]): input channel `i = 4c + 2a + b` is phase `(a, b)` of channel `c`,
-    /// tap `t = u·⌈k/2⌉ + v` reads it `(u, v)` further, so `W[o, i, t] = w[o, c, 2u + a,
-    /// 2v + b]`, zero where `2u + a` or `2v + b` is past the kernel.
-    Phases { w: &'a [f32], k: usize },
 }
 
 /// A rearrangement of a kernel, written from a reader of `W[o, i, t]`.
@@ -165,20 +160,6 @@ impl Source<'_> {
             Source::Plain(w) => layout.fill(|o, i, t| w[(o * c_in + i) * kk + t]),
             Source::Flipped(w) => layout.fill(|o, i, t| w[(i * c_out + o) * kk + kk - 1 - t]),
             Source::Transposed(w) => layout.fill(|o, i, t| w[(i * c_out + o) * kk + t]),
-            Source::Phases { w, k } => {
-                let side = k.div_ceil(2);
-                assert!(kk == side * side && c_in.is_multiple_of(4));
-                let channels = c_in / 4;
-                layout.fill(|o, i, t| {
-                    let (c, a, b) = (i / 4, (i / 2) % 2, i % 2);
-                    let (ky, kx) = (2 * (t / side) + a, 2 * (t % side) + b);
-                    if ky < k && kx < k {
-                        w[((o * channels + c) * k + ky) * k + kx]
-                    } else {
-                        0.0
-                    }
-                })
-            }
         }
     }
 }
@@ -248,7 +229,7 @@ pub(super) fn forward(
 /// [`forward`] over planes of `len` elements, `span` output positions and the taps at
 /// `offsets` into a plane (one per tap of `w`): `grid [c_out, span] = Σ_ci Σ_tap W[·, ci, tap]
 /// · planes[ci][offset_tap..][..span]`. Any tap geometry whose offsets plus `span` stay
-/// within `len`, e.g. the phases of a strided convolution ([`super::phases`]).
+/// within `len`.
 pub(super) fn forward_at(
     planes: &[f32],
     (len, span): (usize, usize),

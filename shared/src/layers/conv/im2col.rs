@@ -20,6 +20,11 @@ const MIN_WIDTH: usize = 1024;
 /// Columns (samples × output positions) a thread's share of the batch needs for the batch
 /// to be split across threads rather than inside gemm.
 const MIN_GROUP_WIDTH: usize = 256;
+/// Output positions below which one sample's product splits its output channels over the
+/// threads ([`matmul_rows_parallel`]) even when it has fewer channels than positions: gemm's
+/// own threading ran DenseNet-121's 14×14 1×1 layers (128 channels, 196 positions, 512–992
+/// inputs) at 1.2–1.3× one thread on two, the split at 1.7–1.9× (AMD EPYC, Zen 4).
+pub(super) const ROWS_PARALLEL_POSITIONS: usize = 256;
 /// Input channels per task of [`flipped_transpose`].
 const FLIP_BLOCK: usize = 16;
 /// Elements each task of the partial weight-gradient sum adds.
@@ -588,11 +593,6 @@ pub(super) fn conv_forward_cached<T: Scratch>(
             return y;
         }
     }
-    if super::phases::applies::<T>(d, g) {
-        if let Some(y) = super::phases::forward(x, w, d, g, cache, finish) {
-            return y;
-        }
-    }
     if shifted::forward_applies::<T>(d, g) {
         return shifted::forward(x, w, d, g, cache, finish);
     }
@@ -664,23 +664,33 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                 } else {
                     fill::init_zeroed(ys)
                 };
-                for oy in split.panels(d, g, 1) {
-                    let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
-                    let col = columns(xs, d, g, (1, oy), col_buf, split.inner_parallel);
-                    if split.inner_parallel && threads() > 1 && at == 0 && pw == l && d.c_out >= l {
-                        matmul_rows_parallel(d.c_out, l, rows, ys, w, col);
-                        continue;
+                let rows_parallel = d.c_out >= l || l < ROWS_PARALLEL_POSITIONS;
+                if split.inner_parallel && threads() > 1 && !d.is_pointwise(g) && !rows_parallel {
+                    matmul_panels_parallel(xs, w, d, g, ys);
+                } else {
+                    for oy in split.panels(d, g, 1) {
+                        let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
+                        let col = columns(xs, d, g, (1, oy), col_buf, split.inner_parallel);
+                        if split.inner_parallel
+                            && threads() > 1
+                            && at == 0
+                            && pw == l
+                            && rows_parallel
+                        {
+                            matmul_rows_parallel(d.c_out, l, rows, ys, w, col);
+                            continue;
+                        }
+                        matmul(
+                            d.c_out,
+                            pw,
+                            rows,
+                            row_major_mut(ys[at..].as_mut_ptr(), l),
+                            false,
+                            row_major(w.as_ptr(), rows),
+                            row_major(col.as_ptr(), pw),
+                            par,
+                        );
                     }
-                    matmul(
-                        d.c_out,
-                        pw,
-                        rows,
-                        row_major_mut(ys[at..].as_mut_ptr(), l),
-                        false,
-                        row_major(w.as_ptr(), rows),
-                        row_major(col.as_ptr(), pw),
-                        par,
-                    );
                 }
                 if let Some(finish) = finish {
                     let plane = |(ch, plane): (usize, &mut [T])| finish(n0, ch, plane);
@@ -697,8 +707,8 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
 
 /// `y (m×n) = w (m×k) · col (k×n)`, all row-major, the rows of `w` and `y` split into one
 /// block per thread, each block a single-threaded gemm: for one sample's small maps (at
-/// least as many output channels as positions: ResNet's 14×14 and 7×7 stages), where gemm's
-/// own threading splits the few columns. In the browser at 2 threads ResNet-50 went from
+/// least as many output channels as positions, ResNet's 14×14 and 7×7 stages, or fewer than
+/// [`ROWS_PARALLEL_POSITIONS`] positions), where gemm's own threading splits the few columns. In the browser at 2 threads ResNet-50 went from
 /// 152 to 145 ms a tile; ResNet-18, whose time is in the large maps, did not move.
 fn matmul_rows_parallel<T: WithDType>(
     m: usize,
@@ -728,6 +738,64 @@ fn matmul_rows_parallel<T: WithDType>(
                 gemm::Parallelism::None,
             )
         });
+}
+
+/// One sample's output `y` `[c_out, oh·ow]` as a raw pointer, for tasks that each write a
+/// disjoint range of its columns (output positions) in every row.
+#[derive(Clone, Copy)]
+struct SharedColumns<T> {
+    ptr: *mut T,
+}
+
+// SAFETY: the tasks handed a `SharedColumns` write disjoint columns of it
+// (`matmul_panels_parallel`), and `T` is plain data (`WithDType`).
+unsafe impl<T: Send> Send for SharedColumns<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SharedColumns<T> {}
+
+impl<T> SharedColumns<T> {
+    /// The output from column `at` on.
+    fn at(&self, at: usize) -> *mut T {
+        self.ptr.wrapping_add(at)
+    }
+}
+
+/// One sample's spatial convolution on a large map `y = w · im2col(x)` split over the
+/// threads by panels of output rows, each panel unfolded into its thread's scratch (which
+/// stays in that core's L2) and multiplied there by a single-threaded gemm into its columns
+/// of `y`. The whole map unfolded at once (ResNet's 7×7 stem: 7.4 MB) went through memory
+/// between the unfolding and gemm, whose own threading then split its columns.
+fn matmul_panels_parallel<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom, y: &mut [T]) {
+    let (l, rows) = (d.out_len(), d.rows());
+    assert!(y.len() >= d.c_out * l && w.len() >= d.c_out * rows);
+    // Panels within the L2 budget, at least four a thread so that they balance.
+    let budget_rows = (PANEL_BUDGET / (rows * d.ow).max(1)).max(1);
+    let step = budget_rows.min(d.oh.div_ceil(4 * threads().max(1))).max(1);
+    let panels: Vec<Range<usize>> = (0..d.oh)
+        .step_by(step)
+        .map(|o| o..(o + step).min(d.oh))
+        .collect();
+    let out = SharedColumns {
+        ptr: y.as_mut_ptr(),
+    };
+    panels.into_par_iter().for_each(|oy| {
+        let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
+        T::with_scratch(rows * pw, |buf| {
+            let col = columns(x, d, g, (1, oy), buf, false);
+            // The panel's columns `at..at + pw` of every row of `y`: within `y` (asserted
+            // above), and no other panel's (the panels' row ranges are disjoint).
+            matmul(
+                d.c_out,
+                pw,
+                rows,
+                row_major_mut(out.at(at), l),
+                false,
+                row_major(w.as_ptr(), rows),
+                row_major(col.as_ptr(), pw),
+                gemm::Parallelism::None,
+            );
+        })
+    });
 }
 
 /// `W'[ci, co, ky, kx] = W[co, ci, k−1−ky, k−1−kx]`: the kernel that turns a stride-1

@@ -13,9 +13,9 @@
 //! stride-1 "same" convolutions on batches of larger maps skip it too ([`shifted`]); on CPUs
 //! with AVX-512F, f32 "same" convolutions of stride 1 or 2 down to 6×6 outputs run direct
 //! kernels instead of gemm, and on CPUs with AVX2 + FMA the stride-1 forward on larger maps
-//! does ([`direct`]); a single sample splits their work over the threads. With either, the
-//! forward of a stride-2 convolution with a 7×7 or larger kernel (the stem) runs the
-//! stride-1 direct kernel over the input's four phases ([`phases`]).
+//! does ([`direct`]); a single sample splits their work over the threads. Other
+//! convolutions of one large map (the 7×7 stem) are unfolded in panels of output rows, one
+//! panel a thread at a time, each multiplied in that core's L2.
 //!
 //! For inference, [`conv2d_cached`] keeps the kernel packed for the direct kernels across
 //! passes ([`PackedKernel`]) and [`conv2d_fused`] also applies a folded bias, residual and
@@ -36,7 +36,6 @@ mod direct;
 mod im2col;
 mod layer;
 mod narrow;
-mod phases;
 mod shifted;
 #[cfg(test)]
 mod tests;

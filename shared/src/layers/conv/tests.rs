@@ -72,20 +72,24 @@ fn forward_matches_candle_conv2d() -> candle_core::Result<()> {
     Ok(())
 }
 
-/// A single sample whose map has no more positions than output channels: its product's
-/// rows are split over the threads (`matmul_rows_parallel`, blocks of 8 rows and a shorter
-/// last one); the output must equal candle's convolution (f64).
+/// A single sample split over the threads: by output channels (`matmul_rows_parallel`,
+/// blocks of 8 rows and a shorter last one) when the map has no more positions than output
+/// channels or fewer than `ROWS_PARALLEL_POSITIONS`, else by panels of output rows
+/// (`matmul_panels_parallel`: 7×7 stride 2 on a 44×44 map, eight panels of 3 rows and a last
+/// of 1); the output must equal candle's convolution (f64).
 #[test]
-fn single_sample_split_by_output_channels_matches_candle_conv2d() -> candle_core::Result<()> {
+fn single_sample_split_over_threads_matches_candle_conv2d() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     if threads() < 2 {
-        eprintln!("skipped: one thread, the rows are not split");
+        eprintln!("skipped: one thread, nothing is split");
         return Ok(());
     }
-    for (cin, cout, k, stride, pad, h) in [
-        (24, 40, 1, 1, 0, 5),
-        (16, 36, 3, 2, 1, 9),
-        (8, 9, 3, 1, 1, 3),
+    for (cin, cout, k, stride, pad, h, by_rows) in [
+        (24, 40, 1, 1, 0, 5, true),
+        (16, 36, 3, 2, 1, 9, true),
+        (8, 9, 3, 1, 1, 3, true),
+        (6, 20, 3, 2, 1, 20, true),
+        (3, 10, 7, 2, 3, 44, false),
     ] {
         let geom = ConvGeom {
             stride,
@@ -94,10 +98,8 @@ fn single_sample_split_by_output_channels_matches_candle_conv2d() -> candle_core
         let x = Tensor::randn(0f64, 1.0, (1, cin, h, h), &dev)?;
         let w = Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev)?;
         let d = Dims::new(x.dims(), w.dims(), geom)?;
-        assert!(
-            Split::new(&d).inner_parallel && d.c_out >= d.out_len(),
-            "{d:?}"
-        );
+        let rows = d.c_out >= d.out_len() || d.out_len() < super::im2col::ROWS_PARALLEL_POSITIONS;
+        assert!(Split::new(&d).inner_parallel && rows == by_rows, "{d:?}");
         let ours = conv2d(&x, &w, geom)?;
         let theirs = x.conv2d(&w, pad, stride, 1, 1)?;
         let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
@@ -311,7 +313,7 @@ fn large_batches_are_chunked_consistently() -> candle_core::Result<()> {
 /// The fused inference convolution (bias, residual and ReLU applied to each plane as it is
 /// written) equals the convolution followed by the epilogue as its own pass, on every path:
 /// planar direct (large stride-1 maps), channels-last (small maps, stride 2), the stem's
-/// phases, gemm (pointwise, thin, strided), for a single sample and batches, twice with one
+/// panels, gemm (pointwise, thin, strided), for a single sample and batches, twice with one
 /// cache.
 #[test]
 fn fused_epilogue_matches_the_separate_pass() -> candle_core::Result<()> {
