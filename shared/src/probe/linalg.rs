@@ -32,6 +32,12 @@ pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// on the threads, so every thread count sums in the same order: the same bits.
 const BLOCK_ROWS: usize = 256;
 
+/// Most blocks [`add_rt_x`] splits its rows into: each block keeps a `k × d` partial sum
+/// until they are added, so its blocks grow past [`BLOCK_ROWS`] rows on large inputs (one
+/// partial per 256 rows was 390 partials, 17 MB a call, at 100,000 tiles × 512 features × 11
+/// classes).
+const MAX_PARTIALS: usize = 16;
+
 /// `out (n×k) = X (n×d) · Wᵀ`, with `W` `k×d`; all row-major. Blocks of rows in parallel.
 pub(crate) fn x_wt(x: &[f64], n: usize, d: usize, w: &[f64], k: usize, out: &mut [f64]) {
     assert!(x.len() == n * d && w.len() == k * d && out.len() == n * k);
@@ -56,15 +62,17 @@ fn x_wt_block(x: &[f64], n: usize, d: usize, w: &[f64], k: usize, out: &mut [f64
 }
 
 /// `out (k×d) += Rᵀ · X`, with `R` `n×k` and `X` `n×d`; all row-major. Each block of rows'
-/// product in parallel, then their sum in block order.
+/// product in parallel (at most [`MAX_PARTIALS`] blocks of at least [`BLOCK_ROWS`] rows, a
+/// function of `n` alone), then their sum in block order.
 pub(crate) fn add_rt_x(r: &[f64], n: usize, k: usize, x: &[f64], d: usize, out: &mut [f64]) {
     assert!(r.len() == n * k && x.len() == n * d && out.len() == k * d);
     if n <= BLOCK_ROWS || d == 0 || k == 0 {
         return add_rt_x_block(r, n, k, x, d, out);
     }
+    let rows = BLOCK_ROWS.max(n.div_ceil(MAX_PARTIALS));
     let partials: Vec<Vec<f64>> = r
-        .par_chunks(BLOCK_ROWS * k)
-        .zip(x.par_chunks(BLOCK_ROWS * d))
+        .par_chunks(rows * k)
+        .zip(x.par_chunks(rows * d))
         .map(|(rb, xb)| {
             let mut partial = vec![0.0; k * d];
             add_rt_x_block(rb, rb.len() / k, k, xb, d, &mut partial);
@@ -100,9 +108,16 @@ mod tests {
 
     #[test]
     fn probe_linalg_blocks_give_the_same_bits_on_any_number_of_threads() {
-        // Over several blocks of rows (and a partial last one): the naive products, and the
-        // same bits on one thread and on three.
-        let (n, d, k) = (3 * BLOCK_ROWS + 17, 9, 4);
+        // Over several blocks of rows (and a partial last one), and over more rows than
+        // MAX_PARTIALS blocks of BLOCK_ROWS (add_rt_x's blocks grow): the naive products, and
+        // the same bits on one thread and on three.
+        for n in [3 * BLOCK_ROWS + 17, MAX_PARTIALS * BLOCK_ROWS + 300] {
+            check_blocks(n);
+        }
+    }
+
+    fn check_blocks(n: usize) {
+        let (d, k) = (9, 4);
         let x: Vec<f64> = (0..n * d)
             .map(|i| ((i * 7 % 23) as f64) * 0.1 - 1.0)
             .collect();

@@ -111,7 +111,7 @@ impl LogisticRegression {
         );
         let mut coef = std::mem::take(&mut out.x);
         let intercept = coef.split_off(rows * d);
-        Ok(self.finish(coef, intercept, d, n_classes, &out))
+        Ok(finish(coef, intercept, d, n_classes, &out))
     }
 
     /// [`Self::fit_from`] on the rows `axes` hold (a cross-validation fold's training rows in
@@ -154,7 +154,7 @@ impl LogisticRegression {
             Some(&norm),
         );
         let (coef, intercept) = axes.to_original(&out.x, rows);
-        self.finish(coef, intercept, axes.features(), n_classes, &out)
+        finish(coef, intercept, axes.features(), n_classes, &out)
     }
 
     /// L-BFGS's settings for this solver (`gref_norm`: a warm start's reference norm).
@@ -166,36 +166,35 @@ impl LogisticRegression {
             gref_norm,
         }
     }
+}
 
-    /// The model and report of a finished minimisation.
-    fn finish(
-        &self,
-        coef: Vec<f64>,
-        mut intercept: Vec<f64>,
-        d: usize,
-        n_classes: usize,
-        out: &lbfgs::Outcome,
-    ) -> (LinearModel, FitReport) {
-        if intercept.len() > 1 {
-            // Softmax is blind to a shift shared by all intercepts; pick sklearn's
-            // (zero-sum) representative.
-            let mean = intercept.iter().sum::<f64>() / intercept.len() as f64;
-            intercept.iter_mut().for_each(|b| *b -= mean);
-        }
-        let model = LinearModel {
-            coef,
-            intercept,
-            n_features: d,
-            n_classes,
-            kind: ModelKind::Logistic,
-        };
-        let report = FitReport {
-            n_iter: out.n_iter,
-            converged: out.converged,
-            objective: out.f,
-        };
-        (model, report)
+/// The model and report of a finished minimisation.
+fn finish(
+    coef: Vec<f64>,
+    mut intercept: Vec<f64>,
+    d: usize,
+    n_classes: usize,
+    out: &lbfgs::Outcome,
+) -> (LinearModel, FitReport) {
+    if intercept.len() > 1 {
+        // Softmax is blind to a shift shared by all intercepts; pick sklearn's
+        // (zero-sum) representative.
+        let mean = intercept.iter().sum::<f64>() / intercept.len() as f64;
+        intercept.iter_mut().for_each(|b| *b -= mean);
     }
+    let model = LinearModel {
+        coef,
+        intercept,
+        n_features: d,
+        n_classes,
+        kind: ModelKind::Logistic,
+    };
+    let report = FitReport {
+        n_iter: out.n_iter,
+        converged: out.converged,
+        objective: out.f,
+    };
+    (model, report)
 }
 
 /// A warm start, if it has `d` features and `n_classes` classes.
