@@ -22,8 +22,8 @@
 //! ReLU to each output plane as it is written; on those CPUs and in WebAssembly its 3×3
 //! stride-1 convolutions with 32 channels or more (on maps of 7×7 and up for one sample,
 //! 14×14 for batches) run Winograd's F(2×2, 3×3) ([`winograd`]), 16 products per 2×2 outputs
-//! where the direct sums take 36; for one sample on maps of at most 16 tiles (7×7), with
-//! AVX-512F, its products read the transformed kernel as one stream ([`narrow`]).
+//! where the direct sums take 36; for one sample on maps of at most 16 tiles (7×7) its
+//! products read the transformed kernel as one stream ([`narrow`]).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
