@@ -186,42 +186,70 @@ fn product512(
 mod tests {
     use super::*;
 
-    /// The packed product equals the plain sums over shapes of one and several blocks,
-    /// full and partial vectors of tiles, and rows of `v` wider than the tiles.
+    type Kernel = fn(&[f32], &[f32], usize, (usize, usize, usize), &mut [f32]);
+
+    /// The kernels this CPU can run, whatever `MTPATH_SIMD` picks: both instruction sets
+    /// are checked where both exist.
+    fn kernels() -> Vec<(&'static str, Kernel)> {
+        let mut found: Vec<(&'static str, Kernel)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above).
+                found.push(("avx512", |u, v, s, dims, m| unsafe {
+                    product512(u, v, s, dims, m)
+                }));
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                found.push(("avx2", |u, v, s, dims, m| unsafe {
+                    product256(u, v, s, dims, m)
+                }));
+            }
+        }
+        found
+    }
+
+    /// Each kernel equals the plain sums bit for bit (same order) over shapes of one and
+    /// several blocks, full and partial vectors of tiles (16, 9, 7, 1), and rows of `v`
+    /// wider than the tiles.
     #[test]
     fn product_equals_the_plain_sums() {
-        for (c_out, c_in, tiles, stride) in [(16, 3, 16, 16), (32, 40, 7, 100), (48, 129, 1, 5)] {
-            if !applies(c_out, tiles) {
-                eprintln!("skipped: the narrow products do not run here");
-                return;
-            }
-            let u: Vec<f32> = (0..2 * c_out * c_in)
-                .map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5)
-                .collect();
-            let v: Vec<f32> = (0..(c_in - 1) * stride + tiles)
-                .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
-                .collect();
-            let packed = pack(&u, c_out, c_in);
-            for e in 0..2 {
-                let u_e = &u[e * c_out * c_in..][..c_out * c_in];
-                let mut m = vec![f32::NAN; c_out * tiles];
-                product(
-                    &packed[e * c_out * c_in..],
-                    &v,
-                    stride,
-                    (c_out, c_in, tiles),
-                    &mut m,
-                );
-                for co in 0..c_out {
-                    for t in 0..tiles {
-                        let want = (0..c_in).fold(0.0f32, |s, ci| {
-                            u_e[co * c_in + ci].mul_add(v[ci * stride + t], s)
-                        });
-                        assert_eq!(
-                            m[co * tiles + t],
-                            want,
-                            "{c_out}×{c_in}×{tiles} ({co}, {t})"
-                        );
+        let kernels = kernels();
+        if kernels.is_empty() {
+            eprintln!("skipped: no narrow kernel runs here");
+            return;
+        }
+        let shapes = [
+            (16, 3, 16, 16),
+            (32, 40, 7, 100),
+            (48, 129, 1, 5),
+            (16, 8, 9, 9),
+        ];
+        for (name, kernel) in kernels {
+            for (c_out, c_in, tiles, stride) in shapes {
+                let u: Vec<f32> = (0..2 * c_out * c_in)
+                    .map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5)
+                    .collect();
+                let v: Vec<f32> = (0..(c_in - 1) * stride + tiles)
+                    .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
+                    .collect();
+                let packed = pack(&u, c_out, c_in);
+                for e in 0..2 {
+                    let u_e = &u[e * c_out * c_in..][..c_out * c_in];
+                    let mut m = vec![f32::NAN; c_out * tiles];
+                    let dims = (c_out, c_in, tiles);
+                    kernel(&packed[e * c_out * c_in..], &v, stride, dims, &mut m);
+                    for co in 0..c_out {
+                        for t in 0..tiles {
+                            let want = (0..c_in).fold(0.0f32, |s, ci| {
+                                u_e[co * c_in + ci].mul_add(v[ci * stride + t], s)
+                            });
+                            let got = m[co * tiles + t];
+                            assert_eq!(got, want, "{name} {c_out}×{c_in}×{tiles} ({co}, {t})");
+                        }
                     }
                 }
             }
