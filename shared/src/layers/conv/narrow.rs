@@ -25,13 +25,14 @@ pub(super) const MAX_TILES: usize = 16;
 /// Whether [`product`] runs the products of `c_out` output channels over `tiles` tiles on
 /// this CPU.
 pub(super) fn applies(c_out: usize, tiles: usize) -> bool {
+    let shape = c_out.is_multiple_of(BLOCK) && (1..=MAX_TILES).contains(&tiles);
     #[cfg(target_arch = "x86_64")]
     {
-        direct::isa().is_some() && c_out.is_multiple_of(BLOCK) && (1..=MAX_TILES).contains(&tiles)
+        shape && direct::isa().is_some()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (c_out, tiles);
+        let _ = shape;
         false
     }
 }
