@@ -708,8 +708,9 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
 /// `y (m×n) = w (m×k) · col (k×n)`, all row-major, the rows of `w` and `y` split into one
 /// block per thread, each block a single-threaded gemm: for one sample's small maps (at
 /// least as many output channels as positions, ResNet's 14×14 and 7×7 stages, or fewer than
-/// [`ROWS_PARALLEL_POSITIONS`] positions), where gemm's own threading splits the few columns. In the browser at 2 threads ResNet-50 went from
-/// 152 to 145 ms a tile; ResNet-18, whose time is in the large maps, did not move.
+/// [`ROWS_PARALLEL_POSITIONS`] positions), where gemm's own threading splits the few
+/// columns. In the browser at 2 threads ResNet-50 went from 152 to 145 ms a tile;
+/// ResNet-18, whose time is in the large maps, did not move.
 fn matmul_rows_parallel<T: WithDType>(
     m: usize,
     n: usize,
