@@ -115,8 +115,8 @@ fn product256(
             for ci in 0..c_in {
                 // SAFETY: row `ci` of `v` holds `tiles` values from `ci · v_stride` (asserted
                 // by the caller); masked lanes are not read (the second vector's address may
-                // lie past `v` when `tiles ≤ 8`: its mask is then empty). `w` reads value `ci · 16 + pass ·
-                // 4 + r < c_in · 16` of the block. A prefetch does not fault.
+                // lie past `v` when `tiles ≤ 8`: its mask is then empty). `w` reads value
+                // `ci · 16 + pass · 4 + r < c_in · 16` of the block. A prefetch does not fault.
                 unsafe {
                     if pass == 0 {
                         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(ci * BLOCK + AHEAD).cast());
