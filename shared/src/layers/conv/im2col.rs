@@ -541,6 +541,11 @@ pub(super) fn row_major_mut<T>(ptr: *mut T, row_stride: usize) -> Mat<*mut T> {
     }
 }
 
+/// Output rows of a panel whose column buffer stays within [`PANEL_BUDGET`] (at least one).
+fn panel_rows(d: &Dims) -> usize {
+    (PANEL_BUDGET / (d.rows() * d.ow).max(1)).max(1)
+}
+
 impl Split {
     /// The output-row ranges a chunk of `nc` samples is unfolded in. A single sample of a
     /// spatial convolution on a large map goes in panels whose column buffer stays in L2, so
@@ -550,7 +555,7 @@ impl Split {
         if nc > 1 || d.is_pointwise(g) || self.inner_parallel {
             return std::iter::once(0..d.oh).collect();
         }
-        let step = (PANEL_BUDGET / (d.rows() * d.ow).max(1)).clamp(1, d.oh.max(1));
+        let step = panel_rows(d).min(d.oh.max(1));
         (0..d.oh)
             .step_by(step)
             .map(|o| o..(o + step).min(d.oh))
@@ -770,8 +775,9 @@ fn matmul_panels_parallel<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom, y
     let (l, rows) = (d.out_len(), d.rows());
     assert!(y.len() >= d.c_out * l && w.len() >= d.c_out * rows);
     // Panels within the L2 budget, at least four a thread so that they balance.
-    let budget_rows = (PANEL_BUDGET / (rows * d.ow).max(1)).max(1);
-    let step = budget_rows.min(d.oh.div_ceil(4 * threads().max(1))).max(1);
+    let step = panel_rows(d)
+        .min(d.oh.div_ceil(4 * threads().max(1)))
+        .max(1);
     let panels: Vec<Range<usize>> = (0..d.oh)
         .step_by(step)
         .map(|o| o..(o + step).min(d.oh))
