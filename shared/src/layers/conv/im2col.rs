@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{shifted, ConvGeom, Dims};
+use super::{packed, shifted, ConvGeom, Dims};
 use crate::layers::fill::{self, par_zeros};
 
 /// Upper bound on the elements of the im2col buffer when one sample-group spans the whole
@@ -601,7 +601,7 @@ pub(super) fn conv_forward_cached<T: Scratch>(
     if shifted::forward_applies::<T>(d, g) {
         return shifted::forward(x, w, d, g, cache, finish);
     }
-    conv_forward_unfolded(x, w, d, g, finish)
+    conv_forward_unfolded(x, w, d, g, cache, finish)
 }
 
 /// [`conv_forward`] by unfolding and gemm, each output plane handed to `finish` as soon as
@@ -614,12 +614,22 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
     w: &[T],
     d: &Dims,
     g: ConvGeom,
+    cache: Option<&super::PackedKernel>,
     finish: Option<Finish<T>>,
 ) -> Vec<T> {
     let l = d.out_len();
     let rows = d.rows();
     let split = Split::new(d);
     let par = split.parallelism();
+    let inner = split.inner_parallel && threads() > 1;
+    // Inference with AVX-512F: the kernel packed once for [`packed`]'s products.
+    let packed = match (cache, shifted::as_f32(w)) {
+        (Some(cache), Some(w)) if packed::available() => {
+            Some(cache.get_or_pack_unfolded(|| packed::pack(w, d.c_out, rows)))
+        }
+        _ => None,
+    };
+    let packed = packed.as_deref().map(|p| p.as_slice());
     let mut y = fill::uninit::<T>(d.n * d.c_out * l);
     let col_len = split.scratch_len(rows * l);
     let out_len = split.scratch_len(d.c_out * l);
@@ -634,16 +644,23 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                     // Several samples side by side, then back to NCHW.
                     let width = nc * l;
                     let col = columns(xs, d, g, (nc, 0..d.oh), col_buf, split.inner_parallel);
-                    matmul(
-                        d.c_out,
-                        width,
-                        rows,
-                        row_major_mut(out_buf.as_mut_ptr(), width),
-                        false,
-                        row_major(w.as_ptr(), rows),
-                        row_major(col.as_ptr(), width),
-                        par,
-                    );
+                    let f32s = packed.zip(shifted::as_f32(col));
+                    match (f32s, shifted::as_f32_mut(&mut out_buf[..d.c_out * width])) {
+                        (Some((packed, col)), Some(out)) => {
+                            let dims = (d.c_out, width, rows);
+                            packed::product(packed, dims, (col, width), (out, width), inner)
+                        }
+                        _ => matmul(
+                            d.c_out,
+                            width,
+                            rows,
+                            row_major_mut(out_buf.as_mut_ptr(), width),
+                            false,
+                            row_major(w.as_ptr(), rows),
+                            row_major(col.as_ptr(), width),
+                            par,
+                        ),
+                    }
                     match finish {
                         Some(finish) => {
                             // transpose_chunk's copy, each plane finished while in L1.
@@ -661,42 +678,72 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                     }
                     continue;
                 }
-                // One sample: each panel's product lands in its columns of Y [c_out, L],
-                // zeroed here rather than in a pass over the whole output (gemm does not use
-                // the values, but it may read them).
-                let ys = if split.inner_parallel {
-                    fill::par_init_zeroed(ys)
-                } else {
-                    fill::init_zeroed(ys)
-                };
                 let rows_parallel = d.c_out >= l || l < ROWS_PARALLEL_POSITIONS;
-                if split.inner_parallel && threads() > 1 && !d.is_pointwise(g) && !rows_parallel {
-                    matmul_panels_parallel(xs, w, d, g, ys);
-                } else {
-                    for oy in split.panels(d, g, 1) {
-                        let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
-                        let col = columns(xs, d, g, (1, oy), col_buf, split.inner_parallel);
-                        if split.inner_parallel
-                            && threads() > 1
-                            && at == 0
-                            && pw == l
-                            && rows_parallel
-                        {
-                            matmul_rows_parallel(d.c_out, l, rows, ys, w, col);
-                            continue;
+                let panels_parallel = inner && !d.is_pointwise(g) && !rows_parallel;
+                // One sample: each panel's product lands in its columns of Y [c_out, L].
+                let ys = if let Some(packed) = packed {
+                    // Written whole by the products (no zeroing).
+                    let out = ys.as_mut_ptr().cast::<f32>();
+                    if panels_parallel {
+                        // SAFETY: `out` is this sample's `[c_out, l]` output (f32: `packed`
+                        // is only made for f32), borrowed mutably here.
+                        unsafe { matmul_panels_parallel(xs, w, d, g, (out.cast(), Some(packed))) };
+                    } else {
+                        for oy in split.panels(d, g, 1) {
+                            let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
+                            let col = columns(xs, d, g, (1, oy), col_buf, split.inner_parallel);
+                            let col = shifted::as_f32(col).expect("f32 (packed is)");
+                            let dims = (d.c_out, pw, rows);
+                            // SAFETY: the panel's columns `at..at + pw` of rows `0..c_out`
+                            // (`l` apart) of this sample's output `ys`, borrowed mutably here.
+                            unsafe {
+                                packed::product_into(
+                                    packed,
+                                    dims,
+                                    (col, pw),
+                                    (out.add(at), l),
+                                    inner,
+                                )
+                            };
                         }
-                        matmul(
-                            d.c_out,
-                            pw,
-                            rows,
-                            row_major_mut(ys[at..].as_mut_ptr(), l),
-                            false,
-                            row_major(w.as_ptr(), rows),
-                            row_major(col.as_ptr(), pw),
-                            par,
-                        );
                     }
-                }
+                    // SAFETY: the panels cover the map's rows, so the products wrote every
+                    // column of every row of `ys`.
+                    unsafe { fill::assume_init(ys) }
+                } else {
+                    // Zeroed here rather than in a pass over the whole output (gemm does not
+                    // use the values, but it may read them).
+                    let ys = if split.inner_parallel {
+                        fill::par_init_zeroed(ys)
+                    } else {
+                        fill::init_zeroed(ys)
+                    };
+                    if panels_parallel {
+                        // SAFETY: `ys` is this sample's `[c_out, l]` output, borrowed mutably
+                        // here.
+                        unsafe { matmul_panels_parallel(xs, w, d, g, (ys.as_mut_ptr(), None)) };
+                    } else {
+                        for oy in split.panels(d, g, 1) {
+                            let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
+                            let col = columns(xs, d, g, (1, oy), col_buf, split.inner_parallel);
+                            if inner && at == 0 && pw == l && rows_parallel {
+                                matmul_rows_parallel(d.c_out, l, rows, ys, w, col);
+                                continue;
+                            }
+                            matmul(
+                                d.c_out,
+                                pw,
+                                rows,
+                                row_major_mut(ys[at..].as_mut_ptr(), l),
+                                false,
+                                row_major(w.as_ptr(), rows),
+                                row_major(col.as_ptr(), pw),
+                                par,
+                            );
+                        }
+                    }
+                    ys
+                };
                 if let Some(finish) = finish {
                     let plane = |(ch, plane): (usize, &mut [T])| finish(n0, ch, plane);
                     for_each_plane(ys, l, split.inner_parallel, plane);
@@ -706,7 +753,7 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
     });
     // SAFETY: the groups cover the batch and their chunks of `per` samples each group; every
     // chunk's `ys` went whole through `init_copy` (plane by plane, `nc·c_out` planes of `l`),
-    // `init_zeroed` or `par_init_zeroed` above.
+    // `init_zeroed`, `par_init_zeroed` or the packed products above.
     unsafe { fill::assume_init_vec(y) }
 }
 
@@ -771,9 +818,20 @@ impl<T> SharedColumns<T> {
 /// stays in that core's L2) and multiplied there by a single-threaded gemm into its columns
 /// of `y`. The whole map unfolded at once (ResNet's 7×7 stem: 7.4 MB) went through memory
 /// between the unfolding and gemm, whose own threading then split its columns.
-fn matmul_panels_parallel<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom, y: &mut [T]) {
+///
+/// # Safety
+/// `y` is valid for writes of the sample's whole output `[c_out, oh·ow]`, which nothing else
+/// reads or writes during the call; when `packed` ([`packed::pack`]'s kernel) is given, `T`
+/// is f32.
+unsafe fn matmul_panels_parallel<T: Scratch>(
+    x: &[T],
+    w: &[T],
+    d: &Dims,
+    g: ConvGeom,
+    (y, packed): (*mut T, Option<&[f32]>),
+) {
     let (l, rows) = (d.out_len(), d.rows());
-    assert!(y.len() >= d.c_out * l && w.len() >= d.c_out * rows);
+    assert!(w.len() >= d.c_out * rows);
     // Panels within the L2 budget, at least four a thread so that they balance.
     let step = panel_rows(d)
         .min(d.oh.div_ceil(4 * threads().max(1)))
@@ -782,25 +840,33 @@ fn matmul_panels_parallel<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom, y
         .step_by(step)
         .map(|o| o..(o + step).min(d.oh))
         .collect();
-    let out = SharedColumns {
-        ptr: y.as_mut_ptr(),
-    };
+    let out = SharedColumns { ptr: y };
     panels.into_par_iter().for_each(|oy| {
         let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
         T::with_scratch(rows * pw, |buf| {
             let col = columns(x, d, g, (1, oy), buf, false);
-            // The panel's columns `at..at + pw` of every row of `y`: within `y` (asserted
-            // above), and no other panel's (the panels' row ranges are disjoint).
-            matmul(
-                d.c_out,
-                pw,
-                rows,
-                row_major_mut(out.at(at), l),
-                false,
-                row_major(w.as_ptr(), rows),
-                row_major(col.as_ptr(), pw),
-                gemm::Parallelism::None,
-            );
+            // The panel's columns `at..at + pw` of every row of `y`: within `y` (this
+            // function's contract), and no other panel's (the panels' row ranges are
+            // disjoint).
+            match (packed, shifted::as_f32(col)) {
+                (Some(packed), Some(col)) => {
+                    let y = (out.at(at).cast::<f32>(), l);
+                    // SAFETY: as above; `T` is f32 (`as_f32` answered).
+                    unsafe {
+                        packed::product_into(packed, (d.c_out, pw, rows), (col, pw), y, false)
+                    }
+                }
+                _ => matmul(
+                    d.c_out,
+                    pw,
+                    rows,
+                    row_major_mut(out.at(at), l),
+                    false,
+                    row_major(w.as_ptr(), rows),
+                    row_major(col.as_ptr(), pw),
+                    gemm::Parallelism::None,
+                ),
+            }
         })
     });
 }

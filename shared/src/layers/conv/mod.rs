@@ -36,6 +36,7 @@ mod direct;
 mod im2col;
 mod layer;
 mod narrow;
+mod packed;
 mod shifted;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,8 @@ pub struct PackedKernel {
     winograd: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
     /// The same, packed for the products of maps of few tiles ([`narrow`]).
     winograd_narrow: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
+    /// `[c_out, c_in·k·k]` packed for the unfolded convolutions' products ([`packed`]).
+    unfolded: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
 }
 
 impl PackedKernel {
@@ -93,6 +96,13 @@ impl PackedKernel {
     ) -> std::sync::Arc<Vec<f32>> {
         self.winograd_narrow
             .get_or_init(|| std::sync::Arc::new(transform()))
+            .clone()
+    }
+
+    /// The kernel packed for [`packed`]'s products, built by `pack` on first use.
+    fn get_or_pack_unfolded(&self, pack: impl FnOnce() -> Vec<f32>) -> std::sync::Arc<Vec<f32>> {
+        self.unfolded
+            .get_or_init(|| std::sync::Arc::new(pack()))
             .clone()
     }
 

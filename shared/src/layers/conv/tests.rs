@@ -375,3 +375,46 @@ fn fused_epilogue_matches_the_separate_pass() -> candle_core::Result<()> {
     assert!(err.to_string().contains("[1, 6, 7, 7]"), "{err}");
     Ok(())
 }
+
+/// The inference products with the kernel packed once ([`super::packed`], where AVX-512F
+/// runs) against the uncached convolution (gemm), f32: 1×1 layers of one sample (rows split
+/// over the threads; 13 output channels, a partial block of rows), a strided 1×1, a 7×7
+/// stride-2 stem on a large map (panels of output rows, one a thread), a 3×3 stride 2, and
+/// batches (samples side by side); twice with one cache, which must hold the packed kernel
+/// for the 1×1 layers.
+#[test]
+fn packed_products_match_gemm() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    for (n, cin, cout, k, stride, h) in [
+        (1, 64, 256, 1, 1, 14),
+        (1, 20, 13, 1, 1, 10),
+        (1, 256, 64, 1, 1, 30),
+        (1, 64, 128, 1, 2, 14),
+        (1, 3, 64, 7, 2, 60),
+        (1, 32, 64, 3, 2, 14),
+        (4, 24, 40, 1, 1, 9),
+        (3, 16, 24, 1, 1, 33),
+    ] {
+        let geom = ConvGeom {
+            stride,
+            padding: k / 2,
+        };
+        let x = Tensor::randn(0f32, 1.0, (n, cin, h, h), &dev)?;
+        let w = Tensor::randn(0f32, 0.1, (cout, cin, k, k), &dev)?;
+        let want = conv2d(&x, &w, geom)?;
+        let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+        let cache = PackedKernel::default();
+        for pass in 0..2 {
+            let got = conv2d_cached(&x, &w, geom, &cache)?;
+            let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                diff <= 1e-5 * scale,
+                "{n}x{cin}x{h}x{h} → {cout} k{k} s{stride} pass {pass}: {diff} of {scale}"
+            );
+        }
+        if k == 1 {
+            assert_eq!(cache.unfolded.get().is_some(), super::packed::available());
+        }
+    }
+    Ok(())
+}

@@ -658,7 +658,7 @@ mod tests {
             let wt: Vec<f32> = (0..c_out * c_in * 9)
                 .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
                 .collect();
-            let want = super::super::im2col::conv_forward_unfolded(&x, &wt, &d, g, None);
+            let want = super::super::im2col::conv_forward_unfolded(&x, &wt, &d, g, None, None);
             let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let cache = PackedKernel::default();
             for pass in 0..2 {
