@@ -622,14 +622,16 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
     let split = Split::new(d);
     let par = split.parallelism();
     let inner = split.inner_parallel && threads() > 1;
-    // Inference with AVX-512F: the kernel packed once for [`packed`]'s products.
+    // Inference with AVX-512F: the kernel packed once for [`packed`]'s products, laid out
+    // for the width of a chunk's product.
+    let layout = packed::Layout::for_shape(d.c_out, split.per.min(d.n) * l);
     let packed = match (cache, shifted::as_f32(w)) {
         (Some(cache), Some(w)) if packed::available() => {
-            Some(cache.get_or_pack_unfolded(|| packed::pack(w, d.c_out, rows)))
+            Some(cache.get_or_pack_unfolded(layout, || packed::pack(w, d.c_out, rows, layout)))
         }
         _ => None,
     };
-    let packed = packed.as_deref().map(|p| p.as_slice());
+    let packed = packed.as_deref().map(|p| (p.as_slice(), layout));
     let mut y = fill::uninit::<T>(d.n * d.c_out * l);
     let col_len = split.scratch_len(rows * l);
     let out_len = split.scratch_len(d.c_out * l);
@@ -828,7 +830,7 @@ unsafe fn matmul_panels_parallel<T: Scratch>(
     w: &[T],
     d: &Dims,
     g: ConvGeom,
-    (y, packed): (*mut T, Option<&[f32]>),
+    (y, packed): (*mut T, Option<(&[f32], packed::Layout)>),
 ) {
     let (l, rows) = (d.out_len(), d.rows());
     assert!(w.len() >= d.c_out * rows);

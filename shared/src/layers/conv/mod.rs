@@ -23,7 +23,9 @@
 //! stride-1 convolutions with 32 channels or more (on maps of 7×7 and up for one sample,
 //! 14×14 for batches) run Winograd's F(2×2, 3×3) ([`winograd`]), 16 products per 2×2 outputs
 //! where the direct sums take 36; for one sample on maps of at most 16 tiles (7×7) its
-//! products read the transformed kernel as one stream ([`narrow`]).
+//! products read the transformed kernel as one stream ([`narrow`]). With AVX-512F the
+//! unfolded convolutions' products (1×1 layers, the stem, strided layers) read the kernel
+//! packed once instead of gemm's packing on every call ([`packed`]).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -59,8 +61,11 @@ pub struct PackedKernel {
     winograd: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
     /// The same, packed for the products of maps of few tiles ([`narrow`]).
     winograd_narrow: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
-    /// `[c_out, c_in·k·k]` packed for the unfolded convolutions' products ([`packed`]).
+    /// `[c_out, c_in·k·k]` packed for the unfolded convolutions' products ([`packed`]), in
+    /// [`packed::Layout::Positions`].
     unfolded: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
+    /// The same in [`packed::Layout::Channels`] (maps of fewer than 64 positions).
+    unfolded_channels: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
 }
 
 impl PackedKernel {
@@ -99,11 +104,18 @@ impl PackedKernel {
             .clone()
     }
 
-    /// The kernel packed for [`packed`]'s products, built by `pack` on first use.
-    fn get_or_pack_unfolded(&self, pack: impl FnOnce() -> Vec<f32>) -> std::sync::Arc<Vec<f32>> {
-        self.unfolded
-            .get_or_init(|| std::sync::Arc::new(pack()))
-            .clone()
+    /// The kernel packed for [`packed`]'s products in `layout`, built by `pack` on first
+    /// use.
+    fn get_or_pack_unfolded(
+        &self,
+        layout: packed::Layout,
+        pack: impl FnOnce() -> Vec<f32>,
+    ) -> std::sync::Arc<Vec<f32>> {
+        let cell = match layout {
+            packed::Layout::Positions => &self.unfolded,
+            packed::Layout::Channels => &self.unfolded_channels,
+        };
+        cell.get_or_init(|| std::sync::Arc::new(pack())).clone()
     }
 
     /// Whether a pass has packed the kernel for the planar kernel (it ran).
