@@ -42,20 +42,9 @@ pub(super) fn applies(c_out: usize, tiles: usize) -> bool {
 /// channel-interleaved (`[c_out / 16, c_in, 16]`), so that a block is read front to back.
 pub(super) fn pack(u: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     assert!(c_out.is_multiple_of(BLOCK) && u.len().is_multiple_of(c_out * c_in));
-    let mut packed = vec![0.0; u.len()];
-    for (matrix, out) in u
-        .chunks_exact(c_out * c_in)
-        .zip(packed.chunks_exact_mut(c_out * c_in))
-    {
-        for (b, block) in out.chunks_exact_mut(c_in * BLOCK).enumerate() {
-            for (ci, values) in block.chunks_exact_mut(BLOCK).enumerate() {
-                for (r, value) in values.iter_mut().enumerate() {
-                    *value = matrix[(b * BLOCK + r) * c_in + ci];
-                }
-            }
-        }
-    }
-    packed
+    u.chunks_exact(c_out * c_in)
+        .flat_map(|matrix| super::packed::interleave(matrix, c_out, c_in, BLOCK))
+        .collect()
 }
 
 /// `m = u · v` for one product: `u` one matrix of [`pack`]'s result (`c_out × c_in`), `v`'s

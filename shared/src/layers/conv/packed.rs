@@ -89,17 +89,25 @@ const LANE_ROWS: usize = 64;
 /// Positions a tile of [`Layout::Channels`] holds (7×7 maps: seven strips).
 const LANE_COLS: usize = 7;
 
-/// `w` (row-major `[m, k]`) as [`product`] reads it in `layout`: blocks of
-/// [`Layout::rows`] rows, each `[k, rows]`, the last block's missing rows zero.
+/// `w` (row-major `[m, k]`) as [`product`] reads it in `layout` ([`interleave`] in blocks
+/// of [`Layout::rows`] rows).
 pub(super) fn pack(w: &[f32], m: usize, k: usize, layout: Layout) -> Vec<f32> {
+    interleave(w, m, k, layout.rows())
+}
+
+/// `w` (row-major `[m, k]`) as blocks of `rows` rows, each block's values row-interleaved
+/// (`[⌈m / rows⌉, k, rows]`: a block read front to back gives, for each column, its `rows`
+/// values), the last block's missing rows zero. The packing of this module's kernels and
+/// of [`super::narrow`]'s.
+pub(super) fn interleave(w: &[f32], m: usize, k: usize, rows: usize) -> Vec<f32> {
     assert!(w.len() >= m * k);
-    let rows = layout.rows();
     let mut packed = vec![0.0; m.div_ceil(rows) * k * rows];
     for (b, block) in packed.chunks_exact_mut(k * rows).enumerate() {
         for (kk, values) in block.chunks_exact_mut(rows).enumerate() {
             for (r, value) in values.iter_mut().enumerate() {
-                if let Some(row) = w.get((b * rows + r) * k..).filter(|_| b * rows + r < m) {
-                    *value = row[kk];
+                let row = b * rows + r;
+                if row < m {
+                    *value = w[row * k + kk];
                 }
             }
         }
