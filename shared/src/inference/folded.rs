@@ -33,7 +33,9 @@ use crate::backbone::topology::{
     densenet_stages, resnet_blocks, ConvShape, Family, BN_SIZE, GROWTH, STEM_CONV, STEM_POOL,
 };
 use crate::layers::channel_affine::ChannelAffine;
-use crate::layers::conv::{conv2d_cached, conv2d_fused, ConvGeom, PackedKernel};
+use crate::layers::conv::{
+    conv1x1_over_parts, conv2d_cached, conv2d_fused, ConvGeom, PackedKernel,
+};
 use crate::layers::{global_avg_pool, max_pool2d, BatchNorm2d};
 use crate::varstore::VarStore;
 use crate::weights::{normalize_name, TensorFile};
@@ -226,6 +228,30 @@ impl Conv {
 
     /// `conv(xs) + bias (+ residual)`, then ReLU when `relu`: the epilogue fused into the
     /// convolution where there is a bias.
+    /// `relu(self(relu(norm(cat(parts)))))`: DenseNet's `norm1 → ReLU → conv1 → (norm2 →
+    /// ReLU)`, in one pass over the block's features where [`conv1x1_over_parts`] runs
+    /// (DenseNet-121 at batch 1, two threads: 10.4–10.8 → 9.0–9.1 ms for these layers on the
+    /// 56×56 to 14×14 maps), else composed.
+    fn forward_over_parts_relu(
+        &self,
+        norm: &Affine,
+        parts: &[Tensor],
+    ) -> candle_core::Result<Tensor> {
+        let pointwise = self.geom
+            == ConvGeom {
+                stride: 1,
+                padding: 0,
+            };
+        if let (Some([_, epilogue]), true) = (&self.epilogue, pointwise) {
+            let norm = &norm.fused_relu;
+            let fused = conv1x1_over_parts(parts, norm, &self.weight, &self.packed, epilogue)?;
+            if let Some(y) = fused {
+                return Ok(y);
+            }
+        }
+        self.forward_with(&norm.forward_relu(parts, false)?, None, true)
+    }
+
     fn forward_with(
         &self,
         xs: &Tensor,
@@ -463,8 +489,9 @@ impl DenseNetTrunk {
         let mut features = vec![h];
         for (i, block) in self.blocks.iter().enumerate() {
             for layer in block {
-                let y = layer.norm1.forward_relu(&features, false)?;
-                let y = layer.conv1.forward_with(&y, None, true)?;
+                let y = layer
+                    .conv1
+                    .forward_over_parts_relu(&layer.norm1, &features)?;
                 features.push(layer.conv2.forward(&y)?);
             }
             if let Some(t) = self.transitions.get(i) {

@@ -52,6 +52,14 @@ impl ChannelAffine {
         self.shift.len()
     }
 
+    /// Channel `ch`'s `(scale, shift)` and whether a ReLU follows: `y = relu?(x · scale +
+    /// shift)`, computed as [`Self::apply_parts`] does (a product, then a sum, no fused
+    /// multiply-add).
+    pub(crate) fn coefficients(&self, ch: usize) -> (f32, f32, bool) {
+        let a = self.scale.as_ref().map_or(1.0, |s| s[ch]);
+        (a, self.shift[ch], self.relu)
+    }
+
     /// Apply in place to `plane`, one plane of channel `ch` (adding `residual`, the same
     /// plane of the residual): a fused convolution's epilogue.
     pub(crate) fn finish_plane(&self, ch: usize, plane: &mut [f32], residual: Option<&[f32]>) {

@@ -39,12 +39,14 @@ mod im2col;
 mod layer;
 mod narrow;
 mod packed;
+mod parts;
 mod shifted;
 #[cfg(test)]
 mod tests;
 mod winograd;
 
 pub use layer::{Conv2d, ConvInit};
+pub use parts::conv1x1_over_parts;
 
 /// A convolution kernel as the direct forward kernel reads it, packed on the first pass that
 /// needs it and kept: for inference, whose kernels do not change between passes. Without it

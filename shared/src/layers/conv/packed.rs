@@ -30,7 +30,7 @@ pub(super) const ROWS: usize = 8;
 #[cfg(target_arch = "x86_64")]
 const VECTORS: usize = 3;
 /// Positions a tile holds.
-const COLS: usize = 48;
+pub(super) const COLS: usize = 48;
 
 /// Whether [`product`] runs on this CPU (AVX-512F; `MTPATH_DIRECT_CONV=0` and
 /// `MTPATH_SIMD=avx2` turn it off as they do the direct kernels, [`direct::isa`]).
@@ -238,7 +238,7 @@ const AHEAD: usize = 256;
 /// `cols`; `y` holds rows `rows` at columns `cols`, written by no one else meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn product512(
+pub(super) unsafe fn product512(
     packed: &[f32],
     (m, k): (usize, usize),
     rows: std::ops::Range<usize>,
