@@ -431,3 +431,31 @@ fn packed_products_match_gemm() -> candle_core::Result<()> {
     }
     Ok(())
 }
+
+/// The panels of one sample's rows: they tile the rows in order, stay within the budget, and
+/// each thread's contiguous half of them holds its share of rows to within one (28 rows on
+/// two threads: 14 and 14, where panels of one height made 4 against 3 panels of 4 rows).
+#[test]
+fn panels_split_the_rows_evenly_among_the_threads() {
+    for (rows, most, threads) in [(28, 4, 2), (14, 4, 2), (112, 7, 2), (7, 18, 2), (28, 4, 3)] {
+        let panels = balanced_panels(rows, most, threads);
+        let mut next = 0;
+        for p in &panels {
+            assert_eq!(p.start, next, "{rows} rows: a gap or overlap at {p:?}");
+            assert!(!p.is_empty() && p.len() <= most, "{rows} rows: panel {p:?}");
+            next = p.end;
+        }
+        assert_eq!(next, rows);
+        assert_eq!(panels.len() % threads, 0, "{rows} rows: {panels:?}");
+        let per = panels.len() / threads;
+        let shares: Vec<usize> = panels
+            .chunks(per)
+            .map(|c| c.iter().map(|p| p.len()).sum())
+            .collect();
+        let (lo, hi) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+        assert!(
+            hi - lo <= 1,
+            "{rows} rows on {threads} threads: shares {shares:?}"
+        );
+    }
+}
