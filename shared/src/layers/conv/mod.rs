@@ -68,6 +68,9 @@ pub struct PackedKernel {
     unfolded: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
     /// The same in [`packed::Layout::Channels`] (maps of fewer than 64 positions).
     unfolded_channels: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
+    /// Winograd's transform packed for [`packed`]'s products, in each layout.
+    winograd_packed: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
+    winograd_packed_channels: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
 }
 
 impl PackedKernel {
@@ -116,6 +119,20 @@ impl PackedKernel {
         let cell = match layout {
             packed::Layout::Positions => &self.unfolded,
             packed::Layout::Channels => &self.unfolded_channels,
+        };
+        cell.get_or_init(|| std::sync::Arc::new(pack())).clone()
+    }
+
+    /// Winograd's transform packed for [`packed`]'s products in `layout`, built by `pack`
+    /// on first use.
+    fn get_or_pack_winograd(
+        &self,
+        layout: packed::Layout,
+        pack: impl FnOnce() -> Vec<f32>,
+    ) -> std::sync::Arc<Vec<f32>> {
+        let cell = match layout {
+            packed::Layout::Positions => &self.winograd_packed,
+            packed::Layout::Channels => &self.winograd_packed_channels,
         };
         cell.get_or_init(|| std::sync::Arc::new(pack())).clone()
     }

@@ -17,7 +17,9 @@
 //! thread in place (its 1×1 layers level). Each output is one sum over `k` in order (no
 //! blocking of `k`) in either layout, whatever the threads: the same bits.
 //!
-//! Elsewhere (AVX2, aarch64, WebAssembly, f64) gemm runs.
+//! The same products serve Winograd's sixteen `M_e = U_e · V_e` ([`super::winograd`]) and
+//! DenseNet's fused `norm → ReLU → 1×1` ([`super::parts`]). Elsewhere (AVX2, aarch64,
+//! WebAssembly, f64) gemm runs.
 
 #[cfg(target_arch = "x86_64")]
 use super::direct;
@@ -88,6 +90,11 @@ impl Layout {
 const LANE_ROWS: usize = 64;
 /// Positions a tile of [`Layout::Channels`] holds (7×7 maps: seven strips).
 const LANE_COLS: usize = 7;
+
+/// Elements [`pack`] makes of an `[m, k]` kernel in `layout`.
+pub(super) fn packed_len(m: usize, k: usize, layout: Layout) -> usize {
+    m.div_ceil(layout.rows()) * layout.rows() * k
+}
 
 /// `w` (row-major `[m, k]`) as [`product`] reads it in `layout` ([`interleave`] in blocks
 /// of [`Layout::rows`] rows).
