@@ -62,16 +62,17 @@ impl MaxPool2d {
 
     /// Window maxima of one H×W plane into `out` (OH×OW): a column maximum over the window's
     /// rows (contiguous, so it vectorises), then the maximum across each window's columns
-    /// (`cols`, from [`Self::column_windows`]). NaN propagates, as in PyTorch. `rowmax` is
-    /// scratch of `w` elements.
+    /// (`cols`, from [`Self::column_windows`]). NaN propagates, as in PyTorch. `scratch`
+    /// holds [`Self::scratch_len`] elements.
     fn max_plane<T: Copy + PartialOrd>(
         &self,
         plane: &[T],
         (h, w): (usize, usize),
         cols: &[(usize, usize)],
         out: &mut [T],
-        rowmax: &mut [T],
+        scratch: &mut [T],
     ) {
+        let (rowmax, scratch) = scratch.split_at_mut(w);
         for (oy, out_row) in out.chunks_exact_mut(cols.len()).enumerate() {
             let (y0, y1) = self.clip(oy, h);
             rowmax.copy_from_slice(&plane[y0 * w..(y0 + 1) * w]);
@@ -80,12 +81,27 @@ impl MaxPool2d {
                     *m = nan_max(*m, v);
                 }
             }
+            if self.is_stem_window() && w >= 2 {
+                stem_columns(&rowmax[..w], out_row, &mut scratch[..]);
+                continue;
+            }
             for (o, &(x0, x1)) in out_row.iter_mut().zip(cols) {
                 *o = rowmax[x0 + 1..x1]
                     .iter()
                     .fold(rowmax[x0], |m, &v| nan_max(m, v));
             }
         }
+    }
+
+    /// Scratch elements [`Self::max_plane`] needs for a width `w`: the row maximum, and its
+    /// even and odd elements.
+    fn scratch_len(w: usize) -> usize {
+        2 * w + 2
+    }
+
+    /// ResNet's and DenseNet's window (3, stride 2, padding 1).
+    fn is_stem_window(&self) -> bool {
+        (self.kernel, self.stride, self.padding) == (3, 2, 1)
     }
 
     /// The flat index (within the plane) of the element PyTorch routes output cell
@@ -139,6 +155,38 @@ fn nan_max<T: Copy + PartialOrd>(a: T, b: T) -> T {
     }
 }
 
+/// The column maxima of the stem's window (3, stride 2, padding 1) over one row maximum
+/// `r` (at least two elements) into `out`: from `r`'s even and odd elements apart (in
+/// `scratch`, `w + 2` elements), so that the windows `odd[ox − 1], even[ox], odd[ox]` are
+/// contiguous slices and vectorise, folded in the generic loop's order. The generic loop's
+/// per-window folds: the stem pool of one 224-px sample (64 × 112 × 112) 0.46–0.59 → 0.27–0.29
+/// ms on two threads (onnxruntime: 0.08).
+fn stem_columns<T: Copy + PartialOrd>(r: &[T], out: &mut [T], scratch: &mut [T]) {
+    let w = r.len();
+    let half = w.div_ceil(2);
+    let (even, odd) = scratch[..2 * half].split_at_mut(half);
+    for (j, pair) in r.chunks(2).enumerate() {
+        even[j] = pair[0];
+        odd[j] = pair.get(1).copied().unwrap_or(pair[0]);
+    }
+    let ow = out.len();
+    // Windows that reach past the last column (odd widths) are cut to two columns.
+    let full = if w % 2 == 0 { ow } else { ow - 1 };
+    out[0] = nan_max(even[0], odd[0]);
+    let inner = out[1..full].iter_mut().zip(
+        odd[..full - 1]
+            .iter()
+            .zip(&even[1..full])
+            .zip(&odd[1..full]),
+    );
+    for (o, ((&left, &mid), &right)) in inner {
+        *o = nan_max(nan_max(left, mid), right);
+    }
+    if full < ow {
+        out[full] = nan_max(odd[full - 1], even[full]);
+    }
+}
+
 fn forward_typed<T: candle_core::WithDType>(
     op: &MaxPool2d,
     s: &CpuStorage,
@@ -153,8 +201,8 @@ fn forward_typed<T: candle_core::WithDType>(
     out.par_chunks_mut(oh * ow)
         .zip(src.par_chunks_exact(h * w))
         .for_each_init(
-            || vec![T::zero(); w],
-            |rowmax, (dst, plane)| op.max_plane(plane, (h, w), &cols, dst, rowmax),
+            || vec![T::zero(); MaxPool2d::scratch_len(w)],
+            |scratch, (dst, plane)| op.max_plane(plane, (h, w), &cols, dst, scratch),
         );
     Ok((out, Shape::from((n, c, oh, ow))))
 }
@@ -453,7 +501,15 @@ mod tests {
     #[test]
     fn forward_matches_a_direct_loop_on_odd_and_even_sizes() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        for (h, w) in [(7usize, 7usize), (8, 5), (112, 112), (3, 3)] {
+        for (h, w) in [
+            (7usize, 7usize),
+            (8, 5),
+            (112, 112),
+            (3, 3),
+            (4, 2),
+            (5, 4),
+            (2, 33),
+        ] {
             let x = Tensor::randn(0f64, 1.0, (2, 3, h, w), &dev)?;
             let y = max_pool2d(&x, STEM)?;
             assert_eq!(y.dims(), &[2, 3, STEM.out_size(h), STEM.out_size(w)]);
