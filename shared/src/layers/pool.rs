@@ -171,7 +171,7 @@ fn stem_columns<T: Copy + PartialOrd>(r: &[T], out: &mut [T], scratch: &mut [T])
     }
     let ow = out.len();
     // Windows that reach past the last column (odd widths) are cut to two columns.
-    let full = if w % 2 == 0 { ow } else { ow - 1 };
+    let full = if w.is_multiple_of(2) { ow } else { ow - 1 };
     out[0] = nan_max(even[0], odd[0]);
     let inner = out[1..full].iter_mut().zip(
         odd[..full - 1]
