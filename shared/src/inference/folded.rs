@@ -226,8 +226,6 @@ impl Conv {
         self.forward_with(xs, None, false)
     }
 
-    /// `conv(xs) + bias (+ residual)`, then ReLU when `relu`: the epilogue fused into the
-    /// convolution where there is a bias.
     /// `relu(self(relu(norm(cat(parts)))))`: DenseNet's `norm1 → ReLU → conv1 → (norm2 →
     /// ReLU)`, in one pass over the block's features where [`conv1x1_over_parts`] runs
     /// (DenseNet-121 at batch 1, two threads: 10.4–10.8 → 9.0–9.1 ms for these layers on the
@@ -252,6 +250,8 @@ impl Conv {
         self.forward_with(&norm.forward_relu(parts, false)?, None, true)
     }
 
+    /// `conv(xs) + bias (+ residual)`, then ReLU when `relu`: the epilogue fused into the
+    /// convolution where there is a bias.
     fn forward_with(
         &self,
         xs: &Tensor,

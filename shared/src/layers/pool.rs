@@ -82,7 +82,7 @@ impl MaxPool2d {
                 }
             }
             if self.is_stem_window() && w >= 2 {
-                stem_columns(&rowmax[..w], out_row, &mut scratch[..]);
+                stem_columns(rowmax, out_row, scratch);
                 continue;
             }
             for (o, &(x0, x1)) in out_row.iter_mut().zip(cols) {

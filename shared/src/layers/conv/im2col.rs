@@ -567,9 +567,11 @@ pub(super) fn conv_forward<T: Scratch>(x: &[T], w: &[T], d: &Dims, g: ConvGeom) 
     conv_forward_cached(x, w, d, g, None, None)
 }
 
-/// What happens to each output plane once computed: `finish(sample, channel, plane)` (an
-/// inference convolution's bias, residual and ReLU).
-pub(super) type Finish<'a, T> = &'a (dyn Fn(usize, usize, &mut [T]) + Sync);
+/// What happens to each output plane once computed: `finish(sample, channel, from,
+/// values)` for the plane's positions `from..from + values.len()` (an inference
+/// convolution's bias, residual and ReLU; a whole plane, or a run of its positions while
+/// they are in cache).
+pub(super) type Finish<'a, T> = &'a (dyn Fn(usize, usize, usize, &mut [T]) + Sync);
 
 /// `finish` over every `[l]` plane of `y` `[n, c, l]`, in parallel.
 pub(super) fn finish_planes<T: WithDType>(
@@ -578,7 +580,9 @@ pub(super) fn finish_planes<T: WithDType>(
     finish: Option<Finish<T>>,
 ) {
     if let Some(finish) = finish {
-        for_each_plane(y, l.max(1), true, |(i, plane)| finish(i / c, i % c, plane));
+        for_each_plane(y, l.max(1), true, |(i, plane)| {
+            finish(i / c, i % c, 0, plane)
+        });
     }
 }
 
@@ -670,7 +674,7 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                                 let (s, ch) = (i / d.c_out, i % d.c_out);
                                 let plane =
                                     fill::init_copy(plane, &out_buf[(ch * nc + s) * l..][..l]);
-                                finish(n0 + s, ch, plane);
+                                finish(n0 + s, ch, 0, plane);
                             }
                         }
                         None => {
@@ -691,22 +695,47 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                         // is only made for f32), borrowed mutably here.
                         unsafe { matmul_panels_parallel(xs, w, d, g, (out.cast(), Some(packed))) };
                     } else {
+                        // A thread's own sample (the batch split by samples): every run of
+                        // `FINISH_COLS` positions finished right after its product, while in
+                        // L2, not in a pass over the whole output afterwards.
+                        let early = finish.filter(|_| !inner);
                         for oy in split.panels(d, g, 1) {
                             let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
                             let col = columns(xs, d, g, (1, oy), col_buf, split.inner_parallel);
                             let col = shifted::as_f32(col).expect("f32 (packed is)");
-                            let dims = (d.c_out, pw, rows);
-                            // SAFETY: the panel's columns `at..at + pw` of rows `0..c_out`
-                            // (`l` apart) of this sample's output `ys`, borrowed mutably here.
-                            unsafe {
-                                packed::product_into(
-                                    packed,
-                                    dims,
-                                    (col, pw),
-                                    (out.add(at), l),
-                                    inner,
-                                )
+                            let step = if early.is_some() {
+                                packed::FINISH_COLS
+                            } else {
+                                pw
                             };
+                            for from in (0..pw).step_by(step.max(1)) {
+                                let run = step.min(pw - from);
+                                // SAFETY: the panel's columns `at + from..at + from + run` of
+                                // rows `0..c_out` (`l` apart) of this sample's output `ys`,
+                                // borrowed mutably here.
+                                unsafe {
+                                    packed::product_into(
+                                        packed,
+                                        (d.c_out, run, rows),
+                                        (&col[from..], pw),
+                                        (out.add(at + from), l),
+                                        inner,
+                                    )
+                                };
+                                let Some(finish) = early else { continue };
+                                for ch in 0..d.c_out {
+                                    let first = ch * l + at + from;
+                                    // SAFETY: channel `ch`'s positions just written above
+                                    // (`T` is f32, as `packed`), within `ys`.
+                                    let values = unsafe {
+                                        std::slice::from_raw_parts_mut(
+                                            out.add(first).cast::<T>(),
+                                            run,
+                                        )
+                                    };
+                                    finish(n0, ch, at + from, values);
+                                }
+                            }
                         }
                     }
                     // SAFETY: the panels cover the map's rows, so the products wrote every
@@ -746,8 +775,10 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                     }
                     ys
                 };
-                if let Some(finish) = finish {
-                    let plane = |(ch, plane): (usize, &mut [T])| finish(n0, ch, plane);
+                // Finished above: the packed products of a thread's own sample.
+                let finished = packed.is_some() && !panels_parallel && !inner;
+                if let Some(finish) = finish.filter(|_| !finished) {
+                    let plane = |(ch, plane): (usize, &mut [T])| finish(n0, ch, 0, plane);
                     for_each_plane(ys, l, split.inner_parallel, plane);
                 }
             }

@@ -336,9 +336,9 @@ impl FusedConv2dOp<'_> {
             None => None,
         };
         let l = d.out_len();
-        let finish = |s: usize, ch: usize, plane: &mut [f32]| {
-            let r = residual.map(|r| &r[(s * d.c_out + ch) * l..][..l]);
-            self.epilogue.finish_plane(ch, plane, r);
+        let finish = |s: usize, ch: usize, from: usize, values: &mut [f32]| {
+            let r = residual.map(|r| &r[(s * d.c_out + ch) * l + from..][..values.len()]);
+            self.epilogue.finish_plane(ch, values, r);
         };
         let out = conv_forward_cached(
             contiguous_slice::<f32>(s1, l1, what)?,

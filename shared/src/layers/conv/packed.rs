@@ -34,6 +34,10 @@ const VECTORS: usize = 3;
 /// Positions a tile holds.
 pub(super) const COLS: usize = 48;
 
+/// Positions whose outputs are finished (bias, residual, ReLU) together right after their
+/// product: 8 tiles' strips, 192 KB of output for 128 channels, in L2.
+pub(super) const FINISH_COLS: usize = 8 * COLS;
+
 /// Whether [`product`] runs on this CPU (AVX-512F; `MTPATH_DIRECT_CONV=0` and
 /// `MTPATH_SIMD=avx2` turn it off as they do the direct kernels, [`direct::isa`]).
 pub(super) fn available() -> bool {

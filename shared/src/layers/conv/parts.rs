@@ -13,7 +13,7 @@
 //! runs: 3.2–3.3 → 2.6–2.8, 3.2 → 2.8–2.9 and 3.9–4.2 → 3.4 ms; batch 32 level. Maps under
 //! 64 positions (7×7) keep the composed path.
 
-use super::packed::{self, Layout, COLS};
+use super::packed::{self, Layout, COLS, FINISH_COLS};
 use super::PackedKernel;
 use crate::layers::channel_affine::ChannelAffine;
 use crate::layers::{contiguous_slice, fill};
@@ -21,15 +21,12 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// Positions finished together: with 128 output channels, 192 KB of output, in L2.
-const FINISH_COLS: usize = 8 * COLS;
-
 /// `epilogue(conv(prologue(cat(parts)), w))` for a 1×1, stride-1 kernel `w` `[m, k, 1, 1]`
 /// over `parts` (NCHW f32, equal N, H, W; `k` channels in all), `prologue` and `epilogue`
 /// per-channel affines ([`ChannelAffine`]) of `k` and `m` channels; the kernel packed once in
 /// `cache`. `None` where this path does not run (no AVX-512F, another device or dtype, a
-/// non-contiguous part, maps under 64 positions, whose products take another layout): the
-/// caller composes the operations instead.
+/// non-contiguous part, maps under 64 positions, whose products take another layout, an
+/// empty batch or map): the caller composes the operations instead.
 pub fn conv1x1_over_parts(
     parts: &[Tensor],
     prologue: &ChannelAffine,
@@ -49,7 +46,8 @@ pub fn conv1x1_over_parts(
     let (n, _, h, wd) = first.dims4()?;
     let (m, k, kh, kw) = w.dims4()?;
     let hw = h * wd;
-    if (kh, kw) != (1, 1) || Layout::for_shape(m, hw) != Layout::Positions {
+    let empty = n == 0 || m == 0 || hw == 0;
+    if empty || (kh, kw) != (1, 1) || Layout::for_shape(m, hw) != Layout::Positions {
         return Ok(None);
     }
     let mut channels = Vec::with_capacity(parts.len());
@@ -336,7 +334,8 @@ mod tests {
         }
     }
 
-    /// Maps under 64 positions (another layout), other kernels and mismatched parts.
+    /// Maps under 64 positions (another layout), other kernels, an empty batch and
+    /// mismatched parts.
     #[test]
     fn declines_or_rejects_what_it_does_not_compute() {
         let dev = Device::Cpu;
@@ -351,6 +350,12 @@ mod tests {
         );
         let wide = conv1x1_over_parts(&[part(8, 8)], &pro, &kernel(64, 8, 3), &cache, &epi);
         assert!(wide.unwrap().is_none(), "a 3×3 kernel is not this pass's");
+        let none = Tensor::zeros((0, 8, 8, 8), DType::F32, &dev).unwrap();
+        let empty = conv1x1_over_parts(&[none], &pro, &kernel(64, 8, 1), &cache, &epi);
+        assert!(
+            empty.unwrap().is_none(),
+            "an empty batch takes the composed path"
+        );
         if packed::available() {
             let parts = [part(4, 8), part(4, 9)];
             let mixed = conv1x1_over_parts(&parts, &pro, &kernel(64, 8, 1), &cache, &epi);

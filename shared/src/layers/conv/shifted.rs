@@ -343,7 +343,7 @@ impl Planes {
                 row.copy_from_slice(&rows[y * wp..y * wp + w]);
             }
             if let Some(finish) = finish {
-                finish(first + s, ch, out);
+                finish(first + s, ch, 0, out);
             }
         };
         for_each_plane(&mut dst[..nc * c * h * w], h * w, parallel, copy);

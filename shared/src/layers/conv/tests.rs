@@ -332,6 +332,9 @@ fn fused_epilogue_matches_the_separate_pass() -> candle_core::Result<()> {
         (3, 16, 24, 1, 1, 33),
         (8, 24, 40, 1, 1, 9),
         (5, 32, 64, 1, 2, 14),
+        // A thread's own sample of a strided 3×3 (20×20 = 400 positions: with the packed
+        // products, finished in runs of 384 and 16 positions).
+        (2, 16, 64, 3, 2, 40),
     ] {
         let geom = ConvGeom {
             stride,

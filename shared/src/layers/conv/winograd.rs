@@ -595,7 +595,7 @@ pub(super) fn forward<T: Scratch>(
                     let at = (d.c_out * t_all, co * t_all + s * tiles.per_sample());
                     transforms::output(m, at, tiles, (d.oh, d.ow), dst);
                     if let Some(finish) = finish {
-                        finish(n0 + s, co, out);
+                        finish(n0 + s, co, 0, out);
                     }
                 };
                 for_each_plane(ys, l, parallel, plane);
@@ -722,7 +722,7 @@ mod tests {
             if narrow {
                 eprintln!("{c_in}→{c_out} {h}×{w}: narrow products");
             }
-            let shift = |_: usize, ch: usize, plane: &mut [f32]| {
+            let shift = |_: usize, ch: usize, _: usize, plane: &mut [f32]| {
                 plane
                     .iter_mut()
                     .for_each(|v| *v = (*v + ch as f32).max(0.0))
