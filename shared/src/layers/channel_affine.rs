@@ -114,94 +114,64 @@ impl ChannelAffine {
                 Ok(y)
             };
         }
-        let mut channels = Vec::with_capacity(parts.len());
-        for t in parts {
-            let (pn, pc, ph, pw) = t.dims4()?;
-            if (pn, ph, pw) != (n, h, w) {
+        with_channel_parts(parts, "channel affine", |input| {
+            let c = input.channels();
+            if c != self.shift.len() {
                 candle_core::bail!(
-                    "channel affine: parts {:?} and {:?} differ outside the channels",
-                    first.dims(),
-                    t.dims()
+                    "channel affine: {c} channels in the parts for {} in the affine",
+                    self.shift.len()
                 );
             }
-            channels.push(pc);
-        }
-        let c: usize = channels.iter().sum();
-        if c != self.shift.len() {
-            candle_core::bail!(
-                "channel affine: {c} channels in the parts for {} in the affine",
-                self.shift.len()
-            );
-        }
-        let (oh, ow) = if pool2x2 { (h / 2, w / 2) } else { (h, w) };
-        if oh == 0 || ow == 0 {
-            candle_core::bail!("2x2 average pool needs at least 2x2 input, got {h}x{w}");
-        }
-        // Hold every part's storage for the pass; `source[ch]` = (part, its channel).
-        let guards: Vec<_> = parts.iter().map(|t| t.storage_and_layout()).collect();
-        let mut slices = Vec::with_capacity(parts.len());
-        for (storage, layout) in &guards {
-            let candle_core::Storage::Cpu(cpu) = &**storage else {
-                candle_core::bail!("channel affine: a part left the CPU");
-            };
-            slices.push(contiguous_slice::<f32>(
-                cpu,
-                layout,
-                "channel affine: part",
-            )?);
-        }
-        let source: Vec<(usize, usize)> = channels
-            .iter()
-            .enumerate()
-            .flat_map(|(j, &cj)| (0..cj).map(move |i| (j, i)))
-            .collect();
-        let hw = h * w;
-        let plane = |p: usize, dst: &mut [MaybeUninit<f32>]| {
-            let (s, ch) = (p / c, p % c);
-            let (j, i) = source[ch];
-            let src = &slices[j][(s * channels[j] + i) * hw..][..hw];
-            let (a, b) = (self.scale.as_ref().map_or(1.0, |v| v[ch]), self.shift[ch]);
-            let f = |v: f32| {
-                let y = v * a + b;
-                if self.relu {
-                    y.max(0.0)
-                } else {
-                    y
+            let (oh, ow) = if pool2x2 { (h / 2, w / 2) } else { (h, w) };
+            if oh == 0 || ow == 0 {
+                candle_core::bail!("2x2 average pool needs at least 2x2 input, got {h}x{w}");
+            }
+            let hw = h * w;
+            let plane = |p: usize, dst: &mut [MaybeUninit<f32>]| {
+                let (s, ch) = (p / c, p % c);
+                let src = input.plane(s, ch);
+                let (a, b) = (self.scale.as_ref().map_or(1.0, |v| v[ch]), self.shift[ch]);
+                let f = |v: f32| {
+                    let y = v * a + b;
+                    if self.relu {
+                        y.max(0.0)
+                    } else {
+                        y
+                    }
+                };
+                if !pool2x2 {
+                    rows::copy(dst, src, None, a, b, self.relu);
+                    return;
+                }
+                // avg_pool2x2's order: pairs along a row, then the two rows, then × ¼.
+                for (oy, row) in dst.chunks_mut(ow).enumerate() {
+                    let (r0, r1) = (&src[2 * oy * w..], &src[(2 * oy + 1) * w..]);
+                    for (ox, d) in row.iter_mut().enumerate() {
+                        let top = f(r0[2 * ox]) + f(r0[2 * ox + 1]);
+                        let bottom = f(r1[2 * ox]) + f(r1[2 * ox + 1]);
+                        d.write((top + bottom) * 0.25);
+                    }
                 }
             };
-            if !pool2x2 {
-                rows::copy(dst, src, None, a, b, self.relu);
-                return;
+            let len = n * c * oh * ow;
+            let mut out: Vec<f32> = Vec::with_capacity(len);
+            let planes = &mut out.spare_capacity_mut()[..len];
+            if n * c * hw >= PARALLEL_ELEMENTS {
+                planes
+                    .par_chunks_mut(oh * ow)
+                    .enumerate()
+                    .for_each(|(p, d)| plane(p, d));
+            } else {
+                planes
+                    .chunks_mut(oh * ow)
+                    .enumerate()
+                    .for_each(|(p, d)| plane(p, d));
             }
-            // avg_pool2x2's order: pairs along a row, then the two rows, then × ¼.
-            for (oy, row) in dst.chunks_mut(ow).enumerate() {
-                let (r0, r1) = (&src[2 * oy * w..], &src[(2 * oy + 1) * w..]);
-                for (ox, d) in row.iter_mut().enumerate() {
-                    let top = f(r0[2 * ox]) + f(r0[2 * ox + 1]);
-                    let bottom = f(r1[2 * ox]) + f(r1[2 * ox + 1]);
-                    d.write((top + bottom) * 0.25);
-                }
-            }
-        };
-        let len = n * c * oh * ow;
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        let planes = &mut out.spare_capacity_mut()[..len];
-        if n * c * hw >= PARALLEL_ELEMENTS {
-            planes
-                .par_chunks_mut(oh * ow)
-                .enumerate()
-                .for_each(|(p, d)| plane(p, d));
-        } else {
-            planes
-                .chunks_mut(oh * ow)
-                .enumerate()
-                .for_each(|(p, d)| plane(p, d));
-        }
-        // SAFETY: the planes partition `0..len` and `plane` writes every element of its plane
-        // (a panic inside propagates before this line, leaving the vector empty).
-        unsafe { out.set_len(len) };
-        drop(guards);
-        Tensor::from_vec(out, (n, c, oh, ow), first.device())
+            // SAFETY: the planes partition `0..len` and `plane` writes every element of its
+            // plane (a panic inside propagates before this line, leaving the vector empty).
+            unsafe { out.set_len(len) };
+            Tensor::from_vec(out, (n, c, oh, ow), first.device())
+        })
     }
 
     /// Apply to `x` (and add `residual`, same shape) — fused on the CPU for contiguous f32.
@@ -390,6 +360,83 @@ mod rows {
             copy_any(dst, src, residual, a, b, relu)
         }
     }
+}
+
+/// The parts of a channel concatenation (NCHW f32 on the CPU, contiguous, equal N, H and W)
+/// read where they lie: no concatenation is made ([`with_channel_parts`]).
+pub(crate) struct ChannelParts<'a> {
+    /// Each part's values.
+    slices: Vec<&'a [f32]>,
+    /// Each part's channels.
+    counts: Vec<usize>,
+    /// For each channel of the concatenation: (part, channel within the part).
+    sources: Vec<(usize, usize)>,
+    /// Positions of a plane.
+    hw: usize,
+}
+
+impl ChannelParts<'_> {
+    /// Channels of the concatenation.
+    pub(crate) fn channels(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Sample `s`'s plane of the concatenation's channel `ch`.
+    pub(crate) fn plane(&self, s: usize, ch: usize) -> &[f32] {
+        let (j, i) = self.sources[ch];
+        &self.slices[j][(s * self.counts[j] + i) * self.hw..][..self.hw]
+    }
+}
+
+/// `f` on `parts` read in place ([`ChannelParts`]), their storage held for the call: DenseNet's
+/// norm over a block's features ([`ChannelAffine::apply_parts`], and the fused pass of
+/// [`crate::layers::conv::conv1x1_over_parts`]). The parts must be contiguous f32 on the
+/// CPU; parts that differ outside the channels are an error naming both shapes, `what` its
+/// prefix.
+pub(crate) fn with_channel_parts<R>(
+    parts: &[Tensor],
+    what: &str,
+    f: impl FnOnce(&ChannelParts) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let Some(first) = parts.first() else {
+        candle_core::bail!("{what}: no parts to concatenate");
+    };
+    let (n, _, h, w) = first.dims4()?;
+    let mut counts = Vec::with_capacity(parts.len());
+    for t in parts {
+        let (pn, pc, ph, pw) = t.dims4()?;
+        if (pn, ph, pw) != (n, h, w) {
+            candle_core::bail!(
+                "{what}: parts {:?} and {:?} differ outside the channels",
+                first.dims(),
+                t.dims()
+            );
+        }
+        counts.push(pc);
+    }
+    let guards: Vec<_> = parts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(parts.len());
+    for (storage, layout) in &guards {
+        let candle_core::Storage::Cpu(cpu) = &**storage else {
+            candle_core::bail!("{what}: a part left the CPU");
+        };
+        slices.push(contiguous_slice::<f32>(
+            cpu,
+            layout,
+            &format!("{what}: part"),
+        )?);
+    }
+    let sources = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(j, &cj)| (0..cj).map(move |i| (j, i)))
+        .collect();
+    f(&ChannelParts {
+        slices,
+        counts,
+        sources,
+        hw: h * w,
+    })
 }
 
 #[cfg(test)]

@@ -630,9 +630,11 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
     // for the width of a chunk's product.
     let layout = packed::Layout::for_shape(d.c_out, split.per.min(d.n) * l);
     let packed = match (cache, shifted::as_f32(w)) {
-        (Some(cache), Some(w)) if packed::available() => {
-            Some(cache.get_or_pack_unfolded(layout, || packed::pack(w, d.c_out, rows, layout)))
-        }
+        (Some(cache), Some(w)) if packed::available() => Some(
+            cache
+                .unfolded
+                .get_or_pack(layout, || packed::pack(w, d.c_out, rows, layout)),
+        ),
         _ => None,
     };
     let packed = packed.as_deref().map(|p| (p.as_slice(), layout));

@@ -64,13 +64,10 @@ pub struct PackedKernel {
     /// The same, packed for the products of maps of few tiles ([`narrow`]).
     winograd_narrow: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
     /// `[c_out, c_in·k·k]` packed for the unfolded convolutions' products ([`packed`]), in
-    /// [`packed::Layout::Positions`].
-    unfolded: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
-    /// The same in [`packed::Layout::Channels`] (maps of fewer than 64 positions).
-    unfolded_channels: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
-    /// Winograd's transform packed for [`packed`]'s products, in each layout.
-    winograd_packed: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
-    winograd_packed_channels: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
+    /// the layouts a pass used.
+    unfolded: packed::ByLayout,
+    /// Winograd's transform packed for [`packed`]'s products, in the layouts a pass used.
+    winograd_packed: packed::ByLayout,
 }
 
 impl PackedKernel {
@@ -107,34 +104,6 @@ impl PackedKernel {
         self.winograd_narrow
             .get_or_init(|| std::sync::Arc::new(transform()))
             .clone()
-    }
-
-    /// The kernel packed for [`packed`]'s products in `layout`, built by `pack` on first
-    /// use.
-    fn get_or_pack_unfolded(
-        &self,
-        layout: packed::Layout,
-        pack: impl FnOnce() -> Vec<f32>,
-    ) -> std::sync::Arc<Vec<f32>> {
-        let cell = match layout {
-            packed::Layout::Positions => &self.unfolded,
-            packed::Layout::Channels => &self.unfolded_channels,
-        };
-        cell.get_or_init(|| std::sync::Arc::new(pack())).clone()
-    }
-
-    /// Winograd's transform packed for [`packed`]'s products in `layout`, built by `pack`
-    /// on first use.
-    fn get_or_pack_winograd(
-        &self,
-        layout: packed::Layout,
-        pack: impl FnOnce() -> Vec<f32>,
-    ) -> std::sync::Arc<Vec<f32>> {
-        let cell = match layout {
-            packed::Layout::Positions => &self.winograd_packed,
-            packed::Layout::Channels => &self.winograd_packed_channels,
-        };
-        cell.get_or_init(|| std::sync::Arc::new(pack())).clone()
     }
 
     /// Whether a pass has packed the kernel for the planar kernel (it ran).

@@ -95,6 +95,40 @@ const LANE_ROWS: usize = 64;
 /// Positions a tile of [`Layout::Channels`] holds (7×7 maps: seven strips).
 const LANE_COLS: usize = 7;
 
+/// A kernel packed once in each [`Layout`] a pass asks for (a layer run at batch 1 and in
+/// larger chunks may use both), kept in [`super::PackedKernel`].
+#[derive(Debug, Clone, Default)]
+pub(super) struct ByLayout {
+    positions: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
+    channels: std::sync::OnceLock<std::sync::Arc<Vec<f32>>>,
+}
+
+impl ByLayout {
+    fn cell(&self, layout: Layout) -> &std::sync::OnceLock<std::sync::Arc<Vec<f32>>> {
+        match layout {
+            Layout::Positions => &self.positions,
+            Layout::Channels => &self.channels,
+        }
+    }
+
+    /// The kernel in `layout`, packed by `pack` on first use.
+    pub(super) fn get_or_pack(
+        &self,
+        layout: Layout,
+        pack: impl FnOnce() -> Vec<f32>,
+    ) -> std::sync::Arc<Vec<f32>> {
+        self.cell(layout)
+            .get_or_init(|| std::sync::Arc::new(pack()))
+            .clone()
+    }
+
+    /// Whether a pass has packed the kernel in `layout`.
+    #[cfg(test)]
+    pub(super) fn has(&self, layout: Layout) -> bool {
+        self.cell(layout).get().is_some()
+    }
+}
+
 /// Elements [`pack`] makes of an `[m, k]` kernel in `layout`.
 pub(super) fn packed_len(m: usize, k: usize, layout: Layout) -> usize {
     m.div_ceil(layout.rows()) * layout.rows() * k

@@ -13,9 +13,10 @@
 //! runs: 3.2–3.3 → 2.6–2.8, 3.2 → 2.8–2.9 and 3.9–4.2 → 3.4 ms; batch 32 level. Maps under
 //! 64 positions (7×7) keep the composed path.
 
+use super::im2col::Scratch;
 use super::packed::{self, Layout, COLS, FINISH_COLS};
 use super::PackedKernel;
-use crate::layers::channel_affine::ChannelAffine;
+use crate::layers::channel_affine::{with_channel_parts, ChannelAffine, ChannelParts};
 use crate::layers::{contiguous_slice, fill};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
@@ -50,96 +51,63 @@ pub fn conv1x1_over_parts(
     if empty || (kh, kw) != (1, 1) || Layout::for_shape(m, hw) != Layout::Positions {
         return Ok(None);
     }
-    let mut channels = Vec::with_capacity(parts.len());
-    for t in parts {
-        let (pn, pc, ph, pw) = t.dims4()?;
-        if (pn, ph, pw) != (n, h, wd) {
+    with_channel_parts(parts, "conv over parts", |features| {
+        if features.channels() != k || prologue.channels() != k {
             candle_core::bail!(
-                "conv over parts: parts {:?} and {:?} differ outside the channels",
-                first.dims(),
-                t.dims()
+                "conv over parts: {} channels in the parts, {} in the prologue, {k} in the kernel",
+                features.channels(),
+                prologue.channels()
             );
         }
-        channels.push(pc);
-    }
-    if channels.iter().sum::<usize>() != k || prologue.channels() != k {
-        candle_core::bail!(
-            "conv over parts: {} channels in the parts, {} in the prologue, {k} in the kernel",
-            channels.iter().sum::<usize>(),
-            prologue.channels()
-        );
-    }
-    if epilogue.channels() != m {
-        candle_core::bail!(
-            "conv over parts: epilogue of {} channels for {m} output channels",
-            epilogue.channels()
-        );
-    }
-    let guards: Vec<_> = parts.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices = Vec::with_capacity(parts.len());
-    for (storage, layout) in &guards {
-        let candle_core::Storage::Cpu(cpu) = &**storage else {
-            candle_core::bail!("conv over parts: a part left the CPU");
+        if epilogue.channels() != m {
+            candle_core::bail!(
+                "conv over parts: epilogue of {} channels for {m} output channels",
+                epilogue.channels()
+            );
+        }
+        let (w_storage, w_layout) = w.storage_and_layout();
+        let candle_core::Storage::Cpu(w_cpu) = &*w_storage else {
+            candle_core::bail!("conv over parts: the kernel left the CPU");
         };
-        slices.push(contiguous_slice::<f32>(
-            cpu,
-            layout,
-            "conv over parts: part",
-        )?);
-    }
-    let (w_storage, w_layout) = w.storage_and_layout();
-    let candle_core::Storage::Cpu(w_cpu) = &*w_storage else {
-        candle_core::bail!("conv over parts: the kernel left the CPU");
-    };
-    let w_values = contiguous_slice::<f32>(w_cpu, w_layout, "conv over parts: kernel")?;
-    let kernel = cache.get_or_pack_unfolded(Layout::Positions, || {
-        packed::pack(w_values, m, k, Layout::Positions)
-    });
-    drop(w_storage);
-    // Input channel `kk`'s plane in sample `s`: `sources[kk]` = (part, channel in the part).
-    let sources: Vec<(usize, usize)> = channels
-        .iter()
-        .enumerate()
-        .flat_map(|(j, &cj)| (0..cj).map(move |i| (j, i)))
-        .collect();
-    let input = Input {
-        slices: &slices,
-        channels: &channels,
-        sources: &sources,
-        prologue,
-        hw,
-    };
-    let mut y = fill::uninit::<f32>(n * m * hw);
-    // Tasks: whole samples when there are enough for the threads, else each sample's
-    // positions split (at whole vectors) among them.
-    let threads = super::im2col::threads().max(1);
-    let col_parts = threads.div_ceil(n).min(hw.div_ceil(16)).max(1);
-    let cols_per = hw.div_ceil(col_parts).next_multiple_of(16);
-    let out = Output(y.as_mut_ptr().cast::<f32>());
-    let task = |t: usize| {
-        let (s, part) = (t / col_parts, t % col_parts);
-        let cols = (part * cols_per).min(hw)..((part + 1) * cols_per).min(hw);
-        // SAFETY: `out` holds `n · m · hw` floats; this task writes sample `s`'s rows
-        // `0..m` at columns `cols`, which no other task writes (distinct `(s, part)`).
-        unsafe { sample_columns(&input, (&kernel, m, k), epilogue, s, cols, out.get()) };
-    };
-    if n * col_parts > 1 {
-        (0..n * col_parts).into_par_iter().for_each(task);
-    } else {
-        task(0);
-    }
-    drop(guards);
-    // SAFETY: the tasks cover every sample's columns `0..hw` in every row `0..m`, each
-    // written by the products ([`packed::product512`] writes its whole rectangle).
-    let y = unsafe { fill::assume_init_vec(y) };
-    Ok(Some(Tensor::from_vec(y, (n, m, h, wd), first.device())?))
+        let w_values = contiguous_slice::<f32>(w_cpu, w_layout, "conv over parts: kernel")?;
+        let kernel = cache.unfolded.get_or_pack(Layout::Positions, || {
+            packed::pack(w_values, m, k, Layout::Positions)
+        });
+        drop(w_storage);
+        let input = Input {
+            features,
+            prologue,
+            hw,
+        };
+        let mut y = fill::uninit::<f32>(n * m * hw);
+        // Tasks: whole samples when there are enough for the threads, else each sample's
+        // positions split (at whole vectors) among them.
+        let threads = super::im2col::threads().max(1);
+        let col_parts = threads.div_ceil(n).min(hw.div_ceil(16)).max(1);
+        let cols_per = hw.div_ceil(col_parts).next_multiple_of(16);
+        let out = Output(y.as_mut_ptr().cast::<f32>());
+        let task = |t: usize| {
+            let (s, part) = (t / col_parts, t % col_parts);
+            let cols = (part * cols_per).min(hw)..((part + 1) * cols_per).min(hw);
+            // SAFETY: `out` holds `n · m · hw` floats; this task writes sample `s`'s rows
+            // `0..m` at columns `cols`, which no other task writes (distinct `(s, part)`).
+            unsafe { sample_columns(&input, (&kernel, m, k), epilogue, s, cols, out.get()) };
+        };
+        if n * col_parts > 1 {
+            (0..n * col_parts).into_par_iter().for_each(task);
+        } else {
+            task(0);
+        }
+        // SAFETY: the tasks cover every sample's columns `0..hw` in every row `0..m`, each
+        // written by the products ([`packed::product512`] writes its whole rectangle).
+        let y = unsafe { fill::assume_init_vec(y) };
+        Ok(Some(Tensor::from_vec(y, (n, m, h, wd), first.device())?))
+    })
 }
 
 /// The features a layer reads: its parts and the affine applied to them.
 struct Input<'a> {
-    slices: &'a [&'a [f32]],
-    channels: &'a [usize],
-    sources: &'a [(usize, usize)],
+    features: &'a ChannelParts<'a>,
     prologue: &'a ChannelAffine,
     hw: usize,
 }
@@ -174,48 +142,53 @@ unsafe fn sample_columns(
     cols: Range<usize>,
     y: *mut f32,
 ) {
-    let hw = input.hw;
-    let mut strip = vec![0f32; k * COLS];
-    for start in cols.clone().step_by(FINISH_COLS) {
-        let end = (start + FINISH_COLS).min(cols.end);
-        for p in (start..end).step_by(COLS) {
-            let width = (end - p).min(COLS);
-            for (kk, &(j, i)) in input.sources.iter().enumerate() {
-                let plane = &input.slices[j][(s * input.channels[j] + i) * hw..][..hw];
-                let (a, b, relu) = input.prologue.coefficients(kk);
-                affine_row(
-                    &mut strip[kk * COLS..][..width],
-                    &plane[p..p + width],
-                    (a, b, relu),
-                );
+    // The thread's scratch (contents unspecified): each strip writes the `width` values
+    // of every row it reads.
+    f32::with_scratch(k * COLS, |strip| {
+        for start in cols.clone().step_by(FINISH_COLS) {
+            let end = (start + FINISH_COLS).min(cols.end);
+            for p in (start..end).step_by(COLS) {
+                let width = (end - p).min(COLS);
+                for kk in 0..k {
+                    let plane = input.features.plane(s, kk);
+                    let (a, b, relu) = input.prologue.coefficients(kk);
+                    affine_row(
+                        &mut strip[kk * COLS..][..width],
+                        &plane[p..p + width],
+                        (a, b, relu),
+                    );
+                }
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512F ([`packed::available`], this function's contract); `kernel`
+                // is `w` packed in blocks from row 0; the strip holds rows `0..k` of `width`
+                // values `COLS` apart; sample `s`'s rows `0..m` (`hw` apart) at columns
+                // `p..p + width` of `y` are this call's (its contract).
+                unsafe {
+                    packed::product512(
+                        kernel,
+                        (m, k),
+                        0..m,
+                        0..width,
+                        (strip.as_ptr(), COLS),
+                        (y.add((s * m) * input.hw + p), input.hw),
+                    )
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (kernel, y);
             }
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX-512F ([`packed::available`], this function's contract); `kernel`
-            // is `w` packed in blocks from row 0; the strip holds rows `0..k` of `width`
-            // values `COLS` apart; sample `s`'s rows `0..m` (`hw` apart) at columns
-            // `p..p + width` of `y` are this call's (its contract).
-            unsafe {
-                packed::product512(
-                    kernel,
-                    (m, k),
-                    0..m,
-                    0..width,
-                    (strip.as_ptr(), COLS),
-                    (y.add((s * m) * hw + p), hw),
-                )
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (kernel, y);
+            for ch in 0..m {
+                // SAFETY: row `ch` of sample `s` at columns `start..end`: written just above,
+                // this call's alone (its contract).
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        y.add((s * m + ch) * input.hw + start),
+                        end - start,
+                    )
+                };
+                epilogue.finish_plane(ch, row, None);
+            }
         }
-        for ch in 0..m {
-            // SAFETY: row `ch` of sample `s` at columns `start..end`: written just above,
-            // this call's alone (its contract).
-            let row = unsafe {
-                std::slice::from_raw_parts_mut(y.add((s * m + ch) * hw + start), end - start)
-            };
-            epilogue.finish_plane(ch, row, None);
-        }
-    }
+    })
 }
 
 /// `dst = relu?(src · a + b)`, as [`ChannelAffine::apply_parts`] computes it.

@@ -420,13 +420,13 @@ fn packed_products_match_gemm() -> candle_core::Result<()> {
         if k == 1 {
             let l = want.dim(2)? * want.dim(3)?;
             let channels = n == 1 && l < 64 && cout >= 64;
-            let cell = if channels {
-                &cache.unfolded_channels
+            let layout = if channels {
+                super::packed::Layout::Channels
             } else {
-                &cache.unfolded
+                super::packed::Layout::Positions
             };
             assert_eq!(
-                cell.get().is_some(),
+                cache.unfolded.has(layout),
                 super::packed::available(),
                 "{cout} × {l}"
             );

@@ -515,7 +515,7 @@ pub(super) fn forward<T: Scratch>(
         .then(|| packed::Layout::for_shape(d.c_out, per.min(d.n) * tiles.per_sample()));
     let transform = || transform_kernel(w, d.c_out, d.c_in);
     let u = match (cache, narrow, layout) {
-        (Some(cache), false, Some(layout)) => cache.get_or_pack_winograd(layout, || {
+        (Some(cache), false, Some(layout)) => cache.winograd_packed.get_or_pack(layout, || {
             let u = transform();
             let matrices = u.chunks_exact(d.c_out * d.c_in);
             matrices
@@ -711,12 +711,17 @@ mod tests {
                 !narrow && !packed,
                 "{h}×{w}"
             );
-            let cell = &cache.winograd_packed_channels;
-            assert_eq!(cell.get().is_some(), channels, "{c_out} out, {h}×{w}");
             let cell = &cache.winograd_packed;
+            let has = |layout| cell.has(layout);
             assert_eq!(
-                cell.get().is_some(),
-                packed && !channels,
+                has(packed::Layout::Channels),
+                channels,
+                "{c_out} out, {h}×{w}"
+            );
+            let positions = packed && !channels;
+            assert_eq!(
+                has(packed::Layout::Positions),
+                positions,
                 "{c_out} out, {h}×{w}"
             );
             if narrow {
