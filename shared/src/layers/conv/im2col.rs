@@ -335,7 +335,7 @@ pub(super) trait Scratch: WithDType {
 }
 
 /// Run `f` on the first `len` elements of the thread-local buffer `key`, grown as needed.
-fn with_buffer<T: WithDType, R>(
+pub(super) fn with_buffer<T: WithDType, R>(
     key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
     len: usize,
     f: impl FnOnce(&mut [T]) -> R,

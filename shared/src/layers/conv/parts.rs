@@ -12,6 +12,10 @@
 //! threads (AMD EPYC, Zen 4), these layers on the 56×56, 28×28 and 14×14 maps, alternating
 //! runs: 3.2–3.3 → 2.6–2.8, 3.2 → 2.8–2.9 and 3.9–4.2 → 3.4 ms; batch 32 level. Maps under
 //! 64 positions (7×7) keep the composed path.
+//!
+//! With AVX2 only, the composed path runs: the AVX2 tiles multiplying strips of 48 positions
+//! read the whole kernel from L2 or L3 every 48 positions, and DenseNet-121 at batch 1 ran
+//! 8% slower fused than composed (AMD EPYC, Zen 3, two threads, alternating runs).
 
 use super::im2col::Scratch;
 use super::packed::{self, Layout, COLS, FINISH_COLS};
@@ -41,7 +45,7 @@ pub fn conv1x1_over_parts(
     let fusable = |t: &Tensor| {
         crate::layers::use_fused_cpu(t) && t.dtype() == DType::F32 && t.is_contiguous()
     };
-    if !packed::available() || !parts.iter().all(fusable) || !fusable(w) {
+    if !packed::available512() || !parts.iter().all(fusable) || !fusable(w) {
         return Ok(None);
     }
     let (n, _, h, wd) = first.dims4()?;
@@ -132,7 +136,7 @@ unsafe impl Sync for Output {}
 /// the product into `y`; the epilogue every [`FINISH_COLS`] positions.
 ///
 /// # Safety
-/// [`packed::available`]; `y` holds `[n, m, hw]` floats, of which this call alone writes
+/// [`packed::available512`]; `y` holds `[n, m, hw]` floats, of which this call alone writes
 /// sample `s`'s columns `cols`.
 unsafe fn sample_columns(
     input: &Input,
@@ -159,7 +163,7 @@ unsafe fn sample_columns(
                     );
                 }
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX-512F ([`packed::available`], this function's contract); `kernel`
+                // SAFETY: AVX-512F ([`packed::available512`], this function's contract); `kernel`
                 // is `w` packed in blocks from row 0; the strip holds rows `0..k` of `width`
                 // values `COLS` apart; sample `s`'s rows `0..m` (`hw` apart) at columns
                 // `p..p + width` of `y` are this call's (its contract).
@@ -195,7 +199,7 @@ unsafe fn sample_columns(
 #[inline]
 fn affine_row(dst: &mut [f32], src: &[f32], (a, b, relu): (f32, f32, bool)) {
     #[cfg(target_arch = "x86_64")]
-    if packed::available() {
+    if packed::available512() {
         // SAFETY: AVX-512F is present (checked just above).
         return unsafe { affine_row512(dst, src, (a, b, relu)) };
     }
@@ -261,7 +265,10 @@ mod tests {
             let cache = PackedKernel::default();
             let got = conv1x1_over_parts(&parts, &prologue, &kernel, &cache, &epilogue).unwrap();
             let Some(got) = got else {
-                assert!(!packed::available(), "the fused pass declined {n}×{h}×{w}");
+                assert!(
+                    !packed::available512(),
+                    "the fused pass declined {n}×{h}×{w}"
+                );
                 continue;
             };
             let x = prologue.apply_parts(&parts, false).unwrap();
@@ -329,7 +336,7 @@ mod tests {
             empty.unwrap().is_none(),
             "an empty batch takes the composed path"
         );
-        if packed::available() {
+        if packed::available512() {
             let parts = [part(4, 8), part(4, 9)];
             let mixed = conv1x1_over_parts(&parts, &pro, &kernel(64, 8, 1), &cache, &epi);
             assert!(mixed.is_err(), "parts of different maps");
