@@ -543,6 +543,7 @@ impl LaneTile {
 /// L2 however deep `k` is (3×3 kernels unfolded: up to 4,608). Each output is the sum of
 /// its blocks of `k`, each block summed in order, added in order: the same bits whatever
 /// the threads and the columns a call is given.
+#[cfg(target_arch = "x86_64")]
 const KC: usize = 512;
 
 /// Floats of `B` [`product256`] copies into strips at a time (256 KB), which stay in L2
