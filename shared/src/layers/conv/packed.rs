@@ -24,12 +24,13 @@
 //! accumulators) then reads two linear streams, and prefetches the next block of the kernel
 //! as it reads its own. Read in place, each step of `k` of an AVX2 tile touches a new row of
 //! `B` (a new page on 56×56 maps) for only 12 multiply-adds, and an earlier in-place tile ran
-//! at 0.6–0.7× gemm's AVX2 kernels, which pack `B` as here. On an AVX2-only host (AMD EPYC,
-//! Zen 3, two threads), against gemm, alternating per-layer timings of ResNet-50 at batch 1:
-//! its 1×1 layers 17–27% faster, the whole pass 78 → 64 ms (then the next-block prefetch
-//! −5 to −8% and the blocks of `k` −14 to −18% more); ResNet-18 level (its time is in
-//! Winograd's narrow products and the direct kernels). The tile alone reaches 95–100% of
-//! the core's peak (101 GFLOP/s) on data in cache.
+//! at 0.6–0.7× gemm's AVX2 kernels, which pack `B` as here. The tile alone reaches 95–100%
+//! of the core's peak (101 GFLOP/s) on data in cache. On an AVX2-only host (AMD EPYC, Zen 3,
+//! two threads, a noisy one), whole passes against gemm's products, alternating runs:
+//! ResNet-50 batch 1 +1 to +6%, batch 32 +4 to +11%, DenseNet-121 batch 1 +8 to +11%,
+//! ResNet-18 level (its time is in Winograd's narrow products and transforms); the per-layer
+//! probes in between put the blocks of `k` and the next-block prefetch ahead of the first
+//! version (which read the kernel's rows whole, and prefetched 1 KB ahead) in every pair.
 //!
 //! The same products serve Winograd's sixteen `M_e = U_e · V_e` ([`super::winograd`]) and,
 //! with AVX-512F, DenseNet's fused `norm → ReLU → 1×1` ([`super::parts`]). Elsewhere
@@ -193,6 +194,10 @@ pub(super) fn pack(w: &[f32], m: usize, k: usize, layout: Layout) -> Vec<f32> {
 pub(super) fn interleave(w: &[f32], m: usize, k: usize, rows: usize) -> Vec<f32> {
     assert!(w.len() >= m * k);
     let mut packed = vec![0.0; m.div_ceil(rows) * k * rows];
+    if packed.is_empty() {
+        // No columns (or rows): nothing to interleave (and no chunks of zero length).
+        return packed;
+    }
     for (b, block) in packed.chunks_exact_mut(k * rows).enumerate() {
         for (kk, values) in block.chunks_exact_mut(rows).enumerate() {
             for (r, value) in values.iter_mut().enumerate() {
@@ -591,7 +596,8 @@ unsafe fn product256(
         let buf = &mut buf[skip..][..chunk * depth];
         for c0 in cols.clone().step_by(chunk) {
             let width = chunk.min(cols.end - c0);
-            for k0 in (0..k).step_by(KC) {
+            // At least one block of `k`: with `k` = 0 the tiles still write their zeros.
+            for k0 in (0..k.max(1)).step_by(KC) {
                 let kc = KC.min(k - k0);
                 let strips = &mut buf[..width.div_ceil(STRIP2) * kc * STRIP2];
                 // SAFETY: rows `k0..k0 + kc` of `b` hold columns `c0..c0 + width` (within
@@ -801,6 +807,7 @@ mod tests {
             (64, 49, 40),
             (130, 20, 9),
             (72, 3, 5),
+            (9, 20, 0),
         ] {
             let w: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 19) as f32 - 9.0).collect();
             let (ldb, ldy) = (n + 3, n + 5);
