@@ -204,6 +204,29 @@ mod transforms {
 
         use std::arch::x86_64::*;
 
+        /// The padded input rows `2·ty − 1 … 2·ty + 2` of tile row `ty` into `rows` (four
+        /// rows of `padded` elements: a zero, the input row, zeros; rows outside the map all
+        /// zeros), for [`input512`] and [`input256`].
+        #[inline(always)]
+        fn pad_rows(
+            plane: &[f32],
+            (h, w): (usize, usize),
+            ty: usize,
+            rows: &mut [f32],
+            padded: usize,
+        ) {
+            for (r, row) in rows.chunks_exact_mut(padded).enumerate() {
+                match (2 * ty + r).checked_sub(1).filter(|&iy| iy < h) {
+                    Some(iy) => {
+                        row[0] = 0.0;
+                        row[1..w + 1].copy_from_slice(&plane[iy * w..][..w]);
+                        row[w + 1..].fill(0.0);
+                    }
+                    None => row.fill(0.0),
+                }
+            }
+        }
+
         /// Lanes `(0, 2, …, 30)` and `(1, 3, …, 31)` of two vectors: the even and odd
         /// elements of 32 consecutive ones.
         #[target_feature(enable = "avx512f")]
@@ -248,16 +271,7 @@ mod transforms {
             let rows = &mut rows[..4 * padded];
             assert!(w < padded && v.len() >= 15 * stride + t0 + tiles.th * tw);
             for ty in 0..tiles.th {
-                for (r, row) in rows.chunks_exact_mut(padded).enumerate() {
-                    match (2 * ty + r).checked_sub(1).filter(|&iy| iy < h) {
-                        Some(iy) => {
-                            row[0] = 0.0;
-                            row[1..w + 1].copy_from_slice(&plane[iy * w..][..w]);
-                            row[w + 1..].fill(0.0);
-                        }
-                        None => row.fill(0.0),
-                    }
-                }
+                pad_rows(plane, (h, w), ty, rows, padded);
                 let base = t0 + ty * tw;
                 for tx0 in (0..tw).step_by(16) {
                     let mask = lanes(tw - tx0);
@@ -334,16 +348,7 @@ mod transforms {
             let rows = &mut rows[..4 * padded];
             assert!(w < padded && v.len() >= 15 * stride + t0 + tiles.th * tw);
             for ty in 0..tiles.th {
-                for (r, row) in rows.chunks_exact_mut(padded).enumerate() {
-                    match (2 * ty + r).checked_sub(1).filter(|&iy| iy < h) {
-                        Some(iy) => {
-                            row[0] = 0.0;
-                            row[1..w + 1].copy_from_slice(&plane[iy * w..][..w]);
-                            row[w + 1..].fill(0.0);
-                        }
-                        None => row.fill(0.0),
-                    }
-                }
+                pad_rows(plane, (h, w), ty, rows, padded);
                 let base = t0 + ty * tw;
                 for tx0 in (0..tw).step_by(8) {
                     let taken = (tw - tx0).min(8);
