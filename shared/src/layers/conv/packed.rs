@@ -607,7 +607,6 @@ unsafe fn product256(
                 let part = Part {
                     steps: k0..k0 + kc,
                     strips,
-                    depth: kc,
                     width,
                 };
                 // SAFETY: as this function's contract, for the chunk's columns.
@@ -653,12 +652,11 @@ unsafe fn pack_strips((b, ldb): (*const f32, usize), k: usize, width: usize, str
 }
 
 /// Strips of `B` for the steps `steps` of `k`: strip `s`'s step `steps.start + i` at
-/// `strips[(s · depth + i) · 16..][..16]`.
+/// `strips[(s · steps.len() + i) · 16..][..16]` ([`pack_strips`]'s layout).
 #[cfg(target_arch = "x86_64")]
 struct Part<'a> {
     steps: std::ops::Range<usize>,
     strips: &'a [f32],
-    depth: usize,
     width: usize,
 }
 
@@ -682,8 +680,9 @@ impl Part<'_> {
         (y, ldy): (*mut f32, usize),
     ) {
         let strips = self.width.div_ceil(STRIP2);
-        assert!(self.steps.end <= k && self.steps.len() <= self.depth);
-        assert!(self.strips.len() >= ((strips - 1) * self.depth + self.steps.len()) * STRIP2);
+        let depth = self.steps.len();
+        assert!(self.steps.end <= k);
+        assert!(self.strips.len() >= strips * depth * STRIP2);
         assert!(packed.len() >= m.div_ceil(ROWS2) * k * ROWS2 && rows.start.is_multiple_of(ROWS2));
         assert!(self.strips.as_ptr().align_offset(32) == 0);
         for r in rows.clone().step_by(ROWS2) {
@@ -693,7 +692,7 @@ impl Part<'_> {
                         .as_ptr()
                         .add((r / ROWS2 * k + self.steps.start) * ROWS2),
                     next: k * ROWS2,
-                    b: self.strips.as_ptr().add(s * self.depth * STRIP2),
+                    b: self.strips.as_ptr().add(s * depth * STRIP2),
                     k: self.steps.len(),
                     y: y.add(r * ldy + p),
                     ldy,
