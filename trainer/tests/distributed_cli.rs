@@ -20,11 +20,12 @@ use mtpath_shared::weights::read_weights_file;
 /// hanging forever, far above the seconds it takes).
 const HANG: Duration = Duration::from_secs(180);
 
-/// A pool over two real tasks (one cropped at native resolution, one resized).
+/// A pool over two real tasks (one cropped at native resolution, one resized); `train`: the
+/// rest of its `[train]` table (the batch size included).
 fn pool_file(dir: &Path, train: &str) -> PathBuf {
     let text = format!(
         "seed = 3\n[[task]]\npath = \"{}\"\ncrop = \"random-crop\"\n[[task]]\npath = \"{}\"\n\
-         crop = \"resize\"\n[train]\narch = \"resnet18\"\nsize = 32\nbatch = 16\nlr = 0.01\n\
+         crop = \"resize\"\n[train]\narch = \"resnet18\"\nsize = 32\nlr = 0.01\n\
          val_every = 0\nval_max_per_task = 20\nworkers = 1\n{train}",
         data_dir().join("idc-breast").display(),
         data_dir().join("pbc-blood").display()
@@ -130,7 +131,7 @@ fn last_iteration(run: &Path) -> u64 {
 fn synchronised_batch_norm_over_two_ranks_equals_one_process() {
     let dir = tempfile::tempdir().unwrap();
     for iters in [1, 20] {
-        let pool = pool_file(dir.path(), &format!("iters = {iters}\n"));
+        let pool = pool_file(dir.path(), &format!("batch = 16\niters = {iters}\n"));
         let run = |name: &str| dir.path().join(format!("{name}-{iters}"));
         for threads in ["1", "2"] {
             assert_ok(&mtpath(&[
@@ -194,13 +195,20 @@ fn synchronised_batch_norm_over_two_ranks_equals_one_process() {
 
 /// Without --sync-bn every rank holds rank 0's weights bit for bit after every step
 /// (MTPATH_CHECK_REPLICAS=1 compares them), the loss falls, and only rank 0 writes.
+///
+/// 16 images a rank at lr 0.003. With 8 a rank (BatchNorm's statistics over 8 images of
+/// 1×1 maps at 32 px) the loss first climbs far above its start, more so at larger rates,
+/// and whether the last windows end below the first depends on the CPU's rounding (at lr
+/// 0.05 it fell on an AVX-512 host, not on an AVX2 one); PyTorch's run of the same recipe on
+/// 8-image batches climbs too (1.66 to 2.77 at lr 0.003). Here it fell to 0.56–0.64 of its
+/// start for four seeds (measured on an AVX2 host).
 #[test]
 fn ranks_hold_identical_weights_and_the_loss_falls() {
     let dir = tempfile::tempdir().unwrap();
     let pool = pool_file(
         dir.path(),
-        "iters = 60\nlr_warmup_iters = 5\n\
-         schedule = { type = \"cosine\", total_iters = 55, min_lr = 0.0 }\n",
+        "batch = 32\niters = 120\nlr_warmup_iters = 10\n\
+         schedule = { type = \"cosine\", total_iters = 110, min_lr = 0.0 }\n",
     );
     let run = dir.path().join("run");
     let o = output(mpirun(
@@ -212,20 +220,24 @@ fn ranks_hold_identical_weights_and_the_loss_falls() {
             "--out",
             s(&run),
             "--lr",
-            "0.05",
+            "0.003",
         ],
         &[("MTPATH_CHECK_REPLICAS", "1")],
         1,
     ));
     assert_ok(&o);
     let losses = train_losses(&run);
-    assert_eq!(losses.len(), 6, "{losses:?}");
+    assert_eq!(losses.len(), 12, "{losses:?}");
     let first = (losses[0] + losses[1]) / 2.0;
-    let last = (losses[4] + losses[5]) / 2.0;
+    let last = (losses[10] + losses[11]) / 2.0;
     assert!(last < 0.8 * first, "the loss did not fall: {losses:?}");
-    assert_eq!(last_iteration(&run), 60);
+    assert_eq!(last_iteration(&run), 120);
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(stderr.matches("done: 60 iterations").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("done: 120 iterations").count(),
+        1,
+        "{stderr}"
+    );
 }
 
 /// A rank killed mid-run stops the others (no hang); the run resumes from rank 0's last
@@ -234,7 +246,10 @@ fn ranks_hold_identical_weights_and_the_loss_falls() {
 #[test]
 fn a_dead_rank_or_sigterm_stops_every_rank_and_the_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = pool_file(dir.path(), "iters = 100000\ncheckpoint_every = 5\n");
+    let pool = pool_file(
+        dir.path(),
+        "batch = 16\niters = 100000\ncheckpoint_every = 5\n",
+    );
     let run = dir.path().join("run");
     let mut child = mpirun(2, &["train", "--pool", s(&pool), "--out", s(&run)], &[], 1)
         .stdout(Stdio::null())
@@ -323,7 +338,7 @@ fn a_dead_rank_or_sigterm_stops_every_rank_and_the_run_resumes() {
 #[test]
 fn a_batch_smaller_than_the_world_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = pool_file(dir.path(), "iters = 5\n");
+    let pool = pool_file(dir.path(), "batch = 16\niters = 5\n");
     let run = dir.path().join("run");
     let mut child = mpirun(
         3,
