@@ -151,14 +151,15 @@ mod transforms {
         32 * tw.div_ceil(16) + 32
     }
 
-    /// Scratch elements [`input`] needs for `tw` tiles a row.
+    /// Scratch elements [`input`] needs for `tw` tiles a row (the portable loops' rows).
     pub(super) fn input_scratch(tw: usize) -> usize {
-        (4 * padded_row(tw)).max(8 * (tw + 1))
+        8 * (tw + 1)
     }
 
     /// `V = Bᵀ d B` of every tile of channel `plane` `[h, w]` of one sample, written to
     /// `v[e · stride + t0 + tile]` for the sixteen transformed positions `e`; `rows` is
-    /// scratch of `8 · (tw + 1)` elements.
+    /// the portable loops' scratch of `8 · (tw + 1)` elements (the vector loops pad the plane
+    /// in a buffer of their own, [`wide::with_padded_plane`]).
     pub(super) fn input(
         plane: &[f32],
         hw: (usize, usize),
@@ -169,10 +170,18 @@ mod transforms {
     ) {
         #[cfg(target_arch = "x86_64")]
         match super::direct::isa() {
-            // SAFETY: `isa()` found AVX-512F on this CPU.
-            Some(Isa::Avx512) => return unsafe { wide::input512(plane, hw, tiles, v, at, rows) },
-            // SAFETY: `isa()` found AVX2 on this CPU.
-            Some(Isa::Avx2) => return unsafe { wide::input256(plane, hw, tiles, v, at, rows) },
+            Some(Isa::Avx512) => {
+                return wide::with_padded_plane(plane, hw, tiles, |padded| {
+                    // SAFETY: `isa()` found AVX-512F on this CPU.
+                    unsafe { wide::input512(padded, tiles, v, at) }
+                });
+            }
+            Some(Isa::Avx2) => {
+                return wide::with_padded_plane(plane, hw, tiles, |padded| {
+                    // SAFETY: `isa()` found AVX2 on this CPU.
+                    unsafe { wide::input256(padded, tiles, v, at) }
+                });
+            }
             None => {}
         }
         input_any(plane, hw, tiles, v, at, rows)
@@ -204,27 +213,52 @@ mod transforms {
 
         use std::arch::x86_64::*;
 
-        /// The padded input rows `2·ty − 1 … 2·ty + 2` of tile row `ty` into `rows` (four
-        /// rows of `padded` elements: a zero, the input row, zeros; rows outside the map all
-        /// zeros), for [`input512`] and [`input256`].
-        #[inline(always)]
-        fn pad_rows(
+        thread_local! {
+            /// Each thread's zero-padded plane for [`with_padded_plane`] and the shape `(h,
+            /// w, padded row)` its zeros were written for.
+            static PADDED: std::cell::RefCell<(Vec<f32>, (usize, usize, usize))> =
+                const { std::cell::RefCell::new((Vec::new(), (0, 0, 0))) };
+        }
+
+        /// `f` over `plane` `[h, w]` zero-padded for [`input512`] and [`input256`]: padded
+        /// row `r` (of `2·th + 2`, each [`padded_row`] long) holds a zero, input row `r − 1`,
+        /// then zeros; rows outside the map are zeros. Each input row is copied once a plane;
+        /// the zeros are written once for a shape (a thread's buffer keeps them between
+        /// planes, since the copies never touch them). Copying the four rows of every tile
+        /// row and writing their zeros each time had cost more than the transform itself:
+        /// 6% of ResNet-18's batch-1 samples (AVX2 host) in `memmove` and `memset`.
+        pub(super) fn with_padded_plane<R>(
             plane: &[f32],
             (h, w): (usize, usize),
-            ty: usize,
-            rows: &mut [f32],
-            padded: usize,
-        ) {
-            for (r, row) in rows.chunks_exact_mut(padded).enumerate() {
-                match (2 * ty + r).checked_sub(1).filter(|&iy| iy < h) {
-                    Some(iy) => {
-                        row[0] = 0.0;
-                        row[1..w + 1].copy_from_slice(&plane[iy * w..][..w]);
-                        row[w + 1..].fill(0.0);
-                    }
-                    None => row.fill(0.0),
+            tiles: Tiles,
+            f: impl FnOnce(&[f32]) -> R,
+        ) -> R {
+            let padded = padded_row(tiles.tw);
+            let len = (2 * tiles.th + 2) * padded;
+            assert!(w < padded && 2 * tiles.th >= h && plane.len() >= h * w);
+            let copy = |buf: &mut [f32]| {
+                for (iy, src) in plane.chunks_exact(w.max(1)).take(h).enumerate() {
+                    buf[(iy + 1) * padded + 1..][..w].copy_from_slice(src);
                 }
-            }
+            };
+            PADDED.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut guard) => {
+                    let (buf, shape) = &mut *guard;
+                    if *shape != (h, w, padded) || buf.len() < len {
+                        buf.clear();
+                        buf.resize(len, 0.0);
+                        *shape = (h, w, padded);
+                    }
+                    copy(&mut buf[..len]);
+                    f(&buf[..len])
+                }
+                // Re-entered on this thread: a one-off buffer.
+                Err(_) => {
+                    let mut buf = vec![0.0; len];
+                    copy(&mut buf);
+                    f(&buf)
+                }
+            })
         }
 
         /// Lanes `(0, 2, …, 30)` and `(1, 3, …, 31)` of two vectors: the even and odd
@@ -259,19 +293,17 @@ mod transforms {
         /// `input_any`.
         #[target_feature(enable = "avx512f")]
         pub(super) fn input512(
-            plane: &[f32],
-            (h, w): (usize, usize),
+            padded_plane: &[f32],
             tiles: Tiles,
             v: &mut [f32],
             (stride, t0): (usize, usize),
-            rows: &mut [f32],
         ) {
             let tw = tiles.tw;
             let padded = padded_row(tw);
-            let rows = &mut rows[..4 * padded];
-            assert!(w < padded && v.len() >= 15 * stride + t0 + tiles.th * tw);
+            assert!(padded_plane.len() >= (2 * tiles.th + 2) * padded);
+            assert!(v.len() >= 15 * stride + t0 + tiles.th * tw);
             for ty in 0..tiles.th {
-                pad_rows(plane, (h, w), ty, rows, padded);
+                let rows = &padded_plane[2 * ty * padded..][..4 * padded];
                 let base = t0 + ty * tw;
                 for tx0 in (0..tw).step_by(16) {
                     let mask = lanes(tw - tx0);
@@ -336,19 +368,17 @@ mod transforms {
         /// each: 14% of ResNet-18's batch-1 samples on an AVX2-only host).
         #[target_feature(enable = "avx2")]
         pub(super) fn input256(
-            plane: &[f32],
-            (h, w): (usize, usize),
+            padded_plane: &[f32],
             tiles: Tiles,
             v: &mut [f32],
             (stride, t0): (usize, usize),
-            rows: &mut [f32],
         ) {
             let tw = tiles.tw;
             let padded = padded_row(tw);
-            let rows = &mut rows[..4 * padded];
-            assert!(w < padded && v.len() >= 15 * stride + t0 + tiles.th * tw);
+            assert!(padded_plane.len() >= (2 * tiles.th + 2) * padded);
+            assert!(v.len() >= 15 * stride + t0 + tiles.th * tw);
             for ty in 0..tiles.th {
-                pad_rows(plane, (h, w), ty, rows, padded);
+                let rows = &padded_plane[2 * ty * padded..][..4 * padded];
                 let base = t0 + ty * tw;
                 for tx0 in (0..tw).step_by(8) {
                     let taken = (tw - tx0).min(8);
@@ -716,7 +746,16 @@ mod tests {
                 eprintln!("skipped: the vector transforms do not run here");
                 return;
             }
-            for (h, w) in [(5, 7), (14, 14), (9, 35), (40, 33), (3, 16), (6, 18)] {
+            for (h, w) in [
+                (5, 7),
+                (14, 14),
+                (9, 35),
+                (40, 33),
+                (3, 16),
+                (6, 18),
+                (14, 14),
+                (4, 40),
+            ] {
                 let d = Dims::new(
                     &[1, 1, h, w],
                     &[1, 1, 3, 3],
