@@ -197,14 +197,26 @@ mod transforms {
         out: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
-        match super::direct::isa() {
+        if let Some(Isa::Avx512) = super::direct::isa() {
             // SAFETY: `isa()` found AVX-512F on this CPU.
-            Some(Isa::Avx512) => return unsafe { wide::output512(mm, at, tiles, ohw, out) },
-            // SAFETY: `isa()` found AVX2 on this CPU.
-            Some(Isa::Avx2) => return unsafe { wide::output256(mm, at, tiles, ohw, out) },
-            None => {}
+            return unsafe { wide::output512(mm, at, tiles, ohw, out) };
         }
-        output_any(mm, at, tiles, ohw, out)
+        // The thread's rows (every element written before it is read), kept between planes
+        // rather than a zeroed vector a plane (`malloc` in ResNet-18's batch-1 profile).
+        super::super::im2col::with_buffer(&OUTPUT_ROWS, 12 * tiles.tw, |rows| {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(Isa::Avx2) = super::direct::isa() {
+                // SAFETY: `isa()` found AVX2 on this CPU.
+                return unsafe { wide::output256(mm, at, tiles, ohw, out, rows) };
+            }
+            output_rows(mm, at, tiles, ohw, out, rows)
+        })
+    }
+
+    thread_local! {
+        /// Each thread's rows for [`output`]'s portable loops.
+        static OUTPUT_ROWS: std::cell::RefCell<Vec<f32>> =
+            const { std::cell::RefCell::new(Vec::new()) };
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -494,8 +506,9 @@ mod transforms {
             tiles: Tiles,
             ohw: (usize, usize),
             out: &mut [f32],
+            rows: &mut [f32],
         ) {
-            output_any(mm, at, tiles, ohw, out)
+            output_rows(mm, at, tiles, ohw, out, rows)
         }
     }
 
@@ -554,8 +567,8 @@ mod transforms {
         }
     }
 
-    /// The portable output loops (as [`input_any`]).
-    #[inline(always)]
+    /// The portable output loops on a buffer of their own: the tests' reference.
+    #[cfg(test)]
     pub(super) fn output_any(
         mm: &[f32],
         (stride, t0): (usize, usize),
@@ -563,9 +576,23 @@ mod transforms {
         (oh, ow): (usize, usize),
         out: &mut [f32],
     ) {
+        let mut rows = vec![0.0; 12 * tiles.tw];
+        output_rows(mm, (stride, t0), tiles, (oh, ow), out, &mut rows)
+    }
+
+    /// The portable output loops with their scratch `rows` (`12 · tw`, contents
+    /// unspecified).
+    #[inline(always)]
+    fn output_rows(
+        mm: &[f32],
+        (stride, t0): (usize, usize),
+        tiles: Tiles,
+        (oh, ow): (usize, usize),
+        out: &mut [f32],
+        rows: &mut [f32],
+    ) {
         let tw = tiles.tw;
-        let mut rows = vec![0.0; 12 * tw];
-        let (r, y) = rows.split_at_mut(8 * tw);
+        let (r, y) = rows[..12 * tw].split_at_mut(8 * tw);
         for ty in 0..tiles.th {
             let base = t0 + ty * tw;
             let m = |e: usize| &mm[e * stride + base..][..tw];
