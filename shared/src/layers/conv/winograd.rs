@@ -147,6 +147,7 @@ mod transforms {
 
     /// Elements of one padded input row in the AVX-512 input transform's scratch: whole
     /// steps of 16 tiles (32 columns) plus the 2 more a step reads, rounded to a vector.
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn padded_row(tw: usize) -> usize {
         32 * tw.div_ceil(16) + 32
     }
