@@ -145,8 +145,8 @@ mod transforms {
     use super::direct::Isa;
     use super::{Tiles, BT};
 
-    /// Elements of one padded input row in the AVX-512 input transform's scratch: whole
-    /// steps of 16 tiles (32 columns) plus the 2 more a step reads, rounded to a vector.
+    /// Elements of one row of the vector input transforms' padded plane: whole steps of 16
+    /// tiles (32 columns) plus the 2 more a step reads, rounded to a vector.
     #[cfg(target_arch = "x86_64")]
     pub(super) fn padded_row(tw: usize) -> usize {
         32 * tw.div_ceil(16) + 32
