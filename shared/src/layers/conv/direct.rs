@@ -66,10 +66,12 @@ pub(super) enum Isa {
     /// AVX-512F: every kernel of this module (32 vector registers of 16 lanes).
     Avx512,
     /// AVX2 with FMA: the planar forward kernel only (16 registers of 8 lanes); the other
-    /// passes keep gemm. Tiles of 4 channels × 2 vectors: 4 × 3 left the compiler too few
-    /// registers (it folded the input loads into every multiply-add) and ran at 0.7× gemm's
-    /// AVX2 kernels; 4 × 2 ran at 1.0–1.4× them on ResNet's and DenseNet's 3×3 layers
-    /// (AMD EPYC with AVX-512 turned off, 2 threads).
+    /// passes keep gemm. Tiles of 4 channels × 3 vectors, their multiply-adds written by
+    /// hand (`avx2::fma_step`): from the intrinsics the compiler left 4 × 3 too few
+    /// registers (it spilled an accumulator or folded the input loads into every
+    /// multiply-add), so 4 × 2 tiles ran instead, at 1.0–1.4× gemm's AVX2 kernels; the
+    /// written 4 × 3 runs DenseNet-121's 3×3 layers at batch 32 11% faster than 4 × 2 (AMD
+    /// EPYC Zen 3, AVX2 only, 2 threads).
     Avx2,
 }
 
@@ -640,12 +642,77 @@ mod avx2 {
 
     /// f32 lanes of an AVX2 vector.
     const LANES8: usize = 8;
-    /// Vectors of positions per tile.
-    const AVX2_VECS: usize = 2;
+    /// Vectors of positions per tile: 4 rows × 3 vectors = 12 accumulators, 3 input vectors
+    /// and 1 broadcast weight fill the 16 registers ([`fma_step`]).
+    const AVX2_VECS: usize = 3;
     /// Positions per tile (within [`SLACK`]).
     const TILE8: usize = AVX2_VECS * LANES8;
+    // `fma_step` is written for this tile.
+    const _: () = assert!(ROWS == 4 && AVX2_VECS == 3 && TILE8 <= SLACK);
 
-    /// The AVX2 body of [`super::forward`]; as [`super::avx512::forward`].
+    /// `acc[j][v] += x[v·8..][..8] · w[j]` for the tile's [`ROWS`] × [`AVX2_VECS`]
+    /// accumulators: 3 input vectors loaded from `$xp`, each of the 4 weights at `$wt`
+    /// broadcast in turn into one register.
+    ///
+    /// Hand-written because the 12 accumulators, 3 inputs and 1 broadcast need all 16 AVX2
+    /// registers, and LLVM, given the intrinsics, broadcast the next weight early and spilled
+    /// an accumulator to the stack every step (a store-reload chain: DenseNet-121's 3×3
+    /// layers at batch 32 1.75× slower than the 4 × 2 tile it had instead). Must be expanded
+    /// in a function with `avx2,fma` enabled.
+    macro_rules! fma_step {
+        ($acc:ident, $xp:expr, $wt:expr) => {
+            std::arch::asm!(
+                "vmovups {x0}, ymmword ptr [{xp}]",
+                "vmovups {x1}, ymmword ptr [{xp} + 32]",
+                "vmovups {x2}, ymmword ptr [{xp} + 64]",
+                "vbroadcastss {b}, dword ptr [{wt}]",
+                "vfmadd231ps {a00}, {x0}, {b}",
+                "vfmadd231ps {a01}, {x1}, {b}",
+                "vfmadd231ps {a02}, {x2}, {b}",
+                "vbroadcastss {b}, dword ptr [{wt} + 4]",
+                "vfmadd231ps {a10}, {x0}, {b}",
+                "vfmadd231ps {a11}, {x1}, {b}",
+                "vfmadd231ps {a12}, {x2}, {b}",
+                "vbroadcastss {b}, dword ptr [{wt} + 8]",
+                "vfmadd231ps {a20}, {x0}, {b}",
+                "vfmadd231ps {a21}, {x1}, {b}",
+                "vfmadd231ps {a22}, {x2}, {b}",
+                "vbroadcastss {b}, dword ptr [{wt} + 12]",
+                "vfmadd231ps {a30}, {x0}, {b}",
+                "vfmadd231ps {a31}, {x1}, {b}",
+                "vfmadd231ps {a32}, {x2}, {b}",
+                xp = in(reg) $xp,
+                wt = in(reg) $wt,
+                x0 = out(ymm_reg) _,
+                x1 = out(ymm_reg) _,
+                x2 = out(ymm_reg) _,
+                b = out(ymm_reg) _,
+                a00 = inout(ymm_reg) $acc[0][0],
+                a01 = inout(ymm_reg) $acc[0][1],
+                a02 = inout(ymm_reg) $acc[0][2],
+                a10 = inout(ymm_reg) $acc[1][0],
+                a11 = inout(ymm_reg) $acc[1][1],
+                a12 = inout(ymm_reg) $acc[1][2],
+                a20 = inout(ymm_reg) $acc[2][0],
+                a21 = inout(ymm_reg) $acc[2][1],
+                a22 = inout(ymm_reg) $acc[2][2],
+                a30 = inout(ymm_reg) $acc[3][0],
+                a31 = inout(ymm_reg) $acc[3][1],
+                a32 = inout(ymm_reg) $acc[3][2],
+                options(nostack, readonly, preserves_flags),
+            )
+        };
+    }
+
+    /// Input channels a tile adds in before moving to the next block of output channels:
+    /// their rows of input around the tile (16 × 3 rows × ~26 floats) and every block's
+    /// weights for them (16 × 9 taps × 4 rows a block) stay in L1 while the blocks take turns,
+    /// where a whole tile's input (128 channels: ~40 KB) went back to L2 for every block.
+    const CHUNK: usize = 16;
+
+    /// The AVX2 body of [`super::forward`]; as [`super::avx512::forward`], except that each
+    /// whole tile takes the input channels [`CHUNK`] at a time over every block, its partial
+    /// sums kept in the grid (in L1) between chunks.
     ///
     /// # Safety
     ///
@@ -661,28 +728,45 @@ mod avx2 {
         grid: &mut [f32],
     ) {
         let (x, out) = (planes.as_ptr(), grid.as_mut_ptr());
-        for_each_tile(w, span, TILE8, blocks, |p0, weights, out_offset, rows| {
-            // SAFETY: see `super::forward`.
-            unsafe {
-                tile(
-                    x.add(p0),
-                    (len, w.c_in),
-                    offsets,
-                    weights,
-                    out.add(out_offset),
-                    (span, rows, span - p0),
-                );
+        let per_block = w.c_in * w.kk * ROWS;
+        for p0 in (0..span).step_by(TILE8) {
+            let valid = span - p0;
+            // The last, partial tile in one go (its partial sums would need masked loads).
+            let chunk = if valid >= TILE8 { CHUNK } else { w.c_in };
+            for c0 in (0..w.c_in).step_by(chunk) {
+                let channels = c0..(c0 + chunk).min(w.c_in);
+                for b in blocks.clone() {
+                    let rows = ROWS.min(w.c_out - b * ROWS);
+                    let weights = w.data[b * per_block + c0 * w.kk * ROWS..].as_ptr();
+                    let out_offset = (b - blocks.start) * ROWS * span + p0;
+                    // SAFETY: see `super::forward`; the chunk's channels lie within the
+                    // planes and the block's packed weights.
+                    unsafe {
+                        tile(
+                            x.add(p0 + c0 * len),
+                            (len, channels.len()),
+                            offsets,
+                            weights,
+                            out.add(out_offset),
+                            (span, rows, valid.min(TILE8)),
+                            c0 > 0,
+                        );
+                    }
+                }
             }
-        });
+        }
     }
 
-    /// One tile of `rows` output rows × the first `valid` (at most [`TILE8`]) positions.
+    /// One tile of `rows` output rows × the first `valid` (at most [`TILE8`]) positions:
+    /// the sums over `c_in` input channels, added to the tile's values in `out` when
+    /// `accumulate` (only whole tiles: `valid` = [`TILE8`]), else written over them.
     ///
     /// # Safety
     ///
     /// The CPU must support AVX2 and FMA; `x` plus every `ci · len + offset` plus [`TILE8`]
     /// must be readable, `w` must hold `c_in · offsets.len() · ROWS` weights and `out` `rows`
-    /// rows of `stride` elements with `valid` writable positions each.
+    /// rows of `stride` elements with `valid` writable positions each (readable when
+    /// `accumulate`).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile(
         x: *const f32,
@@ -691,9 +775,19 @@ mod avx2 {
         w: *const f32,
         out: *mut f32,
         (stride, rows, valid): (usize, usize, usize),
+        accumulate: bool,
     ) {
         let kk = offsets.len();
         let mut acc = [[_mm256_setzero_ps(); AVX2_VECS]; ROWS];
+        if accumulate {
+            debug_assert_eq!(valid, TILE8);
+            for (j, row) in acc.iter_mut().enumerate().take(rows) {
+                for (v, a) in row.iter_mut().enumerate() {
+                    // SAFETY: a whole tile's positions of row `j < rows` are readable.
+                    *a = unsafe { _mm256_loadu_ps(out.add(j * stride + v * LANES8)) };
+                }
+            }
+        }
         for ci in 0..c_in {
             // SAFETY: (all pointer arithmetic below) within the planes plus slack and the
             // packed kernel, as `super::forward` asserts.
@@ -701,20 +795,11 @@ mod avx2 {
             for (t, &off) in offsets.iter().enumerate() {
                 // SAFETY: a tap offset stays within the plane (the caller's bound).
                 let xp = unsafe { xc.add(off) };
-                let mut xv = [_mm256_setzero_ps(); AVX2_VECS];
-                for (v, xv) in xv.iter_mut().enumerate() {
-                    // SAFETY: a tile's TILE8 positions from the tap are readable (slack).
-                    *xv = unsafe { _mm256_loadu_ps(xp.add(v * LANES8)) };
-                }
                 // SAFETY: tap `t` of input channel `ci` lies within the packed block.
                 let wt = unsafe { wc.add(t * ROWS) };
-                for (j, row) in acc.iter_mut().enumerate() {
-                    // SAFETY: `j < ROWS` weights of the tap (zeros past `c_out`).
-                    let wj = _mm256_set1_ps(unsafe { *wt.add(j) });
-                    for (a, xv) in row.iter_mut().zip(&xv) {
-                        *a = _mm256_fmadd_ps(*xv, wj, *a);
-                    }
-                }
+                // SAFETY: a tile's TILE8 positions from the tap are readable (slack), and the
+                // tap's ROWS weights lie within the packed block (zeros past `c_out`).
+                unsafe { fma_step!(acc, xp, wt) };
             }
         }
         for (j, row) in acc.iter().enumerate().take(rows) {
@@ -1291,7 +1376,13 @@ mod tests {
             return;
         }
         let mut rng = SplitMix64::new(7);
-        for (c_in, c_out, k, h, w_) in [(5, 6, 3, 9, 11), (17, 13, 3, 14, 14), (8, 9, 5, 7, 13)] {
+        let shapes = [
+            (5, 6, 3, 9, 11),
+            (17, 13, 3, 14, 14),
+            (8, 9, 5, 7, 13),
+            (40, 6, 3, 20, 30),
+        ];
+        for (c_in, c_out, k, h, w_) in shapes {
             let pad = (k - 1) / 2;
             let pl = Planes::new(h, w_, pad, 2);
             let offsets = tap_offsets(&pl, k);
