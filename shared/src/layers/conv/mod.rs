@@ -20,10 +20,11 @@
 //! For inference, [`conv2d_cached`] keeps the kernel packed for the direct kernels across
 //! passes ([`PackedKernel`]) and [`conv2d_fused`] also applies a folded bias, residual and
 //! ReLU to each output plane as it is written; on those CPUs and in WebAssembly its 3×3
-//! stride-1 convolutions with 32 channels or more (on maps of 7×7 and up for one sample,
-//! 14×14 for batches) run Winograd's F(2×2, 3×3) ([`winograd`]), 16 products per 2×2 outputs
-//! where the direct sums take 36; for one sample on maps of at most 16 tiles (7×7) its
-//! products read the transformed kernel as one stream ([`narrow`]). With AVX-512F the
+//! stride-1 convolutions with 32 channels or more (on maps of 7×7 and up for one sample and
+//! for batches on AVX2; 14×14 and 64 output channels for batches with AVX-512, whose direct
+//! sums are stronger) run Winograd's F(2×2, 3×3) ([`winograd`]), 16 products per 2×2
+//! outputs where the direct sums take 36; for one sample on maps of at most 16 tiles (7×7)
+//! its products read the transformed kernel as one stream ([`narrow`]). With AVX-512F the
 //! unfolded convolutions' products (1×1 layers, the stem, strided layers) read the kernel
 //! packed once instead of gemm's packing on every call ([`packed`]).
 
