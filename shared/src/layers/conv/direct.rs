@@ -731,9 +731,10 @@ mod avx2 {
         let per_block = w.c_in * w.kk * ROWS;
         for p0 in (0..span).step_by(TILE8) {
             let valid = span - p0;
-            // The last, partial tile in one go (its partial sums would need masked loads).
-            let chunk = if valid >= TILE8 { CHUNK } else { w.c_in };
-            for c0 in (0..w.c_in).step_by(chunk) {
+            // The last, partial tile in one go (its partial sums would need masked loads);
+            // `max(1)`: never a step of zero.
+            let chunk = if valid >= TILE8 { CHUNK } else { w.c_in.max(1) };
+            for c0 in (0..w.c_in.max(1)).step_by(chunk) {
                 let channels = c0..(c0 + chunk).min(w.c_in);
                 for b in blocks.clone() {
                     let rows = ROWS.min(w.c_out - b * ROWS);
