@@ -692,26 +692,30 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                 let ys = if let Some(packed) = packed {
                     // Written whole by the products (no zeroing).
                     let out = ys.as_mut_ptr().cast::<f32>();
+                    let finish = finish.map(|finish| (finish, n0));
                     if panels_parallel {
                         // SAFETY: `out` is this sample's `[c_out, l]` output (f32: `packed`
                         // is only made for f32), borrowed mutably here.
-                        unsafe { matmul_panels_parallel(xs, w, d, g, (out.cast(), Some(packed))) };
+                        unsafe {
+                            matmul_panels_parallel(xs, w, d, g, (out.cast(), Some(packed)), finish)
+                        };
                     } else {
-                        // A thread's own sample (the batch split by samples): every run of
-                        // `FINISH_COLS` positions finished right after its product, while in
-                        // L2, not in a pass over the whole output afterwards.
-                        let early = finish.filter(|_| !inner);
+                        // Finished by the products as they go ([`packed::Epilogue`]). A
+                        // thread's own sample (the batch split by samples) in runs of
+                        // `FINISH_COLS` positions, each finished while in L2 (AVX-512's
+                        // products finish their whole rectangle).
                         for oy in split.panels(d, g, 1) {
                             let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
                             let col = columns(xs, d, g, (1, oy), col_buf, split.inner_parallel);
                             let col = shifted::as_f32(col).expect("f32 (packed is)");
-                            let step = if early.is_some() {
-                                packed::FINISH_COLS
-                            } else {
+                            let step = if inner || finish.is_none() {
                                 pw
+                            } else {
+                                packed::FINISH_COLS
                             };
                             for from in (0..pw).step_by(step.max(1)) {
                                 let run = step.min(pw - from);
+                                let epilogue = finish.map(|f| finishing::<T>(f, at + from));
                                 // SAFETY: the panel's columns `at + from..at + from + run` of
                                 // rows `0..c_out` (`l` apart) of this sample's output `ys`,
                                 // borrowed mutably here.
@@ -722,21 +726,9 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                                         (&col[from..], pw),
                                         (out.add(at + from), l),
                                         inner,
+                                        epilogue.as_ref().map(|e| e as packed::Epilogue),
                                     )
                                 };
-                                let Some(finish) = early else { continue };
-                                for ch in 0..d.c_out {
-                                    let first = ch * l + at + from;
-                                    // SAFETY: channel `ch`'s positions just written above
-                                    // (`T` is f32, as `packed`), within `ys`.
-                                    let values = unsafe {
-                                        std::slice::from_raw_parts_mut(
-                                            out.add(first).cast::<T>(),
-                                            run,
-                                        )
-                                    };
-                                    finish(n0, ch, at + from, values);
-                                }
                             }
                         }
                     }
@@ -754,7 +746,9 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                     if panels_parallel {
                         // SAFETY: `ys` is this sample's `[c_out, l]` output, borrowed mutably
                         // here.
-                        unsafe { matmul_panels_parallel(xs, w, d, g, (ys.as_mut_ptr(), None)) };
+                        unsafe {
+                            matmul_panels_parallel(xs, w, d, g, (ys.as_mut_ptr(), None), None)
+                        };
                     } else {
                         for oy in split.panels(d, g, 1) {
                             let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
@@ -777,8 +771,8 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                     }
                     ys
                 };
-                // Finished above: the packed products of a thread's own sample.
-                let finished = packed.is_some() && !panels_parallel && !inner;
+                // Finished above by the packed products.
+                let finished = packed.is_some();
                 if let Some(finish) = finish.filter(|_| !finished) {
                     let plane = |(ch, plane): (usize, &mut [T])| finish(n0, ch, 0, plane);
                     for_each_plane(ys, l, split.inner_parallel, plane);
@@ -864,6 +858,7 @@ unsafe fn matmul_panels_parallel<T: Scratch>(
     d: &Dims,
     g: ConvGeom,
     (y, packed): (*mut T, Option<(&[f32], packed::Layout)>),
+    finish: Option<(Finish<T>, usize)>,
 ) {
     let (l, rows) = (d.out_len(), d.rows());
     assert!(w.len() >= d.c_out * rows);
@@ -879,9 +874,12 @@ unsafe fn matmul_panels_parallel<T: Scratch>(
             match (packed, shifted::as_f32(col)) {
                 (Some(packed), Some(col)) => {
                     let y = (out.at(at).cast::<f32>(), l);
+                    let epilogue = finish.map(|f| finishing::<T>(f, at));
+                    let epilogue = epilogue.as_ref().map(|e| e as packed::Epilogue);
                     // SAFETY: as above; `T` is f32 (`as_f32` answered).
                     unsafe {
-                        packed::product_into(packed, (d.c_out, pw, rows), (col, pw), y, false)
+                        let dims = (d.c_out, pw, rows);
+                        packed::product_into(packed, dims, (col, pw), y, false, epilogue)
                     }
                 }
                 _ => matmul(
@@ -897,6 +895,26 @@ unsafe fn matmul_panels_parallel<T: Scratch>(
             }
         })
     });
+}
+
+/// A sample's [`Finish`] as the [`packed::Epilogue`] of a product whose columns start at the
+/// sample's position `at`: `(finish, sample)`, for f32 outputs (the packed products').
+fn finishing<T: WithDType>(
+    (finish, sample): (Finish<'_, T>, usize),
+    at: usize,
+) -> impl Fn(usize, usize, &mut [f32]) + Sync + '_ {
+    assert_eq!(
+        T::DTYPE,
+        candle_core::DType::F32,
+        "the packed products are f32"
+    );
+    move |ch, column, values| {
+        // SAFETY: `T` is f32 (asserted above): the same values, the same layout.
+        let values = unsafe {
+            std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<T>(), values.len())
+        };
+        finish(sample, ch, at + column, values)
+    }
 }
 
 /// `rows` output rows in panels of at most `most` rows (at least one), as evenly among
