@@ -610,7 +610,8 @@ pub(super) fn conv_forward_cached<T: Scratch>(
 
 /// [`conv_forward`] by unfolding and gemm, each output plane handed to `finish` as soon as
 /// its sample is computed: several samples' planes as they are copied out of the product
-/// (in L1), one sample's after its product (in L2 or L3) — not in a pass over the whole
+/// (in L1), one sample's by the packed products as they complete its rows
+/// ([`packed::Epilogue`]; through gemm, after its product) — not in a pass over the whole
 /// output at the end, which at batch 32 read every plane back from memory (ResNet-50's 1×1
 /// convolutions).
 pub(super) fn conv_forward_unfolded<T: Scratch>(
