@@ -216,6 +216,25 @@ pub(super) fn interleave(w: &[f32], m: usize, k: usize, rows: usize) -> Vec<f32>
 /// while the values are in cache, in place of a pass over the whole output afterwards.
 pub(super) type Epilogue<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
 
+/// Hands `epilogue` each row of `rows` of `y` at the columns `cols`, `y` pointing at column
+/// `cols.start` of row 0 (rows `ldy` apart).
+///
+/// # Safety
+/// `y` holds rows `rows` at those columns, written by no one else meanwhile.
+#[cfg(target_arch = "x86_64")]
+unsafe fn finish_rows(
+    epilogue: Epilogue,
+    (y, ldy): (*mut f32, usize),
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    for row in rows {
+        // SAFETY: the row's columns lie within `y` (this function's contract).
+        let values = unsafe { std::slice::from_raw_parts_mut(y.add(row * ldy), cols.len()) };
+        epilogue(row, cols.start, values);
+    }
+}
+
 /// An output matrix as a raw pointer, for tasks that each write a disjoint rectangle of it.
 #[derive(Clone, Copy)]
 struct Output {
@@ -335,27 +354,16 @@ pub(super) unsafe fn product_into(
         // other task's: the tasks' rectangles are disjoint.
         unsafe {
             let (b, y) = ((b.as_ptr(), ldb), (out.get(), ldy));
+            let (r, c) = (rows.clone(), cols.clone());
             match (isa, layout) {
-                (Isa::Avx2, _) => product256(packed, (m, k), rows, cols, b, y, epilogue),
-                (Isa::Avx512, layout) => {
-                    match layout {
-                        Layout::Positions => {
-                            product512(packed, (m, k), rows.clone(), cols.clone(), b, y)
-                        }
-                        Layout::Channels => {
-                            channels512(packed, (m, k), rows.clone(), cols.clone(), b, y)
-                        }
-                    }
-                    if let Some(epilogue) = epilogue {
-                        for r in rows {
-                            let values = std::slice::from_raw_parts_mut(
-                                out.get().add(r * ldy + cols.start),
-                                cols.len(),
-                            );
-                            epilogue(r, cols.start, values);
-                        }
-                    }
-                }
+                (Isa::Avx2, _) => product256(packed, (m, k), r, c, b, y, epilogue),
+                (Isa::Avx512, Layout::Positions) => product512(packed, (m, k), r, c, b, y),
+                (Isa::Avx512, Layout::Channels) => channels512(packed, (m, k), r, c, b, y),
+            }
+            // AVX2 finished its rows as it went; AVX-512 finishes the task's rectangle.
+            if let (Isa::Avx512, Some(epilogue)) = (isa, epilogue) {
+                let y = (out.get().add(cols.start), ldy);
+                finish_rows(epilogue, y, rows, cols);
             }
         };
         #[cfg(not(target_arch = "x86_64"))]
@@ -780,13 +788,10 @@ impl Part<'_> {
                 }
             }
             if let Some((epilogue, first)) = self.epilogue {
-                for row in r..(r + ROWS2).min(rows.end).min(m) {
-                    // SAFETY: the row's `width` columns, just written by this block's tiles
-                    // (this function's contract: `y` holds them, lent to this call).
-                    let values =
-                        unsafe { std::slice::from_raw_parts_mut(y.add(row * ldy), self.width) };
-                    epilogue(row, first, values);
-                }
+                let block = r..(r + ROWS2).min(rows.end).min(m);
+                // SAFETY: the block's rows at the part's `width` columns, just written by its
+                // tiles (this function's contract: `y` holds them, lent to this call).
+                unsafe { finish_rows(epilogue, (y, ldy), block, first..first + self.width) };
             }
         }
     }
