@@ -724,7 +724,7 @@ pub(super) fn conv_forward_unfolded<T: Scratch>(
                                     packed::product_into(
                                         packed,
                                         (d.c_out, run, rows),
-                                        (&col[from..], pw),
+                                        packed::Rhs::Strided(&col[from..], pw),
                                         (out.add(at + from), l),
                                         inner,
                                         epilogue.as_ref().map(|e| e as packed::Epilogue),
@@ -880,7 +880,8 @@ unsafe fn matmul_panels_parallel<T: Scratch>(
                     // SAFETY: as above; `T` is f32 (`as_f32` answered).
                     unsafe {
                         let dims = (d.c_out, pw, rows);
-                        packed::product_into(packed, dims, (col, pw), y, false, epilogue)
+                        let col = packed::Rhs::Strided(col, pw);
+                        packed::product_into(packed, dims, col, y, false, epilogue)
                     }
                 }
                 _ => matmul(

@@ -32,13 +32,15 @@
 //! probes in between put the blocks of `k` and the next-block prefetch ahead of the first
 //! version (which read the kernel's rows whole, and prefetched 1 KB ahead) in every pair.
 //!
-//! The same products serve Winograd's sixteen `M_e = U_e · V_e` ([`super::winograd`]) and,
-//! with AVX-512F, DenseNet's fused `norm → ReLU → 1×1` ([`super::parts`]). Elsewhere
+//! The same products serve Winograd's sixteen `M_e = U_e · V_e` ([`super::winograd`]) and
+//! DenseNet's fused `norm → ReLU → 1×1` ([`super::parts`]; with AVX2, normalised as `B` is
+//! copied into strips, [`Rhs::Normalised`]). Elsewhere
 //! (aarch64, WebAssembly, f64) gemm runs.
 
 #[cfg(target_arch = "x86_64")]
 use super::direct;
 use super::im2col::threads;
+use crate::layers::channel_affine::ChannelAffine;
 use rayon::prelude::*;
 
 /// Output channels a block of the packed kernel holds (rows of a tile).
@@ -216,6 +218,25 @@ pub(super) fn interleave(w: &[f32], m: usize, k: usize, rows: usize) -> Vec<f32>
 /// while the values are in cache, in place of a pass over the whole output afterwards.
 pub(super) type Epilogue<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
 
+/// `B` as [`product_into`] reads it.
+#[derive(Clone, Copy)]
+pub(super) enum Rhs<'a> {
+    /// Row `kk` at `b[kk · ldb..]`.
+    Strided(&'a [f32], usize),
+    /// Row `kk` at `rows[kk]`, normalised as it is read: `relu?(x · a + b)` with the
+    /// prologue's coefficients for channel `kk` ([`ChannelAffine::coefficients`]; a product,
+    /// then a sum, as [`ChannelAffine::apply_parts`] computes it). DenseNet's `norm → ReLU`
+    /// over a block's features where they lie ([`super::parts`]). AVX2 only: its products
+    /// copy `B` into strips anyway, and normalise in that copy.
+    Normalised(&'a [*const f32], &'a ChannelAffine),
+}
+
+// SAFETY: `Rhs` only reads through its pointers, and [`product_into`]'s contract keeps what
+// they point at unchanged during the call.
+unsafe impl Send for Rhs<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Rhs<'_> {}
+
 /// Hands `epilogue` each row of `rows` of `y` at the columns `cols`, `y` pointing at column
 /// `cols.start` of row 0 (rows `ldy` apart).
 ///
@@ -271,7 +292,7 @@ pub(super) fn product(
         product_into(
             (packed, layout),
             (m, n, k),
-            b,
+            Rhs::Strided(b.0, b.1),
             (y.as_mut_ptr(), ldy),
             parallel,
             None,
@@ -288,11 +309,12 @@ pub(super) fn product(
 ///
 /// # Safety
 /// `y` is valid for writes of rows `0..m` (`ldy ≥ n` apart) at columns `0..n`, and nothing
-/// else reads or writes those elements during the call.
+/// else reads or writes those elements during the call; with [`Rhs::Normalised`], each of
+/// its first `k` rows is valid for reads of `n` values, which nothing writes meanwhile.
 pub(super) unsafe fn product_into(
     (packed, layout): (&[f32], Layout),
     (m, n, k): (usize, usize, usize),
-    (b, ldb): (&[f32], usize),
+    b: Rhs,
     (y, ldy): (*mut f32, usize),
     parallel: bool,
     epilogue: Option<Epilogue>,
@@ -304,7 +326,13 @@ pub(super) unsafe fn product_into(
     }
     let (unit_rows, unit_cols) = (layout.rows(), layout.cols());
     assert!(packed.len() >= m.div_ceil(unit_rows) * k * unit_rows);
-    assert!(ldb >= n && (k == 0 || b.len() >= (k - 1) * ldb + n));
+    match b {
+        Rhs::Strided(b, ldb) => assert!(ldb >= n && (k == 0 || b.len() >= (k - 1) * ldb + n)),
+        Rhs::Normalised(rows, prologue) => {
+            assert!(isa == Isa::Avx2, "normalised rows of B are AVX2's");
+            assert!(rows.len() >= k && prologue.channels() >= k);
+        }
+    }
     // The channels' tiles scatter their stores, 16 rows apart in i32 offsets.
     assert!(ldy >= n && (layout == Layout::Positions || 16 * ldy < i32::MAX as usize));
     let out = Output { ptr: y };
@@ -349,16 +377,22 @@ pub(super) unsafe fn product_into(
         // SAFETY: the tiles' instruction set is present ([`isa`]; AVX2 only with
         // [`Layout::Positions`], asserted above). The task's rows start at a multiple of the
         // layout's block, so its blocks lie within `packed` (asserted above); it reads rows
-        // `0..k` of `b` at columns within `0..n` (asserted above) and writes rows `rows` at
-        // columns `cols` of `y`, which the caller lent (this function's contract), and no
-        // other task's: the tasks' rectangles are disjoint.
+        // `0..k` of `b` at columns within `0..n` (asserted above, or this function's
+        // contract) and writes rows `rows` at columns `cols` of `y`, which the caller lent
+        // (this function's contract), and no other task's: the tasks' rectangles are
+        // disjoint.
         unsafe {
-            let (b, y) = ((b.as_ptr(), ldb), (out.get(), ldy));
+            let y = (out.get(), ldy);
             let (r, c) = (rows.clone(), cols.clone());
-            match (isa, layout) {
-                (Isa::Avx2, _) => product256(packed, (m, k), r, c, b, y, epilogue),
-                (Isa::Avx512, Layout::Positions) => product512(packed, (m, k), r, c, b, y),
-                (Isa::Avx512, Layout::Channels) => channels512(packed, (m, k), r, c, b, y),
+            match (isa, layout, b) {
+                (Isa::Avx2, _, b) => product256(packed, (m, k), r, c, b, y, epilogue),
+                (Isa::Avx512, Layout::Positions, Rhs::Strided(b, ldb)) => {
+                    product512(packed, (m, k), r, c, (b.as_ptr(), ldb), y)
+                }
+                (Isa::Avx512, Layout::Channels, Rhs::Strided(b, ldb)) => {
+                    channels512(packed, (m, k), r, c, (b.as_ptr(), ldb), y)
+                }
+                (Isa::Avx512, _, Rhs::Normalised(..)) => unreachable!("asserted above"),
             }
             // AVX2 finished its rows as it went; AVX-512 finishes the task's rectangle.
             if let (Isa::Avx512, Some(epilogue)) = (isa, epilogue) {
@@ -367,7 +401,7 @@ pub(super) unsafe fn product_into(
             }
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (out.get(), ldy, rows, cols, b, ldb, k, isa, epilogue);
+        let _ = (out.get(), ldy, rows, cols, b, k, isa, epilogue);
     };
     if row_parts * col_parts > 1 {
         (0..row_parts * col_parts).into_par_iter().for_each(run);
@@ -651,7 +685,7 @@ unsafe fn product256(
     (m, k): (usize, usize),
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
-    (b, ldb): (*const f32, usize),
+    b: Rhs,
     (y, ldy): (*mut f32, usize),
     epilogue: Option<Epilogue>,
 ) {
@@ -669,7 +703,7 @@ unsafe fn product256(
                 // SAFETY: rows `k0..k0 + kc` of `b` hold columns `c0..c0 + width` (within
                 // `cols`, this function's contract); `strips` holds `⌈width / 16⌉` strips
                 // of `kc · 16`.
-                unsafe { pack_strips((b.add(k0 * ldb + c0), ldb), kc, width, strips) };
+                unsafe { pack_strips(b, k0..k0 + kc, (c0, width), strips) };
                 let part = Part {
                     steps: k0..k0 + kc,
                     strips,
@@ -692,39 +726,116 @@ unsafe fn product256(
 #[cfg(target_arch = "x86_64")]
 const PACK_AHEAD: usize = 4;
 
-/// `width` columns of `B` (rows `0..k`, `ldb` apart) as strips of [`STRIP2`] positions,
-/// `[⌈width / 16⌉, k, 16]` in `strips`, the last strip's missing positions zero: each row of
-/// `B` read front to back once.
+/// Rows `steps` of `B` at columns `c0..c0 + width` as strips of [`STRIP2`] positions,
+/// `[⌈width / 16⌉, steps.len(), 16]` in `strips`, the last strip's missing positions zero:
+/// each row of `B` read front to back once, and normalised on the way where `b` says
+/// ([`Rhs::Normalised`]).
 ///
 /// # Safety
-/// AVX2; rows `0..k` of `b` hold `width` values; `strips` holds `⌈width / 16⌉ · k · 16`.
+/// AVX2; rows `steps` of `b` hold columns `c0..c0 + width`; `strips` holds `⌈width / 16⌉ ·
+/// steps.len() · 16`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn pack_strips((b, ldb): (*const f32, usize), k: usize, width: usize, strips: &mut [f32]) {
-    use std::arch::x86_64::*;
+unsafe fn pack_strips(
+    b: Rhs,
+    steps: std::ops::Range<usize>,
+    (c0, width): (usize, usize),
+    strips: &mut [f32],
+) {
+    let k = steps.len();
     assert!(strips.len() >= width.div_ceil(STRIP2) * k * STRIP2);
-    let whole = width / STRIP2;
     let strips = strips.as_mut_ptr();
-    for kk in 0..k {
-        let row = b.add(kk * ldb);
-        let ahead = row.wrapping_add(PACK_AHEAD * ldb);
-        for s in 0..whole {
-            let from = row.add(s * STRIP2);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(s * STRIP2).cast());
-            let to = strips.add((s * k + kk) * STRIP2);
-            _mm256_storeu_ps(to, _mm256_loadu_ps(from));
-            _mm256_storeu_ps(to.add(8), _mm256_loadu_ps(from.add(8)));
-        }
-        let rest = width - whole * STRIP2;
-        if rest > 0 {
-            let to = strips.add((whole * k + kk) * STRIP2);
-            for p in 0..STRIP2 {
-                *to.add(p) = if p < rest {
-                    *row.add(whole * STRIP2 + p)
-                } else {
-                    0.0
-                };
+    for (kk, step) in steps.enumerate() {
+        let (row, ahead, coefficients) = match b {
+            Rhs::Strided(b, ldb) => {
+                let row = b.as_ptr().add(step * ldb + c0);
+                (row, row.wrapping_add(PACK_AHEAD * ldb), None)
             }
+            Rhs::Normalised(rows, prologue) => {
+                let row = rows[step].add(c0);
+                let ahead = rows
+                    .get(step + PACK_AHEAD)
+                    .map_or(row, |r| r.wrapping_add(c0));
+                (row, ahead, Some(prologue.coefficients(step)))
+            }
+        };
+        let to = (strips.add(kk * STRIP2), k * STRIP2);
+        // SAFETY: as this function's contract, for this row.
+        unsafe {
+            match coefficients {
+                None => strip_row::<COPY>((row, ahead), to, width, (1.0, 0.0)),
+                Some((a, b, false)) => strip_row::<AFFINE>((row, ahead), to, width, (a, b)),
+                Some((a, b, true)) => strip_row::<AFFINE_RELU>((row, ahead), to, width, (a, b)),
+            }
+        }
+    }
+}
+
+/// [`strip_row`]'s map of eight values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn map_vector<const MODE: u8>(
+    x: std::arch::x86_64::__m256,
+    (a, b): (std::arch::x86_64::__m256, std::arch::x86_64::__m256),
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    match MODE {
+        COPY => x,
+        AFFINE => _mm256_add_ps(_mm256_mul_ps(x, a), b),
+        // `_mm256_max_ps` answers its second operand for a NaN, as `f32::max` answers 0.
+        _ => _mm256_max_ps(_mm256_add_ps(_mm256_mul_ps(x, a), b), _mm256_setzero_ps()),
+    }
+}
+
+/// What [`strip_row`] does to each value: nothing, `x · a + b`, or `max(x · a + b, 0)`.
+#[cfg(target_arch = "x86_64")]
+const COPY: u8 = 0;
+#[cfg(target_arch = "x86_64")]
+const AFFINE: u8 = 1;
+#[cfg(target_arch = "x86_64")]
+const AFFINE_RELU: u8 = 2;
+
+/// One row's `width` values from `row` into its place in each strip (`to`: the first strip's,
+/// the strips `stride` apart), the last strip's missing positions zero; the row `PACK_AHEAD`
+/// further prefetched at `ahead`. `MODE` as [`COPY`], [`AFFINE`], [`AFFINE_RELU`].
+///
+/// # Safety
+/// AVX2; `row` holds `width` values; the strips hold `⌈width / 16⌉` places of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn strip_row<const MODE: u8>(
+    (row, ahead): (*const f32, *const f32),
+    (to, stride): (*mut f32, usize),
+    width: usize,
+    (a, b): (f32, f32),
+) {
+    use std::arch::x86_64::*;
+    let (va, vb) = (_mm256_set1_ps(a), _mm256_set1_ps(b));
+    let map = |x: __m256| map_vector::<MODE>(x, (va, vb));
+    let whole = width / STRIP2;
+    for s in 0..whole {
+        let from = row.add(s * STRIP2);
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(s * STRIP2).cast());
+        let to = to.add(s * stride);
+        _mm256_storeu_ps(to, map(_mm256_loadu_ps(from)));
+        _mm256_storeu_ps(to.add(8), map(_mm256_loadu_ps(from.add(8))));
+    }
+    let rest = width - whole * STRIP2;
+    if rest > 0 {
+        let to = to.add(whole * stride);
+        for p in 0..STRIP2 {
+            *to.add(p) = if p < rest {
+                let x = *row.add(whole * STRIP2 + p);
+                match MODE {
+                    COPY => x,
+                    AFFINE => x * a + b,
+                    _ => (x * a + b).max(0.0),
+                }
+            } else {
+                0.0
+            };
         }
     }
 }
@@ -986,7 +1097,7 @@ mod tests {
                     product_into(
                         (&packed, layout),
                         (m, n, k),
-                        (&b, n),
+                        Rhs::Strided(&b, n),
                         (y.as_mut_ptr(), n),
                         parallel,
                         Some(&epilogue),
