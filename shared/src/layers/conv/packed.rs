@@ -68,6 +68,7 @@ pub(super) fn available() -> bool {
 }
 
 /// Whether the AVX-512 tiles run ([`product512`], which [`super::parts`] calls directly).
+#[cfg(any(test, target_arch = "x86_64"))]
 pub(super) fn available512() -> bool {
     isa() == Some(Isa::Avx512)
 }
