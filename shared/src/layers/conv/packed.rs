@@ -40,6 +40,9 @@
 #[cfg(target_arch = "x86_64")]
 use super::direct;
 use super::im2col::threads;
+#[cfg(target_arch = "x86_64")]
+use super::im2col::{unfold_taps, valid_outputs};
+use super::{ConvGeom, Dims};
 use crate::layers::channel_affine::ChannelAffine;
 use rayon::prelude::*;
 
@@ -230,6 +233,51 @@ pub(super) enum Rhs<'a> {
     /// over a block's features where they lie ([`super::parts`]). AVX2 only: its products
     /// copy `B` into strips anyway, and normalise in that copy.
     Normalised(&'a [*const f32], &'a ChannelAffine),
+    /// A sample's input unfolded as it is read ([`Unfolded`]): the stem's and the strided
+    /// layers' columns gathered straight into the strips, instead of unfolded into a matrix
+    /// of their own that the strips then copy. AVX2 only, as [`Rhs::Normalised`].
+    Unfolded(Unfolded<'a>),
+}
+
+/// One sample's input `x` (`[c_in, h, w]`, `dims`' sizes) as the unfolded matrix
+/// `[c_in · k · k, positions]` of its convolution: row `(ci · k + ky) · k + kx`, column `o`
+/// the output position `first + o` (row-major over the output map), zero where the tap falls
+/// in the padding; the values [`super::im2col`]'s unfolding writes.
+#[derive(Clone, Copy)]
+// Gathered by the AVX2 strips only ([`Unfolded::row_into`]).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(super) struct Unfolded<'a> {
+    pub(super) x: &'a [f32],
+    pub(super) dims: Dims,
+    pub(super) geom: ConvGeom,
+    /// The output position of column 0 (a panel's first row times the map's width).
+    pub(super) first: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Unfolded<'_> {
+    /// Row `step` of the matrix at columns `c0..c0 + out.len()`, into `out`.
+    fn row_into(&self, step: usize, c0: usize, out: &mut [f32]) {
+        let (d, stride, pad) = (&self.dims, self.geom.stride, self.geom.padding);
+        let (ci, ky, kx) = (step / (d.k * d.k), step / d.k % d.k, step % d.k);
+        let plane = &self.x[ci * d.h * d.w..][..d.h * d.w];
+        let (x_lo, x_hi) = valid_outputs(d.ow, stride, kx, pad, d.w);
+        let (y_lo, y_hi) = valid_outputs(d.oh, stride, ky, pad, d.h);
+        let mut position = self.first + c0;
+        let mut rest = out;
+        while !rest.is_empty() {
+            let (oy, ox0) = (position / d.ow, position % d.ow);
+            let (segment, tail) = rest.split_at_mut((d.ow - ox0).min(rest.len()));
+            position += segment.len();
+            rest = tail;
+            if !(y_lo..y_hi).contains(&oy) {
+                segment.fill(0.0);
+                continue;
+            }
+            let input = &plane[(oy * stride + ky - pad) * d.w..][..d.w];
+            unfold_taps(input, segment, ox0, (x_lo, x_hi), kx, self.geom);
+        }
+    }
 }
 
 // SAFETY: `Rhs` only reads through its pointers, and [`product_into`]'s contract keeps what
@@ -333,6 +381,12 @@ pub(super) unsafe fn product_into(
             assert!(isa == Isa::Avx2, "normalised rows of B are AVX2's");
             assert!(rows.len() >= k && prologue.channels() >= k);
         }
+        Rhs::Unfolded(u) => {
+            let d = &u.dims;
+            assert!(isa == Isa::Avx2, "unfolded rows of B are AVX2's");
+            assert!(d.rows() == k && u.first + n <= d.out_len());
+            assert!(u.x.len() >= d.c_in * d.h * d.w && d.oh > 0 && d.ow > 0);
+        }
     }
     // The channels' tiles scatter their stores, 16 rows apart in i32 offsets.
     assert!(ldy >= n && (layout == Layout::Positions || 16 * ldy < i32::MAX as usize));
@@ -393,7 +447,9 @@ pub(super) unsafe fn product_into(
                 (Isa::Avx512, Layout::Channels, Rhs::Strided(b, ldb)) => {
                     channels512(packed, (m, k), r, c, (b.as_ptr(), ldb), y)
                 }
-                (Isa::Avx512, _, Rhs::Normalised(..)) => unreachable!("asserted above"),
+                (Isa::Avx512, _, Rhs::Normalised(..) | Rhs::Unfolded(..)) => {
+                    unreachable!("asserted above")
+                }
             }
             // AVX2 finished its rows as it went; AVX-512 finishes the task's rectangle.
             if let (Isa::Avx512, Some(epilogue)) = (isa, epilogue) {
@@ -691,10 +747,16 @@ unsafe fn product256(
     epilogue: Option<Epilogue>,
 ) {
     let (depth, chunk) = (k.min(KC), chunk_positions(k));
-    super::im2col::with_buffer(&STRIPS, chunk * depth + 8, |buf| {
+    // An unfolded row of a chunk is gathered into its own line before it is copied.
+    let line = if matches!(b, Rhs::Unfolded(_)) {
+        chunk
+    } else {
+        0
+    };
+    super::im2col::with_buffer(&STRIPS, chunk * depth + 8 + line, |buf| {
         // Strips on 32-byte boundaries, for aligned loads.
         let skip = buf.as_ptr().align_offset(32).min(8);
-        let buf = &mut buf[skip..][..chunk * depth];
+        let (buf, line) = buf[skip..].split_at_mut(chunk * depth);
         for c0 in cols.clone().step_by(chunk) {
             let width = chunk.min(cols.end - c0);
             // At least one block of `k`: with `k` = 0 the tiles still write their zeros.
@@ -704,7 +766,7 @@ unsafe fn product256(
                 // SAFETY: rows `k0..k0 + kc` of `b` hold columns `c0..c0 + width` (within
                 // `cols`, this function's contract); `strips` holds `⌈width / 16⌉` strips
                 // of `kc · 16`.
-                unsafe { pack_strips(b, k0..k0 + kc, (c0, width), strips) };
+                unsafe { pack_strips(b, k0..k0 + kc, (c0, width), strips, line) };
                 let part = Part {
                     steps: k0..k0 + kc,
                     strips,
@@ -730,11 +792,11 @@ const PACK_AHEAD: usize = 4;
 /// Rows `steps` of `B` at columns `c0..c0 + width` as strips of [`STRIP2`] positions,
 /// `[⌈width / 16⌉, steps.len(), 16]` in `strips`, the last strip's missing positions zero:
 /// each row of `B` read front to back once, and normalised on the way where `b` says
-/// ([`Rhs::Normalised`]).
+/// ([`Rhs::Normalised`]); an unfolded row ([`Rhs::Unfolded`]) gathered into `line` first.
 ///
 /// # Safety
 /// AVX2; rows `steps` of `b` hold columns `c0..c0 + width`; `strips` holds `⌈width / 16⌉ ·
-/// steps.len() · 16`.
+/// steps.len() · 16`; `line` holds `width` for [`Rhs::Unfolded`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pack_strips(
@@ -742,6 +804,7 @@ unsafe fn pack_strips(
     steps: std::ops::Range<usize>,
     (c0, width): (usize, usize),
     strips: &mut [f32],
+    line: &mut [f32],
 ) {
     let k = steps.len();
     assert!(strips.len() >= width.div_ceil(STRIP2) * k * STRIP2);
@@ -758,6 +821,11 @@ unsafe fn pack_strips(
                     .get(step + PACK_AHEAD)
                     .map_or(row, |r| r.wrapping_add(c0));
                 (row, ahead, Some(prologue.coefficients(step)))
+            }
+            Rhs::Unfolded(u) => {
+                let line = &mut line[..width];
+                u.row_into(step, c0, line);
+                (line.as_ptr(), line.as_ptr(), None)
             }
         };
         let to = (strips.add(kk * STRIP2), k * STRIP2);
@@ -1128,6 +1196,89 @@ mod tests {
     }
 
     /// The layouts this CPU's tiles multiply.
+    /// The AVX2 products gathering an input's unfolded columns themselves ([`Rhs::Unfolded`])
+    /// give the bits of the same products over the unfolded matrix written out (each row
+    /// built here by its definition): kernels of 1, 3 and 7, strides 1 and 2, padding in and
+    /// out of every side, maps not square, columns from a panel's first position, several
+    /// chunks of columns and blocks of `k`, one thread and split.
+    #[test]
+    fn unfolded_columns_equal_the_written_matrix() {
+        if isa() != Some(Isa::Avx2) {
+            eprintln!("skipped: the gathered columns are AVX2's");
+            return;
+        }
+        for (c_in, (h, w), k, (stride, padding), c_out, first) in [
+            (3, (40, 37), 7, (2, 3), 10, 0),
+            (3, (23, 29), 7, (2, 3), 6, 3 * 15),
+            (16, (15, 14), 3, (2, 1), 13, 0),
+            (70, (8, 9), 3, (2, 1), 40, 4),
+            (9, (11, 6), 3, (1, 1), 7, 6),
+            (60, (14, 14), 1, (2, 0), 32, 0),
+            (5, (9, 10), 3, (2, 0), 12, 0),
+            (4, (5, 5), 3, (1, 2), 9, 1),
+            (64, (30, 31), 3, (1, 1), 8, 31),
+        ] {
+            let g = ConvGeom { stride, padding };
+            let (oh, ow) = (
+                (h + 2 * padding - k) / stride + 1,
+                (w + 2 * padding - k) / stride + 1,
+            );
+            let dims = Dims {
+                n: 1,
+                c_in,
+                h,
+                w,
+                c_out,
+                k,
+                oh,
+                ow,
+            };
+            let (rows, n) = (dims.rows(), oh * ow - first);
+            let x: Vec<f32> = (0..c_in * h * w).map(|i| (i as f32 * 0.37).sin()).collect();
+            let wt: Vec<f32> = (0..c_out * rows).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut matrix = vec![0.0f32; rows * n];
+            for (row, values) in matrix.chunks_exact_mut(n).enumerate() {
+                let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
+                for (o, v) in values.iter_mut().enumerate() {
+                    let (oy, ox) = ((first + o) / ow, (first + o) % ow);
+                    let (iy, ix) = (oy * stride + ky, ox * stride + kx);
+                    if (padding..h + padding).contains(&iy) && (padding..w + padding).contains(&ix)
+                    {
+                        *v = x[(ci * h + iy - padding) * w + ix - padding];
+                    }
+                }
+            }
+            let packed = pack(&wt, c_out, rows, Layout::Positions);
+            let u = Unfolded {
+                x: &x,
+                dims,
+                geom: g,
+                first,
+            };
+            for parallel in [false, true] {
+                let mut want = vec![-1.0f32; c_out * n];
+                let mut got = vec![-1.0f32; c_out * n];
+                let shape = (c_out, n, rows);
+                let packed = (&packed[..], Layout::Positions);
+                product(packed, shape, (&matrix, n), (&mut want, n), parallel);
+                // SAFETY: `got` holds `c_out` rows of `n`, borrowed mutably here.
+                unsafe {
+                    let y = (got.as_mut_ptr(), n);
+                    product_into(packed, shape, Rhs::Unfolded(u), y, parallel, None)
+                };
+                let case = format!("{c_in}×{h}×{w} k{k} s{stride} p{padding} from {first}");
+                let differs = got
+                    .iter()
+                    .zip(&want)
+                    .position(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(
+                    differs, None,
+                    "{case} parallel {parallel}: first differing value"
+                );
+            }
+        }
+    }
+
     fn layouts() -> Vec<Layout> {
         if available512() {
             vec![Layout::Positions, Layout::Channels]
