@@ -1195,7 +1195,6 @@ mod tests {
         assert!(!rows_first(3136));
     }
 
-    /// The layouts this CPU's tiles multiply.
     /// The AVX2 products gathering an input's unfolded columns themselves ([`Rhs::Unfolded`])
     /// give the bits of the same products over the unfolded matrix written out (each row
     /// built here by its definition): kernels of 1, 3 and 7, strides 1 and 2, padding in and
@@ -1279,6 +1278,7 @@ mod tests {
         }
     }
 
+    /// The layouts this CPU's tiles multiply.
     fn layouts() -> Vec<Layout> {
         if available512() {
             vec![Layout::Positions, Layout::Channels]
