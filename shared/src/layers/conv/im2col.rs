@@ -885,37 +885,30 @@ unsafe fn matmul_panels_parallel<T: Scratch>(
     let out = SharedColumns { ptr: y };
     panels.into_par_iter().for_each(|oy| {
         let (at, pw) = (oy.start * d.ow, oy.len() * d.ow);
-        if let (Some(packed), true) = (packed, gathers(d, g)) {
+        // The panel's columns `at..at + pw` of every row of `y` by the packed products.
+        let packed_product = |packed: (&[f32], packed::Layout), b: packed::Rhs| {
             let y = (out.at(at).cast::<f32>(), l);
             let epilogue = finish.map(|f| finishing::<T>(f, at));
             let epilogue = epilogue.as_ref().map(|e| e as packed::Epilogue);
-            let b = packed::Rhs::Unfolded(packed::Unfolded {
+            // SAFETY: the panel's columns `at..at + pw` of every row of `y`: within `y` (this
+            // function's contract), and no other panel's (the panels' row ranges are
+            // disjoint); `T` is f32 (`packed` is given). `b` is read only: this sample's
+            // input, or the panel's own unfolded columns.
+            unsafe { packed::product_into(packed, (d.c_out, pw, rows), b, y, false, epilogue) }
+        };
+        if let (Some(packed), true) = (packed, gathers(d, g)) {
+            let b = packed::Unfolded {
                 first: at,
                 ..unfolded(x, d, g)
-            });
-            // SAFETY: the panel's columns `at..at + pw` of every row of `y`: within `y` (this
-            // function's contract), and no other panel's; `x` is one sample's input, which
-            // nothing writes meanwhile.
-            unsafe { packed::product_into(packed, (d.c_out, pw, rows), b, y, false, epilogue) };
-            return;
+            };
+            return packed_product(packed, packed::Rhs::Unfolded(b));
         }
         T::with_scratch(rows * pw, |buf| {
             let col = columns(x, d, g, (1, oy), buf, false);
-            // The panel's columns `at..at + pw` of every row of `y`: within `y` (this
-            // function's contract), and no other panel's (the panels' row ranges are
-            // disjoint).
+            // Either way, the panel's columns `at..at + pw` of every row of `y`: within `y`
+            // (this function's contract), and no other panel's.
             match (packed, shifted::as_f32(col)) {
-                (Some(packed), Some(col)) => {
-                    let y = (out.at(at).cast::<f32>(), l);
-                    let epilogue = finish.map(|f| finishing::<T>(f, at));
-                    let epilogue = epilogue.as_ref().map(|e| e as packed::Epilogue);
-                    // SAFETY: as above; `T` is f32 (`as_f32` answered).
-                    unsafe {
-                        let dims = (d.c_out, pw, rows);
-                        let col = packed::Rhs::Strided(col, pw);
-                        packed::product_into(packed, dims, col, y, false, epilogue)
-                    }
-                }
+                (Some(packed), Some(col)) => packed_product(packed, packed::Rhs::Strided(col, pw)),
                 _ => matmul(
                     d.c_out,
                     pw,
