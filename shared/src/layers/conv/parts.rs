@@ -333,11 +333,11 @@ mod tests {
     /// than [`FINISH_COLS`], and (AVX2) several chunks of columns and blocks of `k`. With
     /// AVX2 the samples of a batch whose maps the composed convolution puts side by side
     /// (under 1,024 positions) take the composed path: the last column says where AVX2
-    /// fuses.
+    /// fuses. Each case with and without the prologue's ReLU.
     #[test]
     fn fused_pass_equals_the_composed_operations() {
         let dev = Device::Cpu;
-        for (n, h, w, widths, m, avx2_fuses) in [
+        for (case, relu) in [
             (1, 8, 8, vec![3, 5], 16, true),
             (1, 9, 9, vec![16, 1, 7], 24, true),
             (1, 14, 14, vec![64, 32, 32], 128, true),
@@ -345,14 +345,18 @@ mod tests {
             (1, 23, 23, vec![40, 8], 13, true),
             (2, 32, 33, vec![24, 8, 8], 40, true),
             (1, 40, 40, vec![300, 250], 20, true),
-        ] {
+        ]
+        .into_iter()
+        .flat_map(|case| [(case.clone(), true), (case, false)])
+        {
+            let (n, h, w, widths, m, avx2_fuses) = case;
             let parts: Vec<Tensor> = widths
                 .iter()
                 .map(|&c| Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap())
                 .collect();
             let k: usize = widths.iter().sum();
             let kernel = Tensor::randn(0f32, 0.2, (m, k, 1, 1), &dev).unwrap();
-            let (prologue, epilogue) = (affine(k, true, 0.1), affine(m, true, 0.7));
+            let (prologue, epilogue) = (affine(k, relu, 0.1), affine(m, true, 0.7));
             let cache = PackedKernel::default();
             let got = conv1x1_over_parts(&parts, &prologue, &kernel, &cache, &epilogue).unwrap();
             let fuses = match packed::isa() {
@@ -376,7 +380,10 @@ mod tests {
                 want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             );
             let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
-            assert_eq!(differ, 0, "{n}×{h}×{w}, parts {widths:?}, {m} out");
+            assert_eq!(
+                differ, 0,
+                "{n}×{h}×{w}, parts {widths:?}, {m} out, ReLU {relu}"
+            );
             // And against plain candle operations (no packed products, no fusion).
             let x = Tensor::cat(&parts, 1).unwrap();
             let scale = |t: &ChannelAffine, c: usize| {
@@ -393,7 +400,7 @@ mod tests {
             };
             let (a, b) = scale(&prologue, k);
             let x = x.broadcast_mul(&a).unwrap().broadcast_add(&b).unwrap();
-            let x = x.relu().unwrap();
+            let x = if relu { x.relu().unwrap() } else { x };
             let y = x.conv2d(&kernel, 0, 1, 1, 1).unwrap();
             let (a, b) = scale(&epilogue, m);
             let plain = y.broadcast_mul(&a).unwrap().broadcast_add(&b).unwrap();
@@ -403,7 +410,10 @@ mod tests {
                 .zip(plain.to_vec1::<f32>().unwrap())
                 .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
                 .fold(0f32, f32::max);
-            assert!(worst < 1e-5, "{n}×{h}×{w}: {worst} against candle");
+            assert!(
+                worst < 1e-5,
+                "{n}×{h}×{w} ReLU {relu}: {worst} against candle"
+            );
         }
     }
 
