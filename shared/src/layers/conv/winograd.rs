@@ -447,7 +447,9 @@ mod transforms {
                             }
                         }
                     };
-                    // Rows `a` of `Bᵀ`: 0 = r0 − r2, 1 = r1 + r2, 2 = r2 − r1, 3 = r1 − r3.
+                    // Rows `a` of `Bᵀ`: 0 = r0 − r2, 1 = r1 + r2, 2 = r2 − r1, 3 = r1 − r3,
+                    // through `combine256` and `BT` as `input_any` (the arrays hold row r's
+                    // value at index r; the entries a row does not read repeat a neighbour).
                     let (d1, d2) = (db(1), db(2));
                     for b in 0..4 {
                         let x = [d1[b], d1[b], d2[b], d2[b]];
